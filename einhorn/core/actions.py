@@ -1,0 +1,67 @@
+"""Actions shared by event handlers and command handlers: signalling, ACKs, re-exec."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from einhorn.core import pool
+from einhorn.core.effects import Effect, Log, LogLevel, ReexecMaster, Reply, SendSignal
+from einhorn.core.state import ReexecPurpose, State, Subscriber
+
+Outcome = tuple[State, list[Effect]]
+
+
+def announce(state: State, level: LogLevel, message: str) -> list[Effect]:
+    """Log `message` and stream it as a progress line to every upgrade/reload subscriber."""
+    text = f"ERROR: {message}" if level is LogLevel.ERROR else message
+    subscribers = (*state.upgrade_subscribers, *state.reexec_subscribers)
+    return [Log(level, message), *(Reply(s.conn, text, s.request_id, wait=True) for s in subscribers)]
+
+
+def signal_children(state: State, signal: str, pids: Sequence[int], record: bool = True) -> Outcome:
+    """Send `signal` to each of `pids` (known children only), recording it when `record`."""
+    effects: list[Effect] = announce(state, LogLevel.INFO, f"Sending {signal} to [{', '.join(map(str, pids))}]")
+    children = dict(state.children)
+    for pid in pids:
+        child = children.get(pid)
+        if child is None:
+            effects.append(Log(LogLevel.ERROR, f"Trying to send {signal} to dead child {pid}. The fact we tried this probably indicates a bug in Einhorn."))
+            continue
+        if record:
+            if signal in child.signaled:
+                effects.append(
+                    Log(
+                        LogLevel.ERROR,
+                        f"Re-sending {signal} to already-signaled child {pid}. "
+                        f"It may be slow to spin down, or it may be swallowing {signal}s.",
+                    )
+                )
+            children[pid] = replace(child, signaled=child.signaled | {signal}, last_signaled_at=state.clock)
+        effects.append(SendSignal(pid, signal))
+    return replace(state, children=children), effects
+
+
+def register_ack(state: State, pid: int) -> Outcome:
+    child = state.children[pid]
+    streak = state.deaths_before_ack
+    extra = f", breaking the streak of {streak} consecutive unacked workers dying" if streak else ""
+    state = replace(
+        state,
+        children={**state.children, pid: replace(child, acked=True)},
+        deaths_before_ack=0,
+    )
+    message = f"Up to {pool.ack_count(state)} / {pool.ack_target(state)} {state.config.ack_mode} ACKs{extra}"
+    return state, [Log(LogLevel.INFO, message)]
+
+
+def start_reexec(state: State, purpose: ReexecPurpose, subscriber: Subscriber | None) -> Outcome:
+    subscribers = state.reexec_subscribers + ((subscriber,) if subscriber else ())
+    if state.reexec_purpose is not None:
+        return replace(state, reexec_subscribers=subscribers), [
+            Log(LogLevel.INFO, f"A re-exec ({state.reexec_purpose.value}) is already in progress")
+        ]
+    state = replace(state, reexec_purpose=purpose, reexec_subscribers=subscribers)
+    return state, [*announce(state, LogLevel.INFO, f"Reloading einhorn master ({purpose.value})..."), ReexecMaster()]
+
+

@@ -1,0 +1,373 @@
+"""Command-socket requests: validation and one pure handler per command.
+
+Reply texts that scripts match on are the original Einhorn's, word for word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+from einhorn.core import pool
+from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
+from einhorn.core.effects import CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
+from einhorn.core.events import CommandReceived
+from einhorn.core.actions import register_ack, signal_children, start_reexec
+from einhorn.core.report import snapshot
+from einhorn.core.state import ReexecPurpose, State, Subscriber
+
+Outcome = tuple[State, list[Effect]]
+
+SIGNAL_NAMES = frozenset(
+    "HUP INT QUIT ILL TRAP ABRT BUS FPE KILL USR1 SEGV USR2 PIPE ALRM TERM STKFLT CHLD CONT STOP "
+    "TSTP TTIN TTOU URG XCPU XFSZ VTALRM PROF WINCH IO POLL PWR SYS".split()
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A validated request: what every handler gets."""
+
+    conn: int
+    command: str
+    args: tuple[str, ...] | None
+    request_id: str | None
+    raw: Mapping[str, object]
+    document: object
+    now: float
+    wall: float
+
+
+Handler = Callable[[State, Request], Outcome]
+
+
+def handle_command(state: State, event: CommandReceived) -> Outcome:
+    raw = event.request
+    request_id = _request_id(raw)
+    command = raw.get("command")
+    if command is None:
+        return state, [Reply(event.conn, 'No "command" parameter provided; not sure what you want me to do.', request_id)]
+    if not isinstance(command, str) or command not in COMMANDS:
+        text = f"Unrecognized command: {_inspect(command)}\n\n{_command_descriptions()}\n"
+        return state, [Reply(event.conn, text, request_id)]
+    args = raw.get("args")
+    if args is not None:
+        problem = _args_problem(args)
+        if problem is not None:
+            return state, [Reply(event.conn, problem, request_id)]
+    request = Request(
+        conn=event.conn,
+        command=command,
+        args=tuple(args) if isinstance(args, list) else None,
+        request_id=request_id,
+        raw=raw,
+        document=event.document,
+        now=event.now,
+        wall=event.wall,
+    )
+    return COMMANDS[command].handler(state, request)
+
+
+_RUBY_CLASS = {bool: "TrueClass", int: "Integer", float: "Float", dict: "Hash", list: "Array", type(None): "NilClass"}
+
+
+def _inspect(value: object) -> str:
+    """Ruby's `inspect` of a decoded YAML value, as the original's messages show it."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if value is None:
+        return "nil"
+    return repr(value)
+
+
+def _args_problem(args: object) -> str | None:
+    if not isinstance(args, list):
+        return "Args must be an array"
+    for arg in args:
+        if not isinstance(arg, str):
+            ruby_class = "FalseClass" if arg is False else _RUBY_CLASS.get(type(arg), type(arg).__name__)
+            return f"Argument is a {ruby_class}, not a string: {_inspect(arg)}"
+    return None
+
+
+def _request_id(raw: Mapping[str, object]) -> str | None:
+    if raw.get("command") in ("worker:ack", "worker:ping"):
+        return None
+    for key in ("id", "request_id"):
+        value = raw.get(key)
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            return str(value)
+    return None
+
+
+def _reply(state: State, request: Request, text: str) -> Outcome:
+    return state, [Reply(request.conn, text, request.request_id)]
+
+
+def _signal_summary(signal: str, pids: Sequence[int]) -> str:
+    return f"Successfully sent {signal}s to {len(pids)} processes: [{', '.join(str(p) for p in pids)}]"
+
+
+def _bare_signal(name: str) -> str:
+    upper = name.strip().upper()
+    return upper[3:] if upper.startswith("SIG") else upper
+
+
+def normalize_signal(name: str) -> str | None:
+    bare = _bare_signal(name)
+    return bare if bare in SIGNAL_NAMES else None
+
+
+def _worker_pids(state: State) -> list[int]:
+    return [c.pid for c in pool.workers(state)]
+
+
+# --- handlers ------------------------------------------------------------
+
+
+def _ehlo(state: State, request: Request) -> Outcome:
+    user = request.raw.get("user")
+    name = f" ({state.config.command_name})" if state.config.command_name else ""
+    text = (
+        f"Welcome, {user if isinstance(user, str) else 'anonymous'}! You are speaking to Einhorn Master Process "
+        f"{state.config.master_pid}{name}.\nThis is Einhorn {state.config.einhorn_version}.\n"
+    )
+    return _reply(state, request, text)
+
+
+def _help(state: State, request: Request) -> Outcome:
+    return _reply(state, request, help_text())
+
+
+def help_text() -> str:
+    return f"You are speaking to the Einhorn command socket. You can run the following commands:\n\n{_command_descriptions()}\n"
+
+
+def _command_descriptions() -> str:
+    listed = sorted(name for name, command in COMMANDS.items() if command.description)
+    return "\n".join(f"{name}: {COMMANDS[name].description}" for name in listed)
+
+
+def _state(state: State, request: Request) -> Outcome:
+    as_json = request.args is not None and "--json" in request.args
+    data = snapshot(state, wall_offset=request.wall - request.now)
+    return state, [ReplyData(request.conn, data, as_json, request.request_id)]
+
+
+def _reload(state: State, request: Request) -> Outcome:
+    if not state.respawn:
+        return _reply(state, request, "Not reloading einhorn because we're exiting")
+    state, effects = start_reexec(state, ReexecPurpose.RELOAD, _subscriber(request))
+    return state, [Reply(request.conn, "Reloading, as commanded", request.request_id, wait=True), *effects]
+
+
+def _upgrade(purpose: ReexecPurpose, announcement: str) -> Handler:
+    def handler(state: State, request: Request) -> Outcome:
+        if not state.respawn:
+            return _reply(state, request, "Einhorn is shutting down; refusing to upgrade")
+        state, effects = start_reexec(state, purpose, _subscriber(request))
+        return state, [Reply(request.conn, announcement, request.request_id, wait=True), *effects]
+
+    return handler
+
+
+def _subscriber(request: Request) -> Subscriber | None:
+    """Progress goes only to clients that tagged their request with an id, as in the original."""
+    return Subscriber(request.conn, request.request_id) if request.request_id is not None else None
+
+
+def _set_number(state: State, number: int) -> State:
+    return replace(state, config=replace(state.config, number=number))
+
+
+def _inc(state: State, request: Request) -> Outcome:
+    old = state.config.number
+    if old >= MAX_WORKERS:
+        return _reply(state, request, f"Can't increase number of workers (already at {old}).")
+    text = f"Incrementing number of workers from {old} -> {old + 1}"
+    return _set_number(state, old + 1), [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
+
+
+def _dec(state: State, request: Request) -> Outcome:
+    old = state.config.number
+    if old <= 1:
+        text = (
+            f"Can't decrease number of workers (already at {old}).  "
+            f"Run kill {state.config.master_pid} if you really want to kill einhorn."
+        )
+        return _reply(state, request, text)
+    text = f"Decrementing number of workers from {old} -> {old - 1}"
+    return _set_number(state, old - 1), [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
+
+
+def _set_workers(state: State, request: Request) -> Outcome:
+    if not request.args:
+        return _reply(state, request, "No args provided")
+    arg = request.args[0]
+    count = _parse_int(arg)
+    if count is None or not 1 <= count <= MAX_WORKERS:
+        return _reply(state, request, f"Invalid count: '{arg}'. Must be an integer in [1,{MAX_WORKERS}).")
+    old = state.config.number
+    if count == old:
+        return _reply(state, request, f"Number of workers is already {old}")
+    action = "spin up additional workers." if old < count else "gracefully terminate workers."
+    text = f"Altering worker count, {old} -> {count}. Will {action}"
+    return _set_number(state, count), [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
+
+
+def _parse_int(text: str) -> int | None:
+    stripped = text.strip()
+    digits = stripped[1:] if stripped[:1] in "+-" else stripped
+    return int(stripped) if digits.isdigit() and digits.isascii() else None
+
+
+def _quieter(state: State, request: Request) -> Outcome:
+    state = replace(state, verbosity=min(state.verbosity + 1, 2))
+    text = f"Verbosity set to {state.verbosity}"
+    return state, [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
+
+
+def _louder(state: State, request: Request) -> Outcome:
+    state = replace(state, verbosity=max(state.verbosity - 1, 0))
+    text = f"Verbosity set to {state.verbosity}"
+    return state, [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
+
+
+def _signal(state: State, request: Request) -> Outcome:
+    if not request.args:
+        return _reply(state, request, "No args provided")
+    signals: list[str] = []
+    for name in request.args:
+        signal = normalize_signal(name)
+        if signal is None:
+            return _reply(state, request, f"Invalid signal: {_inspect(_bare_signal(name))}")
+        signals.append(signal)
+    pids = _worker_pids(state)
+    effects: list[Effect] = []
+    for signal in signals:
+        state, more = signal_children(state, signal, pids, record=False)
+        effects += more
+    text = "\n".join(_signal_summary(signal, pids) for signal in signals)
+    return state, [*effects, Reply(request.conn, text, request.request_id)]
+
+
+def _die(state: State, request: Request) -> Outcome:
+    name = request.args[0] if request.args else "USR2"
+    signal = normalize_signal(name)
+    if signal is None:
+        return _reply(state, request, f"Invalid signal: {_inspect(_bare_signal(name))}")
+    pids = _worker_pids(state)
+    state = replace(state, respawn=False, shutdown_signal=signal)
+    state, effects = signal_children(state, signal, pids)
+    text = f"Einhorn is going down! {_signal_summary(signal, pids)}"
+    return state, [Log(LogLevel.INFO, text), *effects, Reply(request.conn, text, request.request_id)]
+
+
+def _config(state: State, request: Request) -> Outcome:
+    document = request.document
+    if not request.args:
+        return _reply(state, request, "Must pass in a YAML-encoded hash")
+    if isinstance(document, ConfigDocumentError):
+        return _reply(state, request, f"Could not parse argument. Must be a YAML-encoded hash ({document.reason})")
+    if not isinstance(document, Mapping):
+        return _reply(state, request, f"Parsed argument is a {type(document).__name__}, not a hash")
+    config = state.config
+    for key, value in document.items():
+        if key not in RUNTIME_SETTINGS:
+            known = ", ".join(RUNTIME_SETTINGS)
+            return _reply(state, request, f"Unknown config setting: {key!r}. Known settings: {known}")
+        updated = apply_setting(config, str(key), value)
+        if isinstance(updated, str):
+            return _reply(state, request, f"Invalid value for {key}: {value!r} ({updated})")
+        config = updated
+    merged = ", ".join(f"{k}: {v!r}" for k, v in document.items())
+    text = f"Successfully merged in config: {{{merged}}}"
+    return replace(state, config=config), [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDocumentError:
+    """What the shell puts in `CommandReceived.document` when the YAML did not parse."""
+
+    reason: str
+
+
+def _worker_ack(state: State, request: Request) -> Outcome:
+    effects: list[Effect] = [CloseConnection(request.conn)]
+    pid = _pid_of(request.raw)
+    if pid is None:
+        return state, [Log(LogLevel.ERROR, f"Invalid worker:ack (no pid): {dict(request.raw)!r}"), *effects]
+    child = state.children.get(pid)
+    if state.config.ack_timer is not None:
+        return state, [Log(LogLevel.ERROR, f"Received a manual ACK from {pid} in timer ACK mode; ignoring"), *effects]
+    if child is None or not child.is_worker:
+        return state, [Log(LogLevel.ERROR, f"Could not find state for PID {pid}; ignoring ACK."), *effects]
+    if child.acked:
+        return state, [Log(LogLevel.ERROR, f"Pid {pid} already ACKed; ignoring new ACK."), *effects]
+    state, more = register_ack(state, pid)
+    return state, [*more, *effects]
+
+
+def _worker_ping(state: State, request: Request) -> Outcome:
+    effects: list[Effect] = [CloseConnection(request.conn)]
+    pid = _pid_of(request.raw)
+    child = state.children.get(pid) if pid is not None else None
+    if child is None:
+        return state, [Log(LogLevel.ERROR, f"Ping from unknown pid {request.raw.get('pid')!r}; ignoring"), *effects]
+    ping_id = request.raw.get("request_id")
+    updated = replace(
+        child,
+        pinged_at=request.wall,
+        pinged_request_id=None if ping_id is None else str(ping_id),
+    )
+    state = replace(state, children={**state.children, child.pid: updated})
+    return state, [Log(LogLevel.DEBUG, f"Ping from {child.pid} (request id {ping_id!r})"), *effects]
+
+
+def _pid_of(raw: Mapping[str, object]) -> int | None:
+    value = raw.get("pid")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return _parse_int(value)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    handler: Handler
+    description: str
+
+
+COMMANDS: Mapping[str, Command] = {
+    "ehlo": Command(_ehlo, ""),
+    "help": Command(_help, "Print out available commands"),
+    "state": Command(_state, "Get a dump of Einhorn's current state (--json for JSON)"),
+    "reload": Command(_reload, "Reload Einhorn"),
+    "inc": Command(_inc, "Increment the number of Einhorn child processes"),
+    "dec": Command(_dec, "Decrement the number of Einhorn child processes"),
+    "set_workers": Command(_set_workers, "Set the number of Einhorn child processes"),
+    "quieter": Command(_quieter, "Decrease verbosity"),
+    "louder": Command(_louder, "Increase verbosity"),
+    "upgrade": Command(
+        _upgrade(ReexecPurpose.SMOOTH_UPGRADE, "Upgrading smoothly, as commanded"),
+        "Upgrade all Einhorn workers smoothly. This causes Einhorn to reload its own code as well.",
+    ),
+    "upgrade_fleet": Command(
+        _upgrade(ReexecPurpose.FLEET_UPGRADE, "Upgrading fleet, as commanded"),
+        "Upgrade all Einhorn workers a fleet at a time. This causes Einhorn to reload its own code as well.",
+    ),
+    "signal": Command(_signal, "Send one or more signals to all workers (args: SIG1 [SIG2 ...])"),
+    "die": Command(
+        _die,
+        "Send SIGNAL (default: SIGUSR2) to all workers, stop spawning new ones, and exit once all workers die "
+        "(args: [SIGNAL])",
+    ),
+    "config": Command(
+        _config,
+        "Merge in a new set of config options. (Known settings: number, seconds, max_unacked, "
+        "max_upgrade_additional, signal_timeout.)",
+    ),
+    "worker:ack": Command(_worker_ack, ""),
+    "worker:ping": Command(_worker_ping, ""),
+}

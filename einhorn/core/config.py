@@ -1,0 +1,83 @@
+"""The master's settings: fixed at start, a few changeable at run time (`config`, `inc`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+MAX_SPINUP_INTERVAL = 30.0
+"""Seconds: the gradual spin-up interval never grows past this, however many workers died."""
+
+MAX_WORKERS = 1000
+"""Upper bound (inclusive) of `set_workers` and `inc`, as in the original."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything the core needs to know about how it was started.
+
+    `ack_timer` is the timer-ACK delay in seconds, or None for manual ACKs.
+    `binds` are the `-b` specs as given; `bound_ports` the ports actually bound.
+    """
+
+    number: int = 1
+    ack_timer: float | None = 1.0
+    seconds: float = 1.0
+    max_unacked: int = 1
+    max_upgrade_additional: int | None = None
+    signal_timeout: int | None = None
+    command_name: str | None = None
+    master_pid: int = 0
+    einhorn_version: str = ""
+    socket_path: str = ""
+    program: tuple[str, ...] = ()
+    binds: tuple[str, ...] = ()
+    bound_ports: tuple[int, ...] = ()
+    backlog: int = 100
+    command_socket_as_fd: bool = False
+    kill_children_on_exit: bool = False
+    pidfile: str = ""
+    lockfile: str = ""
+    preloaded: bool = False
+
+    @property
+    def ack_mode(self) -> str:
+        return "manual" if self.ack_timer is None else "timer"
+
+
+RUNTIME_SETTINGS = ("number", "seconds", "max_unacked", "max_upgrade_additional", "signal_timeout")
+"""Settings an operator may change while running (`config`, and `inc`/`dec`/`set_workers` for number)."""
+
+
+def apply_setting(config: Config, name: str, value: object) -> Config | str:
+    """`config` with one runtime setting changed, or why `value` is not acceptable."""
+    match name:
+        case "number":
+            count = _int_in(value, 1, MAX_WORKERS)
+            return f"must be an integer in [1, {MAX_WORKERS}]" if count is None else replace(config, number=count)
+        case "max_unacked":
+            count = _int_in(value, 1, None)
+            return "must be an integer >= 1" if count is None else replace(config, max_unacked=count)
+        case "max_upgrade_additional":
+            if value is None:
+                return replace(config, max_upgrade_additional=None)
+            count = _int_in(value, 0, None)
+            return "must be an integer >= 0 or null" if count is None else replace(config, max_upgrade_additional=count)
+        case "signal_timeout":
+            if value is None:
+                return replace(config, signal_timeout=None)
+            count = _int_in(value, 1, None)
+            return "must be an integer >= 1 or null" if count is None else replace(config, signal_timeout=count)
+        case "seconds":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+                return "must be a number of seconds > 0"
+            return replace(config, seconds=float(value))
+        case _:
+            return f"unknown setting; known settings: {', '.join(RUNTIME_SETTINGS)}"
+
+
+def _int_in(value: object, low: int, high: int | None) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if value < low or (high is not None and value > high):
+        return None
+    return value

@@ -1,0 +1,116 @@
+"""Events: facts the shell reports to the core. Past tense, behaviour-free.
+
+Every event carries `now`, a monotonic clock reading in seconds; the core
+never reads a clock itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MasterStarted:
+    """The master is up (freshly, or restored after a re-exec); sockets are bound."""
+
+    now: float
+    restored: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    """The deadline the core asked for (see `next_deadline`) has passed."""
+
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpawned:
+    """The shell started the worker the core asked for in `SpawnWorker`."""
+
+    spawn_id: int
+    pid: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpawnFailed:
+    """The shell could not start that worker (fork/exec error)."""
+
+    spawn_id: int
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChildExited:
+    """The shell reaped a process: `exit_code` or `signal` tells how it ended."""
+
+    pid: int
+    exit_code: int | None
+    signal: int | None
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class SignalReceived:
+    """The master itself got a signal, by name without `SIG`: "INT", "HUP", ..."""
+
+    signal: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReceived:
+    """A parsed request arrived on command-socket connection `conn`.
+
+    `request` is the decoded mapping as the client sent it; the core validates
+    every field. `wall` is the wall-clock time, used only for display.
+    `document` is the YAML document in `args` of a `config` request, decoded
+    by the shell (or a `ConfigDocumentError`), since the core parses no YAML.
+    """
+
+    conn: int
+    request: Mapping[str, object]
+    now: float
+    wall: float = 0.0
+    document: object = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestUnparseable:
+    """A line arrived on `conn` that is not a YAML mapping."""
+
+    conn: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionClosed:
+    """The client on `conn` went away (or the shell dropped it)."""
+
+    conn: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReexecFailed:
+    """The master could not re-exec itself; it keeps running the old code."""
+
+    reason: str
+    now: float
+
+
+Event = (
+    MasterStarted
+    | Tick
+    | WorkerSpawned
+    | SpawnFailed
+    | ChildExited
+    | SignalReceived
+    | CommandReceived
+    | RequestUnparseable
+    | ConnectionClosed
+    | ReexecFailed
+)

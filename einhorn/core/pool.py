@@ -1,0 +1,82 @@
+"""Pure queries over the worker pool: who is modern, old, acked, missing.
+
+Vocabulary (BEHAVIOR §4):
+- a *modern* worker runs the current version; an *old* worker is an
+  unsignaled worker of an earlier version;
+- ack_count = acked, unsignaled, modern workers; ack_target = number;
+- missing = number - modern workers (signaled or not, pending spawns included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from einhorn.core.config import MAX_SPINUP_INTERVAL
+from einhorn.core.state import Child, State
+
+
+def workers(state: State) -> list[Child]:
+    return sorted((c for c in state.children.values() if c.is_worker), key=lambda c: c.pid)
+
+
+def modern_workers(state: State) -> list[Child]:
+    return [c for c in workers(state) if c.version == state.version]
+
+
+def unsignaled_modern_workers(state: State) -> list[Child]:
+    return [c for c in modern_workers(state) if not c.signaled]
+
+
+def old_workers(state: State) -> list[Child]:
+    return [c for c in workers(state) if c.version != state.version and not c.signaled]
+
+
+def unacked_unsignaled_modern_count(state: State) -> int:
+    live = sum(1 for c in unsignaled_modern_workers(state) if not c.acked)
+    return live + sum(1 for p in state.pending.values() if p.version == state.version)
+
+
+def ack_count(state: State) -> int:
+    return sum(1 for c in unsignaled_modern_workers(state) if c.acked)
+
+
+def ack_target(state: State) -> int:
+    return state.config.number
+
+
+def total_worker_count(state: State) -> int:
+    return len(workers(state)) + len(state.pending)
+
+
+def missing_worker_count(state: State) -> int:
+    modern_pending = sum(1 for p in state.pending.values() if p.version == state.version)
+    return state.config.number - len(modern_workers(state)) - modern_pending
+
+
+def surplus_by_priority(state: State) -> list[Child]:
+    """Unsignaled modern workers, the ones to stop first first: un-ACKed, then newest."""
+    candidates = unsignaled_modern_workers(state)
+    return sorted(candidates, key=lambda c: (c.acked, -c.spinup_at, -c.pid))
+
+
+def spinup_interval(state: State) -> float:
+    """min(seconds * 1.5 ** deaths_before_ack, 30), without overflowing for huge streaks."""
+    interval = state.config.seconds
+    for _ in range(state.deaths_before_ack):
+        if interval >= MAX_SPINUP_INTERVAL:
+            break
+        interval *= 1.5
+    return min(interval, MAX_SPINUP_INTERVAL)
+
+
+def used_indexes(state: State) -> set[int]:
+    used = {c.index for c in state.children.values() if c.is_worker}
+    return used | {p.index for p in state.pending.values()}
+
+
+def lowest_free_index(used: Iterable[int]) -> int:
+    taken = set(used)
+    index = 0
+    while index in taken:
+        index += 1
+    return index

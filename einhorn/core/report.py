@@ -1,0 +1,90 @@
+"""The `state` command's document: the master's state as plain data.
+
+Shaped like the original's `{:state => Einhorn::State.dumpable_state}` so Ruby
+clients find the keys they know. The shell renders `Symbol` as a Ruby symbol
+(`:worker`) and `Timestamp` as a YAML timestamp; in JSON they become a plain
+string and an ISO-8601 string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from einhorn.core import pool
+from einhorn.core.state import Child, State
+
+
+@dataclass(frozen=True, slots=True)
+class Symbol:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """Seconds since the epoch (wall clock), for display only."""
+
+    epoch: float
+
+
+def snapshot(state: State, wall_offset: float) -> dict[str, object]:
+    """`wall_offset` turns the core's monotonic times into wall-clock times."""
+
+    def at(t: float | None) -> Timestamp | None:
+        return None if t is None else Timestamp(t + wall_offset)
+
+    config = state.config
+    ack_mode: dict[str, object] = (
+        {"type": Symbol("manual")} if config.ack_timer is None else {"type": Symbol("timer"), "timeout": config.ack_timer}
+    )
+    return {
+        "state": {
+            "children": {pid: _child(child, at) for pid, child in sorted(state.children.items())},
+            "config": {
+                "number": config.number,
+                "backlog": config.backlog,
+                "seconds": config.seconds,
+                "max_unacked": config.max_unacked,
+                "max_upgrade_additional": config.max_upgrade_additional,
+            },
+            "version": state.version,
+            "bind": list(config.binds),
+            "bound_ports": list(config.bound_ports),
+            "cmd": list(config.program),
+            "respawn": state.respawn,
+            "upgrading": state.upgrading is not None,
+            "smooth_upgrade": state.upgrading is not None and state.upgrading.value == "smooth",
+            "reloading_for_upgrade": state.reexec_purpose is not None and state.reexec_purpose.value != "reload",
+            "cmd_name": config.command_name,
+            "verbosity": state.verbosity,
+            "last_spinup": at(state.last_spinup_at),
+            "ack_mode": ack_mode,
+            "kill_children_on_exit": config.kill_children_on_exit,
+            "command_socket_as_fd": config.command_socket_as_fd,
+            "socket_path": config.socket_path,
+            "pidfile": config.pidfile,
+            "lockfile": config.lockfile,
+            "consecutive_deaths_before_ack": state.deaths_before_ack,
+            "signal_timeout": config.signal_timeout,
+            "preloaded": config.preloaded,
+            "master_pid": config.master_pid,
+            "ack_count": pool.ack_count(state),
+            "ack_target": pool.ack_target(state),
+            "missing": max(0, pool.missing_worker_count(state)),
+            "pending_spawns": len(state.pending),
+        }
+    }
+
+
+def _child(child: Child, at: Callable[[float | None], Timestamp | None]) -> dict[str, object]:
+    return {
+        "type": Symbol(child.kind.value),
+        "version": child.version,
+        "acked": child.acked,
+        "signaled": sorted(child.signaled),
+        "last_signaled_at": at(child.last_signaled_at),
+        "index": child.index,
+        "spinup_time": at(child.spinup_at),
+        "pinged_at": None if child.pinged_at is None else Timestamp(child.pinged_at),
+        "pinged_request_id": child.pinged_request_id,
+    }

@@ -1,0 +1,192 @@
+"""State <-> plain data (str keys, lists, numbers), for passing state across a re-exec.
+
+The document carries `format`; a newer or older master restores it by filling
+missing keys with defaults and dropping unknown ones, and says which in its notes.
+Runtime-changeable settings (`inc`, `set_workers`, `config`) travel in the
+document and override the command line of the new master.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from einhorn.core.config import RUNTIME_SETTINGS, Config, apply_setting
+from einhorn.core.state import Child, ChildKind, PendingSpawn, ReexecPurpose, State, Subscriber, UpgradeKind
+
+FORMAT = 1
+
+_DEFAULTS: Mapping[str, object] = {
+    "format": FORMAT,
+    "version": 0,
+    "children": [],
+    "pending": [],
+    "next_spawn_id": 0,
+    "respawn": True,
+    "upgrading": None,
+    "upgrade_subscribers": [],
+    "reexec_purpose": None,
+    "reexec_subscribers": [],
+    "shutdown_signal": None,
+    "deaths_before_ack": 0,
+    "last_spinup_at": None,
+    "clock": 0.0,
+    "verbosity": 1,
+    "settings": {},
+}
+
+_CHILD_DEFAULTS: Mapping[str, object] = {
+    "pid": 0,
+    "kind": "worker",
+    "version": 0,
+    "index": 0,
+    "spinup_at": 0.0,
+    "acked": False,
+    "signaled": [],
+    "last_signaled_at": None,
+    "killed": False,
+    "pinged_at": None,
+    "pinged_request_id": None,
+}
+
+
+class StateFormatError(ValueError):
+    """The document cannot be turned into a state at all."""
+
+
+def to_plain(state: State) -> dict[str, object]:
+    return {
+        "format": FORMAT,
+        "version": state.version,
+        "children": [_child_to_plain(c) for c in state.children.values()],
+        "pending": [[p.spawn_id, p.index, p.version, p.requested_at] for p in state.pending.values()],
+        "next_spawn_id": state.next_spawn_id,
+        "respawn": state.respawn,
+        "upgrading": None if state.upgrading is None else state.upgrading.value,
+        "upgrade_subscribers": [[s.conn, s.request_id] for s in state.upgrade_subscribers],
+        "reexec_purpose": None if state.reexec_purpose is None else state.reexec_purpose.value,
+        "reexec_subscribers": [[s.conn, s.request_id] for s in state.reexec_subscribers],
+        "shutdown_signal": state.shutdown_signal,
+        "deaths_before_ack": state.deaths_before_ack,
+        "last_spinup_at": state.last_spinup_at,
+        "clock": state.clock,
+        "verbosity": state.verbosity,
+        "settings": {name: getattr(state.config, name) for name in RUNTIME_SETTINGS},
+    }
+
+
+def _child_to_plain(child: Child) -> dict[str, object]:
+    return {
+        "pid": child.pid,
+        "kind": child.kind.value,
+        "version": child.version,
+        "index": child.index,
+        "spinup_at": child.spinup_at,
+        "acked": child.acked,
+        "signaled": sorted(child.signaled),
+        "last_signaled_at": child.last_signaled_at,
+        "killed": child.killed,
+        "pinged_at": child.pinged_at,
+        "pinged_request_id": child.pinged_request_id,
+    }
+
+
+def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
+    """Restore a state; the notes list what was defaulted or dropped (empty if nothing)."""
+    if not isinstance(data, Mapping):
+        raise StateFormatError(f"state document is a {type(data).__name__}, not a mapping")
+    doc, notes = _normalize(data, _DEFAULTS, "state")
+    try:
+        children: dict[int, Child] = {}
+        for raw in _list(doc["children"]):
+            child_doc, child_notes = _normalize(_mapping(raw), _CHILD_DEFAULTS, "child")
+            notes += child_notes
+            child = _child_from_plain(child_doc)
+            children[child.pid] = child
+        pending = {
+            int(_num(p[0])): PendingSpawn(int(_num(p[0])), int(_num(p[1])), int(_num(p[2])), float(_num(p[3])))
+            for p in (_list(x) for x in _list(doc["pending"]))
+        }
+        for name, value in _mapping(doc["settings"]).items():
+            updated = apply_setting(config, str(name), value)
+            if isinstance(updated, str):
+                notes.append(f"ignored setting {name!r}={value!r}: {updated}")
+            else:
+                config = updated
+        state = State(
+            config=config,
+            version=int(_num(doc["version"])),
+            children=children,
+            pending=pending,
+            next_spawn_id=int(_num(doc["next_spawn_id"])),
+            respawn=bool(doc["respawn"]),
+            upgrading=None if doc["upgrading"] is None else UpgradeKind(doc["upgrading"]),
+            upgrade_subscribers=_subscribers(doc["upgrade_subscribers"]),
+            reexec_purpose=None if doc["reexec_purpose"] is None else ReexecPurpose(doc["reexec_purpose"]),
+            reexec_subscribers=_subscribers(doc["reexec_subscribers"]),
+            shutdown_signal=None if doc["shutdown_signal"] is None else str(doc["shutdown_signal"]),
+            deaths_before_ack=int(_num(doc["deaths_before_ack"])),
+            last_spinup_at=_optional_float(doc["last_spinup_at"]),
+            clock=float(_num(doc["clock"])),
+            verbosity=int(_num(doc["verbosity"])),
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise StateFormatError(f"malformed state document: {error}") from error
+    return state, notes
+
+
+def _normalize(data: Mapping[object, object], defaults: Mapping[str, object], what: str) -> tuple[dict[str, object], list[str]]:
+    missing = sorted(k for k in defaults if k not in data)
+    unknown = sorted(str(k) for k in data if k not in defaults)
+    doc = {k: data.get(k, v) for k, v in defaults.items()}
+    notes = []
+    if missing:
+        notes.append(f"{what}: added default values for {missing}")
+    if unknown:
+        notes.append(f"{what}: deleted unknown values for {unknown}")
+    return doc, notes
+
+
+def _child_from_plain(doc: Mapping[str, object]) -> Child:
+    return Child(
+        pid=int(_num(doc["pid"])),
+        kind=ChildKind(doc["kind"]),
+        version=int(_num(doc["version"])),
+        index=int(_num(doc["index"])),
+        spinup_at=float(_num(doc["spinup_at"])),
+        acked=bool(doc["acked"]),
+        signaled=frozenset(str(s) for s in _list(doc["signaled"])),
+        last_signaled_at=_optional_float(doc["last_signaled_at"]),
+        killed=bool(doc["killed"]),
+        pinged_at=_optional_float(doc["pinged_at"]),
+        pinged_request_id=None if doc["pinged_request_id"] is None else str(doc["pinged_request_id"]),
+    )
+
+
+def _subscribers(value: object) -> tuple[Subscriber, ...]:
+    result = []
+    for item in _list(value):
+        conn, request_id = _list(item)
+        result.append(Subscriber(int(_num(conn)), None if request_id is None else str(request_id)))
+    return tuple(result)
+
+
+def _num(value: object) -> int | float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {value!r}")
+    return value
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(_num(value))
+
+
+def _list(value: object) -> list[object]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list, got {type(value).__name__}")
+    return value
+
+
+def _mapping(value: object) -> Mapping[object, object]:
+    if not isinstance(value, Mapping):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    return value

@@ -1,0 +1,391 @@
+"""The one entry point: `step(state, event) -> (state, effects)`, and `next_deadline`.
+
+Every event is handled by its own function, then `reconcile` runs after every
+event whatever it was: timer ACKs, SIGKILL escalation, replenish, cull, exit.
+That pass is the whole scheduling policy of BEHAVIOR §4; spec/README.md states
+its rules and invariants in words.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TypeVar, assert_never
+
+from einhorn.core import pool
+from einhorn.core.actions import announce, register_ack, signal_children, start_reexec
+from einhorn.core.commands import handle_command
+from einhorn.core.effects import (
+    Effect,
+    Exit,
+    Log,
+    LogLevel,
+    Reply,
+    SendSignal,
+    SpawnWorker,
+)
+from einhorn.core.events import (
+    ChildExited,
+    CommandReceived,
+    ConnectionClosed,
+    Event,
+    MasterStarted,
+    ReexecFailed,
+    RequestUnparseable,
+    SignalReceived,
+    SpawnFailed,
+    Tick,
+    WorkerSpawned,
+)
+from einhorn.core.state import (
+    Child,
+    ChildKind,
+    PendingSpawn,
+    ReexecPurpose,
+    State,
+    Subscriber,
+    UpgradeKind,
+)
+
+Outcome = tuple[State, list[Effect]]
+_V = TypeVar("_V")
+
+
+def step(state: State, event: Event) -> Outcome:
+    state = replace(state, clock=max(state.clock, event.now))
+    match event:
+        case MasterStarted():
+            state, effects = _on_started(state, event)
+        case Tick():
+            effects = []
+        case WorkerSpawned():
+            state, effects = _on_spawned(state, event)
+        case SpawnFailed():
+            state, effects = _on_spawn_failed(state, event)
+        case ChildExited():
+            state, effects = _on_child_exited(state, event)
+        case SignalReceived():
+            state, effects = _on_signal(state, event)
+        case CommandReceived():
+            state, effects = handle_command(state, event)
+        case RequestUnparseable():
+            effects = [Reply(event.conn, "Could not parse command")]
+        case ConnectionClosed():
+            state, effects = _on_connection_closed(state, event)
+        case ReexecFailed():
+            state, effects = _on_reexec_failed(state, event)
+        case _:
+            assert_never(event)
+    state, more = reconcile(state)
+    return state, [*effects, *more]
+
+
+def next_deadline(state: State) -> float | None:
+    """When the shell must wake the core with a `Tick`, if nothing else happens first.
+
+    Only deadlines after `state.clock` count: one at or before it has already
+    been acted on, or is blocked until some other event changes the state.
+    """
+    deadlines: list[float] = []
+    ack_timer = state.config.ack_timer
+    for child in state.children.values():
+        if child.is_worker and not child.acked and ack_timer is not None:
+            deadlines.append(child.spinup_at + ack_timer)
+        if state.config.signal_timeout is not None and child.last_signaled_at is not None and not child.killed:
+            deadlines.append(child.last_signaled_at + state.config.signal_timeout)
+    if state.respawn and state.last_spinup_at is not None and pool.missing_worker_count(state) > 0:
+        deadlines.append(state.last_spinup_at + pool.spinup_interval(state))
+    future = [d for d in deadlines if d > state.clock]
+    return min(future) if future else None
+
+
+# --- events ---------------------------------------------------------------
+
+
+def _on_started(state: State, event: MasterStarted) -> Outcome:
+    if not event.restored:
+        return state, []
+    effects: list[Effect] = [
+        Log(LogLevel.INFO, f"Restored state: version {state.version}, {len(pool.workers(state))} workers")
+    ]
+    purpose = state.reexec_purpose
+    subscribers = state.reexec_subscribers
+    state = replace(state, reexec_purpose=None, reexec_subscribers=())
+    match purpose:
+        case None:
+            pass
+        case ReexecPurpose.RELOAD:
+            effects += [Reply(s.conn, "Reload done", s.request_id) for s in subscribers]
+        case ReexecPurpose.SMOOTH_UPGRADE | ReexecPurpose.FLEET_UPGRADE:
+            kind = UpgradeKind.SMOOTH if purpose is ReexecPurpose.SMOOTH_UPGRADE else UpgradeKind.FLEET
+            state = replace(state, upgrade_subscribers=(*state.upgrade_subscribers, *subscribers))
+            state, more = upgrade_workers(state, kind)
+            effects += more
+        case _:
+            assert_never(purpose)
+    return state, effects
+
+
+def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
+    pending = state.pending.get(event.spawn_id)
+    if pending is None:
+        return state, [Log(LogLevel.ERROR, f"Spawn result for unknown spawn {event.spawn_id} (pid {event.pid}); ignoring")]
+    child = Child(
+        pid=event.pid,
+        kind=ChildKind.WORKER,
+        version=pending.version,
+        index=pending.index,
+        spinup_at=event.now,
+    )
+    state = replace(
+        state,
+        pending=_without(state.pending, event.spawn_id),
+        children={**state.children, event.pid: child},
+    )
+    effects = announce(state, LogLevel.INFO, f"===> Launched {event.pid} (index: {pending.index})")
+    if not state.respawn and state.shutdown_signal is not None:
+        state, more = signal_children(state, state.shutdown_signal, [event.pid])
+        effects += more
+    return state, effects
+
+
+def _on_spawn_failed(state: State, event: SpawnFailed) -> Outcome:
+    if event.spawn_id not in state.pending:
+        return state, [Log(LogLevel.ERROR, f"Spawn failure for unknown spawn {event.spawn_id}; ignoring")]
+    state = replace(
+        state,
+        pending=_without(state.pending, event.spawn_id),
+        deaths_before_ack=state.deaths_before_ack + 1,
+    )
+    return state, [
+        Log(
+            LogLevel.ERROR,
+            f"Could not spawn worker: {event.reason}; will retry in {pool.spinup_interval(state):g}s",
+        )
+    ]
+
+
+def _on_child_exited(state: State, event: ChildExited) -> Outcome:
+    child = state.children.get(event.pid)
+    if child is None:
+        return state, [Log(LogLevel.INFO, f"Reaped unknown process {event.pid} ({_describe_exit(event)}); ignoring")]
+    state = replace(state, children=_without(state.children, event.pid))
+    if child.kind is ChildKind.STATE_PASSER:
+        return state, [Log(LogLevel.DEBUG, f"===> Exited state passing process {event.pid}")]
+    extra = ""
+    if not child.acked:
+        state = replace(state, deaths_before_ack=state.deaths_before_ack + 1)
+        extra = " before it was ACKed"
+    return state, announce(state, LogLevel.INFO, f"===> Exited worker {event.pid}{extra} ({_describe_exit(event)})")
+
+
+def _describe_exit(event: ChildExited) -> str:
+    if event.signal is not None:
+        return f"killed by signal {event.signal}"
+    return f"exit status {event.exit_code}"
+
+
+def _on_signal(state: State, event: SignalReceived) -> Outcome:
+    match event.signal:
+        case "INT" | "USR2":
+            return _shut_down(state, event.signal, "USR2")
+        case "TERM":
+            return _shut_down(state, event.signal, "TERM")
+        case "QUIT":
+            state, effects = _shut_down(state, event.signal, "QUIT")
+            return replace(state, exit_code=1), [*effects, Exit(1)]
+        case "HUP":
+            return start_reexec(state, ReexecPurpose.SMOOTH_UPGRADE, None)
+        case "ALRM":
+            state, effects = start_reexec(state, ReexecPurpose.SMOOTH_UPGRADE, None)
+            return state, [Log(LogLevel.ERROR, "Upgrading using SIGALRM is deprecated. Please switch to SIGHUP"), *effects]
+        case other:
+            return state, [Log(LogLevel.DEBUG, f"Ignoring SIG{other}")]
+
+
+def _shut_down(state: State, received: str, send: str) -> Outcome:
+    state = replace(state, respawn=False, shutdown_signal=send)
+    state, effects = signal_children(state, send, sorted(state.children))
+    note = Log(LogLevel.INFO, f"Received SIG{received}: sent SIG{send} to all children; exiting once they are gone")
+    return state, [note, *effects]
+
+
+def _on_connection_closed(state: State, event: ConnectionClosed) -> Outcome:
+    def keep(subscribers: tuple[Subscriber, ...]) -> tuple[Subscriber, ...]:
+        return tuple(s for s in subscribers if s.conn != event.conn)
+
+    return replace(
+        state,
+        upgrade_subscribers=keep(state.upgrade_subscribers),
+        reexec_subscribers=keep(state.reexec_subscribers),
+    ), []
+
+
+def _on_reexec_failed(state: State, event: ReexecFailed) -> Outcome:
+    what = "reload" if state.reexec_purpose is ReexecPurpose.RELOAD else "upgrade"
+    message = f"Can not initiate einhorn master {what} safely, aborting: {event.reason}"
+    effects: list[Effect] = [Log(LogLevel.ERROR, message)]
+    effects += [Reply(s.conn, f"ERROR: {message}", s.request_id) for s in state.reexec_subscribers]
+    return replace(state, reexec_purpose=None, reexec_subscribers=()), effects
+
+
+# --- upgrades -------------------------------------------------------------
+
+
+def upgrade_workers(state: State, kind: UpgradeKind) -> Outcome:
+    """Bump the version and start replacing workers (the worker half of an upgrade)."""
+    if state.upgrading is not None:
+        note = (
+            f"Currently upgrading ({pool.ack_count(state)} / {pool.ack_target(state)} ACKs;"
+            " bumping version and starting over)..."
+        )
+    else:
+        note = f"Starting {kind.value} upgrade from version {state.version}..."
+    state = replace(
+        state,
+        upgrading=kind,
+        version=state.version + 1,
+        deaths_before_ack=0,
+    )
+    effects = announce(state, LogLevel.INFO, note)
+    if kind is UpgradeKind.FLEET and state.respawn:
+        state, more = _spin_up(state, _fleet_capacity(state))
+        effects += more
+    return state, effects
+
+
+def _fleet_capacity(state: State) -> int:
+    missing = pool.missing_worker_count(state)
+    extra = state.config.max_upgrade_additional
+    if extra is None:
+        return missing
+    return max(0, min(missing, state.config.number + extra - pool.total_worker_count(state)))
+
+
+# --- reconcile: the scheduling pass after every event ---------------------
+
+
+def reconcile(state: State) -> Outcome:
+    effects: list[Effect] = []
+    for phase in (_timer_acks, _escalate, _replenish, _cull, _maybe_exit):
+        state, more = phase(state)
+        effects += more
+    return state, effects
+
+
+def _timer_acks(state: State) -> Outcome:
+    delay = state.config.ack_timer
+    if delay is None:
+        return state, []
+    effects: list[Effect] = []
+    for child in pool.workers(state):
+        if not child.acked and child.spinup_at + delay <= state.clock:
+            state, more = register_ack(state, child.pid)
+            effects += more
+    return state, effects
+
+
+def _escalate(state: State) -> Outcome:
+    timeout = state.config.signal_timeout
+    if timeout is None:
+        return state, []
+    effects: list[Effect] = []
+    children = dict(state.children)
+    for child in state.children.values():
+        if child.last_signaled_at is None or child.killed or child.last_signaled_at + timeout > state.clock:
+            continue
+        children[child.pid] = replace(child, killed=True)
+        effects += [
+            Log(LogLevel.INFO, f"Child {child.pid} is still active after {timeout}s. Sending SIGKILL."),
+            SendSignal(child.pid, "KILL"),
+        ]
+    return replace(state, children=children), effects
+
+
+def _replenish(state: State) -> Outcome:
+    if not state.respawn or pool.missing_worker_count(state) <= 0:
+        return state, []
+    if state.last_spinup_at is None:
+        missing = pool.missing_worker_count(state)
+        state, effects = _spin_up(state, missing)
+        return state, [Log(LogLevel.INFO, f"Launching {missing} new workers"), *effects]
+    return _replenish_gradually(state)
+
+
+def _replenish_gradually(state: State) -> Outcome:
+    assert state.last_spinup_at is not None
+    interval = pool.spinup_interval(state)
+    if state.clock < state.last_spinup_at + interval:
+        return state, []
+    unacked = pool.unacked_unsignaled_modern_count(state)
+    if unacked >= state.config.max_unacked:
+        return state, []
+    extra = state.config.max_upgrade_additional
+    if extra is not None and pool.total_worker_count(state) >= state.config.number + extra:
+        return state, []
+    note = Log(
+        LogLevel.INFO,
+        f"Launching a new process since there are {unacked} unacked new workers"
+        f" and max_unacked is {state.config.max_unacked} (spin-up interval {interval:g}s)",
+    )
+    state, effects = _spin_up(state, 1)
+    return state, [note, *effects]
+
+
+def _spin_up(state: State, count: int) -> Outcome:
+    effects: list[Effect] = []
+    pending = dict(state.pending)
+    used = pool.used_indexes(state)
+    spawn_id = state.next_spawn_id
+    for _ in range(count):
+        index = pool.lowest_free_index(used)
+        used.add(index)
+        pending[spawn_id] = PendingSpawn(spawn_id, index, state.version, state.clock)
+        effects.append(SpawnWorker(spawn_id, index, state.version))
+        spawn_id += 1
+    if count > 0:
+        state = replace(state, pending=pending, next_spawn_id=spawn_id, last_spinup_at=state.clock)
+    return state, effects
+
+
+def _cull(state: State) -> Outcome:
+    effects: list[Effect] = []
+    acked = pool.ack_count(state)
+    target = pool.ack_target(state)
+    if state.upgrading is not None and acked >= target:
+        version = f"version {state.version} (Einhorn {state.config.einhorn_version})"
+        effects += announce(state, LogLevel.INFO, f"Upgraded successfully to {version}.")
+        effects += [Reply(s.conn, "Upgrade done", s.request_id) for s in state.upgrade_subscribers]
+        state = replace(state, upgrading=None, upgrade_subscribers=())
+
+    old = sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))
+    if state.upgrading is None and old:
+        effects += announce(state, LogLevel.INFO, f"Killing off {len(old)} old workers.")
+        state, more = signal_children(state, "USR2", [c.pid for c in old])
+        effects += more
+    elif state.upgrading is UpgradeKind.SMOOTH:
+        excess = len(old) + acked - target
+        if excess > 0:
+            effects += announce(state, LogLevel.INFO, f"Smooth upgrade: killing off {excess} old workers.")
+            state, more = signal_children(state, "USR2", [c.pid for c in old[:excess]])
+            effects += more
+
+    surplus = len(pool.unsignaled_modern_workers(state)) - target
+    if surplus > 0:
+        victims = pool.surplus_by_priority(state)[:surplus]
+        effects.append(
+            Log(LogLevel.INFO, f"Have too many workers at the current version, so killing off {surplus} of them.")
+        )
+        state, more = signal_children(state, "USR2", [c.pid for c in victims])
+        effects += more
+    return state, effects
+
+
+def _maybe_exit(state: State) -> Outcome:
+    if state.respawn or state.children or state.pending or state.exit_code is not None:
+        return state, []
+    return replace(state, exit_code=0), [Log(LogLevel.INFO, "All workers gone; exiting"), Exit(0)]
+
+
+def _without(mapping: Mapping[int, _V], key: int) -> dict[int, _V]:
+    return {k: v for k, v in mapping.items() if k != key}
