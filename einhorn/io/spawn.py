@@ -1,0 +1,124 @@
+"""Starting workers: fork, set the child up, exec. Exec failures come back through a pipe."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+PR_SET_PDEATHSIG = 1
+RESET_SIGNALS = (
+    signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGALRM,
+    signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGXFSZ,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerLaunch:
+    """Everything needed to start one worker, fixed for the master's lifetime."""
+
+    path: str
+    argv: Sequence[str]
+    environ: Mapping[str, str]
+    listener_fds: Sequence[int]
+    socket_path: str
+    master_pid: int
+    pdeathsig: bool = False
+    prepare_child: Callable[[], None] | None = field(default=None)
+    """Runs in the child after fork and before exec (renice); must not raise."""
+
+
+def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) -> dict[str, str]:
+    env = {k: v for k, v in launch.environ.items() if not k.startswith("EINHORN_")}
+    env["EINHORN_MASTER_PID"] = str(launch.master_pid)
+    env["EINHORN_SOCK_PATH"] = launch.socket_path
+    env["EINHORN_FD_COUNT"] = str(len(launch.listener_fds))
+    for n, fd in enumerate(launch.listener_fds):
+        env[f"EINHORN_FD_{n}"] = str(fd)
+    env["EINHORN_CHILD_INDEX"] = str(index)
+    if sock_fd is not None:
+        env["EINHORN_SOCK_FD"] = str(sock_fd)
+    return env
+
+
+def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> int:
+    """Fork and exec one worker; its pid, or OSError if it could not be started."""
+    env = worker_environment(launch, index, sock_fd)
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(read_end)
+        os.close(write_end)
+        raise
+    if pid == 0:
+        os.close(read_end)
+        _exec_child(launch, env, write_end)
+    os.close(write_end)
+    try:
+        report = _read_all(read_end)
+    finally:
+        os.close(read_end)
+    if report:
+        os.waitpid(pid, 0)
+        code, _, message = report.decode(errors="replace").partition(":")
+        raise OSError(int(code) if code.isdigit() else errno.EIO, message)
+    return pid
+
+
+def become_worker_process(launch: WorkerLaunch) -> None:
+    """Child-side set-up shared by exec'd and preloaded workers (BEHAVIOR §2, STYLE pitfalls 6, 7, 9)."""
+    os.setpgid(0, 0)
+    signal.set_wakeup_fd(-1)
+    for signum in RESET_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    if launch.pdeathsig:
+        set_parent_death_signal(signal.SIGUSR2)
+        if os.getppid() != launch.master_pid:
+            os.write(2, b"Parent process died before we set pdeathsig; cowardly refusing to exec child process.\n")
+            os._exit(1)
+    if launch.prepare_child is not None:
+        launch.prepare_child()
+
+
+def _exec_child(launch: WorkerLaunch, env: Mapping[str, str], report_fd: int) -> None:
+    try:
+        become_worker_process(launch)
+        os.execve(launch.path, list(launch.argv), env)
+    except OSError as error:
+        os.write(report_fd, f"{error.errno}:{error.strerror}".encode())
+    except BaseException as error:  # noqa: BLE001 - nothing may escape a forked child
+        os.write(report_fd, f"{errno.EIO}:{error!r}".encode())
+    finally:
+        os._exit(127)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def pdeathsig_available() -> bool:
+    return sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
+
+
+def set_parent_death_signal(signum: int) -> None:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
