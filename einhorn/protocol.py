@@ -1,0 +1,233 @@
+"""Framing of the command socket protocol (BEHAVIOR §6).
+
+Each message, in both directions, is one line: a YAML document (clients send
+JSON, which is YAML too) in which every ``%`` is written ``%25`` and every
+newline ``%0A``, followed by ``\\n``.
+
+Requests come from anyone who can connect to the socket, so parsing is
+deliberately narrower than YAML: no anchors or aliases (no alias bombs), no
+tags (no arbitrary types), bounded depth and size, string mapping keys, and
+only JSON-like values come out (str, int, float, bool, None, list, dict).
+YAML limits an implicit mapping key to 1024 characters, so a longer key, as
+written on the wire, does not parse.
+"""
+
+import json
+import re
+from collections.abc import Hashable, Mapping, Sequence
+from typing import NoReturn
+
+import yaml
+import yaml.composer
+import yaml.constructor
+import yaml.nodes
+
+MAX_DEPTH = 64
+MAX_NODES = 10_000
+DEFAULT_MAX_LINE = 1024 * 1024
+
+_ESCAPED = re.compile("%(25|0A)", re.IGNORECASE)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+class RequestError(Exception):
+    """A line that is not a valid protocol message."""
+
+
+class LineTooLong(RequestError):
+    """A line grew past the buffer's limit; the connection should be dropped."""
+
+
+def escape(text: str) -> str:
+    """Escape ``%`` and newlines so that ``text`` fits on one line."""
+    return text.replace("%", "%25").replace("\n", "%0A")
+
+
+def unescape(text: str) -> str:
+    """Undo `escape`; other ``%`` sequences are left as they are."""
+    return _ESCAPED.sub(lambda match: "%" if match.group(1) == "25" else "\n", text)
+
+
+def encode_message(message: Mapping[str, object]) -> bytes:
+    """Frame ``message`` as one protocol line, terminator included."""
+    return escape(json.dumps(message, ensure_ascii=True)).encode("ascii") + b"\n"
+
+
+def request(
+    command: str,
+    args: Sequence[str] = (),
+    request_id: str | None = None,
+    **extra: object,
+) -> dict[str, object]:
+    """Build a request mapping; ``id`` is left out when ``request_id`` is None."""
+    message: dict[str, object] = {"command": command, "args": list(args)}
+    if request_id is not None:
+        message["id"] = request_id
+    message.update(extra)
+    return message
+
+
+def parse_message(line: bytes) -> dict[str, object]:
+    """Parse one protocol line (trailing newline optional) into a mapping."""
+    try:
+        text = line.removesuffix(b"\n").decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise RequestError(f"message is not valid UTF-8: {error}") from error
+    document = parse_document(unescape(text))
+    if not isinstance(document, dict):
+        raise RequestError(f"message is a {type(document).__name__}, not a mapping")
+    return document
+
+
+def parse_document(text: str) -> object:
+    """Parse untrusted YAML with the restrictions of the module doc.
+
+    JSON objects, which is what almost every client sends, take the C JSON
+    parser first: PyYAML's pure-Python loader costs about 1.6 s per MiB on the
+    master's only thread. The same limits apply to both paths.
+    """
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            document = json.loads(stripped)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            _check_json_limits(document)
+            return document
+    try:
+        return yaml.load(text, Loader=_RestrictedLoader)
+    except yaml.YAMLError as error:
+        raise RequestError(f"not valid YAML: {error}") from error
+    except ValueError as error:
+        # PyYAML's int constructor raises ValueError on some scalars its own
+        # resolver accepts, such as "0b_" or "0x_".
+        raise RequestError(f"malformed value: {error}") from error
+
+
+def _check_json_limits(document: object) -> None:
+    nodes = 0
+    stack: list[tuple[object, int]] = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise RequestError(f"more than {MAX_NODES} nodes")
+        if depth > MAX_DEPTH:
+            raise RequestError(f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                raise RequestError("unpaired surrogate in string")
+        elif isinstance(value, dict):
+            stack.extend((k, depth + 1) for k in value)
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+class LineBuffer:
+    """Reassembles newline-terminated lines from a byte stream."""
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+        self._max_line = max_line
+        self._pending = bytearray()
+        self._overflowed = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add ``data``; return the lines it completed, without their newline.
+
+        Raises `LineTooLong` when a line exceeds ``max_line`` bytes; the
+        buffer then refuses all further input.
+        """
+        if self._overflowed:
+            raise LineTooLong("line buffer already overflowed")
+        # Only the new bytes can hold a newline: the pending ones had none.
+        search_from = len(self._pending)
+        self._pending += data
+        lines: list[bytes] = []
+        line_start = 0
+        while (newline := self._pending.find(b"\n", search_from)) != -1:
+            self._check_length(newline - line_start)
+            lines.append(bytes(self._pending[line_start:newline]))
+            line_start = search_from = newline + 1
+        del self._pending[:line_start]
+        self._check_length(len(self._pending))
+        return lines
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an incomplete line received so far."""
+        return bytes(self._pending)
+
+    def _check_length(self, length: int) -> None:
+        if length > self._max_line:
+            self._overflowed = True
+            self._pending.clear()
+            raise LineTooLong(f"line longer than {self._max_line} bytes")
+
+
+def _without_timestamps(
+    resolvers: dict[str, list[tuple[str, re.Pattern[str]]]],
+) -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    return {
+        first: [(tag, regexp) for tag, regexp in candidates if tag != _TIMESTAMP_TAG]
+        for first, candidates in resolvers.items()
+    }
+
+
+class _RestrictedLoader(yaml.SafeLoader):
+    """A SafeLoader for untrusted single-line requests (see the module doc)."""
+
+    # Plain scalars that look like dates stay strings: values must be JSON-like.
+    yaml_implicit_resolvers = _without_timestamps(yaml.SafeLoader.yaml_implicit_resolvers)
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._node_count = 0
+
+    def compose_node(self, parent: yaml.nodes.Node | None, index: int) -> yaml.nodes.Node | None:
+        # peek_event is untyped in types-PyYAML.
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            self._refuse("anchors and aliases are not allowed")
+        if getattr(event, "tag", None) is not None:
+            self._refuse("tags are not allowed")
+        self._node_count += 1
+        if self._node_count > MAX_NODES:
+            self._refuse(f"more than {MAX_NODES} nodes")
+        if self._depth >= MAX_DEPTH:
+            self._refuse(f"nested deeper than {MAX_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _refuse(self, problem: str) -> NoReturn:
+        raise yaml.composer.ComposerError(None, None, problem, self.get_mark())
+
+    def construct_scalar(self, node: yaml.nodes.ScalarNode | yaml.nodes.MappingNode) -> str:
+        value = super().construct_scalar(node)
+        if not _SURROGATE.search(value):
+            return value
+        # JSON with ensure_ascii writes characters outside the BMP as \\u
+        # surrogate pairs, which YAML decodes one half at a time.
+        try:
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "unpaired surrogate in string", node.start_mark
+            ) from None
+
+    def construct_mapping(
+        self, node: yaml.nodes.MappingNode, deep: bool = False
+    ) -> dict[Hashable, object]:
+        mapping = super().construct_mapping(node, deep=deep)
+        for key in mapping:
+            if not isinstance(key, str):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"mapping key {key!r} is not a string", node.start_mark
+                )
+        return mapping

@@ -1,0 +1,288 @@
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from einhorn.protocol import (
+    MAX_DEPTH,
+    MAX_NODES,
+    LineBuffer,
+    LineTooLong,
+    RequestError,
+    encode_message,
+    escape,
+    parse_document,
+    parse_message,
+    request,
+    unescape,
+)
+
+BILLION_LAUGHS = (
+    'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    "b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+    "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+    "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+    "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+    "f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+    "g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+    "h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n"
+    "i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n"
+)
+
+# YAML allows at most 1024 characters for an implicit mapping key, and JSON
+# with ensure_ascii writes a character in up to 12: keep keys well below that.
+json_keys = st.text(max_size=80)
+json_scalars = st.none() | st.booleans() | st.integers() | st.text()
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(json_keys, children, max_size=4),
+    max_leaves=20,
+)
+# Characters that steer generated text into YAML syntax and the escapes.
+yamlish_text = st.text(alphabet=st.sampled_from("{}[]:,-?&*!|>'\"#%250Aab \n\t"))
+
+
+def wire(text: str) -> bytes:
+    return escape(text).encode("utf-8") + b"\n"
+
+
+def nested_lists(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+# escape / unescape
+
+
+def test_escape_writes_percent_and_newline_as_hex() -> None:
+    assert escape("100%\nsure") == "100%25%0Asure"
+
+
+def test_unescape_accepts_lowercase_hex() -> None:
+    assert unescape("a%0ab%0Ac%25") == "a\nb\nc%"
+
+
+def test_unescape_leaves_other_percent_sequences_alone() -> None:
+    assert unescape("%41 %2 %0B %") == "%41 %2 %0B %"
+
+
+def test_unescape_decodes_an_escaped_escape_once() -> None:
+    assert unescape("%250A") == "%0A"
+
+
+@given(st.text() | yamlish_text)
+def test_escape_round_trips_and_stays_on_one_line(text: str) -> None:
+    escaped = escape(text)
+    assert "\n" not in escaped
+    assert unescape(escaped) == text
+
+
+# encode_message / request
+
+
+def test_encode_message_is_one_json_line() -> None:
+    # JSON already writes a newline inside a string as the two characters \n.
+    assert encode_message({"message": "50%\ndone", "wait": True}) == (
+        b'{"message": "50%25\\ndone", "wait": true}\n'
+    )
+
+
+def test_encode_message_escapes_non_ascii() -> None:
+    assert encode_message({"user": "jos\u00e9"}) == b'{"user": "jos\\u00e9"}\n'
+
+
+def test_request_builds_the_mapping_clients_send() -> None:
+    assert request("signal", ["TERM"], "7", user="alice") == {
+        "command": "signal",
+        "args": ["TERM"],
+        "id": "7",
+        "user": "alice",
+    }
+
+
+def test_request_leaves_out_a_missing_id() -> None:
+    assert request("ehlo") == {"command": "ehlo", "args": []}
+
+
+# parse_message: the shapes clients send
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        wire("---\ncommand: worker:ack\npid: 12\n"),
+        b'{"command":"worker:ack","pid":12}\n',
+        b'{"command": "worker:ack", "pid": 12}\n',
+        b'{ "command" : "worker:ack" , "pid" : 12 }',
+        b"{command: 'worker:ack', pid: 12}\n",
+    ],
+    ids=["ruby-and-go-block-yaml", "compact-json", "spaced-json", "loose-json", "flow-yaml"],
+)
+def test_parse_message_accepts_client_shapes(line: bytes) -> None:
+    assert parse_message(line) == {"command": "worker:ack", "pid": 12}
+
+
+def test_parse_message_reads_a_ruby_block_literal_response() -> None:
+    line = wire("---\nmessage: |\n  Welcome alice! 100%\nrequest_id: 3\n")
+    assert parse_message(line) == {"message": "Welcome alice! 100%\n", "request_id": 3}
+
+
+def test_parse_message_keeps_date_like_scalars_as_strings() -> None:
+    assert parse_message(b"request_id: 2024-01-31") == {"request_id": "2024-01-31"}
+
+
+def test_parse_message_joins_json_surrogate_pairs() -> None:
+    assert parse_message(b'{"user": "\\ud83e\\udd84"}') == {"user": "\U0001f984"}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"just a string",
+        b"[1, 2]",
+        b"{1: one}",
+        b"{a: {null: 1}}",
+        b"\xff\xfe",
+        b"{unclosed: [",
+        b"a: 1%0A---%0Ab: 2",
+        b"a: !!python/object/apply:os.system [true]",
+        b"a: !!binary aGk=",
+        b"a: !local x",
+        b"a: &anchor 1",
+        b"a: *alias",
+        b"pid: 0b_",
+        b'{"user": "\\ud83e"}',
+    ],
+)
+def test_parse_message_rejects_with_request_error(line: bytes) -> None:
+    with pytest.raises(RequestError):
+        parse_message(line)
+
+
+def test_long_keys_parse_on_the_json_path() -> None:
+    assert parse_message(encode_message({"k" * 1030: 1})) == {"k" * 1030: 1}
+
+
+def test_json_fast_path_keeps_the_limits() -> None:
+    deep = "{" + '"a":[' * 70 + "1" + "]" * 70 + "}"
+    with pytest.raises(RequestError, match="deeper"):
+        parse_message(deep.encode())
+    with pytest.raises(RequestError, match="surrogate"):
+        parse_message(b'{"command": "\\ud800"}')
+    with pytest.raises(RequestError, match="nodes"):
+        parse_message(encode_message({"args": ["x"] * 20_000}))
+
+
+@pytest.mark.timeout(5)
+def test_parse_message_rejects_an_alias_bomb() -> None:
+    with pytest.raises(RequestError, match="aliases"):
+        parse_message(wire(BILLION_LAUGHS))
+
+
+def test_parse_message_accepts_the_maximum_depth() -> None:
+    # The top-level mapping is one level.
+    message = parse_message(f"a: {nested_lists(MAX_DEPTH - 1)}".encode())
+    assert list(message) == ["a"]
+
+
+def test_parse_message_rejects_one_level_more() -> None:
+    with pytest.raises(RequestError, match="nested deeper"):
+        parse_message(f"a: {nested_lists(MAX_DEPTH)}".encode())
+
+
+@pytest.mark.timeout(5)
+def test_parse_message_rejects_very_deep_nesting_quickly() -> None:
+    with pytest.raises(RequestError, match="nested deeper"):
+        parse_message(f"a: {nested_lists(100_000)}".encode())
+
+
+def test_parse_message_caps_the_number_of_nodes() -> None:
+    # The mapping, its key and the list are three nodes.
+    parse_message(json.dumps({"a": [0] * (MAX_NODES - 3)}).encode())
+    with pytest.raises(RequestError, match="nodes"):
+        parse_message(json.dumps({"a": [0] * (MAX_NODES - 2)}).encode())
+
+
+@given(st.dictionaries(json_keys, json_values))
+def test_encode_then_parse_round_trips(message: dict[str, object]) -> None:
+    assert parse_message(encode_message(message)) == message
+
+
+@given(st.binary() | yamlish_text.map(str.encode))
+def test_parse_message_raises_nothing_but_request_error(line: bytes) -> None:
+    try:
+        message = parse_message(line)
+    except RequestError:
+        return
+    assert all(isinstance(key, str) for key in message)
+
+
+# LineBuffer
+
+
+def test_line_buffer_reassembles_a_request_split_across_writes() -> None:
+    buffer = LineBuffer()
+    assert buffer.feed(b'{"command":') == []
+    assert buffer.feed(b' "ehlo"') == []
+    assert buffer.feed(b"}\n") == [b'{"command": "ehlo"}']
+
+
+def test_line_buffer_splits_several_requests_in_one_write() -> None:
+    buffer = LineBuffer()
+    assert buffer.feed(b"one\ntwo\n\nthr") == [b"one", b"two", b""]
+    assert buffer.feed(b"ee\n") == [b"three"]
+
+
+def test_line_buffer_accepts_a_line_of_exactly_max_line() -> None:
+    assert LineBuffer(max_line=4).feed(b"abcd\n") == [b"abcd"]
+
+
+def test_line_buffer_refuses_a_complete_line_over_max_line() -> None:
+    with pytest.raises(LineTooLong):
+        LineBuffer(max_line=4).feed(b"ok\nabcde\n")
+
+
+def test_line_buffer_refuses_two_mebibytes_before_the_newline_arrives() -> None:
+    buffer = LineBuffer()
+    chunk = b"x" * 65536
+    with pytest.raises(LineTooLong):
+        for _ in range(32):
+            buffer.feed(chunk)
+
+
+def test_line_buffer_is_unusable_after_overflowing() -> None:
+    buffer = LineBuffer(max_line=4)
+    with pytest.raises(LineTooLong):
+        buffer.feed(b"abcdef")
+    with pytest.raises(LineTooLong):
+        buffer.feed(b"\nok\n")
+
+
+@given(
+    st.lists(st.binary(max_size=20).map(lambda line: line.replace(b"\n", b""))),
+    st.binary(max_size=20).map(lambda tail: tail.replace(b"\n", b"")),
+    st.data(),
+)
+def test_line_buffer_yields_exactly_the_lines_however_the_stream_is_cut(
+    lines: list[bytes], unfinished_tail: bytes, data: st.DataObject
+) -> None:
+    stream = b"".join(line + b"\n" for line in lines) + unfinished_tail
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)))))
+    chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
+    buffer = LineBuffer(max_line=20)
+    received = [line for chunk in chunks for line in buffer.feed(chunk)]
+    assert received == lines
+
+
+# parse_document (the `config` command's argument)
+
+
+def test_parse_document_returns_any_json_like_value() -> None:
+    assert parse_document("[1, two, {three: 3}]") == [1, "two", {"three": 3}]
+
+
+def test_parse_document_applies_the_same_restrictions() -> None:
+    with pytest.raises(RequestError, match="aliases"):
+        parse_document("a: &x 1\nb: *x")

@@ -1,0 +1,277 @@
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from einhorn import worker
+from einhorn.protocol import parse_message
+
+
+@pytest.fixture(autouse=True)
+def worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of a worker whose master is our parent, and nothing else."""
+    for name in list(os.environ):
+        if name.startswith("EINHORN_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("EINHORN_MASTER_PID", str(os.getppid()))
+
+
+@pytest.fixture
+def command_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
+    """A listening command socket; connections wait in its backlog until accepted."""
+    path = str(tmp_path / "einhorn.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(4)
+        yield path, listener
+
+
+def receive_one_connection(listener: socket.socket) -> bytes:
+    connection, _ = listener.accept()
+    with connection:
+        return receive_until_closed(connection)
+
+
+def receive_until_closed(connection: socket.socket) -> bytes:
+    received = b""
+    while data := connection.recv(4096):
+        received += data
+    return received
+
+
+def receive_lines(connection: socket.socket, count: int) -> list[bytes]:
+    received = b""
+    while received.count(b"\n") < count:
+        received += connection.recv(4096)
+    return received.splitlines(keepends=True)
+
+
+ACK = {"command": "worker:ack", "pid": os.getpid()}
+
+
+# ack and ping
+
+
+def test_ack_to_an_explicit_path_sends_the_documented_line(
+    command_socket: tuple[str, socket.socket],
+) -> None:
+    path, listener = command_socket
+    worker.ack(path)
+    assert receive_one_connection(listener) == (
+        b'{"command":"worker:ack","pid":%d}\n' % os.getpid()
+    )
+
+
+def test_ack_uses_einhorn_sock_path(
+    command_socket: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, listener = command_socket
+    monkeypatch.setenv("EINHORN_SOCK_PATH", path)
+    worker.ack()
+    assert parse_message(receive_one_connection(listener)) == ACK
+
+
+def test_ack_and_ping_reuse_einhorn_sock_fd_without_closing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    worker_end, master_end = socket.socketpair()
+    with worker_end, master_end:
+        monkeypatch.setenv("EINHORN_SOCK_FD", str(worker_end.fileno()))
+        monkeypatch.setenv("EINHORN_SOCK_PATH", "/nonexistent/einhorn.sock")
+        worker.ack()
+        worker.ping("health-1")
+        lines = receive_lines(master_end, 2)
+    assert [parse_message(line) for line in lines] == [
+        ACK,
+        {"command": "worker:ping", "pid": os.getpid(), "request_id": "health-1"},
+    ]
+
+
+def test_an_explicit_path_wins_over_einhorn_sock_fd(
+    command_socket: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, listener = command_socket
+    monkeypatch.setenv("EINHORN_SOCK_FD", "-1")
+    worker.ack(path)
+    assert parse_message(receive_one_connection(listener)) == ACK
+
+
+def test_ping_sends_the_request_id(command_socket: tuple[str, socket.socket]) -> None:
+    path, listener = command_socket
+    worker.ping("100% up\n", path)
+    assert parse_message(receive_one_connection(listener)) == {
+        "command": "worker:ping",
+        "pid": os.getpid(),
+        "request_id": "100% up\n",
+    }
+
+
+def test_ack_without_a_command_socket_is_a_clear_error() -> None:
+    with pytest.raises(worker.NotRunningUnderEinhorn, match="EINHORN_SOCK_PATH is set"):
+        worker.ack()
+
+
+def test_ack_without_a_master_pid_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EINHORN_MASTER_PID")
+    with pytest.raises(worker.NotRunningUnderEinhorn, match="EINHORN_MASTER_PID is not set"):
+        worker.ack("/unused")
+
+
+def test_ack_from_a_grandchild_of_the_master_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EINHORN_MASTER_PID", str(os.getppid() + 1))
+    with pytest.raises(worker.NotRunningUnderEinhorn, match="parent pid"):
+        worker.ack("/unused")
+
+
+def test_ack_to_a_closed_sock_fd_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    os.close(write_end)
+    monkeypatch.setenv("EINHORN_SOCK_FD", str(write_end))
+    with pytest.raises(worker.NotRunningUnderEinhorn, match="EINHORN_SOCK_FD=.* is not open"):
+        worker.ack()
+
+
+def test_ack_to_a_non_socket_sock_fd_is_a_clear_error_and_leaks_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read_end, write_end = os.pipe()
+    try:
+        monkeypatch.setenv("EINHORN_SOCK_FD", str(write_end))
+        open_fds = set(os.listdir("/proc/self/fd"))
+        with pytest.raises(worker.NotRunningUnderEinhorn, match="is not a socket"):
+            worker.ack()
+        assert set(os.listdir("/proc/self/fd")) == open_fds
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_ack_to_a_dead_master_raises_os_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        worker.ack(str(tmp_path / "gone.sock"))
+
+
+# Inherited listening sockets
+
+
+def set_listener_env(monkeypatch: pytest.MonkeyPatch, *listeners: socket.socket) -> list[int]:
+    fds = [os.dup(listener.fileno()) for listener in listeners]
+    monkeypatch.setenv("EINHORN_FD_COUNT", str(len(fds)))
+    for n, fd in enumerate(fds):
+        monkeypatch.setenv(f"EINHORN_FD_{n}", str(fd))
+    return fds
+
+
+def test_socket_returns_the_inherited_listener_with_its_family(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with (
+        socket.create_server(("127.0.0.1", 0)) as tcp_listener,
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as unix_listener,
+    ):
+        unix_listener.bind(str(tmp_path / "app.sock"))
+        unix_listener.listen()
+        set_listener_env(monkeypatch, tcp_listener, unix_listener)
+        with worker.socket() as first, worker.socket(1) as second:
+            assert (first.family, first.type) == (socket.AF_INET, socket.SOCK_STREAM)
+            assert first.getsockname() == tcp_listener.getsockname()
+            assert second.family == socket.AF_UNIX
+            assert second.getsockname() == str(tmp_path / "app.sock")
+
+
+@pytest.mark.parametrize("n", [1, -1])
+def test_socket_out_of_range_is_an_index_error(
+    monkeypatch: pytest.MonkeyPatch, n: int
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        fds = set_listener_env(monkeypatch, listener)
+        try:
+            with pytest.raises(IndexError, match="einhorn passed 1"):
+                worker.socket(n)
+        finally:
+            os.close(fds[0])
+
+
+def test_socket_without_listeners_is_a_clear_error() -> None:
+    with pytest.raises(worker.NotRunningUnderEinhorn, match="EINHORN_FD_COUNT is not set"):
+        worker.socket()
+
+
+def test_socket_on_a_closed_fd_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    os.close(write_end)
+    monkeypatch.setenv("EINHORN_FD_COUNT", "1")
+    monkeypatch.setenv("EINHORN_FD_0", str(read_end))
+    with pytest.raises(worker.NotRunningUnderEinhorn, match="not an open socket"):
+        worker.socket()
+
+
+def test_socket_fds_lists_the_fds_in_bind_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EINHORN_FD_COUNT", "2")
+    monkeypatch.setenv("EINHORN_FD_0", "7")
+    monkeypatch.setenv("EINHORN_FD_1", "4")
+    assert worker.socket_fds() == [7, 4]
+
+
+# Environment queries
+
+
+def test_child_index_and_master_pid_read_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EINHORN_CHILD_INDEX", "3")
+    assert worker.child_index() == 3
+    assert worker.master_pid() == os.getppid()
+
+
+def test_a_malformed_variable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EINHORN_CHILD_INDEX", "three")
+    with pytest.raises(worker.NotRunningUnderEinhorn, match="'three' is not an integer"):
+        worker.child_index()
+
+
+def test_is_worker_when_the_master_is_the_parent() -> None:
+    assert worker.is_worker()
+
+
+@pytest.mark.parametrize("master_pid", [None, "1x", str(os.getpid())])
+def test_is_not_worker_otherwise(monkeypatch: pytest.MonkeyPatch, master_pid: str | None) -> None:
+    if master_pid is None:
+        monkeypatch.delenv("EINHORN_MASTER_PID")
+    else:
+        monkeypatch.setenv("EINHORN_MASTER_PID", master_pid)
+    assert not worker.is_worker()
+
+
+# Graceful shutdown
+
+
+def test_graceful_shutdown_calls_the_handler_on_sigusr2() -> None:
+    previous = signal.getsignal(signal.SIGUSR2)
+    calls: list[str] = []
+    try:
+        worker.graceful_shutdown(lambda: calls.append("stop"))
+        signal.raise_signal(signal.SIGUSR2)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert calls == ["stop"]
+
+
+def test_the_module_imports_without_pyyaml_or_the_rest_of_einhorn() -> None:
+    probe = (
+        "import sys; sys.modules['yaml'] = None; import einhorn.worker;"
+        " print(sorted(name for name in sys.modules if name.startswith('einhorn')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["['einhorn',", "'einhorn.worker']"]
