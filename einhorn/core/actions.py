@@ -56,6 +56,10 @@ def register_ack(state: State, pid: int) -> Outcome:
 
 
 def start_reexec(state: State, purpose: ReexecPurpose, subscriber: Subscriber | None) -> Outcome:
+    if not state.respawn:
+        message = "Not reloading einhorn because we're exiting"
+        replies = [Reply(subscriber.conn, message, subscriber.request_id)] if subscriber else []
+        return state, [Log(LogLevel.INFO, message), *replies]
     subscribers = state.reexec_subscribers + ((subscriber,) if subscriber else ())
     if state.reexec_purpose is not None:
         return replace(state, reexec_subscribers=subscribers), [

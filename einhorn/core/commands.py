@@ -14,7 +14,7 @@ from einhorn.core.effects import CloseConnection, Effect, Log, LogLevel, Reply, 
 from einhorn.core.events import CommandReceived
 from einhorn.core.actions import register_ack, signal_children, start_reexec
 from einhorn.core.report import snapshot
-from einhorn.core.state import ReexecPurpose, State, Subscriber
+from einhorn.core.state import ReexecPurpose, RequestId, State, Subscriber
 
 Outcome = tuple[State, list[Effect]]
 
@@ -31,7 +31,7 @@ class Request:
     conn: int
     command: str
     args: tuple[str, ...] | None
-    request_id: str | None
+    request_id: RequestId | None
     raw: Mapping[str, object]
     document: object
     now: float
@@ -45,7 +45,7 @@ def handle_command(state: State, event: CommandReceived) -> Outcome:
     raw = event.request
     request_id = _request_id(raw)
     command = raw.get("command")
-    if command is None:
+    if command is None or command is False:
         return state, [Reply(event.conn, 'No "command" parameter provided; not sure what you want me to do.', request_id)]
     if not isinstance(command, str) or command not in COMMANDS:
         text = f"Unrecognized command: {_inspect(command)}\n\n{_command_descriptions()}\n"
@@ -77,6 +77,8 @@ def _inspect(value: object) -> str:
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if value is None:
         return "nil"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     return repr(value)
 
 
@@ -90,13 +92,13 @@ def _args_problem(args: object) -> str | None:
     return None
 
 
-def _request_id(raw: Mapping[str, object]) -> str | None:
+def _request_id(raw: Mapping[str, object]) -> RequestId | None:
     if raw.get("command") in ("worker:ack", "worker:ping"):
         return None
     for key in ("id", "request_id"):
         value = raw.get(key)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
+            return value
     return None
 
 
@@ -129,7 +131,7 @@ def _ehlo(state: State, request: Request) -> Outcome:
     user = request.raw.get("user")
     name = f" ({state.config.command_name})" if state.config.command_name else ""
     text = (
-        f"Welcome, {user if isinstance(user, str) else 'anonymous'}! You are speaking to Einhorn Master Process "
+        f"Welcome, {user if isinstance(user, str) else ''}! You are speaking to Einhorn Master Process "
         f"{state.config.master_pid}{name}.\nThis is Einhorn {state.config.einhorn_version}.\n"
     )
     return _reply(state, request, text)
@@ -155,18 +157,16 @@ def _state(state: State, request: Request) -> Outcome:
 
 
 def _reload(state: State, request: Request) -> Outcome:
-    if not state.respawn:
-        return _reply(state, request, "Not reloading einhorn because we're exiting")
     state, effects = start_reexec(state, ReexecPurpose.RELOAD, _subscriber(request))
-    return state, [Reply(request.conn, "Reloading, as commanded", request.request_id, wait=True), *effects]
+    more = request.request_id is not None  # `wait` only where progress can follow (a subscriber)
+    return state, [Reply(request.conn, "Reloading, as commanded", request.request_id, wait=more), *effects]
 
 
 def _upgrade(purpose: ReexecPurpose, announcement: str) -> Handler:
     def handler(state: State, request: Request) -> Outcome:
-        if not state.respawn:
-            return _reply(state, request, "Einhorn is shutting down; refusing to upgrade")
         state, effects = start_reexec(state, purpose, _subscriber(request))
-        return state, [Reply(request.conn, announcement, request.request_id, wait=True), *effects]
+        more = request.request_id is not None  # `wait` only where progress can follow (a subscriber)
+        return state, [Reply(request.conn, announcement, request.request_id, wait=more), *effects]
 
     return handler
 

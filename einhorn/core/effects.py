@@ -6,6 +6,8 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from einhorn.core.state import RequestId
+
 
 class LogLevel(enum.IntEnum):
     DEBUG = 0
@@ -42,7 +44,7 @@ class Reply:
 
     conn: int
     message: str
-    request_id: str | None = None
+    request_id: RequestId | None = None
     wait: bool = False
 
 
@@ -53,7 +55,7 @@ class ReplyData:
     conn: int
     data: Mapping[str, object]
     as_json: bool
-    request_id: str | None = None
+    request_id: RequestId | None = None
 
 
 @dataclass(frozen=True, slots=True)

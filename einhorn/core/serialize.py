@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from einhorn.core.config import RUNTIME_SETTINGS, Config, apply_setting
-from einhorn.core.state import Child, ChildKind, PendingSpawn, ReexecPurpose, State, Subscriber, UpgradeKind
+from einhorn.core.state import Child, ChildKind, PendingSpawn, ReexecPurpose, RequestId, State, Subscriber, UpgradeKind
 
 FORMAT = 1
 
@@ -95,11 +95,13 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
     if not isinstance(data, Mapping):
         raise StateFormatError(f"state document is a {type(data).__name__}, not a mapping")
     doc, notes = _normalize(data, _DEFAULTS, "state")
+    if data.get("format") != FORMAT:
+        notes.insert(0, f"format {data.get('format')!r} restored by format {FORMAT}")
     try:
         children: dict[int, Child] = {}
         for raw in _list(doc["children"]):
             child_doc, child_notes = _normalize(_mapping(raw), _CHILD_DEFAULTS, "child")
-            notes += child_notes
+            notes += [note for note in child_notes if note not in notes]  # once, not once per child
             child = _child_from_plain(child_doc)
             children[child.pid] = child
         pending = {
@@ -118,7 +120,7 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
             children=children,
             pending=pending,
             next_spawn_id=int(_num(doc["next_spawn_id"])),
-            respawn=bool(doc["respawn"]),
+            respawn=_bool(doc["respawn"]),
             upgrading=None if doc["upgrading"] is None else UpgradeKind(doc["upgrading"]),
             upgrade_subscribers=_subscribers(doc["upgrade_subscribers"]),
             reexec_purpose=None if doc["reexec_purpose"] is None else ReexecPurpose(doc["reexec_purpose"]),
@@ -153,10 +155,10 @@ def _child_from_plain(doc: Mapping[str, object]) -> Child:
         version=int(_num(doc["version"])),
         index=int(_num(doc["index"])),
         spinup_at=float(_num(doc["spinup_at"])),
-        acked=bool(doc["acked"]),
+        acked=_bool(doc["acked"]),
         signaled=frozenset(str(s) for s in _list(doc["signaled"])),
         last_signaled_at=_optional_float(doc["last_signaled_at"]),
-        killed=bool(doc["killed"]),
+        killed=_bool(doc["killed"]),
         pinged_at=_optional_float(doc["pinged_at"]),
         pinged_request_id=None if doc["pinged_request_id"] is None else str(doc["pinged_request_id"]),
     )
@@ -166,8 +168,20 @@ def _subscribers(value: object) -> tuple[Subscriber, ...]:
     result = []
     for item in _list(value):
         conn, request_id = _list(item)
-        result.append(Subscriber(int(_num(conn)), None if request_id is None else str(request_id)))
+        result.append(Subscriber(int(_num(conn)), _request_id(request_id)))
     return tuple(result)
+
+
+def _request_id(value: object) -> RequestId | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    return str(value)
+
+
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected a boolean, got {value!r}")
+    return value
 
 
 def _num(value: object) -> int | float:

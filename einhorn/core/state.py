@@ -70,12 +70,16 @@ class PendingSpawn:
     requested_at: float
 
 
+RequestId = str | int
+"""A request's `id`, echoed back unchanged as `request_id` (clients match on it, type included)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Subscriber:
     """A command connection that asked for upgrade progress messages."""
 
     conn: int
-    request_id: str | None
+    request_id: RequestId | None
 
 
 @dataclass(frozen=True, slots=True)

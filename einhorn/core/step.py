@@ -305,6 +305,10 @@ def _escalate(state: State) -> Outcome:
 def _replenish(state: State) -> Outcome:
     if not state.respawn or pool.missing_worker_count(state) <= 0:
         return state, []
+    if state.reexec_purpose is not None:
+        # The master is about to exec (or has just exec'd and not yet been told
+        # `MasterStarted`): a worker started now would be of the old version.
+        return state, []
     if state.last_spinup_at is None:
         missing = pool.missing_worker_count(state)
         state, effects = _spin_up(state, missing)
@@ -370,6 +374,14 @@ def _cull(state: State) -> Outcome:
             state, more = signal_children(state, "USR2", [c.pid for c in old[:excess]])
             effects += more
 
+    room = _room_to_make(state)
+    if room > 0:
+        oldest = sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))[:room]
+        if oldest:
+            effects += announce(state, LogLevel.INFO, f"At upgrade capacity: killing off {len(oldest)} old workers to make room.")
+            state, more = signal_children(state, "USR2", [c.pid for c in oldest])
+            effects += more
+
     surplus = len(pool.unsignaled_modern_workers(state)) - target
     if surplus > 0:
         victims = pool.surplus_by_priority(state)[:surplus]
@@ -379,6 +391,25 @@ def _cull(state: State) -> Outcome:
         state, more = signal_children(state, "USR2", [c.pid for c in victims])
         effects += more
     return state, effects
+
+
+def _room_to_make(state: State) -> int:
+    """How many old workers an upgrade capped by max_upgrade_additional must stop to go on.
+
+    Only when workers are missing, no new worker is on its way up (none
+    un-ACKed or spawning) and the unsignaled workers plus spawns in flight fill
+    number + max_upgrade_additional: then nothing else would ever free a slot,
+    and a fleet upgrade with max_upgrade_additional < number (or a smooth one
+    with 0) would never finish. Signaled workers do not count: their exit frees
+    a slot. (`invariants.room_to_make` is the same rule, computed independently.)
+    """
+    extra = state.config.max_upgrade_additional
+    if extra is None or state.upgrading is None or not state.respawn:
+        return 0
+    if pool.missing_worker_count(state) <= 0 or pool.unacked_unsignaled_modern_count(state) > 0:
+        return 0
+    busy = sum(1 for c in pool.workers(state) if not c.signaled) + len(state.pending)
+    return max(0, busy - (state.config.number + extra) + 1)
 
 
 def _maybe_exit(state: State) -> Outcome:

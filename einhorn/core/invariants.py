@@ -1,0 +1,377 @@
+"""The numbered invariants of the pure core, as executable checks.
+
+spec/README.md states each of them in words; the numbers here are the ones
+used there. `check_state` checks the safety invariants of one state (S1-S9),
+`check_step` those of one transition (T1-T11), and `converged`/`goal_problem`
+say whether a state has reached the goal of the liveness properties (L1-L3),
+which only an exploration can check (spec/model_check.py does).
+
+Every function returns a list of human-readable violations, empty when all is
+well. The counts used here (modern, old, ACKed ...) are recomputed from the
+state's fields on purpose, rather than taken from `pool`, so that a bug in
+`pool` is caught rather than copied.
+
+The functions are meant to be called after every `step` in tests: by the model
+checker, by the hypothesis state machine, and by anything else that folds
+events through the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from einhorn.core import pool, step
+from einhorn.core.commands import normalize_signal
+from einhorn.core.config import MAX_SPINUP_INTERVAL
+from einhorn.core.effects import Effect, Exit, SendSignal, SpawnWorker
+from einhorn.core.events import CommandReceived, Event, MasterStarted, SignalReceived, WorkerSpawned
+from einhorn.core.state import Child, ReexecPurpose, State, UpgradeKind
+
+# --- independent counts (BEHAVIOR §4 vocabulary) --------------------------
+
+
+def _workers(state: State) -> list[Child]:
+    return [c for c in state.children.values() if c.is_worker]
+
+
+def _modern(state: State) -> list[Child]:
+    return [c for c in _workers(state) if c.version == state.version]
+
+
+def _unsignaled_modern(state: State) -> list[Child]:
+    return [c for c in _modern(state) if not c.signaled]
+
+
+def _old(state: State) -> list[Child]:
+    return [c for c in _workers(state) if c.version != state.version and not c.signaled]
+
+
+def _ack_count(state: State) -> int:
+    return sum(1 for c in _unsignaled_modern(state) if c.acked)
+
+
+def _modern_pending(state: State) -> int:
+    return sum(1 for p in state.pending.values() if p.version == state.version)
+
+
+def _unacked_modern(state: State) -> int:
+    """Un-ACKed unsignaled modern workers, spawns in flight included (what max_unacked limits)."""
+    return sum(1 for c in _unsignaled_modern(state) if not c.acked) + _modern_pending(state)
+
+
+def _missing(state: State) -> int:
+    return state.config.number - len(_modern(state)) - _modern_pending(state)
+
+
+def _total(state: State) -> int:
+    """Every worker process, signaled or not, plus spawns in flight (what max_upgrade_additional limits)."""
+    return len(_workers(state)) + len(state.pending)
+
+
+def expected_spinup_interval(state: State) -> float:
+    """BEHAVIOR §4: min(seconds x 1.5^d, 30), d = consecutive deaths before ACK."""
+    if state.deaths_before_ack >= 64:  # 1.5**64 * anything positive is far past the cap
+        return MAX_SPINUP_INTERVAL
+    return min(state.config.seconds * 1.5**state.deaths_before_ack, MAX_SPINUP_INTERVAL)
+
+
+def room_to_make(state: State) -> int:
+    """How many old workers the cull must stop so that an upgrade capped by
+    max_upgrade_additional can go on (0 when it can go on by itself).
+
+    Only when workers are missing, no new worker is on its way up (none
+    un-ACKed, none spawning), and the unsignaled workers plus spawns in flight
+    already fill number + max_upgrade_additional: then nothing else would ever
+    free a slot. Signaled workers do not count: their exit frees the slot.
+    """
+    extra = state.config.max_upgrade_additional
+    if extra is None or state.upgrading is None or not state.respawn:
+        return 0
+    if _missing(state) <= 0 or _unacked_modern(state) > 0:
+        return 0
+    busy = sum(1 for c in _workers(state) if not c.signaled) + len(state.pending)
+    return max(0, busy - (state.config.number + extra) + 1)
+
+
+# --- S: invariants of every state -----------------------------------------
+
+
+def check_state(state: State) -> list[str]:
+    """Safety invariants S1-S9 of one state, as it is after any `step`."""
+    problems: list[str] = []
+    config = state.config
+    number = config.number
+
+    # S1: the cull leaves at most `number` unsignaled modern workers.
+    if len(_unsignaled_modern(state)) > number:
+        problems.append(f"S1: {len(_unsignaled_modern(state))} unsignaled modern workers > number {number}")
+
+    # S2: indexes of live workers and pending spawns are pairwise distinct.
+    indexes = [c.index for c in _workers(state)] + [p.index for p in state.pending.values()]
+    if len(indexes) != len(set(indexes)):
+        problems.append(f"S2: duplicate worker indexes {sorted(indexes)}")
+
+    # S3: the spin-up interval is min(seconds x 1.5^d, 30), never above 30 s.
+    interval = pool.spinup_interval(state)
+    if interval > MAX_SPINUP_INTERVAL or interval != expected_spinup_interval(state):
+        problems.append(
+            f"S3: spin-up interval {interval} with {state.deaths_before_ack} deaths"
+            f" (expected {expected_spinup_interval(state)}, at most {MAX_SPINUP_INTERVAL})"
+        )
+
+    # S4: a gradual spin-up that waits for time has a timer, at most 30 s after the last spin-up.
+    if state.respawn and state.last_spinup_at is not None and _missing(state) > 0:
+        due = state.last_spinup_at + min(expected_spinup_interval(state), MAX_SPINUP_INTERVAL)
+        if state.clock < due:
+            deadline = step.next_deadline(state)
+            if deadline is None or deadline > due:
+                problems.append(f"S4: next spin-up due at {due} but next_deadline is {deadline}")
+
+    # S5: outside an upgrade, no old worker is left unsignaled.
+    if state.upgrading is None and _old(state):
+        problems.append(f"S5: no upgrade in progress but old workers {sorted(c.pid for c in _old(state))} unsignaled")
+
+    # S6: an upgrade in progress is not already complete.
+    if state.upgrading is not None and _ack_count(state) >= number:
+        problems.append(f"S6: upgrade still marked in progress with {_ack_count(state)} / {number} ACKs")
+
+    # S7: a smooth upgrade keeps no more old workers than needed (old + ACKed new <= number).
+    if state.upgrading is UpgradeKind.SMOOTH and len(_old(state)) + _ack_count(state) > number:
+        problems.append(f"S7: smooth upgrade keeps {len(_old(state))} old + {_ack_count(state)} ACKed > number {number}")
+
+    # S8: timers already due have been acted on (timer ACKs, SIGKILL escalation).
+    if config.ack_timer is not None:
+        late = sorted(c.pid for c in _workers(state) if not c.acked and c.spinup_at + config.ack_timer <= state.clock)
+        if late:
+            problems.append(f"S8: workers {late} are past their timer ACK but not ACKed")
+    if config.signal_timeout is not None:
+        late = sorted(
+            c.pid
+            for c in state.children.values()
+            if c.last_signaled_at is not None and not c.killed and c.last_signaled_at + config.signal_timeout <= state.clock
+        )
+        if late:
+            problems.append(f"S8: children {late} outlived the signal timeout without SIGKILL")
+
+    # S9: bookkeeping is consistent.
+    problems += _bookkeeping(state)
+    return problems
+
+
+def _bookkeeping(state: State) -> list[str]:
+    problems: list[str] = []
+    for pid, child in state.children.items():
+        if child.pid != pid:
+            problems.append(f"S9: child recorded under pid {pid} has pid {child.pid}")
+        if child.version > state.version:
+            problems.append(f"S9: child {pid} has version {child.version} > current {state.version}")
+        if child.killed and child.last_signaled_at is None:
+            problems.append(f"S9: child {pid} was SIGKILLed without having been signaled")
+    for spawn_id, spawn in state.pending.items():
+        if spawn.spawn_id != spawn_id or spawn_id >= state.next_spawn_id:
+            problems.append(f"S9: pending spawn {spawn_id} inconsistent (next_spawn_id {state.next_spawn_id})")
+        if spawn.version > state.version:
+            problems.append(f"S9: pending spawn {spawn_id} has version {spawn.version} > current {state.version}")
+    if state.deaths_before_ack < 0:
+        problems.append(f"S9: deaths_before_ack is {state.deaths_before_ack}")
+    if not state.respawn and state.shutdown_signal is None:
+        problems.append("S9: respawning is off but no shutdown signal is recorded")
+    if state.exit_code == 0 and (state.children or state.pending):
+        problems.append("S9: exited with 0 while children or spawns remain")
+    return problems
+
+
+# --- T: invariants of every transition -----------------------------------
+
+
+_SHUTDOWN_SIGNALS: Mapping[str, str] = {"INT": "USR2", "USR2": "USR2", "TERM": "TERM", "QUIT": "QUIT"}
+
+
+def requested_signals(event: Event) -> frozenset[str]:
+    """Signals an operator explicitly asked the master to send with this event.
+
+    These may legitimately be re-sent to a child that already got them (T4/T5
+    exempt them); every other signal is the master's own initiative.
+    """
+    match event:
+        case SignalReceived(signal=name) if name in _SHUTDOWN_SIGNALS:
+            return frozenset({_SHUTDOWN_SIGNALS[name]})
+        case CommandReceived(request=request):
+            command = request.get("command")
+            raw_args = request.get("args")
+            args = [a for a in raw_args if isinstance(a, str)] if isinstance(raw_args, list) else []
+            if command == "die":
+                names = args[:1] or ["USR2"]
+            elif command == "signal":
+                names = args
+            else:
+                return frozenset()
+            return frozenset(s for s in (normalize_signal(n) for n in names) if s is not None)
+        case _:
+            return frozenset()
+
+
+def _acked_in_step(before: State, after: State) -> list[int]:
+    return sorted(
+        pid
+        for pid, child in after.children.items()
+        if child.acked and not (pid in before.children and before.children[pid].acked)
+    )
+
+
+def check_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
+    """Safety invariants T1-T11 of one transition `before --event--> after` with `effects`."""
+    problems: list[str] = []
+    signals = [e for e in effects if isinstance(e, SendSignal)]
+    spawns = [e for e in effects if isinstance(e, SpawnWorker)]
+    exits = [e for e in effects if isinstance(e, Exit)]
+    spawned_pid = event.pid if isinstance(event, WorkerSpawned) and event.spawn_id in before.pending else None
+    requested = requested_signals(event)
+
+    # T1: every signal goes to a live, known child (never to a reaped or unknown pid).
+    for effect in signals:
+        known_before = effect.pid in before.children or effect.pid == spawned_pid
+        if not known_before or effect.pid not in after.children:
+            problems.append(f"T1: {effect.signal} sent to pid {effect.pid}, which is not a live child")
+
+    # T2: no spin-up while respawning is off.
+    if spawns and not (before.respawn and after.respawn):
+        problems.append(f"T2: {len(spawns)} workers spun up while respawning is off")
+
+    # T3: each spin-up is a new pending spawn of the current version at an unused index.
+    for effect in spawns:
+        spawn = after.pending.get(effect.spawn_id)
+        if effect.spawn_id in before.pending or effect.spawn_id < before.next_spawn_id:
+            problems.append(f"T3: spawn id {effect.spawn_id} reused")
+        elif spawn is None or (spawn.index, spawn.version) != (effect.index, effect.version):
+            problems.append(f"T3: spawn {effect.spawn_id} not recorded as pending")
+        if effect.version != after.version:
+            problems.append(f"T3: spawn {effect.spawn_id} at version {effect.version}, current is {after.version}")
+
+    # T4: on its own initiative the master never sends a child the same signal twice.
+    sent: set[tuple[int, str]] = set()
+    for effect in signals:
+        key = (effect.pid, effect.signal)
+        if effect.signal in requested or effect.signal == "KILL":
+            continue
+        child = before.children.get(effect.pid)
+        if key in sent or (child is not None and effect.signal in child.signaled):
+            problems.append(f"T4: {effect.signal} sent again to child {effect.pid}")
+        sent.add(key)
+
+    # T5: at most one SIGKILL per child, and only once its signal timeout has passed.
+    timeout = after.config.signal_timeout
+    kills = [e.pid for e in signals if e.signal == "KILL" and "KILL" not in requested]
+    for pid in kills:
+        child = before.children.get(pid)
+        if kills.count(pid) > 1 or child is None or child.killed:
+            problems.append(f"T5: SIGKILL sent again to child {pid}")
+        elif timeout is None or child.last_signaled_at is None or child.last_signaled_at + timeout > after.clock:
+            problems.append(f"T5: SIGKILL sent to child {pid} before its signal timeout")
+        elif not (pid in after.children and after.children[pid].killed):
+            problems.append(f"T5: SIGKILL to child {pid} not recorded")
+
+    # T6: a step that ACKs a worker ends with the death streak reset.
+    acked = _acked_in_step(before, after)
+    if acked and after.deaths_before_ack != 0:
+        problems.append(f"T6: ACK of {acked} left deaths_before_ack at {after.deaths_before_ack}")
+
+    # T7/T8: upgrades stop old workers only once replacements are ACKed.
+    old_signaled = sorted(
+        e.pid
+        for e in signals
+        if e.signal == "USR2"
+        and e.signal not in requested
+        and e.pid in before.children
+        and before.children[e.pid].is_worker
+        and before.children[e.pid].version != after.version
+        and not before.children[e.pid].signaled
+    )
+    if old_signaled and not _made_room(after):
+        if (before.upgrading is UpgradeKind.SMOOTH or after.upgrading is UpgradeKind.SMOOTH) and (
+            len(_old(after)) + _ack_count(after) < after.config.number
+        ):
+            problems.append(
+                f"T7: smooth upgrade stopped old workers {old_signaled}, leaving {len(_old(after))} old"
+                f" + {_ack_count(after)} ACKed < number {after.config.number}"
+            )
+        if after.upgrading is UpgradeKind.FLEET:
+            problems.append(f"T8: fleet upgrade stopped old workers {old_signaled} before all new ones ACKed")
+
+    # T9: the master exits at most once; with 0 only when no child is left.
+    for effect in exits:
+        if before.exit_code is not None or len(exits) > 1:
+            problems.append(f"T9: Exit({effect.code}) after the master already exited")
+        if effect.code != after.exit_code:
+            problems.append(f"T9: Exit({effect.code}) but the state records exit code {after.exit_code}")
+        if effect.code == 0 and (after.children or after.pending or after.respawn):
+            problems.append(f"T9: Exit(0) with {len(after.children)} children and {len(after.pending)} spawns left")
+        if effect.code != 0 and not (isinstance(event, SignalReceived) and event.signal == "QUIT"):
+            problems.append(f"T9: Exit({effect.code}) without SIGQUIT")
+    if before.exit_code is not None and (signals or spawns):
+        problems.append("T9: the master acted after it exited")
+
+    # T10: with max_upgrade_additional N, a spin-up never brings the total above number + N.
+    extra = after.config.max_upgrade_additional
+    if spawns and extra is not None and _total(after) > after.config.number + extra:
+        problems.append(f"T10: spun up to {_total(after)} workers > number {after.config.number} + {extra}")
+
+    # T11: a gradual spin-up starts one worker, no sooner than the interval, within max_unacked.
+    first = before.last_spinup_at is None
+    fleet = isinstance(event, MasterStarted) and before.reexec_purpose is ReexecPurpose.FLEET_UPGRADE
+    if spawns and not first and not fleet:
+        assert before.last_spinup_at is not None
+        if len(spawns) > 1:
+            problems.append(f"T11: gradual spin-up started {len(spawns)} workers at once")
+        if after.clock < before.last_spinup_at + expected_spinup_interval(after):
+            problems.append(
+                f"T11: spin-up {after.clock - before.last_spinup_at}s after the last one,"
+                f" interval is {expected_spinup_interval(after)}s"
+            )
+        if _unacked_modern(after) > after.config.max_unacked:
+            problems.append(f"T11: {_unacked_modern(after)} un-ACKed new workers > max_unacked {after.config.max_unacked}")
+    return problems
+
+
+def _made_room(after: State) -> bool:
+    """Whether the old workers stopped in a step were the make-room cull of a
+    capped upgrade (see `room_to_make`), and no more were stopped than needed:
+    after it, the unsignaled workers and spawns fill number + N - 1 slots."""
+    extra = after.config.max_upgrade_additional
+    if extra is None or after.upgrading is None or not after.respawn:
+        return False
+    if _missing(after) <= 0 or _unacked_modern(after) > 0:
+        return False
+    busy = sum(1 for c in _workers(after) if not c.signaled) + len(after.pending)
+    return busy >= after.config.number + extra - 1
+
+
+# --- L: the goal of the liveness properties -------------------------------
+
+
+def goal_problem(state: State) -> str | None:
+    """Why `state` is not (yet) the goal of L1-L3, or None if it is.
+
+    Respawning on: exactly `number` ACKed modern workers (no surplus, S1), no
+    old worker left unsignaled, no upgrade or re-exec in progress. Respawning
+    off: the master has exited.
+    """
+    if not state.respawn or state.exit_code is not None:
+        return None if state.exit_code is not None else "L3: respawning is off but the master has not exited"
+    if state.reexec_purpose is not None:
+        return f"L2: re-exec ({state.reexec_purpose.value}) still in progress"
+    if state.upgrading is not None:
+        return f"L2: {state.upgrading.value} upgrade still in progress ({_ack_count(state)} / {state.config.number} ACKs)"
+    if _ack_count(state) != state.config.number:
+        return f"L1: {_ack_count(state)} ACKed modern workers, want {state.config.number}"
+    if _old(state):
+        return f"L1: old workers {sorted(c.pid for c in _old(state))} still unsignaled"
+    return None
+
+
+def converged(state: State) -> bool:
+    return goal_problem(state) is None
+
+
+check_invariants = check_state
+"""The name STYLE.md uses."""

@@ -1,0 +1,721 @@
+"""einhorn.core.step: every scheduling rule of BEHAVIOR §4-§5, as exact effect lists.
+
+Each example feeds events to `step` and compares the complete list of effects;
+the hypothesis folds at the end feed random event sequences through a fake
+world and check the invariants after every step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from einhorn.core import pool
+from einhorn.core.config import Config
+from einhorn.core.effects import (
+    CloseConnection,
+    Effect,
+    Exit,
+    Log,
+    LogLevel,
+    ReexecMaster,
+    Reply,
+    SendSignal,
+    SpawnWorker,
+)
+from einhorn.core.events import (
+    ChildExited,
+    CommandReceived,
+    ConnectionClosed,
+    MasterStarted,
+    ReexecFailed,
+    RequestUnparseable,
+    SignalReceived,
+    SpawnFailed,
+    Tick,
+    WorkerSpawned,
+)
+from einhorn.core.state import Child, ChildKind, ReexecPurpose, State, Subscriber, UpgradeKind, initial_state
+from einhorn.core.step import next_deadline, step
+from tests.unit.fixtures.core_world import Script, World, actions, command, configs, converged, make_config, play, run
+
+
+def info(message: str) -> Log:
+    return Log(LogLevel.INFO, message)
+
+
+def error(message: str) -> Log:
+    return Log(LogLevel.ERROR, message)
+
+
+def debug(message: str) -> Log:
+    return Log(LogLevel.DEBUG, message)
+
+
+def up(config: Config) -> State:
+    """A master whose `number` workers (pids 1000, 1001, ...) were spawned at 0.0 and are ACKed."""
+    state, _ = run(initial_state(config), MasterStarted(0.0))
+    for spawn_id in range(config.number):
+        state, _ = step(state, WorkerSpawned(spawn_id, 1000 + spawn_id, 0.0))
+    if config.ack_timer is None:
+        for pid in range(1000, 1000 + config.number):
+            state, _ = step(state, command(99, "worker:ack", pid=pid))
+    else:
+        state, _ = step(state, Tick(config.ack_timer))
+    assert pool.ack_count(state) == config.number and not state.pending
+    return state
+
+
+def spawns(effects: list[Effect]) -> list[SpawnWorker]:
+    return [e for e in effects if isinstance(e, SpawnWorker)]
+
+
+def signals(effects: list[Effect]) -> list[tuple[int, str]]:
+    return [(e.pid, e.signal) for e in effects if isinstance(e, SendSignal)]
+
+
+def gradual(unacked: int, max_unacked: int, interval: str) -> Log:
+    return info(
+        f"Launching a new process since there are {unacked} unacked new workers"
+        f" and max_unacked is {max_unacked} (spin-up interval {interval}s)"
+    )
+
+
+# --- replenish ------------------------------------------------------------------
+
+
+def test_first_replenish_spins_up_all_missing_workers_at_once() -> None:
+    state, effects = step(initial_state(make_config(number=3)), MasterStarted(0.0))
+    assert effects == [
+        info("Launching 3 new workers"),
+        SpawnWorker(0, 0, 0),
+        SpawnWorker(1, 1, 0),
+        SpawnWorker(2, 2, 0),
+    ]
+    assert sorted(state.pending) == [0, 1, 2]
+    assert state.last_spinup_at == 0.0 and state.next_spawn_id == 3
+
+
+def test_pending_spawns_are_not_duplicated_by_later_events() -> None:
+    state, _ = step(initial_state(make_config(number=3, max_unacked=5)), MasterStarted(0.0))
+    state, effects = run(state, Tick(10.0), WorkerSpawned(0, 1000, 10.0))
+    assert effects == [info("===> Launched 1000 (index: 0)")]
+    assert state.children[1000] == Child(1000, ChildKind.WORKER, version=0, index=0, spinup_at=10.0)
+
+
+def test_gradual_spin_up_is_paced_by_the_interval() -> None:
+    state = up(make_config(number=3, seconds=2.0, max_unacked=3))
+    state, effects = step(state, ChildExited(1000, 0, None, 1.5))
+    assert effects == [info("===> Exited worker 1000 (exit status 0)")]
+    assert next_deadline(state) == 2.0  # last spin-up at 0.0 + 2s
+    state, effects = step(state, Tick(2.0))
+    assert effects == [gradual(0, 3, "2"), SpawnWorker(3, 0, 0)]
+    state, effects = step(state, ChildExited(1001, 0, None, 2.5))
+    assert spawns(effects) == []
+    assert next_deadline(state) == 4.0
+    state, effects = step(state, Tick(3.9))
+    assert effects == []
+    state, effects = step(state, Tick(4.0))
+    assert effects == [gradual(1, 3, "2"), SpawnWorker(4, 1, 0)]
+
+
+def test_max_unacked_gates_gradual_spin_up() -> None:
+    state = up(make_config(number=3, max_unacked=1))
+    state, effects = step(state, ChildExited(1000, 0, None, 5.0))
+    assert spawns(effects) == [SpawnWorker(3, 0, 0)]
+    # The interval has passed, but the pending spawn counts as an un-ACKed worker.
+    state, effects = run(state, ChildExited(1001, 0, None, 7.0), WorkerSpawned(3, 2000, 7.0))
+    assert effects == [info("===> Exited worker 1001 (exit status 0)"), info("===> Launched 2000 (index: 0)")]
+    assert next_deadline(state) == 8.0  # the timer ACK of 2000
+    state, effects = step(state, Tick(8.0))
+    assert effects == [info("Up to 2 / 3 timer ACKs"), gradual(0, 1, "1"), SpawnWorker(4, 1, 0)]
+
+
+def test_spawn_result_for_an_unknown_spawn_is_logged() -> None:
+    state = up(make_config())
+    after, effects = step(state, WorkerSpawned(42, 5000, 3.0))
+    assert effects == [error("Spawn result for unknown spawn 42 (pid 5000); ignoring")]
+    assert after == replace(state, clock=3.0)
+    after, effects = step(state, SpawnFailed(42, "EAGAIN", 3.0))
+    assert effects == [error("Spawn failure for unknown spawn 42; ignoring")]
+    assert after == replace(state, clock=3.0)
+
+
+# --- deaths before ACK -------------------------------------------------------------
+
+
+def test_deaths_before_ack_back_off_and_an_ack_breaks_the_streak() -> None:
+    state, _ = run(initial_state(make_config()), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0))
+    state, effects = step(state, ChildExited(1000, 1, None, 0.5))
+    assert effects == [info("===> Exited worker 1000 before it was ACKed (exit status 1)")]
+    assert state.deaths_before_ack == 1 and next_deadline(state) == 1.5
+    state, effects = step(state, Tick(1.5))
+    assert effects == [gradual(0, 1, "1.5"), SpawnWorker(1, 0, 0)]
+    state, effects = step(state, SpawnFailed(1, "Resource temporarily unavailable", 1.6))
+    assert effects == [error("Could not spawn worker: Resource temporarily unavailable; will retry in 2.25s")]
+    assert state.deaths_before_ack == 2 and next_deadline(state) == 1.5 + 2.25
+    state, effects = run(state, Tick(3.75), WorkerSpawned(2, 1001, 3.75), ChildExited(1001, None, 11, 3.8))
+    assert effects == [
+        gradual(0, 1, "2.25"),
+        SpawnWorker(2, 0, 0),
+        info("===> Launched 1001 (index: 0)"),
+        info("===> Exited worker 1001 before it was ACKed (killed by signal 11)"),
+    ]
+    assert state.deaths_before_ack == 3
+    state, effects = run(state, Tick(3.75 + 3.375), WorkerSpawned(3, 1002, 7.2), Tick(8.2))
+    assert effects[-1] == info("Up to 1 / 1 timer ACKs, breaking the streak of 3 consecutive unacked workers dying")
+    assert state.deaths_before_ack == 0
+
+
+def test_acked_worker_exit_does_not_count_as_a_death() -> None:
+    state, _ = step(up(make_config(number=2)), ChildExited(1000, 1, None, 5.0))
+    assert state.deaths_before_ack == 0
+
+
+def test_signaled_unacked_worker_exit_counts_as_a_death() -> None:
+    state, _ = run(initial_state(make_config(number=2)), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0))
+    state, _ = run(state, SignalReceived("TERM", 0.1), ChildExited(1000, None, 15, 0.2))
+    assert state.deaths_before_ack == 1
+
+
+def test_state_passer_exit_is_quiet_and_not_a_death() -> None:
+    state = up(make_config())
+    passer = Child(4242, ChildKind.STATE_PASSER, version=0, index=0, spinup_at=2.0)
+    state = replace(state, children={**state.children, 4242: passer})
+    state, effects = step(state, ChildExited(4242, 0, None, 3.0))
+    assert effects == [debug("===> Exited state passing process 4242")]
+    assert 4242 not in state.children and state.deaths_before_ack == 0
+
+
+def test_huge_death_count_keeps_the_interval_at_30_seconds() -> None:
+    state = replace(up(make_config(number=2)), deaths_before_ack=10**15)
+    state, effects = step(state, ChildExited(1000, 0, None, 100.0))
+    assert effects == [info("===> Exited worker 1000 (exit status 0)"), gradual(0, 1, "30"), SpawnWorker(2, 0, 0)]
+    state, _ = step(state, SpawnFailed(2, "ENOMEM", 100.0))
+    assert pool.spinup_interval(state) == 30.0 and next_deadline(state) == 130.0
+
+
+# --- ACKs ------------------------------------------------------------------------------
+
+
+def test_timer_ack_happens_at_spinup_plus_ack_timer() -> None:
+    state, _ = run(initial_state(make_config(ack_timer=2.5)), MasterStarted(0.0), WorkerSpawned(0, 1000, 1.0))
+    assert next_deadline(state) == 3.5
+    state, effects = step(state, Tick(3.4))
+    assert effects == [] and not state.children[1000].acked
+    state, effects = step(state, Tick(3.5))
+    assert effects == [info("Up to 1 / 1 timer ACKs")] and state.children[1000].acked
+
+
+def test_timer_ack_of_zero_acks_at_once() -> None:
+    state, _ = step(initial_state(make_config(ack_timer=0.0)), MasterStarted(0.0))
+    state, effects = step(state, WorkerSpawned(0, 1000, 0.5))
+    assert effects == [info("===> Launched 1000 (index: 0)"), info("Up to 1 / 1 timer ACKs")]
+    assert state.children[1000].acked and next_deadline(state) is None
+
+
+def manual_state() -> State:
+    state, _ = run(initial_state(make_config(ack_timer=None)), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0))
+    return state
+
+
+def test_manual_ack_registers_and_closes_the_connection() -> None:
+    state, effects = step(manual_state(), command(5, "worker:ack", pid=1000, now=2.0))
+    assert effects == [info("Up to 1 / 1 manual ACKs"), CloseConnection(5)]
+    assert state.children[1000].acked
+
+
+def test_manual_ack_may_carry_the_pid_as_a_string() -> None:
+    state, _ = step(manual_state(), command(5, "worker:ack", pid="1000"))
+    assert state.children[1000].acked
+
+
+@pytest.mark.parametrize(
+    ("request_", "log"),
+    [
+        ({"command": "worker:ack", "pid": 4242}, "Could not find state for PID 4242; ignoring ACK."),
+        ({"command": "worker:ack"}, "Invalid worker:ack (no pid): {'command': 'worker:ack'}"),
+        ({"command": "worker:ack", "pid": True}, "Invalid worker:ack (no pid): {'command': 'worker:ack', 'pid': True}"),
+    ],
+)
+def test_bad_manual_acks_are_logged_and_ignored(request_: dict[str, object], log: str) -> None:
+    state = manual_state()
+    after, effects = step(state, CommandReceived(5, request_, 2.0))
+    assert effects == [error(log), CloseConnection(5)]
+    assert after == replace(state, clock=2.0)
+
+
+def test_repeated_manual_ack_is_logged_and_ignored() -> None:
+    state, _ = step(manual_state(), command(5, "worker:ack", pid=1000))
+    after, effects = step(state, command(6, "worker:ack", pid=1000, now=3.0))
+    assert effects == [error("Pid 1000 already ACKed; ignoring new ACK."), CloseConnection(6)]
+    assert after == replace(state, clock=3.0)
+
+
+def test_manual_ack_in_timer_mode_is_logged_and_ignored() -> None:
+    state, _ = run(initial_state(make_config(ack_timer=5.0)), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0))
+    after, effects = step(state, command(5, "worker:ack", pid=1000, now=1.0))
+    assert effects == [error("Received a manual ACK from 1000 in timer ACK mode; ignoring"), CloseConnection(5)]
+    assert after == replace(state, clock=1.0)
+
+
+def test_worker_ping_records_time_and_request_id() -> None:
+    ping = CommandReceived(5, {"command": "worker:ping", "pid": 1000, "request_id": "r-7"}, 2.0, wall=1.7e9)
+    state, effects = step(manual_state(), ping)
+    assert effects == [debug("Ping from 1000 (request id 'r-7')"), CloseConnection(5)]
+    assert state.children[1000].pinged_at == 1.7e9
+    assert state.children[1000].pinged_request_id == "r-7"
+
+
+def test_worker_ping_from_unknown_pid_is_logged() -> None:
+    state = manual_state()
+    after, effects = step(state, command(5, "worker:ping", pid=4242, request_id="x", now=2.0))
+    assert effects == [error("Ping from unknown pid 4242; ignoring"), CloseConnection(5)]
+    assert after == replace(state, clock=2.0)
+
+
+# --- cull -------------------------------------------------------------------------
+
+
+def test_old_workers_get_usr2_when_no_upgrade_is_in_progress() -> None:
+    state = replace(up(make_config(number=2)), version=1)  # as after a finished upgrade
+    state, effects = step(state, Tick(5.0))
+    assert effects == [
+        gradual(0, 1, "1"),
+        SpawnWorker(2, 2, 1),  # 0 and 1 are still held by the old workers
+        info("Killing off 2 old workers."),
+        info("Sending USR2 to [1000, 1001]"),
+        SendSignal(1000, "USR2"),
+        SendSignal(1001, "USR2"),
+    ]
+    assert state.children[1000].signaled == frozenset({"USR2"})
+    assert state.children[1000].last_signaled_at == 5.0
+    # Recorded, so they are not "old" any more and are not signaled again.
+    state, effects = step(state, Tick(6.0))
+    assert signals(effects) == []
+
+
+def test_surplus_after_dec_goes_unacked_first_then_newest() -> None:
+    state = up(make_config(number=3))
+    state, _ = run(state, command(1, "inc", now=5.0), WorkerSpawned(3, 1003, 5.0))
+    assert not state.children[1003].acked
+    state, effects = step(state, command(1, "dec", now=5.5))
+    assert effects == [
+        info("Decrementing number of workers from 4 -> 3"),
+        Reply(1, "Decrementing number of workers from 4 -> 3"),
+        info("Have too many workers at the current version, so killing off 1 of them."),
+        info("Sending USR2 to [1003]"),
+        SendSignal(1003, "USR2"),
+    ]
+    state, effects = step(state, command(1, "dec", now=6.0))
+    assert signals(effects) == [(1002, "USR2")]  # all ACKed now: the newest (highest pid at equal spin-up)
+
+
+def test_surplus_after_set_workers_stops_several() -> None:
+    state, effects = step(up(make_config(number=4)), command(1, "set_workers", "1", now=5.0))
+    assert signals(effects) == [(1003, "USR2"), (1002, "USR2"), (1001, "USR2")]
+    assert [c.pid for c in pool.unsignaled_modern_workers(state)] == [1000]
+
+
+# --- upgrades ----------------------------------------------------------------------
+
+
+def test_smooth_upgrade_with_max_upgrade_additional() -> None:
+    """The whole conversation of a smooth upgrade; the fleet never exceeds number + 1."""
+    state = up(make_config(number=2, max_upgrade_additional=1))
+    state, effects = step(state, command(7, "upgrade", id="u1", now=10.0))
+    assert effects == [
+        Reply(7, "Upgrading smoothly, as commanded", "u1", wait=True),
+        info("Reloading einhorn master (smooth_upgrade)..."),
+        Reply(7, "Reloading einhorn master (smooth_upgrade)...", "u1", wait=True),
+        ReexecMaster(),
+    ]
+    assert state.reexec_purpose is ReexecPurpose.SMOOTH_UPGRADE
+    assert state.reexec_subscribers == (Subscriber(7, "u1"),)
+
+    state, effects = step(state, MasterStarted(11.0, restored=True))
+    assert effects == [
+        info("Restored state: version 0, 2 workers"),
+        info("Starting smooth upgrade from version 0..."),
+        Reply(7, "Starting smooth upgrade from version 0...", "u1", wait=True),
+        gradual(0, 1, "1"),
+        SpawnWorker(2, 2, 1),
+    ]
+    assert state.version == 1 and state.upgrading is UpgradeKind.SMOOTH
+    assert state.upgrade_subscribers == (Subscriber(7, "u1"),) and state.reexec_purpose is None
+
+    state, effects = step(state, WorkerSpawned(2, 2000, 11.0))
+    assert effects == [
+        info("===> Launched 2000 (index: 2)"),
+        Reply(7, "===> Launched 2000 (index: 2)", "u1", wait=True),
+    ]
+    state, effects = step(state, Tick(12.0))
+    assert effects == [
+        info("Up to 1 / 2 timer ACKs"),
+        info("Smooth upgrade: killing off 1 old workers."),
+        Reply(7, "Smooth upgrade: killing off 1 old workers.", "u1", wait=True),
+        info("Sending USR2 to [1000]"),
+        Reply(7, "Sending USR2 to [1000]", "u1", wait=True),
+        SendSignal(1000, "USR2"),
+    ]
+    # At capacity (3 = 2 + 1) until the signaled old worker is gone.
+    state, effects = step(state, Tick(20.0))
+    assert effects == []
+    state, effects = step(state, ChildExited(1000, 0, None, 20.5))
+    assert effects == [
+        info("===> Exited worker 1000 (exit status 0)"),
+        Reply(7, "===> Exited worker 1000 (exit status 0)", "u1", wait=True),
+        gradual(0, 1, "1"),
+        SpawnWorker(3, 0, 1),
+    ]
+    state, effects = run(state, WorkerSpawned(3, 2001, 20.5), Tick(21.5))
+    assert effects == [
+        info("===> Launched 2001 (index: 0)"),
+        Reply(7, "===> Launched 2001 (index: 0)", "u1", wait=True),
+        info("Up to 2 / 2 timer ACKs"),
+        info("Upgraded successfully to version 1 (Einhorn 1.1.0)."),
+        Reply(7, "Upgraded successfully to version 1 (Einhorn 1.1.0).", "u1", wait=True),
+        Reply(7, "Upgrade done", "u1"),
+        info("Killing off 1 old workers."),
+        info("Sending USR2 to [1001]"),
+        SendSignal(1001, "USR2"),
+    ]
+    assert state.upgrading is None and state.upgrade_subscribers == ()
+
+
+def test_smooth_upgrade_signals_old_workers_one_for_one_as_new_ones_ack() -> None:
+    world = World(state=up(make_config(number=3, max_unacked=3)), base_config=make_config(number=3, max_unacked=3))
+    world.live = {1000, 1001, 1002}
+    world.now = 10.0
+    world.feed(SignalReceived("HUP", world.now))
+    world.restore()
+    while pool.ack_count(world.state) < 3:
+        assert world.cooperative_step()
+        state = world.state
+        old = [c for c in pool.workers(state) if c.version == 0]
+        signaled_old = [c for c in old if c.signaled]
+        if state.upgrading is not None:
+            assert len(signaled_old) <= pool.ack_count(state)
+            assert len([c for c in old if not c.signaled]) + pool.ack_count(state) <= 3
+    world.settle(100)
+    assert converged(world) is None
+
+
+def test_deaths_before_ack_reset_on_upgrade() -> None:
+    state = replace(up(make_config()), deaths_before_ack=5, reexec_purpose=ReexecPurpose.SMOOTH_UPGRADE)
+    state, _ = step(state, MasterStarted(50.0, restored=True))
+    assert state.deaths_before_ack == 0 and state.version == 1
+
+
+def fleet_upgrade(config: Config) -> tuple[State, list[Effect]]:
+    state = up(config)
+    state, _ = step(state, command(7, "upgrade_fleet", id=3, now=10.0))
+    return step(state, MasterStarted(10.0, restored=True))
+
+
+def test_fleet_upgrade_spins_up_all_new_workers_at_once() -> None:
+    state, effects = fleet_upgrade(make_config(number=3))
+    assert effects == [
+        info("Restored state: version 0, 3 workers"),
+        info("Starting fleet upgrade from version 0..."),
+        Reply(7, "Starting fleet upgrade from version 0...", 3, wait=True),
+        SpawnWorker(3, 3, 1),
+        SpawnWorker(4, 4, 1),
+        SpawnWorker(5, 5, 1),
+    ]
+    assert state.upgrading is UpgradeKind.FLEET
+
+
+def test_fleet_upgrade_signals_old_workers_only_when_all_new_ones_acked() -> None:
+    state, _ = fleet_upgrade(make_config(number=3))
+    state, _ = run(state, *(WorkerSpawned(3 + i, 2000 + i, 10.0 + i) for i in range(3)))
+    state, effects = run(state, Tick(11.0), Tick(12.0))
+    assert signals(effects) == [] and pool.ack_count(state) == 2
+    state, effects = step(state, Tick(13.0))
+    assert effects == [
+        info("Up to 3 / 3 timer ACKs"),
+        info("Upgraded successfully to version 1 (Einhorn 1.1.0)."),
+        Reply(7, "Upgraded successfully to version 1 (Einhorn 1.1.0).", 3, wait=True),
+        Reply(7, "Upgrade done", 3),
+        info("Killing off 3 old workers."),
+        info("Sending USR2 to [1000, 1001, 1002]"),
+        SendSignal(1000, "USR2"),
+        SendSignal(1001, "USR2"),
+        SendSignal(1002, "USR2"),
+    ]
+
+
+def test_fleet_upgrade_spins_up_at_most_the_capacity_at_once() -> None:
+    state, effects = fleet_upgrade(make_config(number=3, max_upgrade_additional=2))
+    assert spawns(effects) == [SpawnWorker(3, 3, 1), SpawnWorker(4, 4, 1)]
+    assert pool.total_worker_count(state) == 5
+
+
+def test_fleet_upgrade_with_small_capacity_still_completes() -> None:
+    config = make_config(number=3, max_upgrade_additional=1)
+    world = World(state=up(config), base_config=config, live={1000, 1001, 1002}, now=10.0)
+    world.feed(command(7, "upgrade_fleet", now=10.0))
+    world.restore()
+    world.settle(200)
+    assert converged(world) is None and world.state.version == 1
+
+
+def test_capped_upgrade_makes_room_when_nothing_else_would_free_a_slot() -> None:
+    """max_upgrade_additional 0: no new worker fits until an old one is stopped first."""
+    state = up(make_config(number=2, max_upgrade_additional=0))
+    state, effects = run(state, SignalReceived("HUP", 10.0), MasterStarted(10.0, restored=True))
+    assert effects[3:] == [
+        info("Starting smooth upgrade from version 0..."),
+        info("At upgrade capacity: killing off 1 old workers to make room."),
+        info("Sending USR2 to [1000]"),
+        SendSignal(1000, "USR2"),
+    ]
+    state, effects = step(state, ChildExited(1000, 0, None, 10.5))
+    assert spawns(effects) == [SpawnWorker(2, 0, 1)]
+    # While the new worker is un-ACKed, nothing more is stopped.
+    state, effects = run(state, WorkerSpawned(2, 2000, 10.5), Tick(11.0))
+    assert signals(effects) == []
+    state, effects = step(state, Tick(11.5))
+    assert effects == [
+        info("Up to 1 / 2 timer ACKs"),
+        info("At upgrade capacity: killing off 1 old workers to make room."),
+        info("Sending USR2 to [1001]"),
+        SendSignal(1001, "USR2"),
+    ]
+    assert pool.total_worker_count(state) == 2
+
+
+def test_an_upgrade_during_an_upgrade_starts_over_at_a_newer_version() -> None:
+    state, _ = fleet_upgrade(make_config(number=2))
+    state, _ = run(state, WorkerSpawned(2, 2000, 10.0), Tick(11.0))
+    state, effects = run(state, SignalReceived("HUP", 12.0), MasterStarted(12.0, restored=True))
+    assert effects[:5] == [
+        info("Reloading einhorn master (smooth_upgrade)..."),
+        Reply(7, "Reloading einhorn master (smooth_upgrade)...", 3, wait=True),
+        ReexecMaster(),
+        info("Restored state: version 1, 3 workers"),
+        info("Currently upgrading (1 / 2 ACKs; bumping version and starting over)..."),
+    ]
+    assert state.version == 2 and state.upgrading is UpgradeKind.SMOOTH
+
+
+def test_a_second_upgrade_request_joins_the_re_exec_in_progress() -> None:
+    state, _ = step(up(make_config()), command(7, "upgrade", id="a", now=1.0))
+    state, effects = step(state, command(8, "upgrade_fleet", id="b", now=1.0))
+    assert effects == [
+        Reply(8, "Upgrading fleet, as commanded", "b", wait=True),
+        info("A re-exec (smooth_upgrade) is already in progress"),
+    ]
+    assert state.reexec_subscribers == (Subscriber(7, "a"), Subscriber(8, "b"))
+
+
+def test_reexec_failure_reports_to_subscribers_and_keeps_running() -> None:
+    state, _ = step(up(make_config()), command(7, "upgrade", id="u", now=1.0))
+    state, effects = step(state, ReexecFailed("upgrade check exited 1", 2.0))
+    message = "Can not initiate einhorn master upgrade safely, aborting: upgrade check exited 1"
+    assert effects == [error(message), Reply(7, f"ERROR: {message}", "u")]
+    assert state.reexec_purpose is None and state.reexec_subscribers == () and state.version == 0
+
+
+def test_reload_failure_says_reload() -> None:
+    state, _ = step(up(make_config()), command(7, "reload", id="r", now=1.0))
+    _, effects = step(state, ReexecFailed("no such file", 2.0))
+    assert effects[0] == error("Can not initiate einhorn master reload safely, aborting: no such file")
+
+
+def test_restored_after_reload_answers_reload_done_and_keeps_the_version() -> None:
+    state, _ = step(up(make_config(number=2)), command(7, "reload", id="r", now=1.0))
+    state, effects = step(state, MasterStarted(2.0, restored=True))
+    assert effects == [info("Restored state: version 0, 2 workers"), Reply(7, "Reload done", "r")]
+    assert state.version == 0 and state.reexec_purpose is None and state.upgrading is None
+
+
+def test_restored_without_a_purpose_only_logs() -> None:
+    state = up(make_config(number=2))
+    after, effects = step(state, MasterStarted(2.0, restored=True))
+    assert effects == [info("Restored state: version 0, 2 workers")]
+    assert after == replace(state, clock=2.0)
+
+
+def test_connection_closed_drops_its_subscriptions() -> None:
+    state, _ = step(up(make_config()), command(7, "upgrade", id="u", now=1.0))
+    state, _ = step(state, command(8, "upgrade", id="v", now=1.0))
+    state, effects = step(state, ConnectionClosed(7, 1.5))
+    assert effects == [] and state.reexec_subscribers == (Subscriber(8, "v"),)
+
+
+# --- signals to the master and shutdown ------------------------------------------------
+
+
+@pytest.mark.parametrize(("received", "sent"), [("INT", "USR2"), ("USR2", "USR2"), ("TERM", "TERM")])
+def test_graceful_shutdown_signals(received: str, sent: str) -> None:
+    state, effects = step(up(make_config(number=2)), SignalReceived(received, 5.0))
+    assert effects == [
+        info(f"Received SIG{received}: sent SIG{sent} to all children; exiting once they are gone"),
+        info(f"Sending {sent} to [1000, 1001]"),
+        SendSignal(1000, sent),
+        SendSignal(1001, sent),
+    ]
+    assert not state.respawn and state.exit_code is None
+    state, effects = step(state, ChildExited(1000, 0, None, 6.0))
+    assert effects == [info("===> Exited worker 1000 (exit status 0)")]
+    state, effects = step(state, ChildExited(1001, None, 15, 7.0))
+    assert effects == [
+        info("===> Exited worker 1001 (killed by signal 15)"),
+        info("All workers gone; exiting"),
+        Exit(0),
+    ]
+    assert state.exit_code == 0
+
+
+def test_quit_signals_all_and_exits_at_once() -> None:
+    state, effects = step(up(make_config(number=2)), SignalReceived("QUIT", 5.0))
+    assert effects == [
+        info("Received SIGQUIT: sent SIGQUIT to all children; exiting once they are gone"),
+        info("Sending QUIT to [1000, 1001]"),
+        SendSignal(1000, "QUIT"),
+        SendSignal(1001, "QUIT"),
+        Exit(1),
+    ]
+    assert state.exit_code == 1
+    _, effects = step(state, ChildExited(1000, 0, None, 6.0))
+    assert not any(isinstance(e, Exit) for e in effects)
+
+
+def test_shutdown_with_no_children_exits_immediately() -> None:
+    state = replace(initial_state(make_config()), last_spinup_at=0.0)
+    _, effects = step(state, SignalReceived("INT", 1.0))
+    assert effects == [
+        info("Received SIGINT: sent SIGUSR2 to all children; exiting once they are gone"),
+        info("Sending USR2 to []"),
+        info("All workers gone; exiting"),
+        Exit(0),
+    ]
+
+
+def test_a_worker_spawned_during_shutdown_gets_the_shutdown_signal() -> None:
+    state, _ = step(initial_state(make_config(number=2)), MasterStarted(0.0))
+    state, _ = step(state, SignalReceived("TERM", 0.1))
+    state, effects = step(state, WorkerSpawned(0, 1000, 0.2))
+    assert effects == [info("===> Launched 1000 (index: 0)"), info("Sending TERM to [1000]"), SendSignal(1000, "TERM")]
+    state, effects = step(state, SpawnFailed(1, "EAGAIN", 0.3))
+    assert spawns(effects) == [] and not any(isinstance(e, Exit) for e in effects)
+    _, effects = step(state, ChildExited(1000, None, 15, 0.4))
+    assert effects[-2:] == [info("All workers gone; exiting"), Exit(0)]
+
+
+def test_no_respawn_after_shutdown() -> None:
+    state, _ = step(up(make_config(number=3)), command(1, "die", now=1.0))
+    state, effects = run(state, ChildExited(1000, 0, None, 5.0), Tick(100.0))
+    assert spawns(effects) == [] and next_deadline(state) is None
+
+
+def test_hup_starts_a_smooth_upgrade_re_exec() -> None:
+    state, effects = step(up(make_config()), SignalReceived("HUP", 1.0))
+    assert effects == [info("Reloading einhorn master (smooth_upgrade)..."), ReexecMaster()]
+    assert state.reexec_purpose is ReexecPurpose.SMOOTH_UPGRADE and state.reexec_subscribers == ()
+
+
+def test_hup_while_shutting_down_does_not_re_exec() -> None:
+    state, _ = step(up(make_config()), command(1, "die", now=1.0))
+    after, effects = step(state, SignalReceived("HUP", 2.0))
+    assert effects == [info("Not reloading einhorn because we're exiting")]
+    assert after == replace(state, clock=2.0)
+
+
+def test_alrm_is_a_deprecated_hup() -> None:
+    _, effects = step(up(make_config()), SignalReceived("ALRM", 1.0))
+    assert effects == [
+        error("Upgrading using SIGALRM is deprecated. Please switch to SIGHUP"),
+        info("Reloading einhorn master (smooth_upgrade)..."),
+        ReexecMaster(),
+    ]
+
+
+def test_other_signals_are_ignored() -> None:
+    state = up(make_config())
+    after, effects = step(state, SignalReceived("WINCH", 1.0))
+    assert effects == [debug("Ignoring SIGWINCH")] and after == replace(state, clock=1.0)
+
+
+def test_unknown_pid_exit_is_only_logged() -> None:
+    state = up(make_config())
+    after, effects = step(state, ChildExited(4242, 0, None, 1.0))
+    assert effects == [info("Reaped unknown process 4242 (exit status 0); ignoring")]
+    assert after == replace(state, clock=1.0)
+
+
+def test_unparseable_request_gets_the_original_answer() -> None:
+    state = up(make_config())
+    after, effects = step(state, RequestUnparseable(3, 1.0))
+    assert effects == [Reply(3, "Could not parse command")] and after == replace(state, clock=1.0)
+
+
+# --- SIGKILL escalation ------------------------------------------------------------------
+
+
+def test_signal_timeout_escalates_to_sigkill_exactly_once() -> None:
+    state = up(make_config(number=2, signal_timeout=5))
+    state, _ = step(state, command(1, "die", now=10.0))
+    assert next_deadline(state) == 15.0
+    state, effects = run(state, ChildExited(1001, 0, None, 12.0), Tick(14.9))
+    assert signals(effects) == []
+    state, effects = step(state, Tick(15.0))
+    assert effects == [info("Child 1000 is still active after 5s. Sending SIGKILL."), SendSignal(1000, "KILL")]
+    assert state.children[1000].killed and next_deadline(state) is None
+    state, effects = step(state, Tick(100.0))
+    assert effects == []
+
+
+def test_no_escalation_without_a_signal_timeout() -> None:
+    state, _ = step(up(make_config(number=2)), command(1, "die", now=10.0))
+    assert next_deadline(state) is None
+    _, effects = step(state, Tick(1000.0))
+    assert effects == []
+
+
+def test_unrecorded_signals_do_not_escalate() -> None:
+    state, _ = step(up(make_config(signal_timeout=1)), command(1, "signal", "HUP", now=10.0))
+    assert next_deadline(state) is None and state.children[1000].last_signaled_at is None
+
+
+# --- next_deadline ---------------------------------------------------------------------------
+
+
+def test_next_deadline_is_none_when_idle() -> None:
+    assert next_deadline(initial_state(make_config())) is None
+    assert next_deadline(up(make_config(number=3))) is None
+
+
+def test_next_deadline_is_the_earliest_of_ack_spinup_and_signal_timeout() -> None:
+    state = up(make_config(number=3, signal_timeout=10, seconds=4.0, max_unacked=3))
+    state, _ = run(state, command(1, "dec", now=5.0))  # surplus 1002 signaled at 5.0 -> KILL due at 15.0
+    assert next_deadline(state) == 15.0
+    # Back to 3: the signaled 1002 still counts as modern, so nothing is missing yet.
+    state, effects = step(state, command(1, "inc", now=6.0))
+    assert spawns(effects) == [] and next_deadline(state) == 15.0
+    state, effects = run(state, command(1, "inc", now=6.0), command(1, "inc", now=6.0))
+    assert spawns(effects) == [SpawnWorker(3, 3, 0)]  # one now (last spin-up at 0.0), the next at 6.0 + 4s
+    assert next_deadline(state) == 10.0
+    state, _ = step(state, WorkerSpawned(3, 2000, 7.0))  # timer ACK due at 8.0
+    assert next_deadline(state) == 8.0
+
+
+def test_next_deadline_ignores_a_spin_up_gate_that_has_passed() -> None:
+    state = up(make_config(number=2, max_unacked=1))
+    state, _ = run(state, ChildExited(1000, 0, None, 5.0), ChildExited(1001, 0, None, 9.0))
+    # Blocked by max_unacked (the pending spawn), not by time: no deadline to wake for.
+    assert state.clock == 9.0 and next_deadline(state) is None
+
+
+# --- hypothesis: folds of random events ----------------------------------------------------
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs, actions)
+def test_random_event_folds_keep_invariants_and_converge(config: Config, script: Script) -> None:
+    """`World.feed` checks every invariant after every step; then a cooperative world must converge."""
+    world = play(config, script)
+    world.settle(limit=300)
+    assert converged(world) is None, converged(world)
