@@ -1,0 +1,65 @@
+"""Benchmark worker: stdlib only, so the same file runs under any Einhorn master.
+
+    python ack_worker.py ack   TAG   # ACK at once, then idle until SIGUSR2/SIGTERM
+    python ack_worker.py serve TAG   # ACK at once, then answer one line per connection on EINHORN_FD_0
+
+TAG is ignored; the benchmark puts its temp dir there so that it can recognise
+(and kill) exactly its own workers by their command line.
+"""
+
+import json
+import os
+import signal
+import socket
+import sys
+
+stopping = False
+
+
+def _stop(signum, frame):
+    global stopping
+    stopping = True
+
+
+signal.signal(signal.SIGUSR2, _stop)
+
+
+def ack():
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(os.environ["EINHORN_SOCK_PATH"])
+    conn.sendall((json.dumps({"command": "worker:ack", "pid": os.getpid()}) + "\n").encode())
+    conn.close()
+
+
+def serve():
+    listener = socket.socket(fileno=int(os.environ["EINHORN_FD_0"]))
+    # Every worker polls with a timeout (the fd's O_NONBLOCK flag is shared by all
+    # workers, so all of them must tolerate a lost accept race).
+    listener.settimeout(0.2)
+    reply = b"hello from %d\n" % os.getpid()
+    while not stopping:
+        try:
+            conn, _ = listener.accept()
+        except (socket.timeout, BlockingIOError, InterruptedError):
+            continue
+        try:
+            conn.settimeout(5)
+            conn.sendall(reply)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+def main():
+    mode = sys.argv[1] if len(sys.argv) > 1 else "ack"
+    ack()
+    if mode == "serve":
+        serve()
+    else:
+        while not stopping:
+            signal.pause()
+
+
+if __name__ == "__main__":
+    main()

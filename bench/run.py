@@ -1,0 +1,334 @@
+"""Einhorn master benchmarks: cold start, upgrades, command latency, idle resources, respawn.
+
+    .venv/bin/python bench/run.py [--impl python|ruby|both] [--quick] [--only NAME ...]
+                                  [--ruby-einhorn /tmp/einhorn-ruby/bin/einhorn]
+
+Prints one table per benchmark. Not part of the test suite. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import CommandClient, Impl, Master, cpu_seconds, decode, python_impl, rss_kib, ruby_impl  # noqa: E402
+
+# --- results ----------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    title: str
+    note: str = ""
+    rows: dict[str, dict[str, str]] = field(default_factory=dict)
+    numeric: dict[str, dict[str, float]] = field(default_factory=dict)
+    lower_is_better: dict[str, bool] = field(default_factory=dict)
+
+    def put(self, metric: str, impl: str, value: float | None, fmt: str = "{:.3f}", text: str | None = None, lower_better: bool = True) -> None:
+        self.rows.setdefault(metric, {})[impl] = text if text is not None else ("n/a" if value is None else fmt.format(value))
+        if value is not None:
+            self.numeric.setdefault(metric, {})[impl] = value
+        self.lower_is_better[metric] = lower_better
+
+    def render(self, impls: Sequence[str]) -> str:
+        header = ["metric", *impls]
+        both = "python" in impls and "ruby" in impls
+        if both:
+            header.append("ruby/python")
+        body = []
+        for metric, values in self.rows.items():
+            row: list[str] = [metric, *(values.get(i, "-") for i in impls)]
+            if both:
+                nums = self.numeric.get(metric, {})
+                p, r = nums.get("python"), nums.get("ruby")
+                row.append(f"{r / p:.2f}x" if p and r is not None and self.lower_is_better[metric] else "")
+            body.append(row)
+        widths = [max(len(str(r[c])) for r in [header, *body]) for c in range(len(header))]
+
+        def line(r: Sequence[str]) -> str:
+            return "| " + " | ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))) + " |"
+
+        out = [f"\n### {self.title}", *([self.note] if self.note else []), line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        out += [line(r) for r in body]
+        return "\n".join(out)
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def p99(xs: Sequence[float]) -> float:
+    ordered = sorted(xs)
+    return ordered[min(len(ordered) - 1, int(round(0.99 * (len(ordered) - 1))))]
+
+
+def log(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+# --- 1. cold start ----------------------------------------------------------
+
+
+def bench_cold_start(impls: Sequence[Impl], quick: bool) -> Table:
+    sizes = (1, 8) if quick else (1, 8, 32)
+    repeat = 1 if quick else 3
+    table = Table("1. Cold start: exec of the master -> all N workers ACKed", f"seconds, median of {repeat}; master CPU = its utime+stime at that moment; N Launched logged = when the master has logged all N forks")
+    for n in sizes:
+        times: dict[str, list[float]] = {i.name: [] for i in impls}
+        cpu: dict[str, list[float]] = {i.name: [] for i in impls}
+        first: dict[str, list[float]] = {i.name: [] for i in impls}
+        for _ in range(repeat):
+            for impl in impls:
+                with Master(impl, n) as master:
+                    acked = master.wait_all_acked()
+                    cpu[impl.name].append(cpu_seconds(master.pid))
+                    times[impl.name].append(acked - master.t_exec)
+                    first[impl.name].append(master.launched_all() - master.t_exec)
+                log(f"cold start {impl.name} N={n}: {times[impl.name][-1]:.3f}s")
+        for impl in impls:
+            table.put(f"N={n} wall (s)", impl.name, median(times[impl.name]))
+            table.put(f"N={n} exec -> N `Launched` logged (s)", impl.name, median(first[impl.name]))
+            table.put(f"N={n} master CPU (s)", impl.name, median(cpu[impl.name]))
+    return table
+
+
+# --- 2. upgrades under load -------------------------------------------------
+
+
+class Load:
+    """Bounded loopback load: `threads` clients doing connect / read one line / close, paced."""
+
+    def __init__(self, port: int, threads: int = 2, pause: float = 0.002, max_per_thread: int = 50_000) -> None:
+        self.port = port
+        self.pause = pause
+        self.max_per_thread = max_per_thread
+        self.stop_flag = threading.Event()
+        self.lock = threading.Lock()
+        self.ok = 0
+        self.failures: dict[str, int] = {}
+        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
+
+    def _run(self) -> None:
+        for _ in range(self.max_per_thread):
+            if self.stop_flag.is_set():
+                return
+            error = None
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as conn:
+                    data = b""
+                    while not data.endswith(b"\n"):
+                        chunk = conn.recv(256)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data.endswith(b"\n"):
+                        error = "short read"
+            except OSError as exc:
+                error = type(exc).__name__
+            with self.lock:
+                if error is None:
+                    self.ok += 1
+                else:
+                    self.failures[error] = self.failures.get(error, 0) + 1
+            time.sleep(self.pause)
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+def bench_upgrade(impls: Sequence[Impl], quick: bool) -> Table:
+    sizes = (8,) if quick else (8, 32)
+    table = Table(
+        "2. Upgrade: send `upgrade` / `upgrade_fleet` -> `Upgrade done`",
+        "seconds (1 run each; smooth upgrades spin up one worker per -s interval = default 1 s, as in the original);\n"
+        "re-exec phase = until the re-exec'd master says `Starting ... upgrade` (upgrade check + state passing + exec + restore);\n"
+        "failed = client connections that failed during the upgrade (2 threads connect/read/close on the bound port)",
+    )
+    for command in ("upgrade", "upgrade_fleet"):
+        for n in sizes:
+            for impl in impls:
+                with Master(impl, n, mode="serve") as master:
+                    master.wait_all_acked()
+                    port = master.port()
+                    load = Load(port)
+                    load.start()
+                    time.sleep(0.3)
+                    client = master.client()
+                    client.sock.settimeout(120)
+                    t0 = time.monotonic()
+                    client.send(command)
+                    reexeced = None
+                    while True:
+                        line, final = client.read_line()
+                        if reexeced is None and b"Starting " in line and b" upgrade from version" in line:
+                            reexeced = time.monotonic() - t0
+                        if final:
+                            elapsed = time.monotonic() - t0
+                            break
+                    message = decode(line).get("message")
+                    if message != "Upgrade done":
+                        raise RuntimeError(f"{impl.name}: upgrade ended with {message!r}")
+                    # keep the load on while the last old workers drain
+                    deadline = time.monotonic() + 10
+                    while len(master.live_workers()) > n and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    time.sleep(0.3)
+                    load.stop()
+                    client.close()
+                failed = sum(load.failures.values())
+                kinds = ", ".join(f"{k}:{v}" for k, v in sorted(load.failures.items()))
+                log(f"{command} {impl.name} N={n}: {elapsed:.3f}s, {load.ok} ok, {failed} failed {kinds}")
+                label = "smooth" if command == "upgrade" else "fleet"
+                table.put(f"{label} N={n} (s)", impl.name, elapsed)
+                table.put(f"{label} N={n} re-exec phase (s)", impl.name, reexeced)
+                table.put(f"{label} N={n} failed / total conns", impl.name, failed, text=f"{failed} / {failed + load.ok}", lower_better=False)
+    return table
+
+
+# --- 3. command latency -----------------------------------------------------
+
+
+def bench_latency(impls: Sequence[Impl], quick: bool) -> Table:
+    same, fresh = (200, 50) if quick else (1000, 200)
+    table = Table(
+        "3. Command round trip with 32 workers (milliseconds)",
+        f"{same} requests on one connection; {fresh} requests on a new connection each (connect+request+close)",
+    )
+    for impl in impls:
+        with Master(impl, 32) as master:
+            master.wait_all_acked()
+            time.sleep(0.5)
+            for command in ("ehlo", "state"):
+                client = master.client()
+                for _ in range(10):
+                    client.request(command)
+                samples = []
+                for _ in range(same):
+                    t = time.perf_counter()
+                    client.request(command)
+                    samples.append(time.perf_counter() - t)
+                client.close()
+                new_samples = []
+                for _ in range(fresh):
+                    t = time.perf_counter()
+                    c = CommandClient(master.socket_path)
+                    c.request(command)
+                    c.close()
+                    new_samples.append(time.perf_counter() - t)
+                for label, xs in (("1 conn", samples), ("new conn", new_samples)):
+                    table.put(f"{command} {label} median", impl.name, median(xs) * 1000)
+                    table.put(f"{command} {label} p99", impl.name, p99(xs) * 1000)
+                log(f"latency {impl.name} {command}: {median(samples) * 1000:.3f} ms / {median(new_samples) * 1000:.3f} ms")
+            size = len(CommandClient(master.socket_path).request("state")[0])
+            table.put("state reply size (bytes)", impl.name, size, fmt="{:.0f}", lower_better=False)
+    return table
+
+
+# --- 4. idle master resources -------------------------------------------------
+
+
+def bench_resources(impls: Sequence[Impl], quick: bool) -> Table:
+    window = 2.0 if quick else 5.0
+    table = Table(f"4. Idle master with 32 workers", f"RSS from /proc/<pid>/status VmRSS; CPU = utime+stime over {window:.0f} s idle")
+    for impl in impls:
+        with Master(impl, 32) as master:
+            master.wait_all_acked()
+            time.sleep(1.0)
+            c0 = cpu_seconds(master.pid)
+            time.sleep(window)
+            c1 = cpu_seconds(master.pid)
+            rss = rss_kib(master.pid)
+        table.put("master RSS (MiB)", impl.name, rss / 1024, fmt="{:.1f}")
+        table.put(f"master CPU over {window:.0f}s idle (ms)", impl.name, (c1 - c0) * 1000, fmt="{:.0f}")
+        log(f"resources {impl.name}: {rss / 1024:.1f} MiB, {(c1 - c0) * 1000:.0f} ms CPU")
+    return table
+
+
+# --- 5. respawn ---------------------------------------------------------------
+
+
+def bench_respawn(impls: Sequence[Impl], quick: bool) -> Table:
+    repeat = 3 if quick else 7
+    table = Table("5. Respawn: SIGKILL a worker -> replacement ACKed (N=8)", f"milliseconds over {repeat} kills (1.2 s apart: the spin-up interval is 1 s)")
+    for impl in impls:
+        samples = []
+        with Master(impl, 8) as master:
+            master.wait_all_acked()
+            time.sleep(1.2)
+            for _ in range(repeat):
+                victim = min(master.live_workers())
+                mark = master.mark()
+                t0 = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+                samples.append(master.wait_all_acked(start=mark, timeout=30) - t0)
+                time.sleep(1.2)
+        table.put("median (ms)", impl.name, median(samples) * 1000, fmt="{:.1f}")
+        table.put("max (ms)", impl.name, max(samples) * 1000, fmt="{:.1f}")
+        log(f"respawn {impl.name}: {[round(s * 1000, 1) for s in samples]}")
+    return table
+
+
+BENCHMARKS: dict[str, Callable[[Sequence[Impl], bool], Table]] = {
+    "cold": bench_cold_start,
+    "upgrade": bench_upgrade,
+    "latency": bench_latency,
+    "resources": bench_resources,
+    "respawn": bench_respawn,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--impl", choices=("python", "ruby", "both"), default="python")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (about a minute per implementation)")
+    parser.add_argument("--only", nargs="+", choices=tuple(BENCHMARKS), help="run only these benchmarks")
+    parser.add_argument("--einhorn", help="our einhorn executable (default: .venv/bin/einhorn of this repo)")
+    parser.add_argument("--ruby-einhorn", default="/tmp/einhorn-ruby/bin/einhorn", help="the original's bin/einhorn (run as ruby -I<its lib>)")
+    parser.add_argument("--ruby", default="ruby", help="ruby interpreter")
+    args = parser.parse_args(argv)
+
+    impls: list[Impl] = []
+    if args.impl in ("python", "both"):
+        impls.append(python_impl(args.einhorn))
+    if args.impl in ("ruby", "both"):
+        if not os.path.exists(args.ruby_einhorn) or shutil.which(args.ruby) is None:
+            parser.error(f"--impl {args.impl} needs {args.ruby_einhorn} and a `{args.ruby}` on PATH (see bench/README.md)")
+        impls.append(ruby_impl(args.ruby_einhorn, shutil.which(args.ruby) or args.ruby))
+
+    versions = []
+    for impl in impls:
+        out = subprocess.run([*impl.argv, "--version"], capture_output=True, text=True, env={**os.environ, **impl.env}, timeout=30)
+        versions.append(f"{impl.name} {out.stdout.strip() or out.stderr.strip()[:60]}")
+    print(f"# einhorn benchmarks ({'quick' if args.quick else 'full'})")
+    print(f"host: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    print(f"masters: {'; '.join(versions)}; worker: {os.path.realpath(sys.executable)} -I -S bench/ack_worker.py")
+
+    names = args.only or list(BENCHMARKS)
+    for name in names:
+        table = BENCHMARKS[name](impls, args.quick)
+        print(table.render([i.name for i in impls]), flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.2f} at end")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
