@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import shutil
@@ -18,9 +19,11 @@ from einhorn.core.config import MAX_WORKERS, Config
 from einhorn.core.state import initial_state
 from einhorn.io import reexec
 from einhorn.io.logs import Logger
-from einhorn.io.loop import Master, ShellOptions
+from einhorn.io.loop import BLOCKED_ACROSS_EXEC, Master, ShellOptions
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, open_command_socket, parse_bind
-from einhorn.io.spawn import WorkerLaunch
+from einhorn.io.spawn import WorkerLaunch, pdeathsig_available
+from einhorn.io import nice as nice_levels
+from einhorn.io import preload, proctitle
 
 SHORT_USAGE = """## Usage
 
@@ -185,7 +188,7 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def parse(argv: Sequence[str], environ: dict[str, str]) -> Options | str:
     """Options, or a text to print (usage / version) with its exit code decided by the caller."""
     head, program = split_argv(argv)
-    args = _parser().parse_args(head)
+    args = _parser().parse_args(_attach_values(head))
     if args.version:
         return "version"
     if args.help:
@@ -256,6 +259,21 @@ def parse(argv: Sequence[str], environ: dict[str, str]) -> Options | str:
         upgrade_check=args.upgrade_check,
         command_socket_as_fd=args.command_socket_as_fd,
     )
+
+
+def _attach_values(head: Sequence[str]) -> list[str]:
+    """`--nice -5:-6` as `--nice=-5:-6`: an option's value may start with `-` (as with the original's OptionParser)."""
+    joined: list[str] = []
+    i = 0
+    while i < len(head):
+        token = head[i]
+        if token in VALUE_OPTIONS and i + 1 < len(head) and head[i + 1].startswith("-"):
+            joined.append(f"{token}={head[i + 1]}" if token.startswith("--") else token + head[i + 1])
+            i += 2
+            continue
+        joined.append(token)
+        i += 1
+    return joined
 
 
 def _original_flags(head: Sequence[str]) -> list[str]:
@@ -357,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info(f"Upgrade check passed: einhorn {__version__} on Python {sys.version.split()[0]}")
         return 0
     shell = _shell_options(options, environ)
+    options, shell = _production_setup(options, shell, log)
     if options.with_state_fd is not None:
         return _run_restored(options, shell, log)
     return _run_fresh(options, shell, log)
@@ -372,7 +391,7 @@ def _shell_options(options: Options, environ: dict[str, str]) -> ShellOptions:
             listener_fds=(),
             socket_path=options.socket_path,
             master_pid=os.getpid(),
-            pdeathsig=options.config.kill_children_on_exit,
+            pdeathsig=options.config.kill_children_on_exit and pdeathsig_available(),
         ),
         command_socket_as_fd=options.command_socket_as_fd,
         pidfile=options.pidfile,
@@ -382,6 +401,28 @@ def _shell_options(options: Options, environ: dict[str, str]) -> ShellOptions:
         reexec_environ=reexec_environ,
         kill_children_on_exit=options.config.kill_children_on_exit,
     )
+
+
+def _production_setup(options: Options, shell: ShellOptions, log: Logger) -> tuple[Options, ShellOptions]:
+    """`-c` title, `--nice`, `-k` notice, `-p` preload: in the original's order, before the loop (again after a re-exec)."""
+    config = options.config
+    proctitle.set_title(proctitle.master_title(config.command_name, options.program), log)
+    master_level, worker_level, renice_cmd = options.nice
+    if master_level is not None:
+        nice_levels.warn_if_unprivileged(master_level, "master", log)
+        nice_levels.renice(master_level, os.getpid(), renice_cmd, log)
+    if worker_level is not None:
+        nice_levels.warn_if_unprivileged(worker_level, "workers", log)
+        hook = nice_levels.worker_hook(worker_level, renice_cmd, log)
+        shell = replace(shell, launch=replace(shell.launch, prepare_child=hook))
+    if config.kill_children_on_exit and not pdeathsig_available():
+        log.info("-k: the parent-death signal (PR_SET_PDEATHSIG) is unavailable on this platform: workers get USR2 when the master exits, but not if it is killed")
+    if options.preload is not None:
+        loaded = preload.load(options.preload, log)
+        if loaded is not None:
+            options = replace(options, config=replace(config, preloaded=True))
+            shell = replace(shell, spawn=preload.Preloader(loaded, options.program, config.command_name, log).spawn)
+    return options, shell
 
 
 def _with_listeners(shell: ShellOptions, listeners: Sequence[socket.socket]) -> ShellOptions:
@@ -420,16 +461,10 @@ def _run_restored(options: Options, shell: ShellOptions, log: Logger) -> int:
     try:
         restored = reexec.read_state(options.with_state_fd, options.config)
     except reexec.StateUnreadable as error:
-        orphans = reexec.own_children()
-        log.error(f"{error}. Cannot recover the workers' state: sending USR2 to children {orphans} and exiting.")
-        for pid in orphans:
-            try:
-                os.kill(pid, signal.SIGUSR2)
-            except OSError:
-                pass
-        return 1
-    for note in restored.notes:
-        log.info(f"State format for einhorn has changed: {note}")
+        return _abandon_workers(options, log, str(error))
+    note = reexec.restore_note(restored.notes)
+    if note is not None:
+        log.info(note)
     listeners = [socket.socket(fileno=fd) for fd in restored.listener_fds]
     for sock in listeners:
         sock.set_inheritable(True)
@@ -439,6 +474,30 @@ def _run_restored(options: Options, shell: ShellOptions, log: Logger) -> int:
     state = replace(state, config=replace(state.config, bound_ports=tuple(bound_port(s) for s in listeners)))
     master = Master(state, _with_listeners(shell, listeners), listeners, server, log, restored.connections)
     return master.run(restored=True)
+
+
+def _abandon_workers(options: Options, log: Logger, error: str) -> int:
+    """The re-exec'd master cannot know its workers, sockets or clients: wind everything down.
+
+    Every child gets USR2 (as on `die`) and the master waits for them all, with
+    SIGKILL after `-t` seconds when given, so that whoever restarts einhorn
+    finds the ports free. Then the pid and socket files go and it exits 1.
+    """
+    for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGWINCH):
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_ACROSS_EXEC)  # blocked by the old image
+    children = reexec.own_children()
+    log.error(
+        f"{error}. Cannot recover the master's state: sending USR2 to its children {children},"
+        " waiting for them to exit, then exiting."
+    )
+    killed = reexec.stop_children(children, options.config.signal_timeout)
+    if killed:
+        log.error(f"Sent SIGKILL to {killed}: still alive {options.config.signal_timeout}s after USR2")
+    for path in (options.pidfile, options.socket_path):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return 1
 
 
 def _flag_names(spec: BindSpec) -> list[str]:

@@ -1,0 +1,66 @@
+"""The names shown by `ps` (`-c NAME`, BEHAVIOR §1).
+
+The master shows `einhorn: NAME` (the original showed `einhorn: ruby NAME`),
+or `einhorn: <program args>` without `-c`. Preloaded workers are forks of the
+master, so they would show the master's title: they get `einhorn worker: NAME`,
+or the program's arguments (what an exec'd worker shows) without `-c`.
+Exec'd workers keep their own names.
+
+The full title (`ps`, `/proc/PID/cmdline`) needs the `setproctitle` library.
+Without it only the 15-byte kernel name (`ps -o comm`, `/proc/PID/comm`) is
+set, with `prctl(PR_SET_NAME)` on Linux; elsewhere nothing is changed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import sys
+from collections.abc import Sequence
+
+from einhorn.io.logs import Logger
+
+PR_SET_NAME = 15
+COMM_LENGTH = 15
+"""The kernel's process name holds 16 bytes including the terminating NUL."""
+
+
+def master_title(command_name: str | None, program: Sequence[str]) -> str:
+    return f"einhorn: {command_name if command_name else ' '.join(program)}"
+
+
+def worker_title(command_name: str | None, program: Sequence[str]) -> str:
+    return f"einhorn worker: {command_name}" if command_name else " ".join(program)
+
+
+def set_title(title: str, log: Logger) -> bool:
+    """Set this process's `ps` title; False when only the short name (or nothing) could be set."""
+    try:
+        module = importlib.import_module("setproctitle")
+    except ImportError:
+        module = None
+    if module is not None:
+        try:
+            module.setproctitle(title)
+        except Exception as error:  # noqa: BLE001 - a cosmetic failure must not stop einhorn
+            log.debug(f"Could not set the process title with setproctitle: {error!r}")
+        else:
+            return True
+    named = _set_comm(title)
+    log.debug(
+        "The setproctitle library is not available: "
+        + ("only the short process name (ps -o comm) was set" if named else "the process title is unchanged")
+        + f" instead of {title!r}"
+    )
+    return False
+
+
+def _set_comm(title: str) -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        name = ctypes.create_string_buffer(title.encode(errors="replace")[:COMM_LENGTH])
+        return int(libc.prctl(PR_SET_NAME, name, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
