@@ -42,17 +42,24 @@ from einhorn.core.events import (
     Tick,
     WorkerSpawned,
 )
-from einhorn.core.state import State
+from einhorn.core.state import ChildKind, RequestId, State
 from einhorn.core.step import next_deadline, step
 from einhorn.io import reexec, render
 from einhorn.io.control import CommandServer
 from einhorn.io.logs import Logger
-from einhorn.io.spawn import WorkerLaunch, spawn_worker
+from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, spawn_worker
 
 HANDLED_SIGNALS = (
     signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGALRM,
     signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH,
 )
+BLOCKED_ACROSS_EXEC = frozenset(HANDLED_SIGNALS) - {signal.SIGCHLD}
+"""Blocked and ignored from just before a re-exec until the new image has its
+handlers, so that a SIGHUP/SIGTERM sent meanwhile does not kill the master with
+the default action. Both survive exec: while the mask holds (einhorn exec'd
+directly, or a bash wrapper) the signal stays pending and is acted upon late; a
+wrapper that clears the mask (dash) inherits the ignored disposition, and a
+signal sent while it runs is lost. (SIGCHLD's default keeps zombies.)"""
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,7 @@ class ShellOptions:
     program_argv: Sequence[str]
     reexec_environ: dict[str, str]
     kill_children_on_exit: bool = False
-    spawn: Callable[[WorkerLaunch, int, int | None], int] = field(default=spawn_worker)
+    spawn: Callable[[WorkerLaunch, int, int | None], Spawned] = field(default=spawn_worker)
 
 
 def monotonic_and_wall() -> tuple[float, float]:
@@ -91,6 +98,8 @@ class Master:
         self.log = log
         self.log.verbosity = state.verbosity
         self.exit_code: int | None = None
+        self.reexec_requested = False
+        """Set by `ReexecMaster`; the exec waits until every queued event and effect is handled."""
         self.selector = selectors.DefaultSelector()
         self.wake_reader, self.wake_writer = socket.socketpair()
         for end in (self.wake_reader, self.wake_writer):
@@ -105,6 +114,8 @@ class Master:
     def run(self, restored: bool = False) -> int:
         self._install_signal_handlers()
         try:
+            if restored:
+                self.feed(self._check_restored_children())
             self.feed([MasterStarted(time.monotonic(), restored=restored)])
             self.feed(self.server.take_restored_lines())
             while self.exit_code is None:
@@ -137,7 +148,15 @@ class Master:
 
     def feed(self, events: Iterable[Event]) -> None:
         queue = deque(events)
-        while queue and self.exit_code is None:
+        while self.exit_code is None:
+            if not queue:
+                # Exec only once nothing is in flight: an event still queued (a
+                # spawned worker's pid, a command in the same read) would be lost.
+                if not self.reexec_requested:
+                    break
+                self.reexec_requested = False
+                queue.extend(self._reexec())
+                continue
             event = queue.popleft()
             try:
                 self.state, effects = step(self.state, event)
@@ -172,7 +191,7 @@ class Master:
             case CloseConnection(conn):
                 self.server.close(conn)
             case ReexecMaster():
-                return self._reexec()
+                self.reexec_requested = True
             case Exit(code):
                 self.exit_code = code
         return []
@@ -184,13 +203,30 @@ class Master:
                 master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 worker_end.set_inheritable(True)
                 self.server.adopt(master_end, trusted=True)
-            pid = self.options.spawn(self.options.launch, order.index, worker_end.fileno() if worker_end else None)
+            spawned = self.options.spawn(self.options.launch, order.index, worker_end.fileno() if worker_end else None)
         except OSError as error:
             return SpawnFailed(order.spawn_id, f"{error.strerror or error} (errno {error.errno})", time.monotonic())
         finally:
             if worker_end is not None:
                 worker_end.close()
-        return WorkerSpawned(order.spawn_id, pid, time.monotonic())
+        os.set_blocking(spawned.report_fd, False)
+        self.selector.register(spawned.report_fd, selectors.EVENT_READ, lambda: self._exec_report(spawned))
+        return WorkerSpawned(order.spawn_id, spawned.pid, time.monotonic())
+
+    def _exec_report(self, spawned: Spawned) -> list[Event]:
+        """The child exec'd (EOF) or says why it could not; then it exits 127 and is reaped as a death."""
+        data = b""
+        try:
+            while chunk := os.read(spawned.report_fd, 4096):
+                data += chunk
+        except BlockingIOError:
+            return []
+        self.selector.unregister(spawned.report_fd)
+        os.close(spawned.report_fd)
+        error = failure_report(data)
+        if error is not None:
+            self.log.error(f"Could not start worker {spawned.pid}: {error.strerror} (errno {error.errno})")
+        return []
 
     def _send_signal(self, pid: int, name: str) -> None:
         try:
@@ -211,14 +247,44 @@ class Master:
                 break
             if pid == 0:
                 break
-            code = os.waitstatus_to_exitcode(status)
-            events.append(ChildExited(pid, code if code >= 0 else None, -code if code < 0 else None, time.monotonic()))
+            events.append(_exited(pid, status))
+        return events
+
+    def _check_restored_children(self) -> list[Event]:
+        """After a re-exec, each restored child that exited meanwhile (STYLE pitfall 12).
+
+        A zombie is reaped here. A pid that is no longer our child at all was
+        reaped by whatever ran between the exec and now (a `--reexec-as` shell
+        waiting for its own commands does that): it is reported as exited too,
+        and never signaled, since its pid may already be reused. A spawn still
+        pending in the document (only an older master execs with one in flight)
+        will never be answered: it is reported as failed, or it would hold its
+        slot for ever.
+        """
+        events: list[Event] = [
+            SpawnFailed(spawn_id, "its outcome was lost across the master's re-exec", time.monotonic())
+            for spawn_id in sorted(self.state.pending)
+        ]
+        for pid in sorted(self.state.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                passer = self.state.children[pid].kind is ChildKind.STATE_PASSER
+                self.log.log(
+                    LogLevel.DEBUG if passer else LogLevel.INFO,
+                    f"Child {pid} exited while the master was re-exec'ing and was reaped by another process",
+                )
+                events.append(ChildExited(pid, None, None, time.monotonic()))
+                continue
+            if done:
+                events.append(_exited(pid, status))
         return events
 
     def _install_signal_handlers(self) -> None:
         for signum in HANDLED_SIGNALS:
             signal.signal(signum, _wake_only)
         signal.set_wakeup_fd(self.wake_writer.fileno(), warn_on_full_buffer=False)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_ACROSS_EXEC)
 
     def _drain_signals(self) -> list[Event]:
         events: list[Event] = []
@@ -265,8 +331,14 @@ class Master:
             signal.set_wakeup_fd(-1)
             sys.stdout.flush()
             sys.stderr.flush()
+            signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_ACROSS_EXEC)
+            for signum in BLOCKED_ACROSS_EXEC:
+                signal.signal(signum, signal.SIG_IGN)  # a blocked signal stays pending all the same
             os.execvpe(argv[0], argv, options.reexec_environ)
         except OSError as error:
+            for signum in BLOCKED_ACROSS_EXEC:
+                signal.signal(signum, _wake_only)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_ACROSS_EXEC)
             signal.set_wakeup_fd(self.wake_writer.fileno(), warn_on_full_buffer=False)
             for sock in keep:
                 if sock not in self.listeners:
@@ -295,7 +367,12 @@ class Master:
         self.wake_writer.close()
 
 
-def _envelope(message: str, request_id: str | None, wait: bool) -> dict[str, object]:
+def _exited(pid: int, status: int) -> ChildExited:
+    code = os.waitstatus_to_exitcode(status)
+    return ChildExited(pid, code if code >= 0 else None, -code if code < 0 else None, time.monotonic())
+
+
+def _envelope(message: str, request_id: RequestId | None, wait: bool) -> dict[str, object]:
     response: dict[str, object] = {"message": message}
     if request_id is not None:
         response["request_id"] = request_id

@@ -57,7 +57,7 @@ from typing import NoReturn
 
 from einhorn.io import proctitle
 from einhorn.io.logs import Logger
-from einhorn.io.spawn import RESET_SIGNALS, WorkerLaunch, become_worker_process, worker_environment
+from einhorn.io.spawn import RESET_SIGNALS, Spawned, WorkerLaunch, become_worker_process, worker_environment
 
 FALLBACK_MODULE_NAME = "__einhorn_preload__"
 _PYTHON = re.compile(r"\A(python|pypy)[0-9.]*\Z")
@@ -252,8 +252,8 @@ class Preloader:
         self.title = proctitle.worker_title(command_name, program)
         self.log = log
 
-    def spawn(self, launch: WorkerLaunch, index: int, sock_fd: int | None) -> int:
-        """Fork one preloaded worker; its pid, or OSError if its set-up failed."""
+    def spawn(self, launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawned:
+        """Fork one preloaded worker; OSError if the fork itself failed."""
         env = worker_environment(launch, index, sock_fd)
         keep = {0, 1, 2, *launch.listener_fds, *self.preloaded.fds}
         if sock_fd is not None:
@@ -272,15 +272,7 @@ class Preloader:
             os.close(read_end)
             self._child(launch, env, keep, write_end)
         os.close(write_end)
-        try:
-            report = _read_all(read_end)
-        finally:
-            os.close(read_end)
-        if report:
-            os.waitpid(pid, 0)
-            code, _, message = report.decode(errors="replace").partition(":")
-            raise OSError(int(code) if code.isdigit() else 5, f"preloaded worker set-up failed: {message}")
-        return pid
+        return Spawned(pid, read_end)
 
     def _child(self, launch: WorkerLaunch, env: dict[str, str], keep: set[int], report_fd: int) -> NoReturn:
         try:
@@ -299,7 +291,7 @@ class Preloader:
         except BaseException as error:  # noqa: BLE001 - nothing may escape a forked child
             try:
                 code = error.errno if isinstance(error, OSError) and error.errno else 5
-                os.write(report_fd, f"{code}:{error!r}".encode())
+                os.write(report_fd, f"{code}:preloaded worker set-up failed: {error!r}".encode())
             finally:
                 os._exit(127)
         code = 1
@@ -331,9 +323,3 @@ def _flush_stdio() -> None:
         except (OSError, ValueError, AttributeError):
             pass
 
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 4096):
-        chunks.append(chunk)
-    return b"".join(chunks)

@@ -46,8 +46,34 @@ def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) ->
     return env
 
 
-def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> int:
-    """Fork and exec one worker; its pid, or OSError if it could not be started."""
+@dataclass(frozen=True, slots=True)
+class Spawned:
+    """A forked worker. `report_fd` reaches EOF once the child has exec'd (or started
+    its preloaded code); if it could not, the child writes `errno:message` into it
+    first and exits 127. The master does not wait: workers start in parallel."""
+
+    pid: int
+    report_fd: int
+
+
+def failure_report(data: bytes) -> OSError | None:
+    """The error a child wrote into its report pipe, if any."""
+    if not data:
+        return None
+    code, _, message = data.decode(errors="replace").partition(":")
+    return OSError(int(code) if code.isdigit() else errno.EIO, message)
+
+
+def wait_for_report(spawned: Spawned) -> OSError | None:
+    """Block until the child exec'd or failed to; close the pipe. (For tests and tools.)"""
+    try:
+        return failure_report(_read_all(spawned.report_fd))
+    finally:
+        os.close(spawned.report_fd)
+
+
+def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawned:
+    """Fork one worker that will exec the program; OSError if the fork itself failed."""
     env = worker_environment(launch, index, sock_fd)
     read_end, write_end = os.pipe()
     sys.stdout.flush()
@@ -62,15 +88,7 @@ def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> int:
         os.close(read_end)
         _exec_child(launch, env, write_end)
     os.close(write_end)
-    try:
-        report = _read_all(read_end)
-    finally:
-        os.close(read_end)
-    if report:
-        os.waitpid(pid, 0)
-        code, _, message = report.decode(errors="replace").partition(":")
-        raise OSError(int(code) if code.isdigit() else errno.EIO, message)
-    return pid
+    return Spawned(pid, read_end)
 
 
 def become_worker_process(launch: WorkerLaunch) -> None:

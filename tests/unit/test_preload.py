@@ -15,7 +15,7 @@ import pytest
 
 from einhorn.io import preload
 from einhorn.io.logs import Logger
-from einhorn.io.spawn import WorkerLaunch
+from einhorn.io.spawn import WorkerLaunch, wait_for_report
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc")
 
@@ -268,7 +268,9 @@ def test_spawn_runs_einhorn_main_in_a_set_up_child(tmp_path: Path) -> None:
     )
     pid = None
     try:
-        pid = spawner.spawn(_launch(listener), 3, None)
+        spawned = spawner.spawn(_launch(listener), 3, None)
+        pid = spawned.pid
+        assert wait_for_report(spawned) is None
         _, status = os.waitpid(pid, 0)
         pid = None
         assert os.waitstatus_to_exitcode(status) == 5
@@ -304,8 +306,11 @@ def test_spawn_reports_a_failed_set_up(tmp_path: Path) -> None:
     listener = socket.socket()
     spawner = preload.Preloader(preload.Preloaded("app.py", lambda: None, frozenset()), ["app"], None, Logger())
     try:
-        with pytest.raises(OSError, match="preloaded worker set-up failed") as raised:
-            spawner.spawn(_launch(listener, prepare_child=broken), 0, None)
+        spawned = spawner.spawn(_launch(listener, prepare_child=broken), 0, None)
+        error = wait_for_report(spawned)
+        _, status = os.waitpid(spawned.pid, 0)
     finally:
         listener.close()
-    assert raised.value.errno == 13
+    assert error is not None and error.errno == 13
+    assert "preloaded worker set-up failed" in str(error.strerror)
+    assert os.waitstatus_to_exitcode(status) == 127

@@ -1,0 +1,42 @@
+"""A worker that cannot be exec'd is logged with its reason, counted as a death, and retried with backoff."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import Harness, wait_until
+
+
+@pytest.mark.timeout(60)
+def test_exec_failure_is_logged_and_retried_with_backoff(harness: Harness, tmp_path: Path) -> None:
+    # The file exists and is executable (so start-up accepts it) but its interpreter does not.
+    program = tmp_path / "broken"
+    program.write_text("#!/nonexistent/interpreter\n")
+    program.chmod(0o755)
+    master = harness.start("-n", "2", "-s", "0.2", program=[str(program)])
+    failures = master.wait_log(r"Could not start worker (\d+): No such file or directory \(errno 2\)", count=5, timeout=30)
+    assert len({m.group(1) for m in failures}) == len(failures), "each failure is a new worker"
+    master.wait_log(r"Exited worker \d+ before it was ACKed \(exit status 127\)", count=5)
+    spawns = [t for t, _ in master.timed_lines(r"===> Launched")]
+    gaps = [later - earlier for earlier, later in zip(spawns[2:], spawns[3:])]
+    assert gaps == sorted(gaps) or gaps[-1] > gaps[0], f"spin-ups should get further apart: {gaps}"
+    assert master.state()["respawn"] is True, "the master keeps running"
+    master.send_signal(signal.SIGTERM)
+    assert master.wait_exit() == 0
+
+
+@pytest.mark.timeout(60)
+def test_program_that_appears_later_recovers(harness: Harness, tmp_path: Path) -> None:
+    program = tmp_path / "later"
+    program.write_text("#!/nonexistent/interpreter\n")
+    program.chmod(0o755)
+    master = harness.start("-n", "1", "-s", "0.2", "-m", "0.2", program=[str(program)])
+    master.wait_log(r"Could not start worker", count=2, timeout=30)
+    program.write_text("#!/bin/sh\nexec sleep 30\n")
+    pids = master.wait_workers(1, timeout=40)
+    assert master.state()["consecutive_deaths_before_ack"] == 0
+    wait_until(lambda: all(os.path.exists(f"/proc/{pid}") for pid in pids), 5, "the recovered worker")
