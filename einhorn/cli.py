@@ -485,6 +485,8 @@ def _abandon_workers(options: Options, log: Logger, error: str) -> int:
     """
     for signum in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGWINCH):
         signal.signal(signum, signal.SIG_IGN)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGQUIT):
+        signal.signal(signum, signal.SIG_DFL)  # ignored across the exec: an operator may still stop this
     signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_ACROSS_EXEC)  # blocked by the old image
     children = reexec.own_children()
     log.error(

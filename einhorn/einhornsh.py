@@ -1,6 +1,7 @@
 """einhornsh: a shell for the einhorn master's command socket (BEHAVIOR §6)."""
 
 import argparse
+import getpass
 import os
 import shlex
 import sys
@@ -82,17 +83,30 @@ class _Shell:
             if self._interactive:
                 print("Goodbye!", file=sys.stderr)
             raise _Quit
-        for response in self._client.command(command, args, on_unparseable=_print_unparseable):
+        # `ehlo` typed by hand (or in -e) introduces the user too, like the greeting.
+        extra = {"user": login_name()} if command == "ehlo" else {}
+        for response in self._client.command(command, args, on_unparseable=_print_unparseable, **extra):
             _print_message(response.get("message"), sys.stdout)
 
     def greet(self) -> None:
         for response in self._client.command(
-            "ehlo", user=os.environ.get("USER"), on_unparseable=_print_unparseable
+            "ehlo", user=login_name(), on_unparseable=_print_unparseable
         ):
             _print_message(response.get("message"), sys.stderr)
         print("Enter 'help' if you're not sure what to do.", file=sys.stderr)
         print(file=sys.stderr)
         print('Type "quit" or "exit" to quit at any time', file=sys.stderr)
+
+
+def login_name() -> str | None:
+    """Who is asking, for the ``ehlo`` greeting: ``$USER`` as in the original, else the login name."""
+    user = os.environ.get("USER")
+    if user:
+        return user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name in the environment nor in the passwd database
+        return None
 
 
 def _print_message(message: object, stream: TextIO) -> None:

@@ -23,7 +23,7 @@ from einhorn.core.events import CommandReceived, ConnectionClosed, Event, Reques
 from einhorn.io.logs import Logger
 
 MAX_CONNECTIONS = 256
-MAX_LINE = 1024 * 1024
+MAX_LINE = 64 * 1024
 MAX_PENDING_OUTPUT = 8 * 1024 * 1024
 _PEERCRED = struct.Struct("3i")
 

@@ -210,20 +210,20 @@ class Master:
             if worker_end is not None:
                 worker_end.close()
         os.set_blocking(spawned.report_fd, False)
-        self.selector.register(spawned.report_fd, selectors.EVENT_READ, lambda: self._exec_report(spawned))
+        report = bytearray()  # kept across wake-ups: the report may come before its EOF
+        self.selector.register(spawned.report_fd, selectors.EVENT_READ, lambda: self._exec_report(spawned, report))
         return WorkerSpawned(order.spawn_id, spawned.pid, time.monotonic())
 
-    def _exec_report(self, spawned: Spawned) -> list[Event]:
+    def _exec_report(self, spawned: Spawned, data: bytearray) -> list[Event]:
         """The child exec'd (EOF) or says why it could not; then it exits 127 and is reaped as a death."""
-        data = b""
         try:
             while chunk := os.read(spawned.report_fd, 4096):
                 data += chunk
         except BlockingIOError:
-            return []
+            return []  # not at EOF yet: what was read stays in `data`
         self.selector.unregister(spawned.report_fd)
         os.close(spawned.report_fd)
-        error = failure_report(data)
+        error = failure_report(bytes(data))
         if error is not None:
             self.log.error(f"Could not start worker {spawned.pid}: {error.strerror} (errno {error.errno})")
         return []

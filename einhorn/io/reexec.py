@@ -9,6 +9,7 @@ exec and are named in the document.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,6 +123,34 @@ def read_state(fd: int, config: Config) -> Restored:
         return Restored(state, notes, [int(fd) for fd in shell["listener_fds"]], int(shell["server_fd"]), connections)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, serialize.StateFormatError) as error:
         raise StateUnreadable(f"could not read the state from fd {fd}: {error}") from None
+
+
+def restore_note(notes: Sequence[str]) -> str | None:
+    """The one log line saying how a state of another format was adapted (None if it was not)."""
+    return f"State format for einhorn has changed: {'; '.join(notes)}" if notes else None
+
+
+def stop_children(pids: Sequence[int], kill_after: float | None, poll: float = 0.05) -> list[int]:
+    """USR2 to `pids`, then reap children until none is left; SIGKILL whoever outlives `kill_after`."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGUSR2)
+    deadline = None if kill_after is None else time.monotonic() + kill_after
+    killed: list[int] = []
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return killed
+        if pid != 0:
+            continue
+        if deadline is not None and time.monotonic() >= deadline:
+            deadline = None
+            for pid in own_children():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        time.sleep(poll)
 
 
 def own_children() -> list[int]:
