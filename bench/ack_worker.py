@@ -16,7 +16,7 @@ import sys
 stopping = False
 
 
-def _stop(signum, frame):
+def _stop(signum: int, frame: object) -> None:
     global stopping
     stopping = True
 
@@ -24,14 +24,14 @@ def _stop(signum, frame):
 signal.signal(signal.SIGUSR2, _stop)
 
 
-def ack():
+def ack() -> None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(os.environ["EINHORN_SOCK_PATH"])
     conn.sendall((json.dumps({"command": "worker:ack", "pid": os.getpid()}) + "\n").encode())
     conn.close()
 
 
-def serve():
+def serve() -> None:
     listener = socket.socket(fileno=int(os.environ["EINHORN_FD_0"]))
     # Every worker polls with a timeout (the fd's O_NONBLOCK flag is shared by all
     # workers, so all of them must tolerate a lost accept race).
@@ -40,7 +40,7 @@ def serve():
     while not stopping:
         try:
             conn, _ = listener.accept()
-        except (socket.timeout, BlockingIOError, InterruptedError):
+        except (TimeoutError, BlockingIOError, InterruptedError):
             continue
         try:
             conn.settimeout(5)
@@ -51,7 +51,7 @@ def serve():
             conn.close()
 
 
-def main():
+def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "ack"
     ack()
     if mode == "serve":

@@ -71,7 +71,7 @@ class Usage:
     shared: int = 0
     private: int = 0
 
-    def add(self, other: "Usage") -> None:
+    def add(self, other: Usage) -> None:
         self.rss += other.rss
         self.pss += other.pss
         self.shared += other.shared

@@ -59,7 +59,7 @@ class Table:
         widths = [max(len(str(r[c])) for r in [header, *body]) for c in range(len(header))]
 
         def line(r: Sequence[str]) -> str:
-            return "| " + " | ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths))) + " |"
+            return "| " + " | ".join(v.ljust(w) if c == 0 else v.rjust(w) for c, (v, w) in enumerate(zip(r, widths, strict=True))) + " |"
 
         out = [f"\n### {self.title}", *([self.note] if self.note else []), line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
         out += [line(r) for r in body]
@@ -248,7 +248,7 @@ def bench_latency(impls: Sequence[Impl], quick: bool) -> Table:
 
 def bench_resources(impls: Sequence[Impl], quick: bool) -> Table:
     window = 2.0 if quick else 5.0
-    table = Table(f"4. Idle master with 32 workers", f"RSS from /proc/<pid>/status VmRSS; CPU = utime+stime over {window:.0f} s idle")
+    table = Table("4. Idle master with 32 workers", f"RSS from /proc/<pid>/status VmRSS; CPU = utime+stime over {window:.0f} s idle")
     for impl in impls:
         with Master(impl, 32) as master:
             master.wait_all_acked()

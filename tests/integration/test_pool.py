@@ -74,11 +74,11 @@ def test_a_crash_loop_backs_off_and_costs_little_cpu(harness: Harness) -> None:
     cpu, wall = cpu_seconds(master.pid) - cpu_before, time.monotonic() - wall_before
 
     launches = [t for t, _ in master.timed_lines(r"===> Launched")]
-    gaps = [b - a for a, b in zip(launches, launches[1:])]
+    gaps = [b - a for a, b in zip(launches, launches[1:], strict=False)]
     expected = [0.25 * 1.5**d for d in range(1, len(gaps) + 1)]
     # Each launch is logged a little after it was decided, so single gaps jitter by that delay;
     # the launches' distance from the first one may not fall short of the schedule.
-    for k, (gap, want) in enumerate(zip(gaps, expected)):
+    for k, (gap, want) in enumerate(zip(gaps, expected, strict=False)):
         assert want - 0.2 <= gap <= want + 0.6, (gaps, expected)
         assert launches[k + 1] - launches[0] >= sum(expected[: k + 1]) - 0.1, (gaps, expected)
     assert gaps[-1] > 2 * gaps[0], gaps

@@ -293,7 +293,7 @@ def prod_einhorn() -> Iterator[Callable[..., ProdEinhorn]]:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-            wait_for(lambda: not any(alive(p) and start_time(p) == t for p, t in einhorn.known.items()), "workers to die")
+            wait_for(lambda: not any(alive(p) and start_time(p) == t for p, t in einhorn.known.items()), "workers to die")  # noqa: B023 - called at once
         for directory in directories:
             shutil.rmtree(directory, ignore_errors=True)
 

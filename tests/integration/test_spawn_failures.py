@@ -22,7 +22,7 @@ def test_exec_failure_is_logged_and_retried_with_backoff(harness: Harness, tmp_p
     assert len({m.group(1) for m in failures}) == len(failures), "each failure is a new worker"
     master.wait_log(r"Exited worker \d+ before it was ACKed \(exit status 127\)", count=5)
     spawns = [t for t, _ in master.timed_lines(r"===> Launched")]
-    gaps = [later - earlier for earlier, later in zip(spawns[2:], spawns[3:])]
+    gaps = [later - earlier for earlier, later in zip(spawns[2:], spawns[3:], strict=False)]
     assert gaps == sorted(gaps) or gaps[-1] > gaps[0], f"spin-ups should get further apart: {gaps}"
     assert master.state()["respawn"] is True, "the master keeps running"
     master.send_signal(signal.SIGTERM)

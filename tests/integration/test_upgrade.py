@@ -491,7 +491,7 @@ def test_zero_downtime_under_load_through_five_upgrades(harness: Harness) -> Non
             upgrade(master, command)
             wait_until(lambda: all_workers_modern(master, 3), what=f"only workers of APP_VERSION {version}")
             switched[version] = time.monotonic()
-            wait_until(lambda: load.answered_since(switched[version], str(version)), what=f"answers from {version}")
+            wait_until(lambda: load.answered_since(switched[version], str(version)), what=f"answers from {version}")  # noqa: B023 - called at once
     finally:
         load.stop()
     answers = load.snapshot()

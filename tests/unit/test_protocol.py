@@ -270,7 +270,7 @@ def test_line_buffer_yields_exactly_the_lines_however_the_stream_is_cut(
 ) -> None:
     stream = b"".join(line + b"\n" for line in lines) + unfinished_tail
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)))))
-    chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)])]
+    chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     buffer = LineBuffer(max_line=20)
     received = [line for chunk in chunks for line in buffer.feed(chunk)]
     assert received == lines
