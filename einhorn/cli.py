@@ -17,13 +17,12 @@ from dataclasses import dataclass, field, replace
 from einhorn import __version__
 from einhorn.core.config import MAX_WORKERS, Config
 from einhorn.core.state import initial_state
-from einhorn.io import reexec
+from einhorn.io import nice as nice_levels
+from einhorn.io import preload, proctitle, reexec
 from einhorn.io.logs import Logger
 from einhorn.io.loop import BLOCKED_ACROSS_EXEC, Master, ShellOptions
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, open_command_socket, parse_bind
 from einhorn.io.spawn import WorkerLaunch, pdeathsig_available
-from einhorn.io import nice as nice_levels
-from einhorn.io import preload, proctitle
 
 SHORT_USAGE = """## Usage
 

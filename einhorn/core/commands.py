@@ -9,10 +9,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from einhorn.core import pool
+from einhorn.core.actions import register_ack, signal_children, start_reexec
 from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
 from einhorn.core.effects import CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
 from einhorn.core.events import CommandReceived
-from einhorn.core.actions import register_ack, signal_children, start_reexec
 from einhorn.core.report import snapshot
 from einhorn.core.state import ReexecPurpose, RequestId, State, Subscriber
 

@@ -33,7 +33,7 @@ def _rubyish(value: object) -> object:
     if isinstance(value, Symbol):
         return f":{value.name}"
     if isinstance(value, Timestamp):
-        return datetime.datetime.fromtimestamp(value.epoch, tz=datetime.timezone.utc)
+        return datetime.datetime.fromtimestamp(value.epoch, tz=datetime.UTC)
     return value
 
 
@@ -45,5 +45,5 @@ def _plain(value: object) -> object:
     if isinstance(value, Symbol):
         return value.name
     if isinstance(value, Timestamp):
-        return datetime.datetime.fromtimestamp(value.epoch, tz=datetime.timezone.utc).isoformat()
+        return datetime.datetime.fromtimestamp(value.epoch, tz=datetime.UTC).isoformat()
     return value
