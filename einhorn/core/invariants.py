@@ -19,53 +19,71 @@ events through the core.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from einhorn.core import pool, step
 from einhorn.core.commands import normalize_signal
 from einhorn.core.config import MAX_SPINUP_INTERVAL
 from einhorn.core.effects import Effect, Exit, SendSignal, SpawnWorker
 from einhorn.core.events import CommandReceived, Event, MasterStarted, SignalReceived, WorkerSpawned
-from einhorn.core.state import Child, ReexecPurpose, State, UpgradeKind
+from einhorn.core.state import ReexecPurpose, State, UpgradeKind
 
 # --- independent counts (BEHAVIOR §4 vocabulary) --------------------------
 
 
-def _workers(state: State) -> list[Child]:
-    return [c for c in state.children.values() if c.is_worker]
+@dataclass(frozen=True, slots=True)
+class Census:
+    """The counts of BEHAVIOR §4 for one state, computed in one pass."""
+
+    workers: int
+    """Every worker process, signaled or not."""
+    old: tuple[int, ...]
+    """Pids of unsignaled workers of an earlier version."""
+    unsignaled_modern: int
+    ack_count: int
+    """ACKed, unsignaled, modern workers."""
+    unacked_modern: int
+    """Un-ACKed unsignaled modern workers plus modern spawns in flight (what max_unacked limits)."""
+    missing: int
+    """number - modern workers (signaled or not) - modern spawns in flight."""
+    total: int
+    """Workers plus spawns in flight (what max_upgrade_additional limits)."""
+    busy: int
+    """Unsignaled workers plus spawns in flight: the slots no exit in progress will free."""
 
 
-def _modern(state: State) -> list[Child]:
-    return [c for c in _workers(state) if c.version == state.version]
-
-
-def _unsignaled_modern(state: State) -> list[Child]:
-    return [c for c in _modern(state) if not c.signaled]
-
-
-def _old(state: State) -> list[Child]:
-    return [c for c in _workers(state) if c.version != state.version and not c.signaled]
-
-
-def _ack_count(state: State) -> int:
-    return sum(1 for c in _unsignaled_modern(state) if c.acked)
-
-
-def _modern_pending(state: State) -> int:
-    return sum(1 for p in state.pending.values() if p.version == state.version)
-
-
-def _unacked_modern(state: State) -> int:
-    """Un-ACKed unsignaled modern workers, spawns in flight included (what max_unacked limits)."""
-    return sum(1 for c in _unsignaled_modern(state) if not c.acked) + _modern_pending(state)
-
-
-def _missing(state: State) -> int:
-    return state.config.number - len(_modern(state)) - _modern_pending(state)
-
-
-def _total(state: State) -> int:
-    """Every worker process, signaled or not, plus spawns in flight (what max_upgrade_additional limits)."""
-    return len(_workers(state)) + len(state.pending)
+def census(state: State) -> Census:
+    workers = modern = unsignaled_modern = acked = unacked = unsignaled = 0
+    old: list[int] = []
+    for child in state.children.values():
+        if not child.is_worker:
+            continue
+        workers += 1
+        if not child.signaled:
+            unsignaled += 1
+        if child.version != state.version:
+            if not child.signaled:
+                old.append(child.pid)
+            continue
+        modern += 1
+        if child.signaled:
+            continue
+        unsignaled_modern += 1
+        if child.acked:
+            acked += 1
+        else:
+            unacked += 1
+    modern_pending = sum(1 for p in state.pending.values() if p.version == state.version)
+    return Census(
+        workers=workers,
+        old=tuple(sorted(old)),
+        unsignaled_modern=unsignaled_modern,
+        ack_count=acked,
+        unacked_modern=unacked + modern_pending,
+        missing=state.config.number - modern - modern_pending,
+        total=workers + len(state.pending),
+        busy=unsignaled + len(state.pending),
+    )
 
 
 def expected_spinup_interval(state: State) -> float:
@@ -87,10 +105,10 @@ def room_to_make(state: State) -> int:
     extra = state.config.max_upgrade_additional
     if extra is None or state.upgrading is None or not state.respawn:
         return 0
-    if _missing(state) <= 0 or _unacked_modern(state) > 0:
+    counts = census(state)
+    if counts.missing <= 0 or counts.unacked_modern > 0:
         return 0
-    busy = sum(1 for c in _workers(state) if not c.signaled) + len(state.pending)
-    return max(0, busy - (state.config.number + extra) + 1)
+    return max(0, counts.busy - (state.config.number + extra) + 1)
 
 
 # --- S: invariants of every state -----------------------------------------
@@ -101,54 +119,60 @@ def check_state(state: State) -> list[str]:
     problems: list[str] = []
     config = state.config
     number = config.number
+    counts = census(state)
 
     # S1: the cull leaves at most `number` unsignaled modern workers.
-    if len(_unsignaled_modern(state)) > number:
-        problems.append(f"S1: {len(_unsignaled_modern(state))} unsignaled modern workers > number {number}")
+    if counts.unsignaled_modern > number:
+        problems.append(f"S1: {counts.unsignaled_modern} unsignaled modern workers > number {number}")
 
     # S2: indexes of live workers and pending spawns are pairwise distinct.
-    indexes = [c.index for c in _workers(state)] + [p.index for p in state.pending.values()]
+    indexes = [c.index for c in state.children.values() if c.is_worker] + [p.index for p in state.pending.values()]
     if len(indexes) != len(set(indexes)):
         problems.append(f"S2: duplicate worker indexes {sorted(indexes)}")
 
     # S3: the spin-up interval is min(seconds x 1.5^d, 30), never above 30 s.
     interval = pool.spinup_interval(state)
-    if interval > MAX_SPINUP_INTERVAL or interval != expected_spinup_interval(state):
+    expected = expected_spinup_interval(state)
+    if interval > MAX_SPINUP_INTERVAL or interval != expected:
         problems.append(
             f"S3: spin-up interval {interval} with {state.deaths_before_ack} deaths"
-            f" (expected {expected_spinup_interval(state)}, at most {MAX_SPINUP_INTERVAL})"
+            f" (expected {expected}, at most {MAX_SPINUP_INTERVAL})"
         )
 
     # S4: a gradual spin-up that waits for time has a timer, at most 30 s after the last spin-up.
-    if state.respawn and state.last_spinup_at is not None and _missing(state) > 0:
-        due = state.last_spinup_at + min(expected_spinup_interval(state), MAX_SPINUP_INTERVAL)
+    if state.respawn and state.last_spinup_at is not None and counts.missing > 0:
+        due = state.last_spinup_at + expected
         if state.clock < due:
             deadline = step.next_deadline(state)
             if deadline is None or deadline > due:
                 problems.append(f"S4: next spin-up due at {due} but next_deadline is {deadline}")
 
     # S5: outside an upgrade, no old worker is left unsignaled.
-    if state.upgrading is None and _old(state):
-        problems.append(f"S5: no upgrade in progress but old workers {sorted(c.pid for c in _old(state))} unsignaled")
+    if state.upgrading is None and counts.old:
+        problems.append(f"S5: no upgrade in progress but old workers {list(counts.old)} unsignaled")
 
     # S6: an upgrade in progress is not already complete.
-    if state.upgrading is not None and _ack_count(state) >= number:
-        problems.append(f"S6: upgrade still marked in progress with {_ack_count(state)} / {number} ACKs")
+    if state.upgrading is not None and counts.ack_count >= number:
+        problems.append(f"S6: upgrade still marked in progress with {counts.ack_count} / {number} ACKs")
 
     # S7: a smooth upgrade keeps no more old workers than needed (old + ACKed new <= number).
-    if state.upgrading is UpgradeKind.SMOOTH and len(_old(state)) + _ack_count(state) > number:
-        problems.append(f"S7: smooth upgrade keeps {len(_old(state))} old + {_ack_count(state)} ACKed > number {number}")
+    if state.upgrading is UpgradeKind.SMOOTH and len(counts.old) + counts.ack_count > number:
+        problems.append(f"S7: smooth upgrade keeps {len(counts.old)} old + {counts.ack_count} ACKed > number {number}")
 
     # S8: timers already due have been acted on (timer ACKs, SIGKILL escalation).
-    if config.ack_timer is not None:
-        late = sorted(c.pid for c in _workers(state) if not c.acked and c.spinup_at + config.ack_timer <= state.clock)
+    ack_timer = config.ack_timer
+    if ack_timer is not None:
+        late = sorted(
+            c.pid for c in state.children.values() if c.is_worker and not c.acked and c.spinup_at + ack_timer <= state.clock
+        )
         if late:
             problems.append(f"S8: workers {late} are past their timer ACK but not ACKed")
-    if config.signal_timeout is not None:
+    timeout = config.signal_timeout
+    if timeout is not None:
         late = sorted(
             c.pid
             for c in state.children.values()
-            if c.last_signaled_at is not None and not c.killed and c.last_signaled_at + config.signal_timeout <= state.clock
+            if c.last_signaled_at is not None and not c.killed and c.last_signaled_at + timeout <= state.clock
         )
         if late:
             problems.append(f"S8: children {late} outlived the signal timeout without SIGKILL")
@@ -227,41 +251,52 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
     exits = [e for e in effects if isinstance(e, Exit)]
     spawned_pid = event.pid if isinstance(event, WorkerSpawned) and event.spawn_id in before.pending else None
     requested = requested_signals(event)
+    if spawned_pid is not None and not before.respawn and before.shutdown_signal is not None:
+        requested |= {before.shutdown_signal}  # a worker started during a shutdown gets its signal at once
 
     # T1: every signal goes to a live, known child (never to a reaped or unknown pid).
-    for effect in signals:
-        known_before = effect.pid in before.children or effect.pid == spawned_pid
-        if not known_before or effect.pid not in after.children:
-            problems.append(f"T1: {effect.signal} sent to pid {effect.pid}, which is not a live child")
+    for sig in signals:
+        known_before = sig.pid in before.children or sig.pid == spawned_pid
+        if not known_before or sig.pid not in after.children:
+            problems.append(f"T1: {sig.signal} sent to pid {sig.pid}, which is not a live child")
 
     # T2: no spin-up while respawning is off.
     if spawns and not (before.respawn and after.respawn):
         problems.append(f"T2: {len(spawns)} workers spun up while respawning is off")
 
-    # T3: each spin-up is a new pending spawn of the current version at an unused index.
-    for effect in spawns:
-        spawn = after.pending.get(effect.spawn_id)
-        if effect.spawn_id in before.pending or effect.spawn_id < before.next_spawn_id:
-            problems.append(f"T3: spawn id {effect.spawn_id} reused")
-        elif spawn is None or (spawn.index, spawn.version) != (effect.index, effect.version):
-            problems.append(f"T3: spawn {effect.spawn_id} not recorded as pending")
-        if effect.version != after.version:
-            problems.append(f"T3: spawn {effect.spawn_id} at version {effect.version}, current is {after.version}")
+    # T3: each spin-up is a new pending spawn of the current version, at the
+    # lowest indexes no live worker or other spawn uses.
+    for order in spawns:
+        pending = after.pending.get(order.spawn_id)
+        if order.spawn_id in before.pending or order.spawn_id < before.next_spawn_id:
+            problems.append(f"T3: spawn id {order.spawn_id} reused")
+        elif pending is None or (pending.index, pending.version) != (order.index, order.version):
+            problems.append(f"T3: spawn {order.spawn_id} not recorded as pending")
+        if order.version != after.version:
+            problems.append(f"T3: spawn {order.spawn_id} at version {order.version}, current is {after.version}")
+    if spawns:
+        new_ids = {order.spawn_id for order in spawns}
+        used = {c.index for c in after.children.values() if c.is_worker}
+        used |= {p.index for sid, p in after.pending.items() if sid not in new_ids}
+        lowest = sorted(set(range(len(used) + len(spawns))) - used)[: len(spawns)]
+        chosen = sorted(order.index for order in spawns)
+        if chosen != lowest:
+            problems.append(f"T3: spawned at indexes {chosen}, the lowest free ones are {lowest}")
 
     # T4: on its own initiative the master never sends a child the same signal twice.
     sent: set[tuple[int, str]] = set()
-    for effect in signals:
-        key = (effect.pid, effect.signal)
-        if effect.signal in requested or effect.signal == "KILL":
+    for sig in signals:
+        key = (sig.pid, sig.signal)
+        if sig.signal in requested or sig.signal == "KILL":
             continue
-        child = before.children.get(effect.pid)
-        if key in sent or (child is not None and effect.signal in child.signaled):
-            problems.append(f"T4: {effect.signal} sent again to child {effect.pid}")
+        child = before.children.get(sig.pid)
+        if key in sent or (child is not None and sig.signal in child.signaled):
+            problems.append(f"T4: {sig.signal} sent again to child {sig.pid}")
         sent.add(key)
 
     # T5: at most one SIGKILL per child, and only once its signal timeout has passed.
     timeout = after.config.signal_timeout
-    kills = [e.pid for e in signals if e.signal == "KILL" and "KILL" not in requested]
+    kills = [sig.pid for sig in signals if sig.signal == "KILL" and "KILL" not in requested]
     for pid in kills:
         child = before.children.get(pid)
         if kills.count(pid) > 1 or child is None or child.killed:
@@ -288,33 +323,34 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
         and not before.children[e.pid].signaled
     )
     if old_signaled and not _made_room(after):
-        if (before.upgrading is UpgradeKind.SMOOTH or after.upgrading is UpgradeKind.SMOOTH) and (
-            len(_old(after)) + _ack_count(after) < after.config.number
-        ):
+        counts = census(after)
+        number = after.config.number
+        smooth = UpgradeKind.SMOOTH in (before.upgrading, after.upgrading)
+        if smooth and len(counts.old) + counts.ack_count < number:
             problems.append(
-                f"T7: smooth upgrade stopped old workers {old_signaled}, leaving {len(_old(after))} old"
-                f" + {_ack_count(after)} ACKed < number {after.config.number}"
+                f"T7: smooth upgrade stopped old workers {old_signaled}, leaving {len(counts.old)} old"
+                f" + {counts.ack_count} ACKed < number {number}"
             )
         if after.upgrading is UpgradeKind.FLEET:
             problems.append(f"T8: fleet upgrade stopped old workers {old_signaled} before all new ones ACKed")
 
     # T9: the master exits at most once; with 0 only when no child is left.
-    for effect in exits:
+    for leave in exits:
         if before.exit_code is not None or len(exits) > 1:
-            problems.append(f"T9: Exit({effect.code}) after the master already exited")
-        if effect.code != after.exit_code:
-            problems.append(f"T9: Exit({effect.code}) but the state records exit code {after.exit_code}")
-        if effect.code == 0 and (after.children or after.pending or after.respawn):
+            problems.append(f"T9: Exit({leave.code}) after the master already exited")
+        if leave.code != after.exit_code:
+            problems.append(f"T9: Exit({leave.code}) but the state records exit code {after.exit_code}")
+        if leave.code == 0 and (after.children or after.pending or after.respawn):
             problems.append(f"T9: Exit(0) with {len(after.children)} children and {len(after.pending)} spawns left")
-        if effect.code != 0 and not (isinstance(event, SignalReceived) and event.signal == "QUIT"):
-            problems.append(f"T9: Exit({effect.code}) without SIGQUIT")
+        if leave.code != 0 and not (isinstance(event, SignalReceived) and event.signal == "QUIT"):
+            problems.append(f"T9: Exit({leave.code}) without SIGQUIT")
     if before.exit_code is not None and (signals or spawns):
         problems.append("T9: the master acted after it exited")
 
     # T10: with max_upgrade_additional N, a spin-up never brings the total above number + N.
     extra = after.config.max_upgrade_additional
-    if spawns and extra is not None and _total(after) > after.config.number + extra:
-        problems.append(f"T10: spun up to {_total(after)} workers > number {after.config.number} + {extra}")
+    if spawns and extra is not None and census(after).total > after.config.number + extra:
+        problems.append(f"T10: spun up to {census(after).total} workers > number {after.config.number} + {extra}")
 
     # T11: a gradual spin-up starts one worker, no sooner than the interval, within max_unacked.
     first = before.last_spinup_at is None
@@ -323,13 +359,12 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
         assert before.last_spinup_at is not None
         if len(spawns) > 1:
             problems.append(f"T11: gradual spin-up started {len(spawns)} workers at once")
-        if after.clock < before.last_spinup_at + expected_spinup_interval(after):
-            problems.append(
-                f"T11: spin-up {after.clock - before.last_spinup_at}s after the last one,"
-                f" interval is {expected_spinup_interval(after)}s"
-            )
-        if _unacked_modern(after) > after.config.max_unacked:
-            problems.append(f"T11: {_unacked_modern(after)} un-ACKed new workers > max_unacked {after.config.max_unacked}")
+        interval = expected_spinup_interval(after)
+        if after.clock < before.last_spinup_at + interval:
+            problems.append(f"T11: spin-up {after.clock - before.last_spinup_at}s after the last one, interval is {interval}s")
+        unacked = census(after).unacked_modern
+        if unacked > after.config.max_unacked:
+            problems.append(f"T11: {unacked} un-ACKed new workers > max_unacked {after.config.max_unacked}")
     return problems
 
 
@@ -340,10 +375,10 @@ def _made_room(after: State) -> bool:
     extra = after.config.max_upgrade_additional
     if extra is None or after.upgrading is None or not after.respawn:
         return False
-    if _missing(after) <= 0 or _unacked_modern(after) > 0:
+    counts = census(after)
+    if counts.missing <= 0 or counts.unacked_modern > 0:
         return False
-    busy = sum(1 for c in _workers(after) if not c.signaled) + len(after.pending)
-    return busy >= after.config.number + extra - 1
+    return counts.busy >= after.config.number + extra - 1
 
 
 # --- L: the goal of the liveness properties -------------------------------
@@ -360,12 +395,13 @@ def goal_problem(state: State) -> str | None:
         return None if state.exit_code is not None else "L3: respawning is off but the master has not exited"
     if state.reexec_purpose is not None:
         return f"L2: re-exec ({state.reexec_purpose.value}) still in progress"
+    counts = census(state)
     if state.upgrading is not None:
-        return f"L2: {state.upgrading.value} upgrade still in progress ({_ack_count(state)} / {state.config.number} ACKs)"
-    if _ack_count(state) != state.config.number:
-        return f"L1: {_ack_count(state)} ACKed modern workers, want {state.config.number}"
-    if _old(state):
-        return f"L1: old workers {sorted(c.pid for c in _old(state))} still unsignaled"
+        return f"L2: {state.upgrading.value} upgrade still in progress ({counts.ack_count} / {state.config.number} ACKs)"
+    if counts.ack_count != state.config.number:
+        return f"L1: {counts.ack_count} ACKed modern workers, want {state.config.number}"
+    if counts.old:
+        return f"L1: old workers {list(counts.old)} still unsignaled"
     return None
 
 

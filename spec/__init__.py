@@ -1,0 +1,1 @@
+"""Specification of the pure core: spec/README.md and the model checker."""

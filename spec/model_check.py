@@ -1,0 +1,749 @@
+"""Explicit-state model checker for the pure core (spec/README.md, "Model checker").
+
+It drives the real `einhorn.core.step.step` (there is no second model of the
+master): a fake world answers the core's effects and offers, in every state,
+every event of a bounded alphabet; a breadth-first search explores every
+interleaving of them up to a depth, canonicalising and deduplicating states.
+In every reached state it checks the safety invariants of
+`einhorn.core.invariants` (S*, T*), and from every reached state it runs a
+deterministic cooperative world (spawns succeed, workers ACK, signaled workers
+exit, timers fire) and requires the goal (L1-L3) within a bounded number of
+steps. A violation is reported with the shortest event trace to it, replayed
+with real pids and times.
+
+    .venv/bin/python -m spec.model_check            # default bounds, all configurations
+    .venv/bin/python -m spec.model_check --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from einhorn.core import invariants
+from einhorn.core import step as core_step
+from einhorn.core.config import MAX_SPINUP_INTERVAL, Config
+from einhorn.core.effects import Effect, Exit, ReexecMaster, SendSignal, SpawnWorker
+from einhorn.core.events import (
+    ChildExited,
+    CommandReceived,
+    Event,
+    MasterStarted,
+    ReexecFailed,
+    SignalReceived,
+    SpawnFailed,
+    Tick,
+    WorkerSpawned,
+)
+from einhorn.core.state import Child, PendingSpawn, State, initial_state
+
+CONN = 7
+"""The command connection every operator request arrives on."""
+
+IDLE_STEP = 0.5
+"""Seconds a "time passes" step moves the clock (when no deadline comes sooner)."""
+
+COMMANDS: dict[str, tuple[str, ...]] = {
+    # name -> ("command", command, *args) or ("signal", SIGNAME)
+    "inc": ("command", "inc"),
+    "dec": ("command", "dec"),
+    "set_workers_1": ("command", "set_workers", "1"),
+    "set_workers_3": ("command", "set_workers", "3"),
+    "upgrade": ("command", "upgrade"),
+    "upgrade_fleet": ("command", "upgrade_fleet"),
+    "reload": ("command", "reload"),
+    "die": ("command", "die"),
+    "die_term": ("command", "die", "TERM"),
+    "SIGHUP": ("signal", "HUP"),
+    "SIGINT": ("signal", "INT"),
+    "SIGTERM": ("signal", "TERM"),
+    "SIGQUIT": ("signal", "QUIT"),
+    "SIGUSR2": ("signal", "USR2"),
+}
+DEFAULT_COMMANDS = ("inc", "dec", "upgrade", "upgrade_fleet", "die", "SIGHUP", "SIGQUIT")
+
+
+# --- configurations and bounds -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """One master configuration to explore from a fresh start."""
+
+    number: int
+    max_unacked: int
+    max_upgrade_additional: int | None
+    signal_timeout: int | None
+    ack_timer: float | None
+    seconds: float = 1.0
+
+    def config(self) -> Config:
+        return Config(
+            number=self.number,
+            ack_timer=self.ack_timer,
+            seconds=self.seconds,
+            max_unacked=self.max_unacked,
+            max_upgrade_additional=self.max_upgrade_additional,
+            signal_timeout=self.signal_timeout,
+            einhorn_version="model",
+        )
+
+    def __str__(self) -> str:
+        ack = "manual" if self.ack_timer is None else f"timer {self.ack_timer:g}s"
+        extra = "-" if self.max_upgrade_additional is None else str(self.max_upgrade_additional)
+        timeout = "-" if self.signal_timeout is None else f"{self.signal_timeout}s"
+        return (
+            f"number={self.number} max_unacked={self.max_unacked} max_upgrade_additional={extra}"
+            f" signal_timeout={timeout} ack={ack} seconds={self.seconds:g}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    depth: int = 9
+    failures: int = 2
+    commands: int = 2
+    liveness_steps: int = 100
+    idle: bool = False
+    command_names: tuple[str, ...] = DEFAULT_COMMANDS
+    max_states: int = 2_000_000
+
+
+DEFAULTS = Bounds()
+
+# --- the world: actions, canonical states ---------------------------------
+
+Action = tuple[object, ...]
+"""What happens next, independent of pid numbering: ("spawned", rank), ("exit", rank), ...
+
+Ranks index the sorted pids (or spawn ids) of the state the action applies to,
+so an action means the same in a canonical state and in the real state it
+stands for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    state: State
+    failures: int = 0
+    commands: int = 0
+
+
+def _pid_at(state: State, rank: object) -> int:
+    assert isinstance(rank, int)
+    return sorted(state.children)[rank]
+
+
+def _spawn_at(state: State, rank: object) -> int:
+    assert isinstance(rank, int)
+    return sorted(state.pending)[rank]
+
+
+def make_event(state: State, action: Action, new_pid: int) -> Event:
+    """The event `action` stands for in `state` (a new worker gets `new_pid`)."""
+    now = state.clock
+    match action:
+        case ("spawned", rank):
+            return WorkerSpawned(_spawn_at(state, rank), new_pid, now)
+        case ("spawn_failed", rank):
+            return SpawnFailed(_spawn_at(state, rank), "EAGAIN (model)", now)
+        case ("exit", rank):
+            child = state.children[_pid_at(state, rank)]
+            if child.killed:
+                return ChildExited(child.pid, None, 9, now)
+            return ChildExited(child.pid, 0 if child.signaled else 1, None, now)
+        case ("ack", rank):
+            return CommandReceived(CONN, {"command": "worker:ack", "pid": _pid_at(state, rank)}, now)
+        case ("tick",):
+            deadline = core_step.next_deadline(state)
+            assert deadline is not None
+            return Tick(deadline)
+        case ("idle",):
+            return Tick(now + IDLE_STEP)
+        case ("reexec_ok",):
+            return MasterStarted(now, restored=True)
+        case ("reexec_failed",):
+            return ReexecFailed("upgrade check failed (model)", now)
+        case ("command", name):
+            assert isinstance(name, str)
+            spec = COMMANDS[name]
+            if spec[0] == "signal":
+                return SignalReceived(spec[1], now)
+            request: dict[str, object] = {"command": spec[1]}
+            if len(spec) > 2:
+                request["args"] = list(spec[2:])
+            return CommandReceived(CONN, request, now)
+    raise ValueError(f"unknown action {action!r}")
+
+
+def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
+    """Every action the world may take in `node`: (action, failures used, commands used)."""
+    state = node.state
+    if state.exit_code is not None:
+        return  # the master is gone
+    can_fail = node.failures < bounds.failures
+    if state.reexec_purpose is not None:
+        yield ("reexec_ok",), 0, 0
+        if can_fail:
+            yield ("reexec_failed",), 1, 0
+    if state.pending:  # the shell answers spawns in the order it was asked for them
+        yield ("spawned", 0), 0, 0
+        if can_fail:
+            yield ("spawn_failed", 0), 1, 0
+    for rank, pid in enumerate(sorted(state.children)):
+        child = state.children[pid]
+        if child.signaled or child.killed:
+            yield ("exit", rank), 0, 0  # a compliant worker stops when told to
+        elif can_fail:
+            yield ("exit", rank), 1, 0  # a crash, before or after its ACK
+        if state.config.ack_timer is None and not child.acked and child.is_worker:
+            yield ("ack", rank), 0, 0
+    deadline = core_step.next_deadline(state)
+    if deadline is not None:
+        yield ("tick",), 0, 0
+    if bounds.idle and (deadline is None or deadline > state.clock + IDLE_STEP):
+        yield ("idle",), 0, 0
+    if node.commands < bounds.commands:
+        for name in bounds.command_names:
+            yield ("command", name), 0, 1
+
+
+def cooperative_action(state: State) -> Action | None:
+    """What a world with no failures does next (None: nothing, not even time)."""
+    if state.reexec_purpose is not None:
+        return ("reexec_ok",)
+    if state.pending:
+        return ("spawned", 0)
+    pids = sorted(state.children)
+    for rank, pid in enumerate(pids):
+        if state.children[pid].signaled or state.children[pid].killed:
+            return ("exit", rank)
+    if state.config.ack_timer is None:
+        for rank, pid in enumerate(pids):
+            child = state.children[pid]
+            if child.is_worker and not child.acked:
+                return ("ack", rank)
+    if core_step.next_deadline(state) is not None:
+        return ("tick",)
+    return None
+
+
+def _horizon(config: Config) -> float:
+    """Past this many seconds ago, every timestamp compares the same against every deadline."""
+    return max(MAX_SPINUP_INTERVAL, config.ack_timer or 0.0, float(config.signal_timeout or 0)) + 1.0
+
+
+def _streak_cap(config: Config) -> int:
+    """The smallest death streak whose back-off is strictly past the cap: longer ones behave alike."""
+    d = 0
+    while config.seconds * 1.5**d <= MAX_SPINUP_INTERVAL:
+        d += 1
+    return d
+
+
+def canonical(state: State) -> State:
+    """The representative of `state`'s class: pids 1..n and spawn ids 0..m-1 by
+    order, the clock at 0, timestamps relative and clamped at the horizon, the
+    current version 1 and every older one 0, the death streak clamped where the
+    back-off saturates. The core's behaviour is the same from both, up to that
+    renaming (it only compares pids, spawn ids and versions, and times against
+    deadlines no longer than the horizon)."""
+    base = state.clock
+    floor = -_horizon(state.config)
+
+    def t(value: float) -> float:
+        return max(value - base, floor)
+
+    def opt(value: float | None) -> float | None:
+        return None if value is None else t(value)
+
+    def v(version: int) -> int:
+        return 1 if version == state.version else 0
+
+    pids = {pid: i + 1 for i, pid in enumerate(sorted(state.children))}
+    children = {
+        pids[c.pid]: Child(
+            pids[c.pid],
+            c.kind,
+            v(c.version),
+            c.index,
+            t(c.spinup_at),
+            c.acked,
+            c.signaled,
+            opt(c.last_signaled_at),
+            c.killed,
+            c.pinged_at,
+            c.pinged_request_id,
+        )
+        for c in (state.children[p] for p in sorted(state.children))
+    }
+    ids = {sid: i for i, sid in enumerate(sorted(state.pending))}
+    pending = {
+        ids[p.spawn_id]: PendingSpawn(ids[p.spawn_id], p.index, v(p.version), 0.0)
+        for p in (state.pending[s] for s in sorted(state.pending))
+    }
+    return replace(
+        state,
+        version=1,
+        children=children,
+        pending=pending,
+        next_spawn_id=len(pending),
+        deaths_before_ack=min(state.deaths_before_ack, _streak_cap(state.config)),
+        last_spinup_at=opt(state.last_spinup_at),
+        clock=0.0,
+    )
+
+
+def _child_key(c: Child) -> tuple[object, ...]:
+    return (c.pid, c.kind, c.version, c.index, c.spinup_at, c.acked, tuple(sorted(c.signaled)), c.last_signaled_at, c.killed)
+
+
+def key_of(s: State) -> tuple[object, ...]:
+    """Hashable identity of a canonical state."""
+    return (
+        s.config,
+        tuple(_child_key(s.children[p]) for p in sorted(s.children)),
+        tuple((p.index, p.version) for p in (s.pending[i] for i in sorted(s.pending))),
+        s.respawn,
+        s.upgrading,
+        s.upgrade_subscribers,
+        s.reexec_purpose,
+        s.reexec_subscribers,
+        s.shutdown_signal,
+        s.deaths_before_ack,
+        s.last_spinup_at,
+        s.exit_code,
+    )
+
+
+# --- exploration ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Violation:
+    scenario: Scenario
+    problems: list[str]
+    actions: list[Action]
+    """The path from the start: BFS actions, then (for liveness) the cooperative ones."""
+    cooperative_from: int | None = None
+    """Index in `actions` where the cooperative (failure-free) continuation starts."""
+
+
+@dataclass(slots=True)
+class Result:
+    scenario: Scenario
+    states: int = 0
+    nodes: int = 0
+    transitions: int = 0
+    depth: int = 0
+    liveness_states: int = 0
+    seconds: float = 0.0
+    cpu: float = 0.0
+    truncated: bool = False
+    violations: list[Violation] = field(default_factory=list)
+
+
+Key = tuple[object, ...]
+
+
+def _start(scenario: Scenario) -> tuple[State, list[Effect]]:
+    return core_step.step(initial_state(scenario.config()), MasterStarted(0.0))
+
+
+def _apply(state: State, action: Action) -> tuple[Event, State, list[Effect], list[str]]:
+    new_pid = max(state.children, default=0) + 1
+    event = make_event(state, action, new_pid)
+    try:
+        after, effects = core_step.step(state, event)
+    except Exception as error:  # a bug in the core: report it like a violation
+        return event, state, [], [f"step raised {type(error).__name__}: {error}"]
+    problems = invariants.check_step(state, event, after, effects) + invariants.check_state(after)
+    return event, after, effects, problems
+
+
+def explore(scenario: Scenario, bounds: Bounds, stop_at_first: bool = True) -> Result:
+    """Breadth-first search over every interleaving, then liveness from every state.
+
+    A node is a canonical state plus the failures and commands used to reach
+    it. A node is skipped when the same state was reached before (so at no
+    greater depth) with no more failures and no more commands used: that
+    earlier visit has every future this one has. Step results are memoised per
+    (state, action), as they do not depend on those counters.
+    """
+    started, cpu = time.monotonic(), time.process_time()
+    result = Result(scenario)
+    state, _ = _start(scenario)
+    problems = invariants.check_state(state)
+    if problems:
+        result.violations.append(Violation(scenario, problems, []))
+        return result
+    root = Node(canonical(state))
+    root_key = key_of(root.state)
+    NodeId = tuple[Key, int, int]
+    root_id: NodeId = (root_key, 0, 0)
+    parents: dict[NodeId, tuple[NodeId | None, Action | None]] = {root_id: (None, None)}
+    states: dict[Key, State] = {root_key: root.state}
+    first_id: dict[Key, NodeId] = {root_key: root_id}
+    fronts: dict[Key, list[tuple[int, int]]] = {root_key: [(0, 0)]}
+    memo: dict[tuple[Key, Action], tuple[Key, list[str]]] = {}
+    frontier = [root_id]
+    seen_problems: set[str] = set()
+
+    def path(node_id: NodeId) -> list[Action]:
+        actions: list[Action] = []
+        current: NodeId | None = node_id
+        while current is not None:
+            parent, action = parents[current]
+            if action is not None:
+                actions.append(action)
+            current = parent
+        return actions[::-1]
+
+    for depth in range(1, bounds.depth + 1):
+        next_frontier: list[NodeId] = []
+        for node_id in frontier:
+            key, failures, commands = node_id
+            node = Node(states[key], failures, commands)
+            for action, failed, commanded in enabled(node, bounds):
+                memo_key = (key, action)
+                known = memo.get(memo_key)
+                if known is None:
+                    _, after, _, problems = _apply(node.state, action)
+                    result.transitions += 1
+                    after_state = canonical(after)
+                    after_key = key_of(after_state)
+                    memo[memo_key] = (after_key, problems)
+                    if not problems and after_key not in states:
+                        states[after_key] = after_state
+                else:
+                    after_key, problems = known
+                if problems:
+                    fresh = [p for p in problems if p.split(":")[0] not in seen_problems]
+                    if fresh:
+                        seen_problems.update(p.split(":")[0] for p in fresh)
+                        result.violations.append(Violation(scenario, problems, path(node_id) + [action]))
+                        if stop_at_first:
+                            result.states = len(states)
+                            result.depth = depth
+                            result.seconds, result.cpu = time.monotonic() - started, time.process_time() - cpu
+                            return result
+                    continue
+                f, c = failures + failed, commands + commanded
+                front = fronts.setdefault(after_key, [])
+                if any(f0 <= f and c0 <= c for f0, c0 in front):
+                    continue
+                front[:] = [(f0, c0) for f0, c0 in front if not (f <= f0 and c <= c0)] + [(f, c)]
+                child_id: NodeId = (after_key, f, c)
+                parents[child_id] = (node_id, action)
+                first_id.setdefault(after_key, child_id)
+                next_frontier.append(child_id)
+        if not next_frontier:
+            break
+        result.depth = depth
+        frontier = next_frontier
+        if len(states) > bounds.max_states:
+            result.truncated = True
+            break
+
+    result.states = len(states)
+    result.nodes = len(parents)
+    reached = {k: states[k] for k in reversed(first_id)}  # deepest first: shallower walks then end sooner
+    _check_liveness(result, bounds, reached, lambda k: path(first_id[k]), stop_at_first, memo, states)
+    result.seconds, result.cpu = time.monotonic() - started, time.process_time() - cpu
+    return result
+
+
+def _check_liveness(
+    result: Result,
+    bounds: Bounds,
+    states: dict[Key, State],
+    path: Callable[[Key], list[Action]],
+    stop_at_first: bool,
+    memo: dict[tuple[Key, Action], tuple[Key, list[str]]] | None = None,
+    known: dict[Key, State] | None = None,
+) -> None:
+    """L1-L3: from every reached state, the cooperative world reaches the goal within K steps.
+
+    `memo` and `known` are the search's step results and states, reused so that
+    only walks beyond the search's horizon call the core again.
+    """
+    memo = {} if memo is None else memo
+    known = {} if known is None else known
+    distance: dict[Key, int] = {}  # canonical state -> cooperative steps to the goal
+    limit = bounds.liveness_steps
+    for key, state in states.items():
+        walk: list[Key] = []
+        actions: list[Action] = []
+        failure: list[str] | None = None
+        reached: int | None = None
+        while True:
+            skey = key_of(state)
+            if skey in distance:
+                reached = distance[skey]
+                break
+            if invariants.converged(state):
+                reached = 0
+                break
+            if len(walk) >= limit:
+                failure = [f"no convergence within {limit} cooperative steps: {invariants.goal_problem(state)}"]
+                break
+            action = cooperative_action(state)
+            if action is None:
+                failure = [f"stuck, nothing left to happen (no deadline): {invariants.goal_problem(state)}"]
+                break
+            walk.append(skey)
+            actions.append(action)
+            hit = memo.get((skey, action))
+            if hit is not None and not hit[1] and hit[0] in known:
+                state = known[hit[0]]
+                continue
+            _, after, _, problems = _apply(state, action)
+            result.transitions += 1
+            if problems:
+                failure = problems
+                break
+            state = canonical(after)
+        if reached is not None and reached + len(walk) > limit:
+            failure = [f"convergence takes {reached + len(walk)} > {limit} cooperative steps"]
+        if failure is not None:
+            prefix = path(key)
+            result.violations.append(Violation(result.scenario, failure, prefix + actions, cooperative_from=len(prefix)))
+            if stop_at_first:
+                break
+            continue
+        assert reached is not None
+        for i, skey in enumerate(walk):
+            distance[skey] = reached + len(walk) - i
+    result.liveness_states = len(distance)
+
+
+# --- traces ---------------------------------------------------------------
+
+
+def describe_event(event: Event) -> str:
+    match event:
+        case WorkerSpawned(spawn_id=sid, pid=pid):
+            return f"spawn #{sid} started as pid {pid}"
+        case SpawnFailed(spawn_id=sid):
+            return f"spawn #{sid} FAILED"
+        case ChildExited(pid=pid, exit_code=code, signal=sig):
+            return f"pid {pid} exited ({f'signal {sig}' if sig is not None else f'status {code}'})"
+        case CommandReceived(request=request):
+            if request.get("command") == "worker:ack":
+                return f"pid {request.get('pid')} sends worker:ack"
+            raw_args = request.get("args")
+            args = " ".join(str(a) for a in raw_args) if isinstance(raw_args, list) else ""
+            return f"operator runs `{request.get('command')}{' ' + args if args else ''}`"
+        case SignalReceived(signal=sig):
+            return f"master receives SIG{sig}"
+        case Tick(now=now):
+            return f"time passes to t={now:g}"
+        case MasterStarted(restored=restored):
+            return "master re-exec succeeded, state restored" if restored else "master starts"
+        case ReexecFailed():
+            return "master re-exec FAILED"
+    return repr(event)
+
+
+def describe_state(state: State) -> str:
+    parts = []
+    for pid in sorted(state.children):
+        c = state.children[pid]
+        flags = "acked" if c.acked else "unacked"
+        if c.signaled:
+            flags += " got " + "+".join(sorted(c.signaled))
+        if c.killed:
+            flags += " KILLed"
+        parts.append(f"{pid}(v{c.version} #{c.index} {flags})")
+    for sid in sorted(state.pending):
+        p = state.pending[sid]
+        parts.append(f"spawn#{sid}(v{p.version} #{p.index})")
+    extra = []
+    if state.upgrading is not None:
+        extra.append(f"{state.upgrading.value} upgrade")
+    if state.reexec_purpose is not None:
+        extra.append(f"re-exec ({state.reexec_purpose.value}) pending")
+    if not state.respawn:
+        extra.append("respawn off")
+    if state.deaths_before_ack:
+        extra.append(f"deaths={state.deaths_before_ack}")
+    return f"n={state.config.number} v{state.version} [{', '.join(parts) or 'no workers'}]" + (
+        f" ({'; '.join(extra)})" if extra else ""
+    )
+
+
+def describe_effects(effects: Sequence[Effect]) -> str:
+    shown = []
+    for effect in effects:
+        match effect:
+            case SpawnWorker(spawn_id=sid, index=index):
+                shown.append(f"spawn #{sid} (index {index})")
+            case SendSignal(pid=pid, signal=sig):
+                shown.append(f"{sig}->{pid}")
+            case ReexecMaster():
+                shown.append("re-exec")
+            case Exit(code=code):
+                shown.append(f"EXIT {code}")
+    return ", ".join(shown)
+
+
+def render_trace(violation: Violation) -> str:
+    """Replay the trace on real states (real pids, real times), one numbered line per event."""
+    lines = [f"configuration: {violation.scenario}"]
+    state, effects = _start(violation.scenario)
+    lines.append(f"  0. master starts                                   -> {describe_effects(effects)}")
+    lines.append(f"     {describe_state(state)}")
+    next_pid = 100
+    for number, action in enumerate(violation.actions, 1):
+        if violation.cooperative_from is not None and number - 1 == violation.cooperative_from:
+            lines.append("  --- from here on, no failures: the cooperative world ---")
+        event = make_event(state, action, next_pid)
+        if isinstance(event, WorkerSpawned):
+            next_pid += 1
+        try:
+            after, effects = core_step.step(state, event)
+        except Exception as error:
+            lines.append(f"{number:3}. t={state.clock:g} {describe_event(event)}: step raised {error!r}")
+            break
+        shown = describe_effects(effects)
+        lines.append(f"{number:3}. t={after.clock:g} {describe_event(event):45} {'-> ' + shown if shown else ''}")
+        lines.append(f"     {describe_state(after)}")
+        state = after
+    if violation.cooperative_from is not None and violation.cooperative_from == len(violation.actions):
+        lines.append("  --- from here on, no failures: the cooperative world has nothing left to do ---")
+    lines.append("violated:")
+    lines += [f"  {p}" for p in violation.problems]
+    return "\n".join(lines)
+
+
+# --- command line ---------------------------------------------------------
+
+
+def all_pairs(axes: Sequence[Sequence[object]]) -> list[tuple[object, ...]]:
+    """A small set of combinations in which every pair of values of any two axes occurs.
+
+    Greedy: repeatedly take the combination (in product order) that covers the
+    most pairs not covered yet. Deterministic.
+    """
+    uncovered = {
+        (i, a, j, b) for i, j in itertools.combinations(range(len(axes)), 2) for a in axes[i] for b in axes[j]
+    }
+
+    def pairs(combo: tuple[object, ...]) -> set[tuple[int, object, int, object]]:
+        return {(i, combo[i], j, combo[j]) for i, j in itertools.combinations(range(len(combo)), 2)}
+
+    chosen: list[tuple[object, ...]] = []
+    candidates = list(itertools.product(*axes))
+    while uncovered:
+        best = max(candidates, key=lambda combo: len(pairs(combo) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    acks: list[float | None] = [None if a == "manual" else float(a) for a in args.ack]
+    extras: list[int | None] = [None if x == "none" else int(x) for x in args.max_upgrade_additional]
+    timeouts: list[int | None] = [None if x == "none" else int(x) for x in args.signal_timeout]
+    axes: list[Sequence[object]] = [args.number, args.max_unacked, extras, timeouts, acks]
+    combos = list(itertools.product(*axes)) if args.matrix == "full" else all_pairs(axes)
+    found = []
+    for number, unacked, extra, timeout, ack in combos:
+        assert isinstance(number, int) and isinstance(unacked, int)
+        assert extra is None or isinstance(extra, int)
+        assert timeout is None or isinstance(timeout, int)
+        assert ack is None or isinstance(ack, float)
+        found.append(Scenario(number, unacked, extra, timeout, ack, args.seconds))
+    # the biggest first, so that the parallel run ends evenly
+    return sorted(found, key=lambda s: (-s.number, -s.max_unacked, str(s)))
+
+
+def _run(job: tuple[Scenario, Bounds]) -> Result:
+    return explore(*job)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spec.model_check",
+        description="Explore every interleaving of a bounded event alphabet through einhorn.core.step "
+        "and check the invariants of spec/README.md.",
+    )
+    parser.add_argument("--depth", type=int, default=DEFAULTS.depth, help="events per trace (default %(default)s)")
+    parser.add_argument("--failures", type=int, default=DEFAULTS.failures, help="crashes, failed spawns and failed re-execs per trace (default %(default)s)")
+    parser.add_argument("--commands", type=int, default=DEFAULTS.commands, help="operator commands and master signals per trace (default %(default)s)")
+    parser.add_argument("--liveness-steps", type=int, default=DEFAULTS.liveness_steps, help="cooperative steps allowed to converge (default %(default)s)")
+    parser.add_argument("--idle", action="store_true", help=f"also let time pass by {IDLE_STEP:g}s between deadlines (default: time jumps from deadline to deadline)")
+    parser.add_argument("--alphabet", default=",".join(DEFAULT_COMMANDS), help=f"commands and signals, from {','.join(COMMANDS)} (default %(default)s)")
+    parser.add_argument("--number", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--max-unacked", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--max-upgrade-additional", nargs="+", default=["none", "0", "1"], help="integers or none")
+    parser.add_argument("--signal-timeout", nargs="+", default=["none", "2"], help="integers or none")
+    parser.add_argument("--ack", nargs="+", default=["1", "manual"], help="timer seconds or manual")
+    parser.add_argument(
+        "--matrix",
+        choices=["pairs", "full"],
+        default="pairs",
+        help="configurations: every pair of the values below in at least one (default), or every combination",
+    )
+    parser.add_argument("--seconds", type=float, default=1.0, help="the base spin-up interval -s")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: CPUs)")
+    parser.add_argument("--all", action="store_true", help="report every distinct violation, not just the first per configuration")
+    args = parser.parse_args(argv)
+    names = tuple(n for n in args.alphabet.split(",") if n)
+    unknown = [n for n in names if n not in COMMANDS]
+    if unknown:
+        parser.error(f"unknown commands {unknown}; known: {', '.join(COMMANDS)}")
+    bounds = Bounds(args.depth, args.failures, args.commands, args.liveness_steps, args.idle, names)
+    jobs = [(s, bounds) for s in scenarios(args)]
+    print(
+        f"model check: {len(jobs)} configurations, depth {bounds.depth}, failures {bounds.failures},"
+        f" commands {bounds.commands} from [{', '.join(names)}], liveness within {bounds.liveness_steps} steps",
+        flush=True,
+    )
+    started = time.monotonic()
+    results: list[Result] = []
+    if args.jobs > 1:
+        with multiprocessing.get_context("fork").Pool(args.jobs) as workers:
+            for result in workers.imap_unordered(_run_all if args.all else _run, jobs):
+                _report(result)
+                results.append(result)
+    else:
+        for job in jobs:
+            result = (_run_all if args.all else _run)(job)
+            _report(result)
+            results.append(result)
+    elapsed = time.monotonic() - started
+    violations = [v for r in results for v in r.violations]
+    print(
+        f"total: {sum(r.states for r in results)} states, {sum(r.transitions for r in results)} transitions,"
+        f" max depth {max((r.depth for r in results), default=0)},"
+        f" {sum(r.liveness_states for r in results)} states on cooperative runs,"
+        f" {elapsed:.1f}s wall, {sum(r.cpu for r in results):.1f}s CPU"
+    )
+    for violation in violations:
+        print()
+        print(render_trace(violation))
+    print("FAIL" if violations else "OK: no violation")
+    return 1 if violations else 0
+
+
+def _run_all(job: tuple[Scenario, Bounds]) -> Result:
+    return explore(job[0], job[1], stop_at_first=False)
+
+
+def _report(result: Result) -> None:
+    status = f"{len(result.violations)} VIOLATION(S)" if result.violations else "ok"
+    print(
+        f"{str(result.scenario):95} {result.states:8} states {result.transitions:9} transitions"
+        f" depth {result.depth:2} {result.seconds:6.1f}s ({result.cpu:.1f}s CPU) {status}{' (truncated)' if result.truncated else ''}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,454 @@
+"""Each numbered invariant of einhorn.core.invariants fires on a state or step that breaks it,
+and stays quiet on ones that keep it (spec/README.md numbers them)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import pytest
+
+from einhorn.core import invariants, pool, step
+from einhorn.core.config import Config
+from einhorn.core.effects import Effect, Exit, SendSignal, SpawnWorker
+from einhorn.core.events import (
+    ChildExited,
+    CommandReceived,
+    Event,
+    MasterStarted,
+    SignalReceived,
+    Tick,
+    WorkerSpawned,
+)
+from einhorn.core.invariants import census, check_state, check_step, goal_problem, requested_signals, room_to_make
+from einhorn.core.state import Child, ChildKind, PendingSpawn, ReexecPurpose, State, UpgradeKind, initial_state
+
+
+def worker(pid: int, version: int = 0, index: int | None = None, acked: bool = True, **changes: object) -> Child:
+    child = Child(pid=pid, kind=ChildKind.WORKER, version=version, index=pid if index is None else index, spinup_at=0.0, acked=acked)
+    return replace(child, **changes)  # type: ignore[arg-type]
+
+
+def make(*children: Child, number: int = 1, **changes: object) -> State:
+    config_changes = {k: changes.pop(k) for k in list(changes) if k in Config.__dataclass_fields__}
+    state = State(
+        config=Config(**config_changes),  # type: ignore[arg-type]
+        children={c.pid: c for c in children},
+        last_spinup_at=0.0,
+    )
+    state = replace(state, config=replace(state.config, number=number))
+    return replace(state, **changes)  # type: ignore[arg-type]
+
+
+def numbers(problems: Sequence[str]) -> set[str]:
+    return {p.split(":")[0] for p in problems}
+
+
+def steady(number: int = 1, **changes: object) -> State:
+    return make(*(worker(i) for i in range(number)), number=number, **changes)
+
+
+# --- S: states ------------------------------------------------------------------
+
+
+def test_a_steady_pool_keeps_every_state_invariant() -> None:
+    assert check_state(steady(3)) == []
+    assert check_state(initial_state(Config())) == []
+
+
+def test_s1_surplus_of_unsignaled_modern_workers() -> None:
+    assert "S1" in numbers(check_state(make(worker(1), worker(2), number=1)))
+    assert "S1" not in numbers(check_state(make(worker(1), worker(2, signaled=frozenset({"USR2"})), number=1)))
+
+
+def test_s2_duplicate_indexes_among_workers_and_spawns() -> None:
+    assert "S2" in numbers(check_state(make(worker(1, index=0), worker(2, index=0), number=2)))
+    clash = replace(steady(1), pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1)
+    assert "S2" in numbers(check_state(clash))
+    signaled = make(worker(1, index=0, signaled=frozenset({"USR2"})), worker(2, index=1))
+    assert "S2" not in numbers(check_state(signaled))
+
+
+def test_s3_spinup_interval_capped_and_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert "S3" not in numbers(check_state(steady(1, deaths_before_ack=100)))
+    assert invariants.expected_spinup_interval(steady(1, deaths_before_ack=100)) == 30.0
+    assert invariants.expected_spinup_interval(steady(1, deaths_before_ack=2, seconds=2.0)) == 4.5
+    monkeypatch.setattr(pool, "spinup_interval", lambda state: 31.0)
+    assert "S3" in numbers(check_state(steady(1)))
+    monkeypatch.setattr(pool, "spinup_interval", lambda state: 2.0)
+    assert "S3" in numbers(check_state(steady(1)))
+
+
+def test_s4_a_waiting_spinup_has_a_timer(monkeypatch: pytest.MonkeyPatch) -> None:
+    waiting = make(number=1, clock=0.5, last_spinup_at=0.0)
+    assert step.next_deadline(waiting) == 1.0
+    assert "S4" not in numbers(check_state(waiting))
+    monkeypatch.setattr(step, "next_deadline", lambda state: None)
+    assert "S4" in numbers(check_state(waiting))
+    monkeypatch.setattr(step, "next_deadline", lambda state: 1.5)
+    assert "S4" in numbers(check_state(waiting))
+    assert "S4" not in numbers(check_state(replace(waiting, respawn=False, shutdown_signal="USR2")))
+    assert "S4" not in numbers(check_state(replace(waiting, clock=1.0)))
+
+
+def test_s5_old_workers_outside_an_upgrade() -> None:
+    state = make(worker(1, version=0), worker(2, version=1), version=1)
+    assert "S5" in numbers(check_state(state))
+    assert "S5" not in numbers(check_state(replace(state, upgrading=UpgradeKind.SMOOTH)))
+
+
+def test_s6_an_upgrade_that_is_done_is_not_in_progress() -> None:
+    state = make(worker(1, version=1), version=1, upgrading=UpgradeKind.FLEET)
+    assert "S6" in numbers(check_state(state))
+    assert "S6" not in numbers(check_state(make(worker(1, version=1, acked=False), version=1, upgrading=UpgradeKind.FLEET)))
+
+
+def test_s7_smooth_upgrade_keeps_no_more_old_workers_than_needed() -> None:
+    state = make(worker(1), worker(2), worker(3, version=1), number=2, version=1, upgrading=UpgradeKind.SMOOTH)
+    assert "S7" in numbers(check_state(state))
+    assert "S7" not in numbers(check_state(replace(state, upgrading=UpgradeKind.FLEET)))
+    ok = make(worker(1), worker(3, version=1), number=2, version=1, upgrading=UpgradeKind.SMOOTH)
+    assert "S7" not in numbers(check_state(ok))
+
+
+def test_s8_due_timers_have_fired() -> None:
+    late_ack = make(worker(1, acked=False), clock=1.0, ack_timer=1.0)
+    assert "S8" in numbers(check_state(late_ack))
+    assert "S8" not in numbers(check_state(replace(late_ack, clock=0.5)))
+    assert "S8" not in numbers(check_state(make(worker(1, acked=False), clock=9.0, ack_timer=None)))
+    late_kill = make(worker(1, signaled=frozenset({"USR2"}), last_signaled_at=0.0), worker(2), clock=2.0, signal_timeout=2)
+    assert "S8" in numbers(check_state(late_kill))
+    assert "S8" not in numbers(check_state(replace(late_kill, clock=1.5)))
+    killed = replace(late_kill, children={**late_kill.children, 1: replace(late_kill.children[1], killed=True)})
+    assert "S8" not in numbers(check_state(killed))
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        make(worker(1), number=1, children={2: worker(1)}),
+        make(worker(1, version=2), version=1),
+        make(worker(1, killed=True)),
+        make(pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=0),
+        make(pending={3: PendingSpawn(2, 0, 0, 0.0)}, next_spawn_id=5),
+        make(pending={0: PendingSpawn(0, 0, 2, 0.0)}, next_spawn_id=1, version=1),
+        make(worker(1), deaths_before_ack=-1),
+        make(worker(1), respawn=False),
+        make(worker(1), respawn=False, shutdown_signal="USR2", exit_code=0),
+        make(respawn=False, shutdown_signal="USR2", exit_code=0, pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1),
+    ],
+)
+def test_s9_bookkeeping(state: State) -> None:
+    assert "S9" in numbers(check_state(state))
+
+
+def test_s9_quiet_on_a_clean_exit() -> None:
+    assert "S9" not in numbers(check_state(make(respawn=False, shutdown_signal="USR2", exit_code=0)))
+    assert "S9" not in numbers(check_state(make(worker(1), respawn=False, shutdown_signal="QUIT", exit_code=1)))
+
+
+# --- T: transitions -------------------------------------------------------------
+
+
+def step_numbers(before: State, event: Event, after: State, effects: Sequence[Effect]) -> set[str]:
+    return numbers(check_step(before, event, after, effects))
+
+
+TICK = Tick(0.0)
+
+
+def test_real_steps_keep_every_transition_invariant() -> None:
+    state = initial_state(Config(number=2, signal_timeout=2))
+    events: list[Event] = [
+        MasterStarted(0.0),
+        WorkerSpawned(0, 10, 0.0),
+        WorkerSpawned(1, 11, 0.0),
+        Tick(1.0),
+        CommandReceived(1, {"command": "die"}, 1.0),
+        Tick(3.0),
+        ChildExited(10, None, 9, 3.0),
+        ChildExited(11, None, 9, 3.0),
+    ]
+    for event in events:
+        after, effects = step.step(state, event)
+        assert check_step(state, event, after, effects) == [], event
+        assert check_state(after) == [], event
+        state = after
+    assert state.exit_code == 0
+
+
+def test_t1_signals_only_live_known_children() -> None:
+    before = steady(1)
+    assert "T1" in step_numbers(before, TICK, before, [SendSignal(99, "USR2")])
+    gone = replace(before, children={})
+    assert "T1" in step_numbers(before, ChildExited(0, 0, None, 0.0), gone, [SendSignal(0, "USR2")])
+    assert "T1" not in step_numbers(before, TICK, before, [SendSignal(0, "USR2")])
+    spawning = replace(make(), pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1)
+    spawned = make(worker(5, index=0))
+    assert "T1" not in step_numbers(spawning, WorkerSpawned(0, 5, 0.0), spawned, [SendSignal(5, "USR2")])
+    assert "T1" in step_numbers(spawning, WorkerSpawned(1, 5, 0.0), spawned, [SendSignal(5, "USR2")])
+
+
+def test_t2_no_spinup_while_respawn_is_off() -> None:
+    before = make(number=1)
+    after = replace(before, pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1)
+    spawn = [SpawnWorker(0, 0, 0)]
+    assert "T2" not in step_numbers(before, TICK, after, spawn)
+    off = replace(after, respawn=False, shutdown_signal="USR2")
+    assert "T2" in step_numbers(before, TICK, off, spawn)
+    assert "T2" in step_numbers(replace(before, respawn=False, shutdown_signal="USR2"), TICK, after, spawn)
+
+
+def test_t3_spawns_are_new_recorded_current_and_at_the_lowest_free_index() -> None:
+    before = make(worker(1, index=0), number=3, next_spawn_id=4)
+    after = replace(before, pending={4: PendingSpawn(4, 1, 0, 0.0), 5: PendingSpawn(5, 2, 0, 0.0)}, next_spawn_id=6)
+    good = [SpawnWorker(4, 1, 0), SpawnWorker(5, 2, 0)]
+    assert "T3" not in step_numbers(before, TICK, after, good)
+    assert "T3" in step_numbers(before, TICK, after, [SpawnWorker(3, 1, 0)])
+    assert "T3" in step_numbers(before, TICK, before, [SpawnWorker(4, 1, 0)])
+    assert "T3" in step_numbers(before, TICK, after, [SpawnWorker(4, 2, 0)])
+    assert "T3" in step_numbers(before, TICK, replace(after, version=1), good)
+    wrong_index = replace(before, pending={4: PendingSpawn(4, 3, 0, 0.0)}, next_spawn_id=5)
+    assert "T3" in step_numbers(before, TICK, wrong_index, [SpawnWorker(4, 3, 0)])
+    reused = replace(before, pending={4: PendingSpawn(4, 0, 0, 0.0)}, next_spawn_id=5)
+    assert "T3" in step_numbers(before, TICK, reused, [SpawnWorker(4, 0, 0)])
+
+
+def test_t4_no_signal_twice_on_the_masters_own_initiative() -> None:
+    before = make(worker(1, signaled=frozenset({"USR2"})), worker(2))
+    assert "T4" in step_numbers(before, TICK, before, [SendSignal(1, "USR2")])
+    assert "T4" in step_numbers(before, TICK, before, [SendSignal(2, "USR2"), SendSignal(2, "USR2")])
+    assert "T4" not in step_numbers(before, TICK, before, [SendSignal(1, "TERM"), SendSignal(2, "USR2")])
+    assert "T4" not in step_numbers(before, SignalReceived("INT", 0.0), before, [SendSignal(1, "USR2")])
+    assert "T4" not in step_numbers(before, CommandReceived(1, {"command": "die"}, 0.0), before, [SendSignal(1, "USR2")])
+    assert "T4" in step_numbers(before, CommandReceived(1, {"command": "die", "args": ["TERM"]}, 0.0), before, [SendSignal(1, "USR2")])
+
+
+def test_t5_one_sigkill_after_the_timeout() -> None:
+    signaled = worker(1, signaled=frozenset({"USR2"}), last_signaled_at=0.0)
+    before = make(signaled, clock=2.0, signal_timeout=2)
+    after = make(replace(signaled, killed=True), clock=2.0, signal_timeout=2)
+    kill = [SendSignal(1, "KILL")]
+    assert "T5" not in step_numbers(before, Tick(2.0), after, kill)
+    assert "T5" in step_numbers(before, Tick(2.0), after, kill + kill)
+    assert "T5" in step_numbers(after, Tick(2.0), after, kill)
+    assert "T5" in step_numbers(replace(before, clock=1.0), Tick(1.0), replace(after, clock=1.0), kill)
+    assert "T5" in step_numbers(before, Tick(2.0), before, kill)
+    no_timeout = replace(before, config=replace(before.config, signal_timeout=None))
+    assert "T5" in step_numbers(no_timeout, Tick(2.0), replace(after, config=no_timeout.config), kill)
+    assert "T5" in step_numbers(make(), Tick(2.0), after, kill)
+    unsignaled = make(worker(1), clock=2.0, signal_timeout=2)
+    assert "T5" in step_numbers(unsignaled, Tick(2.0), after, kill)
+    die_kill = CommandReceived(1, {"command": "die", "args": ["KILL"]}, 2.0)
+    assert "T5" not in step_numbers(after, die_kill, after, kill)
+
+
+def test_t5_a_worker_spawned_during_a_kill_shutdown_gets_its_kill() -> None:
+    before = make(respawn=False, shutdown_signal="KILL", pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1)
+    after = make(worker(7, index=0, signaled=frozenset({"KILL"}), last_signaled_at=0.0), respawn=False, shutdown_signal="KILL")
+    assert check_step(before, WorkerSpawned(0, 7, 0.0), after, [SendSignal(7, "KILL")]) == []
+
+
+def test_t6_an_ack_resets_the_death_streak() -> None:
+    before = make(worker(1, acked=False), deaths_before_ack=2)
+    acked = make(worker(1), deaths_before_ack=2)
+    assert "T6" in step_numbers(before, TICK, acked, [])
+    assert "T6" not in step_numbers(before, TICK, replace(acked, deaths_before_ack=0), [])
+    assert "T6" not in step_numbers(before, TICK, before, [])
+    fresh = make(worker(2), deaths_before_ack=1)
+    assert "T6" in step_numbers(make(deaths_before_ack=1), TICK, fresh, [])
+
+
+def test_t7_smooth_upgrade_stops_old_workers_only_for_acked_replacements() -> None:
+    before = make(worker(1), worker(2), worker(3, version=1, acked=False), number=2, version=1, upgrading=UpgradeKind.SMOOTH)
+    early = replace(before, children={**before.children, 1: replace(before.children[1], signaled=frozenset({"USR2"}))})
+    assert "T7" in step_numbers(before, TICK, early, [SendSignal(1, "USR2")])
+    acked = replace(early, children={**early.children, 3: replace(early.children[3], acked=True)})
+    assert "T7" not in step_numbers(before, TICK, acked, [SendSignal(1, "USR2")])
+    assert "T7" not in step_numbers(before, SignalReceived("USR2", 0.0), early, [SendSignal(1, "USR2")])
+    assert "T7" not in step_numbers(before, TICK, early, [SendSignal(3, "USR2")])
+
+
+def test_t7_make_room_exemption_for_a_capped_upgrade() -> None:
+    before = make(worker(1), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
+    assert room_to_make(before) == 1
+    after = make(worker(1, signaled=frozenset({"USR2"})), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
+    assert check_step(before, TICK, after, [SendSignal(1, "USR2")]) == []
+    uncapped = replace(after, config=replace(after.config, max_upgrade_additional=None))
+    assert "T7" in step_numbers(replace(before, config=uncapped.config), TICK, uncapped, [SendSignal(1, "USR2")])
+
+
+def test_t8_fleet_upgrade_stops_no_old_worker_before_it_is_done() -> None:
+    before = make(worker(1), worker(2), worker(3, version=1), number=2, version=1, upgrading=UpgradeKind.FLEET)
+    after = replace(before, children={**before.children, 1: replace(before.children[1], signaled=frozenset({"USR2"}))})
+    assert "T8" in step_numbers(before, TICK, after, [SendSignal(1, "USR2")])
+    done = replace(after, upgrading=None)
+    assert "T8" not in step_numbers(before, TICK, done, [SendSignal(1, "USR2")])
+
+
+def test_t9_exit_once_and_cleanly() -> None:
+    gone = make(respawn=False, shutdown_signal="USR2", exit_code=0)
+    before = make(worker(1, signaled=frozenset({"USR2"})), respawn=False, shutdown_signal="USR2")
+    exited = ChildExited(1, 0, None, 0.0)
+    assert check_step(before, exited, gone, [Exit(0)]) == []
+    assert "T9" in step_numbers(before, exited, replace(gone, children=before.children), [Exit(0)])
+    assert "T9" in step_numbers(gone, exited, gone, [Exit(0)])
+    assert "T9" in step_numbers(before, exited, gone, [Exit(0), Exit(0)])
+    assert "T9" in step_numbers(before, exited, replace(gone, exit_code=None), [Exit(0)])
+    assert "T9" in step_numbers(before, exited, replace(gone, exit_code=1), [Exit(1)])
+    quit_after = replace(before, exit_code=1, shutdown_signal="QUIT")
+    assert "T9" not in step_numbers(before, SignalReceived("QUIT", 0.0), quit_after, [Exit(1), SendSignal(1, "QUIT")])
+    assert "T9" in step_numbers(gone, TICK, gone, [SendSignal(1, "USR2")])
+    spawning = replace(gone, pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1)
+    assert "T9" in step_numbers(gone, TICK, spawning, [SpawnWorker(0, 0, 0)])
+
+
+def test_t10_spinups_respect_max_upgrade_additional() -> None:
+    before = make(worker(1), worker(2, version=1, acked=False), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=1)
+    after = replace(before, pending={0: PendingSpawn(0, 0, 1, 0.0)}, next_spawn_id=1)
+    assert "T10" in step_numbers(before, TICK, after, [SpawnWorker(0, 0, 1)])
+    roomy = replace(after, config=replace(after.config, max_upgrade_additional=2))
+    assert "T10" not in step_numbers(replace(before, config=roomy.config), TICK, roomy, [SpawnWorker(0, 0, 1)])
+
+
+def test_t11_gradual_spinups_one_at_a_time_after_the_interval_within_max_unacked() -> None:
+    before = make(worker(1, index=0), number=3, max_unacked=1, clock=1.0, last_spinup_at=0.0)
+    one = replace(before, pending={0: PendingSpawn(0, 1, 0, 1.0)}, next_spawn_id=1, last_spinup_at=1.0)
+    assert check_step(before, Tick(1.0), one, [SpawnWorker(0, 1, 0)]) == []
+    two = replace(one, pending={**one.pending, 1: PendingSpawn(1, 2, 0, 1.0)}, next_spawn_id=2)
+    assert "T11" in step_numbers(before, Tick(1.0), two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
+    early = replace(before, clock=0.5)
+    assert "T11" in step_numbers(early, Tick(0.5), replace(one, clock=0.5), [SpawnWorker(0, 1, 0)])
+    busy = make(worker(1, index=0, acked=False), number=3, max_unacked=1, clock=1.0, last_spinup_at=0.0)
+    busy_after = replace(busy, pending={0: PendingSpawn(0, 1, 0, 1.0)}, next_spawn_id=1, last_spinup_at=1.0)
+    assert "T11" in step_numbers(busy, Tick(1.0), busy_after, [SpawnWorker(0, 1, 0)])
+    first = replace(before, last_spinup_at=None)
+    assert "T11" not in step_numbers(first, Tick(1.0), two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
+    fleet = replace(before, reexec_purpose=ReexecPurpose.FLEET_UPGRADE)
+    restored = MasterStarted(1.0, restored=True)
+    assert "T11" not in step_numbers(fleet, restored, two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
+    smooth = replace(before, reexec_purpose=ReexecPurpose.SMOOTH_UPGRADE)
+    assert "T11" in step_numbers(smooth, restored, two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
+
+
+# --- helpers and the liveness goal ---------------------------------------------------
+
+
+def test_requested_signals() -> None:
+    assert requested_signals(SignalReceived("INT", 0.0)) == {"USR2"}
+    assert requested_signals(SignalReceived("USR2", 0.0)) == {"USR2"}
+    assert requested_signals(SignalReceived("TERM", 0.0)) == {"TERM"}
+    assert requested_signals(SignalReceived("QUIT", 0.0)) == {"QUIT"}
+    assert requested_signals(SignalReceived("HUP", 0.0)) == frozenset()
+    assert requested_signals(CommandReceived(1, {"command": "die"}, 0.0)) == {"USR2"}
+    assert requested_signals(CommandReceived(1, {"command": "die", "args": ["sigterm", "KILL"]}, 0.0)) == {"TERM"}
+    assert requested_signals(CommandReceived(1, {"command": "signal", "args": ["TERM", "hup", "nope", 3]}, 0.0)) == {"TERM", "HUP"}
+    assert requested_signals(CommandReceived(1, {"command": "signal", "args": "TERM"}, 0.0)) == frozenset()
+    assert requested_signals(CommandReceived(1, {"command": "inc"}, 0.0)) == frozenset()
+    assert requested_signals(TICK) == frozenset()
+
+
+def test_census_counts() -> None:
+    state = make(
+        worker(1, version=0),
+        worker(2, version=0, signaled=frozenset({"USR2"})),
+        worker(3, version=1),
+        worker(4, version=1, acked=False),
+        worker(5, version=1, signaled=frozenset({"USR2"})),
+        Child(pid=6, kind=ChildKind.STATE_PASSER, version=1, index=9, spinup_at=0.0),
+        number=4,
+        version=1,
+        pending={0: PendingSpawn(0, 7, 1, 0.0), 1: PendingSpawn(1, 8, 0, 0.0)},
+        next_spawn_id=2,
+    )
+    assert census(state) == invariants.Census(
+        workers=5, old=(1,), unsignaled_modern=2, ack_count=1, unacked_modern=2, missing=0, total=7, busy=5
+    )
+
+
+def test_room_to_make() -> None:
+    capped = make(worker(1), worker(2), worker(3, version=1), number=2, version=1, upgrading=UpgradeKind.FLEET, max_upgrade_additional=1)
+    assert room_to_make(capped) == 1
+    assert room_to_make(replace(capped, config=replace(capped.config, max_upgrade_additional=2))) == 0
+    assert room_to_make(replace(capped, config=replace(capped.config, max_upgrade_additional=None))) == 0
+    assert room_to_make(replace(capped, upgrading=None)) == 0
+    assert room_to_make(replace(capped, respawn=False, shutdown_signal="USR2")) == 0
+    unacked = replace(capped, children={**capped.children, 3: replace(capped.children[3], acked=False)})
+    assert room_to_make(unacked) == 0
+    spawning = replace(capped, pending={0: PendingSpawn(0, 5, 1, 0.0)}, next_spawn_id=1)
+    assert room_to_make(spawning) == 0
+    full = replace(capped, config=replace(capped.config, max_upgrade_additional=0))
+    assert room_to_make(full) == 2
+    done = replace(capped, config=replace(capped.config, number=1))
+    assert room_to_make(done) == 0
+
+
+def test_goal() -> None:
+    assert goal_problem(steady(2)) is None and invariants.converged(steady(2))
+    assert (goal_problem(make(worker(1), number=2)) or "").startswith("L1")
+    assert (goal_problem(make(worker(1), worker(2, version=1), version=1, number=1)) or "").startswith("L1: old")
+    assert (goal_problem(replace(steady(1), upgrading=UpgradeKind.SMOOTH)) or "").startswith("L2")
+    assert (goal_problem(replace(steady(1), reexec_purpose=ReexecPurpose.RELOAD)) or "").startswith("L2")
+    dying = replace(steady(1), respawn=False, shutdown_signal="USR2")
+    assert (goal_problem(dying) or "").startswith("L3")
+    assert goal_problem(replace(dying, exit_code=1)) is None
+    assert invariants.check_invariants is check_state
+
+
+def test_made_room_is_exactly_the_capped_case() -> None:
+    made_room = invariants._made_room
+    # number 2, N 1: after stopping one old worker, 2 unsignaled remain (old 1 + new ACKed 1) = number + N - 1
+    after = make(
+        worker(1, signaled=frozenset({"USR2"})),
+        worker(2),
+        worker(3, version=1),
+        number=2,
+        version=1,
+        upgrading=UpgradeKind.FLEET,
+        max_upgrade_additional=1,
+    )
+    assert made_room(after)
+    assert not made_room(replace(after, config=replace(after.config, max_upgrade_additional=None)))
+    assert not made_room(replace(after, upgrading=None))
+    assert not made_room(replace(after, respawn=False, shutdown_signal="USR2"))
+    one_missing_unacked = replace(after, children={**after.children, 3: worker(3, version=1, acked=False)})
+    assert not made_room(one_missing_unacked)
+    none_missing = replace(after, config=replace(after.config, number=1))
+    assert not made_room(none_missing)
+    two_unacked = replace(
+        after,
+        config=replace(after.config, number=3),
+        children={**after.children, 3: worker(3, version=1, acked=False), 4: worker(4, version=1, acked=False)},
+    )
+    assert not made_room(two_unacked)
+    too_many = replace(after, children={**after.children, 2: worker(2, signaled=frozenset({"USR2"}))})
+    assert not made_room(too_many)  # busy 1 < number + N - 1 = 2: one more stopped than needed
+    wider = replace(after, config=replace(after.config, number=2, max_upgrade_additional=2))
+    assert not made_room(wider)  # busy 2 < 3
+
+
+def test_goal_messages() -> None:
+    dying = replace(steady(1), respawn=False, shutdown_signal="USR2")
+    assert goal_problem(dying) == "L3: respawning is off but the master has not exited"
+    assert goal_problem(replace(dying, respawn=True, shutdown_signal=None, exit_code=0)) is None
+    assert goal_problem(make(worker(1), worker(2, version=1), version=1)) == "L1: old workers [1] still unsignaled"
+    assert goal_problem(make(worker(1), number=2)) == "L1: 1 ACKed modern workers, want 2"
+    assert goal_problem(replace(steady(1), upgrading=UpgradeKind.SMOOTH)) == "L2: smooth upgrade still in progress (1 / 1 ACKs)"
+    assert goal_problem(replace(steady(1), reexec_purpose=ReexecPurpose.RELOAD)) == "L2: re-exec (reload) still in progress"
+    assert not invariants.converged(dying)
+
+
+def test_t4_only_the_event_itself_makes_a_repeat_legitimate() -> None:
+    # During a shutdown, a step that is not a spawn may not re-send the shutdown signal on its own.
+    before = make(worker(1, signaled=frozenset({"USR2"})), respawn=False, shutdown_signal="USR2")
+    assert "T4" in step_numbers(before, TICK, before, [SendSignal(1, "USR2")])
+    # A KILL earlier in the step does not hide a repeat after it.
+    live = make(worker(1, signaled=frozenset({"USR2"}), last_signaled_at=0.0), clock=5.0, signal_timeout=2)
+    problems = check_step(live, TICK, live, [SendSignal(1, "KILL"), SendSignal(1, "USR2")])
+    assert any(p.startswith("T4: USR2 sent again to child 1") for p in problems), problems
+
+
+def test_t3_a_spawn_id_below_next_is_reused_even_if_recorded() -> None:
+    before = make(worker(1, index=0), number=2, next_spawn_id=4)
+    after = replace(before, pending={3: PendingSpawn(3, 1, 0, 0.0)})
+    assert "T3: spawn id 3 reused" in check_step(before, TICK, after, [SpawnWorker(3, 1, 0)])
