@@ -73,6 +73,8 @@ def test_s3_spinup_interval_capped_and_exact(monkeypatch: pytest.MonkeyPatch) ->
     assert "S3" not in numbers(check_state(steady(1, deaths_before_ack=100)))
     assert invariants.expected_spinup_interval(steady(1, deaths_before_ack=100)) == 30.0
     assert invariants.expected_spinup_interval(steady(1, deaths_before_ack=2, seconds=2.0)) == 4.5
+    assert invariants.expected_spinup_interval(steady(1, deaths_before_ack=10_000, seconds=1e-9)) == 30.0
+    assert "S3" not in numbers(check_state(steady(1, deaths_before_ack=7, seconds=0.1)))
     monkeypatch.setattr(pool, "spinup_interval", lambda state: 31.0)
     assert "S3" in numbers(check_state(steady(1)))
     monkeypatch.setattr(pool, "spinup_interval", lambda state: 2.0)
@@ -121,6 +123,12 @@ def test_s8_due_timers_have_fired() -> None:
     assert "S8" not in numbers(check_state(replace(late_kill, clock=1.5)))
     killed = replace(late_kill, children={**late_kill.children, 1: replace(late_kill.children[1], killed=True)})
     assert "S8" not in numbers(check_state(killed))
+
+
+def test_s9_messages() -> None:
+    assert "S9: respawning is off but no shutdown signal is recorded" in check_state(make(worker(1), respawn=False))
+    exited = make(worker(1), respawn=False, shutdown_signal="USR2", exit_code=0)
+    assert "S9: exited with 0 while children or spawns remain" in check_state(exited)
 
 
 @pytest.mark.parametrize(
@@ -452,3 +460,53 @@ def test_t3_a_spawn_id_below_next_is_reused_even_if_recorded() -> None:
     before = make(worker(1, index=0), number=2, next_spawn_id=4)
     after = replace(before, pending={3: PendingSpawn(3, 1, 0, 0.0)})
     assert "T3: spawn id 3 reused" in check_step(before, TICK, after, [SpawnWorker(3, 1, 0)])
+
+
+def test_census_walks_every_child_whatever_comes_first() -> None:
+    passer = Child(pid=1, kind=ChildKind.STATE_PASSER, version=1, index=9, spinup_at=0.0)
+    signaled_new = worker(2, version=1, signaled=frozenset({"USR2"}))
+    state = make(number=4, version=1)
+    state = replace(
+        state,
+        children={1: passer, 2: signaled_new, 3: worker(3, version=1, acked=False), 4: worker(4, version=1, acked=False), 5: worker(5, version=1)},
+    )
+    assert census(state) == invariants.Census(
+        workers=4, old=(), unsignaled_modern=3, ack_count=1, unacked_modern=2, missing=0, total=4, busy=3
+    )
+
+
+def test_t9_messages_and_edges() -> None:
+    alive = make(respawn=True)
+    assert "T9" in step_numbers(alive, TICK, replace(alive, exit_code=0), [Exit(0)])
+    dying = make(worker(1), respawn=False, shutdown_signal="USR2")
+    assert "T9" in step_numbers(dying, TICK, replace(dying, exit_code=1), [Exit(1)])
+    assert "T9" in step_numbers(dying, SignalReceived("INT", 0.0), replace(dying, exit_code=1), [Exit(1)])
+    gone = replace(make(respawn=False, shutdown_signal="USR2"), exit_code=0)
+    assert "T9: the master acted after it exited" in check_step(gone, TICK, gone, [SendSignal(1, "USR2")])
+
+
+def test_t11_messages() -> None:
+    before = make(worker(1, index=0), number=3, max_unacked=5, clock=1.0, last_spinup_at=0.0)
+    two = replace(before, pending={0: PendingSpawn(0, 1, 0, 1.0), 1: PendingSpawn(1, 2, 0, 1.0)}, next_spawn_id=2)
+    problems = check_step(before, Tick(1.0), two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
+    assert problems == ["T11: gradual spin-up started 2 workers at once"]
+    early = make(worker(1, index=0), number=3, max_unacked=5, clock=0.75, last_spinup_at=0.25)
+    one = replace(early, pending={0: PendingSpawn(0, 1, 0, 0.75)}, next_spawn_id=1, last_spinup_at=0.75)
+    problems = check_step(early, Tick(0.75), one, [SpawnWorker(0, 1, 0)])
+    assert problems == ["T11: spin-up 0.5s after the last one, interval is 1.0s"]
+
+
+def test_s3_tolerates_rounding_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = steady(1, deaths_before_ack=10)
+    monkeypatch.setattr(pool, "spinup_interval", lambda s: 30.0 * (1 - 1e-10))
+    assert "S3" not in numbers(check_state(state))
+    monkeypatch.setattr(pool, "spinup_interval", lambda s: 30.0 * (1 - 1e-6))
+    assert "S3" in numbers(check_state(state))
+
+
+def test_t4_leaves_an_escalation_after_die_kill_to_t5() -> None:
+    # `die KILL` recorded KILL; the escalation's own SIGKILL later is T5's business, not a T4 repeat.
+    dead_man = worker(1, signaled=frozenset({"KILL"}), last_signaled_at=0.0)
+    before = make(dead_man, respawn=False, shutdown_signal="KILL", clock=2.0, signal_timeout=2)
+    after = replace(before, children={1: replace(dead_man, killed=True)})
+    assert check_step(before, Tick(2.0), after, [SendSignal(1, "KILL")]) == []
