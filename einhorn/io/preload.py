@@ -57,7 +57,15 @@ from typing import NoReturn
 
 from einhorn.io import proctitle
 from einhorn.io.logs import Logger
-from einhorn.io.spawn import RESET_SIGNALS, Spawned, WorkerLaunch, become_worker_process, worker_environment
+from einhorn.io.spawn import (
+    RESET_SIGNALS,
+    Spawned,
+    WorkerLaunch,
+    become_worker_process,
+    flush_stdio,
+    fork_reporting,
+    worker_environment,
+)
 
 FALLBACK_MODULE_NAME = "__einhorn_preload__"
 _PYTHON = re.compile(r"\A(python|pypy)[0-9.]*\Z")
@@ -260,19 +268,7 @@ class Preloader:
             keep.add(sock_fd)
         gc.collect()
         gc.freeze()
-        read_end, write_end = os.pipe()
-        _flush_stdio()
-        try:
-            pid = os.fork()
-        except OSError:
-            os.close(read_end)
-            os.close(write_end)
-            raise
-        if pid == 0:
-            os.close(read_end)
-            self._child(launch, env, keep, write_end)
-        os.close(write_end)
-        return Spawned(pid, read_end)
+        return fork_reporting(lambda report_fd: self._child(launch, env, keep, report_fd))
 
     def _child(self, launch: WorkerLaunch, env: dict[str, str], keep: set[int], report_fd: int) -> NoReturn:
         try:
@@ -299,7 +295,7 @@ class Preloader:
             os.close(report_fd)
             code = finish(run_main(self.preloaded.main))
         finally:
-            _flush_stdio()
+            flush_stdio()
             os._exit(code)
 
 
@@ -314,12 +310,3 @@ def _reset_master_handlers() -> None:
             continue
         if getattr(handler, "__module__", None) == "einhorn.io.loop":
             signal.signal(signum, signal.SIG_DFL)
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-

@@ -75,9 +75,14 @@ def wait_for_report(spawned: Spawned) -> OSError | None:
 def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawned:
     """Fork one worker that will exec the program; OSError if the fork itself failed."""
     env = worker_environment(launch, index, sock_fd)
+    return fork_reporting(lambda report_fd: _exec_child(launch, env, report_fd))
+
+
+def fork_reporting(child: Callable[[int], object]) -> Spawned:
+    """Fork; the child runs `child(report_fd)`, which must exec or exit, and reports a failure
+    into `report_fd` first (the pipe is close-on-exec: a successful exec closes it empty)."""
     read_end, write_end = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
+    flush_stdio()
     try:
         pid = os.fork()
     except OSError:
@@ -85,10 +90,22 @@ def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawn
         os.close(write_end)
         raise
     if pid == 0:
-        os.close(read_end)
-        _exec_child(launch, env, write_end)
+        try:
+            os.close(read_end)
+            child(write_end)
+        finally:
+            os._exit(127)  # only if `child` returned or raised: never run the master's code in a child
     os.close(write_end)
     return Spawned(pid, read_end)
+
+
+def flush_stdio() -> None:
+    """Flush Python's buffers so a forked child does not write them out a second time."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 def become_worker_process(launch: WorkerLaunch) -> None:
