@@ -295,14 +295,14 @@ def test_die_defaults_to_usr2_and_stops_respawning() -> None:
         SendSignal(1001, "USR2"),
         Reply(CONN, text, "d"),
     ]
-    assert not state.respawn and state.shutdown_signal == "USR2"
+    assert state.respawn is False and state.shutdown_signal == "USR2"  # `is`: the state report shows `:respawn: false`
     assert state.children[1000].signaled == frozenset({"USR2"})
 
 
 def test_die_with_a_signal() -> None:
     state, effects = send(up(), {"command": "die", "args": ["sigterm"]})
     assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1000, "TERM"), SendSignal(1001, "TERM")]
-    assert state.shutdown_signal == "TERM" and not state.respawn
+    assert state.shutdown_signal == "TERM" and state.respawn is False
 
 
 def test_die_with_an_invalid_signal_changes_nothing() -> None:
