@@ -296,6 +296,17 @@ BENCHMARKS: dict[str, Callable[[Sequence[Impl], bool], Table]] = {
 }
 
 
+def compile_bytecode() -> None:
+    """Byte-compile einhorn as `pip install` of a wheel does. An editable install compiles
+    nothing, and with PYTHONDONTWRITEBYTECODE set every master would parse its source
+    again at each start and re-exec, which no installed einhorn does."""
+    import compileall
+
+    import einhorn
+
+    compileall.compile_dir(os.path.dirname(einhorn.__file__), quiet=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--impl", choices=("python", "ruby", "both"), default="python")
@@ -309,6 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     impls: list[Impl] = []
     if args.impl in ("python", "both"):
         impls.append(python_impl(args.einhorn))
+        compile_bytecode()
     if args.impl in ("ruby", "both"):
         if not os.path.exists(args.ruby_einhorn) or shutil.which(args.ruby) is None:
             parser.error(f"--impl {args.impl} needs {args.ruby_einhorn} and a `{args.ruby}` on PATH (see bench/README.md)")

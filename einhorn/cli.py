@@ -372,7 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log = Logger(verbosity=options.verbosity)
     if options.upgrade_check:
         log.info(f"Upgrade check passed: einhorn {__version__} on Python {sys.version.split()[0]}")
-        return 0
+        sys.stderr.flush()
+        os._exit(0)  # the master waits on this exit to re-exec: skip the interpreter's teardown
     shell = _shell_options(options, environ)
     options, shell = _production_setup(options, shell, log)
     if options.with_state_fd is not None:

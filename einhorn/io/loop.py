@@ -99,7 +99,11 @@ class Master:
         self.log.verbosity = state.verbosity
         self.exit_code: int | None = None
         self.reexec_requested = False
-        """Set by `ReexecMaster`; the exec waits until every queued event and effect is handled."""
+        """Set by `ReexecMaster`: start the upgrade check once every queued event is handled."""
+        self.upgrade_check: reexec.UpgradeCheck | None = None
+        """The running `--upgrade-check`; the master keeps serving meanwhile."""
+        self.exec_ready = False
+        """The check passed: exec once every queued event and effect is handled."""
         self.selector = selectors.DefaultSelector()
         self.wake_reader, self.wake_writer = socket.socketpair()
         for end in (self.wake_reader, self.wake_writer):
@@ -132,7 +136,11 @@ class Master:
         if self.exit_code is not None:
             return
         deadline = next_deadline(self.state)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wake_at = deadline
+        check = self.upgrade_check
+        if check is not None and not check.timed_out:
+            wake_at = check.deadline if wake_at is None else min(wake_at, check.deadline)
+        timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
         events: list[Event] = []
         for key, _ in self.selector.select(timeout):
             callback: Callable[[], list[Event]] = key.data
@@ -143,6 +151,10 @@ class Master:
         self.feed(self._reap())
         self.feed(events)
         self.feed(self.server.take_closed())
+        if check is not None and check is self.upgrade_check and not check.timed_out and time.monotonic() >= check.deadline:
+            check.timed_out = True  # reaped like any child; its verdict then says it timed out
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(check.pid, signal.SIGKILL)
         if deadline is not None and time.monotonic() >= deadline:
             self.feed([Tick(time.monotonic())])
 
@@ -152,11 +164,15 @@ class Master:
             if not queue:
                 # Exec only once nothing is in flight: an event still queued (a
                 # spawned worker's pid, a command in the same read) would be lost.
-                if not self.reexec_requested:
-                    break
-                self.reexec_requested = False
-                queue.extend(self._reexec())
-                continue
+                if self.reexec_requested and self.upgrade_check is None:
+                    self.reexec_requested = False
+                    queue.extend(self._start_upgrade_check())
+                    continue
+                if self.exec_ready:
+                    self.exec_ready = False
+                    queue.extend(self._reexec())
+                    continue
+                break
             event = queue.popleft()
             try:
                 self.state, effects = step(self.state, event)
@@ -191,7 +207,8 @@ class Master:
             case CloseConnection(conn):
                 self.server.close(conn)
             case ReexecMaster():
-                self.reexec_requested = True
+                # The core asks once per re-exec; one already under way serves it too.
+                self.reexec_requested = self.upgrade_check is None and not self.exec_ready
             case Exit(code):
                 self.exit_code = code
         return []
@@ -247,6 +264,9 @@ class Master:
                 break
             if pid == 0:
                 break
+            if self.upgrade_check is not None and pid == self.upgrade_check.pid:
+                events += self._upgrade_check_done(status)
+                continue
             events.append(_exited(pid, status))
         return events
 
@@ -304,12 +324,29 @@ class Master:
 
     # --- re-exec --------------------------------------------------------------
 
+    def _start_upgrade_check(self) -> list[Event]:
+        """Fork `einhorn --upgrade-check`; the exec follows when it exits 0 (`_upgrade_check_done`)."""
+        options = self.options
+        argv = [*options.reexec_command, "--upgrade-check", "--", *options.program_argv]
+        try:
+            self.upgrade_check = reexec.start_upgrade_check(argv, options.reexec_environ, time.monotonic())
+        except OSError as error:
+            why = f"could not fork the upgrade check: {error.strerror}"
+            return [ReexecFailed(f"the new einhorn failed its upgrade check: {why}", time.monotonic())]
+        return []
+
+    def _upgrade_check_done(self, status: int) -> list[Event]:
+        assert self.upgrade_check is not None
+        why = self.upgrade_check.verdict(status)
+        self.upgrade_check = None
+        if why is not None:
+            return [ReexecFailed(f"the new einhorn failed its upgrade check: {why}", time.monotonic())]
+        self.exec_ready = True
+        return []
+
     def _reexec(self) -> list[Event]:
         options = self.options
         base = list(options.reexec_command)
-        check = reexec.upgrade_check([*base, "--upgrade-check", "--", *options.program_argv], options.reexec_environ)
-        if check is not None:
-            return [ReexecFailed(f"the new einhorn failed its upgrade check: {check}", time.monotonic())]
         read_end, write_end = os.pipe()
         keep = [*self.listeners, self.server.server, *(c.sock for c in self.server.connections.values())]
         shell = reexec.shell_document(
@@ -353,6 +390,10 @@ class Master:
     # --- exit -----------------------------------------------------------------
 
     def _clean_up(self) -> None:
+        if self.upgrade_check is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.upgrade_check.pid, signal.SIGKILL)
+                os.waitpid(self.upgrade_check.pid, 0)
         if self.options.kill_children_on_exit:
             for pid in self.state.children:
                 self._send_signal(pid, "USR2")

@@ -82,12 +82,30 @@ def fork_state_passer(state: State, shell: Mapping[str, object], write_fd: int, 
         os._exit(code)
 
 
-def upgrade_check(argv: Sequence[str], environ: Mapping[str, str], timeout: float = UPGRADE_CHECK_TIMEOUT) -> str | None:
-    """Run the new einhorn with `--upgrade-check`; None if it exited 0, else why not."""
-    try:
-        pid = os.fork()
-    except OSError as error:
-        return f"could not fork the upgrade check: {error.strerror}"
+@dataclass
+class UpgradeCheck:
+    """A running `einhorn --upgrade-check`: the master keeps serving until it exits."""
+
+    pid: int
+    argv: Sequence[str]
+    deadline: float
+    timed_out: bool = False
+
+    def verdict(self, status: int) -> str | None:
+        """None if the check passed (exited 0), else why it did not."""
+        if self.timed_out:
+            return f"`{' '.join(self.argv)}` did not finish within {UPGRADE_CHECK_TIMEOUT:g}s"
+        code = os.waitstatus_to_exitcode(status)
+        return None if code == 0 else f"`{' '.join(self.argv)}` exited with status {code}"
+
+
+def start_upgrade_check(argv: Sequence[str], environ: Mapping[str, str], now: float) -> UpgradeCheck:
+    """Fork and exec the new einhorn with `--upgrade-check`; OSError if the fork failed.
+
+    The caller reaps it like any child and asks `verdict`; an exec failure
+    shows up as exit status 127.
+    """
+    pid = os.fork()
     if pid == 0:
         try:
             signal.set_wakeup_fd(-1)
@@ -96,17 +114,7 @@ def upgrade_check(argv: Sequence[str], environ: Mapping[str, str], timeout: floa
             os.write(2, f"Could not exec {argv[0]}: {error.strerror}\n".encode())
         finally:
             os._exit(127)
-    deadline = time.monotonic() + timeout
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-            return None if code == 0 else f"`{' '.join(argv)}` exited with status {code}"
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return f"`{' '.join(argv)}` did not finish within {timeout:g}s"
-        time.sleep(0.01)
+    return UpgradeCheck(pid, tuple(argv), now + UPGRADE_CHECK_TIMEOUT)
 
 
 def read_state(fd: int, config: Config) -> Restored:

@@ -291,7 +291,8 @@ def test_sighup_and_an_upgrade_sent_while_the_master_is_exec_ing(harness: Harnes
     meanwhile pending, and the new master acts on it: one more upgrade. One that clears the
     mask (dash, /bin/sh here) keeps the ignored disposition: the SIGHUP is lost. Either way
     the signal does not kill the master, and a request sent meanwhile waits in the command
-    socket's backlog and starts the upgrade over at a newer version.
+    socket's backlog and starts the upgrade over at a newer version, or, when it is read
+    while the SIGHUP's re-exec is still checking the new einhorn, joins that re-exec.
     """
     if not os.path.exists(shell):
         pytest.skip(f"no {shell}")
@@ -312,12 +313,16 @@ def test_sighup_and_an_upgrade_sent_while_the_master_is_exec_ing(harness: Harnes
         assert replies[-1]["message"] == "Upgrade done", replies
     assert master.proc.poll() is None
     final = wait_until(lambda: all_workers_modern(master, 2), what="only workers of the newest version")
-    master.wait_log(r"Reloading einhorn master \(fleet_upgrade\)")  # the last of them
+    version = integer(master.state(), "version")
+    master.wait_log(rf"Upgraded successfully to version {version} ")  # the log has caught up
     log = master.log()
     hup_acted_upon = shell == "/bin/bash"
-    assert log.count("Reloading einhorn master (smooth_upgrade)...") == (2 if hup_acted_upon else 1), log
-    assert log.count("Reloading einhorn master (fleet_upgrade)...") == 1, log
-    assert integer(master.state(), "version") == (3 if hup_acted_upon else 2)
+    fleet_reexecs = log.count("Reloading einhorn master (fleet_upgrade)...")
+    joined = log.count("A re-exec (smooth_upgrade) is already in progress")
+    smooth_reexecs = log.count("Reloading einhorn master (smooth_upgrade)...")
+    assert smooth_reexecs == (2 if hup_acted_upon else 1), log
+    assert fleet_reexecs + joined == 1 and (hup_acted_upon or joined == 0), log
+    assert version == smooth_reexecs + fleet_reexecs, log
     assert set(harness.leftovers()) - {master.pid} == set(final)
 
 
@@ -369,6 +374,33 @@ def test_an_executable_that_fails_its_upgrade_check_is_refused_and_the_client_to
     assert integer(master.state(), "version") == 0 and master.state()["upgrading"] is False
     assert quiescent_fds(master, idle) == fds_before
     idle.close()
+
+
+@pytest.mark.timeout(60)
+def test_the_master_keeps_serving_while_the_upgrade_check_runs(harness: Harness, upgrade_client: Connect) -> None:
+    here = harness.directory
+    wrapper = write_wrapper(here, "slow-check", on_check=HOLD)
+    master = harness.start("-n", "2", *FAST, "--reexec-as", wrapper, workers=2)
+    victim = master.wait_workers(2)[0]
+
+    (here / "hold").touch()
+    upgrading = upgrade_client(master)
+    upgrading.send(frame({"command": "upgrade", "id": "u"}))
+    assert upgrading.read_reply()["message"] == "Upgrading smoothly, as commanded"
+    wait_for_file(here / "holding")  # the upgrade check is running and will not end by itself
+    # Meanwhile the master answers other clients and reaps its workers.
+    assert master.message("ehlo").startswith("Welcome")
+    os.kill(victim, signal.SIGKILL)
+    master.wait_log(rf"===> Exited worker {victim}")
+    assert master.state()["upgrading"] is False and "About to re-exec" not in master.log()
+
+    (here / "go").touch()
+    replies = upgrading.read_until_last()
+    assert replies[-1]["message"] == "Upgrade done", replies
+    upgrading.close()
+    new = master.wait_workers(2)
+    assert victim not in new and all(master.workers()[pid]["version"] == 1 for pid in new)
+    assert master.log().index(f"===> Exited worker {victim}") < master.log().index("About to re-exec")
 
 
 @pytest.mark.timeout(60)
