@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
+import shutil
+import subprocess
 
+import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from einhorn.core.config import Config
 from einhorn.core.events import MasterStarted, WorkerSpawned
-from einhorn.core.report import snapshot
+from einhorn.core.report import Symbol, Timestamp, snapshot
 from einhorn.core.state import initial_state
 from einhorn.core.step import step
 from einhorn.io import render
@@ -31,11 +38,60 @@ def test_yaml_uses_ruby_symbol_keys_and_values() -> None:
     assert ":spinup_time: 2023-11-14 22:13:30+00:00" in text
 
 
-def test_c_and_python_dumpers_agree() -> None:
-    data = render._rubyish(_report())
-    fast = yaml.dump(data, Dumper=render._SafeDumper, default_flow_style=False, sort_keys=False, explicit_start=True)
-    slow = yaml.dump(data, Dumper=yaml.SafeDumper, default_flow_style=False, sort_keys=False, explicit_start=True)
-    assert fast == slow
+def as_ruby_reads_it(value: object) -> object:
+    """What a YAML load of the document must give: `:name` for keys and Symbols, datetimes for times."""
+    if isinstance(value, dict):
+        return {(f":{k}" if isinstance(k, str) else k): as_ruby_reads_it(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [as_ruby_reads_it(v) for v in value]
+    if isinstance(value, Symbol):
+        return f":{value.name}"
+    if isinstance(value, Timestamp):
+        return datetime.datetime.fromtimestamp(value.epoch, tz=datetime.UTC)
+    return value
+
+
+def test_pyyaml_reads_back_the_real_report() -> None:
+    report = _report()
+    assert yaml.safe_load(render.to_ruby_yaml(report)) == as_ruby_reads_it(report)
+
+
+def test_strings_that_yaml_would_read_as_something_else_are_quoted() -> None:
+    tricky = ["yes", "No", "ON", "off", "y", "null", "~", "", "12", "1.5", "0x1f", "1_000", "2001-12-14", ".inf", "-.nan",
+              ":symbolish", "a: b", "a #b", "- x", "[x]", "{x}", "*alias", "&anchor", "!tag", "%x", "@x", "`x", "'q'", '"q"',
+              " lead", "trail ", "line\nbreak", "tab\tx", "nel\x85x", "ls\u2028x", "bom\ufeffx", "del\x7fx", "127.0.0.1:0", "é"]
+    text = render.to_ruby_yaml({"cmd": tricky})
+    assert yaml.safe_load(text) == {":cmd": tricky}
+    assert "\n- /usr/bin/env\n" in render.to_ruby_yaml({"cmd": ["/usr/bin/env"]})  # plain where it is safe
+
+
+def test_floats_stay_floats() -> None:
+    values = [0.0, -1.5, 1e-05, 1e300, math.inf, -math.inf, 2.5e-320]
+    loaded = yaml.safe_load(render.to_ruby_yaml({"x": values}))[":x"]
+    assert loaded == values and all(isinstance(v, float) for v in loaded)
+    assert math.isnan(yaml.safe_load(render.to_ruby_yaml({"x": math.nan}))[":x"])
+
+
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.text()
+    | st.builds(Symbol, st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True))
+    | st.builds(Timestamp, st.floats(min_value=0, max_value=4e9))
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True) | st.integers(min_value=1, max_value=99999), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@given(st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True), documents, max_size=5))
+def test_any_document_reads_back_as_written(data: dict[str, object]) -> None:
+    assert yaml.safe_load(render.to_ruby_yaml(data)) == as_ruby_reads_it(data)
 
 
 def test_json_has_plain_keys_and_iso_times() -> None:
@@ -44,3 +100,23 @@ def test_json_has_plain_keys_and_iso_times() -> None:
     assert child["type"] == "worker"
     assert child["spinup_time"] == "2023-11-14T22:13:30+00:00"
     assert document["state"]["ack_mode"] == {"type": "timer", "timeout": 1.0}
+
+
+RUBY_READS = r"""
+require "yaml"; require "json"; require "set"
+d = YAML.safe_load(STDIN.read, permitted_classes: [Symbol, Set, Time])
+puts JSON.generate({"cmd" => d[:cmd], "sym" => d[:sym].inspect, "time" => d[:time].class.name,
+                    "floats" => d[:floats].map { |x| x.class.name }, "pids" => d[:children].keys.map { |x| x.class.name }})
+"""
+
+
+def test_ruby_reads_the_same_strings_symbols_times_and_numbers() -> None:
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        pytest.skip("ruby is not installed (Debian: apt-get install -y ruby)")
+    tricky = ["yes", "No", "n", "null", "~", "", "12", "1:20", "0x1f", "2001-12-14", ".inf", ":symbolish", "a: b", "a #b",
+              "- x", "*alias", "!tag", "'q'", " lead", "line\nbreak", "nel\x85x", "ls\u2028x", "del\x7fx", "é😀", "\x00\x1b"]
+    data = {"cmd": tricky, "sym": Symbol("worker"), "time": Timestamp(1.7e9), "floats": [1e-05, 2.0], "children": {101: {}}}
+    result = subprocess.run([ruby, "-e", RUBY_READS], input=render.to_ruby_yaml(data), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"cmd": tricky, "sym": ":worker", "time": "Time", "floats": ["Float", "Float"], "pids": ["Integer"]}
