@@ -226,13 +226,15 @@ class Master:
         finally:
             if worker_end is not None:
                 worker_end.close()
-        os.set_blocking(spawned.report_fd, False)
-        report = bytearray()  # kept across wake-ups: the report may come before its EOF
-        self.selector.register(spawned.report_fd, selectors.EVENT_READ, lambda: self._exec_report(spawned, report))
+        if spawned.report_fd is not None:
+            os.set_blocking(spawned.report_fd, False)
+            report = bytearray()  # kept across wake-ups: the report may come before its EOF
+            self.selector.register(spawned.report_fd, selectors.EVENT_READ, lambda: self._exec_report(spawned, report))
         return WorkerSpawned(order.spawn_id, spawned.pid, time.monotonic())
 
     def _exec_report(self, spawned: Spawned, data: bytearray) -> list[Event]:
         """The child exec'd (EOF) or says why it could not; then it exits 127 and is reaped as a death."""
+        assert spawned.report_fd is not None
         try:
             while chunk := os.read(spawned.report_fd, 4096):
                 data += chunk
