@@ -9,6 +9,7 @@ Prints one table per benchmark. Not part of the test suite. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -204,6 +205,45 @@ def bench_upgrade(impls: Sequence[Impl], quick: bool) -> Table:
     return table
 
 
+def bench_reexec(impls: Sequence[Impl], quick: bool) -> Table:
+    """The part of an upgrade the implementation controls, measured often enough to see through noise."""
+    rounds = 5 if quick else 11
+    n = 4
+    table = Table(
+        "2b. Re-exec phase, repeated: `upgrade_fleet` -> the re-exec'd master's `Starting fleet upgrade`",
+        f"seconds over {rounds} consecutive fleet upgrades of one master with {n} idle workers per implementation,\n"
+        "the implementations taking turns (upgrade check + state passing + exec + restore)",
+    )
+    phases: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    with contextlib.ExitStack() as stack:
+        masters = {impl.name: stack.enter_context(Master(impl, n, mode="ack")) for impl in impls}
+        for master in masters.values():
+            master.wait_all_acked()
+        for _ in range(rounds):
+            for impl in impls:
+                master = masters[impl.name]
+                client = master.client()
+                client.sock.settimeout(60)
+                t0 = time.monotonic()
+                client.send("upgrade_fleet")
+                while True:
+                    line, final = client.read_line()
+                    if b"Starting fleet upgrade from version" in line:
+                        phases[impl.name].append(time.monotonic() - t0)
+                    if final:
+                        break
+                client.close()
+                deadline = time.monotonic() + 10
+                while len(master.live_workers()) > n and time.monotonic() < deadline:
+                    time.sleep(0.02)
+    for name, values in phases.items():
+        log(f"re-exec phase {name}: {', '.join(f'{v:.3f}' for v in values)}")
+        table.put("median (s)", name, median(values))
+        table.put("fastest (s)", name, min(values))
+        table.put("slowest (s)", name, max(values))
+    return table
+
+
 # --- 3. command latency -----------------------------------------------------
 
 
@@ -290,6 +330,7 @@ def bench_respawn(impls: Sequence[Impl], quick: bool) -> Table:
 BENCHMARKS: dict[str, Callable[[Sequence[Impl], bool], Table]] = {
     "cold": bench_cold_start,
     "upgrade": bench_upgrade,
+    "reexec": bench_reexec,
     "latency": bench_latency,
     "resources": bench_resources,
     "respawn": bench_respawn,

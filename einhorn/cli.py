@@ -18,7 +18,7 @@ from einhorn import __version__
 from einhorn.core.config import MAX_WORKERS, Config
 from einhorn.core.state import initial_state
 from einhorn.io import nice as nice_levels
-from einhorn.io import preload, proctitle, reexec
+from einhorn.io import proctitle, reexec
 from einhorn.io.logs import Logger
 from einhorn.io.loop import BLOCKED_ACROSS_EXEC, Master, ShellOptions
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, open_command_socket, parse_bind
@@ -418,6 +418,8 @@ def _production_setup(options: Options, shell: ShellOptions, log: Logger) -> tup
     if config.kill_children_on_exit and not pdeathsig_available():
         log.info("-k: the parent-death signal (PR_SET_PDEATHSIG) is unavailable on this platform: workers get USR2 when the master exits, but not if it is killed")
     if options.preload is not None:
+        from einhorn.io import preload  # only with -p: importlib machinery and friends
+
         loaded = preload.load(options.preload, log)
         if loaded is not None:
             options = replace(options, config=replace(config, preloaded=True))

@@ -13,7 +13,6 @@ set, with `prctl(PR_SET_NAME)` on Linux; elsewhere nothing is changed.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import sys
 from collections.abc import Sequence
@@ -58,6 +57,8 @@ def set_title(title: str, log: Logger) -> bool:
 def _set_comm(title: str) -> bool:
     if not sys.platform.startswith("linux"):
         return False
+    import ctypes  # only without setproctitle
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         name = ctypes.create_string_buffer(title.encode(errors="replace")[:COMM_LENGTH])

@@ -26,7 +26,7 @@ _SPECIAL_WORDS = frozenset({"y", "n", "yes", "no", "true", "false", "on", "off",
 _SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*[?!]?")
 # What must be escaped inside double quotes: all but YAML's printable characters, less the
 # line breaks YAML 1.1 would fold (NEL, LS, PS; JSON already escapes CR and LF) and the BOM.
-_UNPRINTABLE = re.compile("[^\x09\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]")
+_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
 
 
 def to_ruby_yaml(data: Mapping[str, object]) -> str:

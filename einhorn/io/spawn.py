@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 PR_SET_PDEATHSIG = 1
 # glibc reports a failed exec from posix_spawn (since 2.24); elsewhere the fork path does.
@@ -159,16 +161,28 @@ def _read_all(fd: int) -> bytes:
 
 
 _libc: ctypes.CDLL | None = None
+"""libc, loaded in the master by `pdeathsig_available` (with `-k` only: ctypes costs every start ~10 ms)."""
 
 
 def pdeathsig_available() -> bool:
-    return sys.platform.startswith("linux") and ctypes.util.find_library("c") is not None
+    global _libc
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl  # noqa: B018 - raises AttributeError without prctl
+    except (OSError, AttributeError):
+        return False
+    _libc = libc
+    return True
 
 
 def set_parent_death_signal(signum: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+    import ctypes  # already imported by `pdeathsig_available` in the master
+
+    libc = _libc if _libc is not None else ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))

@@ -1,0 +1,94 @@
+"""The restricted YAML loader behind `einhorn.protocol.parse_document` (see its module doc).
+
+A module of its own so that PyYAML is imported only when a request is not JSON.
+"""
+
+import re
+from collections.abc import Hashable
+from typing import NoReturn
+
+import yaml
+import yaml.composer
+import yaml.constructor
+import yaml.nodes
+
+from einhorn.protocol import _SURROGATE, MAX_DEPTH, MAX_NODES, RequestError
+
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+
+
+def load(text: str) -> object:
+    try:
+        return yaml.load(text, Loader=_RestrictedLoader)
+    except yaml.YAMLError as error:
+        raise RequestError(f"not valid YAML: {error}") from error
+    except ValueError as error:
+        # PyYAML's int constructor raises ValueError on some scalars its own
+        # resolver accepts, such as "0b_" or "0x_".
+        raise RequestError(f"malformed value: {error}") from error
+
+
+def _without_timestamps(
+    resolvers: dict[str, list[tuple[str, re.Pattern[str]]]],
+) -> dict[str, list[tuple[str, re.Pattern[str]]]]:
+    return {
+        first: [(tag, regexp) for tag, regexp in candidates if tag != _TIMESTAMP_TAG]
+        for first, candidates in resolvers.items()
+    }
+
+
+class _RestrictedLoader(yaml.SafeLoader):
+    """A SafeLoader for untrusted single-line requests (see the module doc)."""
+
+    # Plain scalars that look like dates stay strings: values must be JSON-like.
+    yaml_implicit_resolvers = _without_timestamps(yaml.SafeLoader.yaml_implicit_resolvers)
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._node_count = 0
+
+    def compose_node(self, parent: yaml.nodes.Node | None, index: int) -> yaml.nodes.Node | None:
+        # peek_event is untyped in types-PyYAML.
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            self._refuse("anchors and aliases are not allowed")
+        if getattr(event, "tag", None) is not None:
+            self._refuse("tags are not allowed")
+        self._node_count += 1
+        if self._node_count > MAX_NODES:
+            self._refuse(f"more than {MAX_NODES} nodes")
+        if self._depth >= MAX_DEPTH:
+            self._refuse(f"nested deeper than {MAX_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _refuse(self, problem: str) -> NoReturn:
+        raise yaml.composer.ComposerError(None, None, problem, self.get_mark())
+
+    def construct_scalar(self, node: yaml.nodes.ScalarNode | yaml.nodes.MappingNode) -> str:
+        value = super().construct_scalar(node)
+        if not _SURROGATE.search(value):
+            return value
+        # JSON with ensure_ascii writes characters outside the BMP as \\u
+        # surrogate pairs, which YAML decodes one half at a time.
+        try:
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "unpaired surrogate in string", node.start_mark
+            ) from None
+
+    def construct_mapping(
+        self, node: yaml.nodes.MappingNode, deep: bool = False
+    ) -> dict[Hashable, object]:
+        mapping = super().construct_mapping(node, deep=deep)
+        for key in mapping:
+            if not isinstance(key, str):
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"mapping key {key!r} is not a string", node.start_mark
+                )
+        return mapping
