@@ -371,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     log = Logger(verbosity=options.verbosity)
     if options.upgrade_check:
+        # What the master imports only when needed must import too, or the check proves little.
+        import einhorn.io.preload
+        import einhorn.restricted_yaml  # noqa: F401
+
         log.info(f"Upgrade check passed: einhorn {__version__} on Python {sys.version.split()[0]}")
         sys.stderr.flush()
         os._exit(0)  # the master waits on this exit to re-exec: skip the interpreter's teardown

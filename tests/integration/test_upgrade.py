@@ -376,6 +376,19 @@ def test_an_executable_that_fails_its_upgrade_check_is_refused_and_the_client_to
     idle.close()
 
 
+@pytest.mark.timeout(30)
+def test_the_upgrade_check_fails_on_a_broken_dependency_the_master_imports_lazily(tmp_path: Path) -> None:
+    """The master loads PyYAML on its first non-JSON request; the upgrade check imports it at once."""
+    broken = tmp_path / "shadow" / "yaml"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("raise ImportError('this install is broken')\n")
+    env = {**os.environ, "PYTHONPATH": str(broken.parent)}
+    result = subprocess.run([*EINHORN, "--upgrade-check", "--", "sleep", "1"], env=env, capture_output=True, text=True, timeout=20)
+    assert result.returncode != 0 and "this install is broken" in result.stderr, result
+    healthy = subprocess.run([*EINHORN, "--upgrade-check", "--", "sleep", "1"], capture_output=True, text=True, timeout=20)
+    assert healthy.returncode == 0 and "Upgrade check passed" in healthy.stderr, healthy
+
+
 @pytest.mark.timeout(60)
 def test_the_master_keeps_serving_while_the_upgrade_check_runs(harness: Harness, upgrade_client: Connect) -> None:
     here = harness.directory
