@@ -90,8 +90,10 @@ def parse_document(text: str) -> object:
             _check_json_limits(document)
             return document
     # Imported here: PyYAML costs every start and re-exec ~20 ms that JSON requests never need.
-    from einhorn import restricted_yaml
-
+    try:
+        from einhorn import restricted_yaml
+    except ImportError as error:  # the installation changed under a running master
+        raise RequestError(f"cannot load the YAML parser ({error}); send JSON") from error
     return restricted_yaml.load(text)
 
 

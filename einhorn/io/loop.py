@@ -103,7 +103,7 @@ class Master:
         self.upgrade_check: reexec.UpgradeCheck | None = None
         """The running `--upgrade-check`; the master keeps serving meanwhile."""
         self.exec_ready = False
-        """The check passed: exec once every queued event and effect is handled."""
+        """The check passed: exec at the end of this loop iteration, once everything read is handled."""
         self.selector = selectors.DefaultSelector()
         self.wake_reader, self.wake_writer = socket.socketpair()
         for end in (self.wake_reader, self.wake_writer):
@@ -141,6 +141,8 @@ class Master:
         if check is not None and not check.timed_out:
             wake_at = check.deadline if wake_at is None else min(wake_at, check.deadline)
         timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
+        if self.exec_ready:
+            timeout = 0.0  # take in what is already there, then exec (below)
         events: list[Event] = []
         for key, _ in self.selector.select(timeout):
             callback: Callable[[], list[Event]] = key.data
@@ -157,20 +159,21 @@ class Master:
                 os.kill(check.pid, signal.SIGKILL)
         if deadline is not None and time.monotonic() >= deadline:
             self.feed([Tick(time.monotonic())])
+        if self.exec_ready and self.exit_code is None:
+            # Only here, once everything this wake-up read (signals, requests, ACKs) is
+            # handled: the exec would lose what was read but not yet fed to the core.
+            self.exec_ready = False
+            self.feed(self._reexec_unless_exiting())
 
     def feed(self, events: Iterable[Event]) -> None:
         queue = deque(events)
         while self.exit_code is None:
             if not queue:
-                # Exec only once nothing is in flight: an event still queued (a
-                # spawned worker's pid, a command in the same read) would be lost.
+                # The upgrade check starts once nothing is queued; the exec that
+                # follows it waits for the end of `_iterate`.
                 if self.reexec_requested and self.upgrade_check is None:
                     self.reexec_requested = False
                     queue.extend(self._start_upgrade_check())
-                    continue
-                if self.exec_ready:
-                    self.exec_ready = False
-                    queue.extend(self._reexec())
                     continue
                 break
             event = queue.popleft()
@@ -223,6 +226,8 @@ class Master:
             spawned = self.options.spawn(self.options.launch, order.index, worker_end.fileno() if worker_end else None)
         except OSError as error:
             return SpawnFailed(order.spawn_id, f"{error.strerror or error} (errno {error.errno})", time.monotonic())
+        except ValueError as error:  # posix_spawn refuses an environment it cannot pass on
+            return SpawnFailed(order.spawn_id, str(error), time.monotonic())
         finally:
             if worker_end is not None:
                 worker_end.close()
@@ -345,6 +350,12 @@ class Master:
             return [ReexecFailed(f"the new einhorn failed its upgrade check: {why}", time.monotonic())]
         self.exec_ready = True
         return []
+
+    def _reexec_unless_exiting(self) -> list[Event]:
+        # As the core's start_reexec: no re-exec once shutting down, even if it was asked before.
+        if not self.state.respawn:
+            return [ReexecFailed("einhorn is shutting down", time.monotonic())]
+        return self._reexec()
 
     def _reexec(self) -> list[Event]:
         options = self.options

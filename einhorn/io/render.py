@@ -120,6 +120,8 @@ def _quoted(text: str) -> str:
 
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
+    if 0xD800 <= code <= 0xDFFF:  # a byte that was not UTF-8 (surrogateescape): no YAML loader takes it
+        return "\\ufffd"
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 

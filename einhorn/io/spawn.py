@@ -38,7 +38,8 @@ class WorkerLaunch:
 
 
 def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) -> dict[str, str]:
-    env = {k: v for k, v in launch.environ.items() if not k.startswith("EINHORN_")}
+    # A name that is empty or holds "=" cannot be passed to a program (execve would misread it).
+    env = {k: v for k, v in launch.environ.items() if k and "=" not in k and not k.startswith("EINHORN_")}
     env["EINHORN_MASTER_PID"] = str(launch.master_pid)
     env["EINHORN_SOCK_PATH"] = launch.socket_path
     env["EINHORN_FD_COUNT"] = str(len(launch.listener_fds))

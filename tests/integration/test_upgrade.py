@@ -389,6 +389,56 @@ def test_the_upgrade_check_fails_on_a_broken_dependency_the_master_imports_lazil
     assert healthy.returncode == 0 and "Upgrade check passed" in healthy.stderr, healthy
 
 
+# The wrapper's check stops the master, lets the test queue a signal or a request, passes
+# (exits 0) and has the master continued only then: the check's exit and what was queued
+# arrive in the same wake-up of the master, which must handle both before any exec.
+FREEZE_THEN_PASS = """
+kill -STOP $PPID
+touch "$here/frozen"
+( n=0; while [ ! -e "$here/thaw" ] && [ $n -lt 400 ]; do sleep 0.05; n=$((n + 1)); done; kill -CONT $PPID ) &
+exit 0
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_signal_that_arrives_with_the_check_result_is_handled_and_stops_the_re_exec(harness: Harness, upgrade_client: Connect) -> None:
+    here = harness.directory
+    wrapper = write_wrapper(here, "freezing-check", on_check=FREEZE_THEN_PASS)
+    master = harness.start("-n", "2", *FAST, "--reexec-as", wrapper, workers=2)
+    workers = master.wait_workers(2)
+    upgrading = upgrade_client(master)
+    upgrading.send(frame({"command": "upgrade", "id": "u"}))
+    wait_for_file(here / "frozen")
+    master.send_signal(signal.SIGTERM)
+    (here / "thaw").touch()
+    replies = upgrading.read_until_last()
+    assert str(replies[-1]["message"]).startswith("ERROR: Can not initiate einhorn master upgrade safely"), replies
+    assert "shutting down" in str(replies[-1]["message"])
+    assert master.wait_exit() == 0
+    log = master.log()
+    assert "Received SIGTERM" in log and "About to re-exec" not in log, log
+    wait_until(lambda: not any(alive(pid) for pid in workers), what="the workers to exit")
+
+
+@pytest.mark.timeout(60)
+def test_a_request_that_arrives_with_the_check_result_is_answered(harness: Harness, upgrade_client: Connect) -> None:
+    here = harness.directory
+    wrapper = write_wrapper(here, "freezing-check", on_check=FREEZE_THEN_PASS)
+    master = harness.start("-n", "1", *FAST, "--reexec-as", wrapper, workers=1)
+    other = upgrade_client(master)
+    other.send(frame({"command": "ehlo", "id": "first"}))
+    assert str(other.read_reply()["message"]).startswith("Welcome")  # connected and served before the freeze
+    upgrading = upgrade_client(master)
+    upgrading.send(frame({"command": "upgrade", "id": "u"}))
+    wait_for_file(here / "frozen")
+    other.send(frame({"command": "ehlo", "id": "second"}))  # waits in the socket while the master is stopped
+    (here / "thaw").touch()
+    reply = other.read_reply()
+    assert reply["request_id"] == "second" and str(reply["message"]).startswith("Welcome"), reply
+    assert upgrading.read_until_last()[-1]["message"] == "Upgrade done"
+    master.wait_log(r"About to re-exec")
+
+
 @pytest.mark.timeout(60)
 def test_the_master_keeps_serving_while_the_upgrade_check_runs(harness: Harness, upgrade_client: Connect) -> None:
     here = harness.directory

@@ -1,9 +1,11 @@
 import json
+import sys
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import einhorn
 from einhorn.protocol import (
     MAX_DEPTH,
     MAX_NODES,
@@ -286,3 +288,12 @@ def test_parse_document_returns_any_json_like_value() -> None:
 def test_parse_document_applies_the_same_restrictions() -> None:
     with pytest.raises(RequestError, match="aliases"):
         parse_document("a: &x 1\nb: *x")
+
+
+def test_a_yaml_parser_that_cannot_be_loaded_is_a_request_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The installation changed under a running master: JSON still works, YAML gets an error reply.
+    monkeypatch.setitem(sys.modules, "einhorn.restricted_yaml", None)
+    monkeypatch.delattr(einhorn, "restricted_yaml", raising=False)  # set by an earlier import
+    with pytest.raises(RequestError, match="cannot load the YAML parser"):
+        parse_document("command: ehlo")
+    assert parse_document('{"command": "ehlo"}') == {"command": "ehlo"}

@@ -120,3 +120,8 @@ def test_ruby_reads_the_same_strings_symbols_times_and_numbers() -> None:
     result = subprocess.run([ruby, "-e", RUBY_READS], input=render.to_ruby_yaml(data), capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"cmd": tricky, "sym": ":worker", "time": "Time", "floats": ["Float", "Float"], "pids": ["Integer"]}
+
+
+def test_bytes_that_were_not_utf8_become_replacement_characters() -> None:
+    argument = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands over such an argv
+    assert yaml.safe_load(render.to_ruby_yaml({"cmd": [argument]})) == {":cmd": ["caf\ufffd"]}
