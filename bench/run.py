@@ -156,6 +156,33 @@ class Load:
             t.join(timeout=10)
 
 
+def timed_upgrade(master: Master, impl: Impl, command: str, timeout: float) -> tuple[float | None, float]:
+    """Send `command` on a new connection; (seconds to `Starting ... upgrade`, seconds to `Upgrade done`).
+
+    Then wait until the master is back to its number of workers (the old ones drained).
+    """
+    client = master.client()
+    client.sock.settimeout(timeout)
+    t0 = time.monotonic()
+    client.send(command)
+    reexeced = None
+    while True:
+        line, final = client.read_line()
+        if reexeced is None and b"Starting " in line and b" upgrade from version" in line:
+            reexeced = time.monotonic() - t0
+        if final:
+            elapsed = time.monotonic() - t0
+            break
+    client.close()
+    message = decode(line).get("message")
+    if message != "Upgrade done":
+        raise RuntimeError(f"{impl.name}: upgrade ended with {message!r}")
+    deadline = time.monotonic() + 10
+    while len(master.live_workers()) > master.number and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return reexeced, elapsed
+
+
 def bench_upgrade(impls: Sequence[Impl], quick: bool) -> Table:
     sizes = (8,) if quick else (8, 32)
     table = Table(
@@ -173,28 +200,9 @@ def bench_upgrade(impls: Sequence[Impl], quick: bool) -> Table:
                     load = Load(port)
                     load.start()
                     time.sleep(0.3)
-                    client = master.client()
-                    client.sock.settimeout(120)
-                    t0 = time.monotonic()
-                    client.send(command)
-                    reexeced = None
-                    while True:
-                        line, final = client.read_line()
-                        if reexeced is None and b"Starting " in line and b" upgrade from version" in line:
-                            reexeced = time.monotonic() - t0
-                        if final:
-                            elapsed = time.monotonic() - t0
-                            break
-                    message = decode(line).get("message")
-                    if message != "Upgrade done":
-                        raise RuntimeError(f"{impl.name}: upgrade ended with {message!r}")
-                    # keep the load on while the last old workers drain
-                    deadline = time.monotonic() + 10
-                    while len(master.live_workers()) > n and time.monotonic() < deadline:
-                        time.sleep(0.05)
+                    reexeced, elapsed = timed_upgrade(master, impl, command, timeout=120)  # the load stays on while old workers drain
                     time.sleep(0.3)
                     load.stop()
-                    client.close()
                 failed = sum(load.failures.values())
                 kinds = ", ".join(f"{k}:{v}" for k, v in sorted(load.failures.items()))
                 log(f"{command} {impl.name} N={n}: {elapsed:.3f}s, {load.ok} ok, {failed} failed {kinds}")
@@ -221,21 +229,10 @@ def bench_reexec(impls: Sequence[Impl], quick: bool) -> Table:
             master.wait_all_acked()
         for _ in range(rounds):
             for impl in impls:
-                master = masters[impl.name]
-                client = master.client()
-                client.sock.settimeout(60)
-                t0 = time.monotonic()
-                client.send("upgrade_fleet")
-                while True:
-                    line, final = client.read_line()
-                    if b"Starting fleet upgrade from version" in line:
-                        phases[impl.name].append(time.monotonic() - t0)
-                    if final:
-                        break
-                client.close()
-                deadline = time.monotonic() + 10
-                while len(master.live_workers()) > n and time.monotonic() < deadline:
-                    time.sleep(0.02)
+                reexeced, _ = timed_upgrade(masters[impl.name], impl, "upgrade_fleet", timeout=60)
+                if reexeced is None:
+                    raise RuntimeError(f"{impl.name}: no `Starting fleet upgrade` before `Upgrade done`")
+                phases[impl.name].append(reexeced)
     for name, values in phases.items():
         log(f"re-exec phase {name}: {', '.join(f'{v:.3f}' for v in values)}")
         table.put("median (s)", name, median(values))
