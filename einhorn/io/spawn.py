@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import sys
@@ -165,6 +166,7 @@ _libc: ctypes.CDLL | None = None
 """libc, loaded in the master by `pdeathsig_available` (with `-k` only: ctypes costs every start ~10 ms)."""
 
 
+@functools.cache  # asked for the launch settings and again for the start-up notice
 def pdeathsig_available() -> bool:
     global _libc
     if not sys.platform.startswith("linux"):
