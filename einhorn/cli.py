@@ -54,8 +54,9 @@ You can then communicate with your running Einhorn process via `einhornsh`:
 If your process is a server and listens on one or more sockets, Einhorn can
 open these sockets and pass them to the workers. `-b 127.0.0.1:5000,r` binds
 with SO_REUSEADDR (flags: r/so_reuseaddr, n/o_nonblock); each worker finds the
-file descriptor numbers in EINHORN_FD_0, EINHORN_FD_1, ... and their count in
-EINHORN_FD_COUNT.
+file descriptor numbers in EINHORN_FD_0, EINHORN_FD_1, ... (their families in
+EINHORN_FD_FAMILY_0, ...: AF_INET, AF_INET6, AF_UNIX), their count in
+EINHORN_FD_COUNT, and all of them space-separated in EINHORN_FDS (legacy).
 
 ### Command socket
 
@@ -393,6 +394,7 @@ def _shell_options(options: Options, environ: dict[str, str]) -> ShellOptions:
             argv=options.program,
             environ=environ,
             listener_fds=(),
+            listener_families=(),
             socket_path=options.socket_path,
             master_pid=os.getpid(),
             pdeathsig=options.config.kill_children_on_exit and pdeathsig_available(),
@@ -432,7 +434,10 @@ def _production_setup(options: Options, shell: ShellOptions, log: Logger) -> tup
 
 
 def _with_listeners(shell: ShellOptions, listeners: Sequence[socket.socket]) -> ShellOptions:
-    return replace(shell, launch=replace(shell.launch, listener_fds=tuple(s.fileno() for s in listeners)))
+    """The workers' listeners, each with its family as the socket itself says (after a re-exec too)."""
+    fds = tuple(s.fileno() for s in listeners)
+    families = tuple(s.family.name for s in listeners)
+    return replace(shell, launch=replace(shell.launch, listener_fds=fds, listener_families=families))
 
 
 def _run_fresh(options: Options, shell: ShellOptions, log: Logger) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -31,6 +32,8 @@ class WorkerLaunch:
     argv: Sequence[str]
     environ: Mapping[str, str]
     listener_fds: Sequence[int]
+    listener_families: Sequence[str]
+    """The family of each listener, in `listener_fds` order: `AF_INET`, `AF_INET6`, `AF_UNIX`."""
     socket_path: str
     master_pid: int
     pdeathsig: bool = False
@@ -38,14 +41,31 @@ class WorkerLaunch:
     """Runs in the child after fork and before exec (renice); must not raise."""
 
 
+EINHORN_VARIABLES = frozenset(
+    ["EINHORN_MASTER_PID", "EINHORN_SOCK_PATH", "EINHORN_SOCK_FD", "EINHORN_CHILD_INDEX", "EINHORN_FD_COUNT", "EINHORN_FDS"]
+)
+EINHORN_NUMBERED_VARIABLE = re.compile(r"EINHORN_FD_(?:FAMILY_)?[0-9]+")
+"""`EINHORN_FD_<n>` and `EINHORN_FD_FAMILY_<n>`, for any n."""
+
+
+def is_einhorn_variable(name: str) -> bool:
+    """A name einhorn itself gives workers. An inherited value (from an outer einhorn) must never
+    reach them: `worker_environment` sets or removes each. Every other name, `EINHORN_*` or not,
+    belongs to the user and passes through."""
+    return name in EINHORN_VARIABLES or EINHORN_NUMBERED_VARIABLE.fullmatch(name) is not None
+
+
 def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) -> dict[str, str]:
     # A name that is empty or holds "=" cannot be passed to a program (execve would misread it).
-    env = {k: v for k, v in launch.environ.items() if k and "=" not in k and not k.startswith("EINHORN_")}
+    env = {k: v for k, v in launch.environ.items() if k and "=" not in k and not is_einhorn_variable(k)}
     env["EINHORN_MASTER_PID"] = str(launch.master_pid)
     env["EINHORN_SOCK_PATH"] = launch.socket_path
     env["EINHORN_FD_COUNT"] = str(len(launch.listener_fds))
-    for n, fd in enumerate(launch.listener_fds):
+    for n, (fd, family) in enumerate(zip(launch.listener_fds, launch.listener_families, strict=True)):
         env[f"EINHORN_FD_{n}"] = str(fd)
+        env[f"EINHORN_FD_FAMILY_{n}"] = family
+    # Legacy (PHP, socketmaster-era clients): "" without listeners, as EINHORN_FD_COUNT is 0.
+    env["EINHORN_FDS"] = " ".join(str(fd) for fd in launch.listener_fds)
     env["EINHORN_CHILD_INDEX"] = str(index)
     if sock_fd is not None:
         env["EINHORN_SOCK_FD"] = str(sock_fd)

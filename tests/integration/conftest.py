@@ -43,7 +43,7 @@ TIME_SERVER = str(REPO / "example" / "time_server")
 BIN = Path(sys.executable).parent
 EINHORN = [str(BIN / "einhorn")] if (BIN / "einhorn").exists() else [sys.executable, "-m", "einhorn"]
 EINHORNSH = [str(BIN / "einhornsh")] if (BIN / "einhornsh").exists() else [sys.executable, "-m", "einhorn.einhornsh"]
-TAG_VARIABLE = "EHTEST_TAG"  # not EINHORN_*: the master strips those from the workers' environment
+TAG_VARIABLE = "EHTEST_TAG"  # passed on by the master to every worker, as any name it does not define itself
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PR_SET_CHILD_SUBREAPER = 36
 

@@ -248,8 +248,9 @@ def _launch(listener: socket.socket, prepare_child: Callable[[], None] | None = 
     return WorkerLaunch(
         path="/bin/false",
         argv=["python3", "app.py", "x"],
-        environ={"KEPT": "yes", "EINHORN_STALE": "1"},
+        environ={"KEPT": "yes", "EINHORN_USER_SETTING": "1", "EINHORN_FD_4": "stale"},
         listener_fds=(listener.fileno(),),
+        listener_families=(listener.family.name,),
         socket_path="/tmp/einhorn-test.sock",
         master_pid=os.getpid(),
         prepare_child=prepare_child,
@@ -287,10 +288,13 @@ def test_spawn_runs_einhorn_main_in_a_set_up_child(tmp_path: Path) -> None:
     assert report["argv"] == ["app.py", "x"]
     assert report["env"] == {
         "KEPT": "yes",
+        "EINHORN_USER_SETTING": "1",
         "EINHORN_MASTER_PID": str(os.getpid()),
         "EINHORN_SOCK_PATH": "/tmp/einhorn-test.sock",
         "EINHORN_FD_COUNT": "1",
         "EINHORN_FD_0": str(listener_fd),
+        "EINHORN_FD_FAMILY_0": "AF_INET",
+        "EINHORN_FDS": str(listener_fd),
         "EINHORN_CHILD_INDEX": "3",
     }
     assert report["fds"] == sorted({0, 1, 2, listener_fd})
