@@ -2,7 +2,8 @@
 
 Each message, in both directions, is one line: a YAML document (clients send
 JSON, which is YAML too) in which every ``%`` is written ``%25`` and every
-newline ``%0A``, followed by ``\\n``.
+newline ``%0A``, followed by ``\\n``. The document is JSON in UTF-8 that every
+YAML loader reads back exactly (`yaml_safe_json`).
 
 Requests come from anyone who can connect to the socket, so parsing is
 deliberately narrower than YAML: no anchors or aliases (no alias bombs), no
@@ -10,6 +11,9 @@ tags (no arbitrary types), bounded depth and size, string mapping keys, and
 only JSON-like values come out (str, int, float, bool, None, list, dict).
 YAML limits an implicit mapping key to 1024 characters, so a longer key, as
 written on the wire, does not parse.
+
+This module imports only the standard library (PyYAML comes in when a
+request is not JSON): `einhorn.worker` frames its requests with it.
 """
 
 import json
@@ -22,6 +26,10 @@ DEFAULT_MAX_LINE = 1024 * 1024
 
 _ESCAPED = re.compile("%(25|0A)", re.IGNORECASE)
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# What must be escaped inside a double-quoted YAML scalar: all but YAML's printable
+# characters (x09 x0A x0D x20-x7E x85 xA0-xD7FF xE000-xFFFD x10000-x10FFFF), the line
+# breaks a YAML loader would fold to a space (NEL, LS, PS) and the byte order mark.
+_NOT_YAML_PRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
 
 
 class RequestError(Exception):
@@ -42,9 +50,33 @@ def unescape(text: str) -> str:
     return _ESCAPED.sub(lambda match: "%" if match.group(1) == "25" else "\n", text)
 
 
-def encode_message(message: Mapping[str, object]) -> bytes:
-    """Frame ``message`` as one protocol line, terminator included."""
-    return escape(json.dumps(message, ensure_ascii=True)).encode("ascii") + b"\n"
+def encode_message(message: Mapping[str, object], *, compact: bool = False) -> bytes:
+    """Frame ``message`` as one protocol line, terminator included.
+
+    ``compact`` leaves out the spaces after ``,`` and ``:``, as in the ACK
+    line BEHAVIOR §3 spells out.
+    """
+    return escape(yaml_safe_json(message, compact=compact)).encode("utf-8") + b"\n"
+
+
+def yaml_safe_json(value: object, *, compact: bool = False) -> str:
+    """``value`` as JSON that YAML loaders (Ruby's Psych, Go's yaml.v2, PyYAML) read back exactly.
+
+    Characters outside the Basic Multilingual Plane stay as they are: JSON's
+    ``ensure_ascii`` would write them as ``\\u`` surrogate pairs, which YAML
+    forbids. Only what `_NOT_YAML_PRINTABLE` matches is escaped, as ``\\uXXXX``
+    (JSON and YAML alike); a lone surrogate, from bytes that were not UTF-8 and
+    so have no UTF-8 form, becomes U+FFFD.
+    """
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":") if compact else None)
+    if text.isascii() and "\x7f" not in text:  # JSON escaped the rest of ASCII's controls
+        return text
+    return _NOT_YAML_PRINTABLE.sub(_yaml_escape, text)
+
+
+def _yaml_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return "\\ufffd" if 0xD800 <= code <= 0xDFFF else f"\\u{code:04x}"
 
 
 def request(

@@ -1,16 +1,17 @@
 """Helpers for worker processes running under einhorn (BEHAVIOR §2, §3, §7).
 
 The Python counterpart of the original's ``einhorn/worker.rb``. It uses the
-standard library only, so that a worker can vendor or import it without
-PyYAML or the rest of einhorn.
+standard library and einhorn's stdlib-only `einhorn.protocol` only, so that a
+worker can import it without PyYAML or the rest of einhorn.
 """
 
-import json
 import os
 import signal
 import socket as _socket
 from collections.abc import Callable, Mapping
 from types import FrameType
+
+from einhorn.protocol import encode_message
 
 
 class NotRunningUnderEinhorn(RuntimeError):
@@ -88,10 +89,9 @@ def graceful_shutdown(handler: Callable[[], None]) -> None:
 
 def _send(message: Mapping[str, object], path: str | None) -> None:
     _ensure_worker()
-    # The protocol's framing, repeated here to keep this module stdlib-only.
-    line = json.dumps(message, separators=(",", ":")).replace("%", "%25").replace("\n", "%0A")
+    line = encode_message(message, compact=True)
     with _connect(path) as connection:
-        connection.sendall(line.encode("ascii") + b"\n")
+        connection.sendall(line)
 
 
 def _connect(path: str | None) -> _socket.socket:

@@ -9,13 +9,13 @@ quoting rule covers it; tests check that PyYAML and Ruby read back the same data
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from einhorn.core.report import Symbol, Timestamp
+from einhorn.protocol import yaml_safe_json
 
 # A string is written plain only when no YAML 1.1 loader (PyYAML, Ruby's Psych) could
 # read it as anything but that string: it starts with a letter, `_` or `/` (so it is no
@@ -24,9 +24,6 @@ from einhorn.core.report import Symbol, Timestamp
 _PLAIN = re.compile(r"[A-Za-z_/][A-Za-z0-9_./-]*")
 _SPECIAL_WORDS = frozenset({"y", "n", "yes", "no", "true", "false", "on", "off", "null", "nan", "inf"})
 _SYMBOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*[?!]?")
-# What must be escaped inside double quotes: all but YAML's printable characters, less the
-# line breaks YAML 1.1 would fold (NEL, LS, PS; JSON already escapes CR and LF) and the BOM.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff\ufeff\ufffe\uffff]")
 
 
 def to_ruby_yaml(data: Mapping[str, object]) -> str:
@@ -40,7 +37,7 @@ def to_ruby_yaml(data: Mapping[str, object]) -> str:
 
 
 def to_json(data: Mapping[str, object]) -> str:
-    return json.dumps(_plain(data), sort_keys=False)
+    return yaml_safe_json(_plain(data))
 
 
 def _mapping(value: Mapping[Any, object], indent: int, lines: list[str]) -> None:
@@ -114,15 +111,8 @@ def _float(value: float) -> str:
 
 
 def _quoted(text: str) -> str:
-    """A double-quoted scalar: JSON's string escapes are YAML's too; YAML's \\x, \\u and \\U do the rest."""
-    return _UNPRINTABLE.sub(_escape, json.dumps(text, ensure_ascii=False))
-
-
-def _escape(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    if 0xD800 <= code <= 0xDFFF:  # a byte that was not UTF-8 (surrogateescape): no YAML loader takes it
-        return "\\ufffd"
-    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+    """A double-quoted scalar: a JSON string, as the protocol writes one (JSON's escapes are YAML's too)."""
+    return yaml_safe_json(text)
 
 
 def _plain(value: object) -> object:

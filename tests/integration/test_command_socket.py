@@ -22,12 +22,14 @@ import pytest
 import yaml
 
 from einhorn import __version__
+from einhorn.protocol import encode_message, request
 from tests.integration.conftest import (
     EINHORNSH,
     TIME_SERVER,
     Connection,
     Harness,
     Master,
+    decode_reply,
     escape,
     frame,
     recorder,
@@ -761,6 +763,61 @@ def test_ruby_loads_state_with_its_safe_loader(harness: Harness) -> None:
         "upgrading": False,
         "bound_ports": [master.bound_port()],
     }
+
+
+# What a Ruby client (the original's Transport) reads back: the messages, as JSON.
+RUBY_CLIENT_MESSAGES = r"""
+require "yaml"; require "json"; require "set"; require "socket"
+def serialize_message(message)
+  YAML.dump(message).gsub(/%|\n/, "%" => "%25", "\n" => "%0A") + "\n"
+end
+def deserialize_message(line)
+  YAML.safe_load(line.gsub(/%(25|0A)/, "%25" => "%", "%0A" => "\n"), permitted_classes: [Set, Symbol, Time], aliases: true)
+end
+sock = UNIXSocket.open(ARGV[0])
+messages = [["set_workers", ["\u{1F600}"]], ["\u{1F600}", []], ["ehlo", []]].map do |command, args|
+  sock.write(serialize_message({"command" => command, "args" => args}))
+  deserialize_message(sock.readline).fetch("message")
+end
+STDIN.each_line { |line| messages << deserialize_message(line).fetch("message") }
+puts JSON.generate(messages)
+"""
+
+
+def test_replies_with_characters_outside_the_bmp_are_utf8_that_yaml_loaders_read(harness: Harness) -> None:
+    # JSON's \\u surrogate pairs are no YAML escape: PyYAML read two halves, Psych and yaml.v2 refuse them.
+    master = harness.start("-n", "1", *FAST, workers=1)
+    with master.connect() as conn:
+        conn.send(frame({"command": "set_workers", "args": ["\U0001f600"]}))
+        line = conn.read_line()
+    assert line is not None and "'\U0001f600'".encode() in line
+    assert str(decode_reply(line)["message"]).startswith("Invalid count: '\U0001f600'.")
+
+
+def test_ruby_client_reads_replies_with_characters_outside_the_bmp(harness: Harness) -> None:
+    ruby = shutil.which("ruby")
+    if ruby is None:
+        pytest.skip("ruby is not installed (Debian: apt-get install -y ruby)")
+    # A cmd name that is not UTF-8, as a shell can pass it: the master's replies show U+FFFD.
+    name = b"caf\xe9".decode("utf-8", "surrogateescape")
+    master = harness.start("-c", name, "-n", "1", *FAST, workers=1)
+    with master.connect() as conn:  # and a raw reply to a request einhornsh sends
+        conn.send(encode_message(request("\U0001f600dance")))
+        line = conn.read_line()
+    assert line is not None
+    result = subprocess.run(
+        # -E UTF-8: the client's locale (in a US-ASCII one Ruby's gsub refuses any non-ASCII line)
+        [ruby, "-E", "UTF-8", "-e", RUBY_CLIENT_MESSAGES, master.socket_path],
+        input=line + b"\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    invalid_count, unrecognized, welcome, unrecognized_raw = json.loads(result.stdout)
+    assert invalid_count == "Invalid count: '\U0001f600'. Must be an integer in [1,1000)."
+    assert unrecognized.startswith('Unrecognized command: "\U0001f600"\n')
+    assert f"Einhorn Master Process {master.pid} (caf\ufffd).\n" in welcome
+    assert unrecognized_raw.startswith('Unrecognized command: "\U0001f600dance"\n')
 
 
 def test_ruby_client_round_trip(harness: Harness) -> None:

@@ -1,11 +1,15 @@
 import json
+import shutil
+import subprocess
 import sys
 
 import pytest
-from hypothesis import given
+import yaml
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import einhorn
+from einhorn import restricted_yaml
 from einhorn.protocol import (
     MAX_DEPTH,
     MAX_NODES,
@@ -32,8 +36,8 @@ BILLION_LAUGHS = (
     "i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n"
 )
 
-# YAML allows at most 1024 characters for an implicit mapping key, and JSON
-# with ensure_ascii writes a character in up to 12: keep keys well below that.
+# YAML allows at most 1024 characters for an implicit mapping key, and the
+# protocol writes a character in up to 6 (\u0085): keep keys well below that.
 json_keys = st.text(max_size=80)
 json_scalars = st.none() | st.booleans() | st.integers() | st.text()
 json_values = st.recursive(
@@ -44,6 +48,14 @@ json_values = st.recursive(
 )
 # Characters that steer generated text into YAML syntax and the escapes.
 yamlish_text = st.text(alphabet=st.sampled_from("{}[]:,-?&*!|>'\"#%250Aab \n\t"))
+# Characters a YAML loader refuses raw or reads as something else (C0 and C1 controls,
+# DEL, the line breaks NEL, LS and PS, the BOM, non-characters), the edges of the planes,
+# the framing's escapes, quotes, backslashes and what spells a \\u escape.
+YAML_HARD = (
+    "\x00\x01\x08\t\n\r\x1b\x1f\x7f\x80\x84\x85\x86\x9f\xa0\xe9\u2028\u2029\ud7ff\ue000"
+    "\ufeff\ufffd\ufffe\uffff\U00010000\U0001f600\U0010ffff%250A\"'\\ud8Ux:#{}[], -?&*!|>"
+)
+yaml_hard_text = st.text(alphabet=st.sampled_from(YAML_HARD)) | st.text()
 
 
 def wire(text: str) -> bytes:
@@ -90,8 +102,74 @@ def test_encode_message_is_one_json_line() -> None:
     )
 
 
-def test_encode_message_escapes_non_ascii() -> None:
-    assert encode_message({"user": "jos\u00e9"}) == b'{"user": "jos\\u00e9"}\n'
+def test_encode_message_writes_utf8_and_escapes_only_what_yaml_refuses_raw() -> None:
+    # DEL is no YAML character, NEL and LS are line breaks, a BOM is none either.
+    assert encode_message({"user": "jos\u00e9 \U0001f600", "m": "\x7f\x85\u2028\ufeff"}) == (
+        '{"user": "jos\u00e9 \U0001f600", "m": "\\u007f\\u0085\\u2028\\ufeff"}\n'.encode()
+    )
+
+
+def test_encode_message_can_leave_out_the_spaces() -> None:
+    assert encode_message({"command": "worker:ack", "pid": 7}, compact=True) == (
+        b'{"command":"worker:ack","pid":7}\n'
+    )
+
+
+def test_a_lone_surrogate_is_sent_as_the_replacement_character() -> None:
+    # How Python hands over bytes that are not UTF-8 (an argv, say): they have no UTF-8 form.
+    argument = b"caf\xe9".decode("utf-8", "surrogateescape")
+    line = encode_message({"message": argument})
+    assert line == b'{"message": "caf\\ufffd"}\n'
+    assert parse_message(line) == {"message": "caf\ufffd"}
+
+
+def yaml_document(line: bytes) -> str:
+    """A protocol line as a YAML loader sees it once the framing is undone."""
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    return unescape(line.decode("utf-8").removesuffix("\n"))
+
+
+@given(yaml_hard_text)
+def test_yaml_loaders_read_back_exactly_what_encode_message_wrote(text: str) -> None:
+    # The "k" keeps a key from replacing "message"; 100 characters stay under YAML's key limit.
+    message = {"message": text, "args": [text, "%0A"], "k" + text[:100]: None}
+    for line in (encode_message(message), encode_message(message, compact=True)):
+        assert yaml.safe_load(yaml_document(line)) == message
+        assert restricted_yaml.load(yaml_document(line)) == message
+        assert parse_message(line) == message
+
+
+RUBY = shutil.which("ruby")
+# The original's Transport.deserialize_message, for each line of its input; out comes JSON.
+# -E UTF-8 is the client's locale: in a US-ASCII one, Ruby's regexp gsub refuses any line
+# that is not ASCII, the original master's own replies with an "é" too.
+RUBY_CLIENT_READS = r"""
+require "yaml"; require "json"
+puts JSON.generate(STDIN.each_line.map { |line|
+  begin
+    {"value" => YAML.safe_load(line.gsub(/%(25|0A)/, "%25" => "%", "%0A" => "\n"))}
+  rescue Psych::SyntaxError => error
+    {"error" => error.message}
+  end
+})
+"""
+
+
+@pytest.mark.skipif(RUBY is None, reason="ruby is not installed (Debian: apt-get install -y ruby)")
+@settings(max_examples=40, deadline=None)  # one Ruby process (~0.1 s) reads all lines of an example
+@example(list(YAML_HARD) + [YAML_HARD])
+@given(st.lists(yaml_hard_text, min_size=1, max_size=40))
+def test_ruby_reads_back_exactly_what_encode_message_wrote(texts: list[str]) -> None:
+    messages = [{"message": text, "k" + text[:100]: [text]} for text in texts]
+    assert RUBY is not None
+    result = subprocess.run(
+        [RUBY, "-E", "UTF-8", "-e", RUBY_CLIENT_READS],
+        input=b"".join(encode_message(message) for message in messages),
+        capture_output=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert json.loads(result.stdout) == [{"value": message} for message in messages]
 
 
 def test_request_builds_the_mapping_clients_send() -> None:

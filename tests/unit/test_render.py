@@ -125,3 +125,10 @@ def test_ruby_reads_the_same_strings_symbols_times_and_numbers() -> None:
 def test_bytes_that_were_not_utf8_become_replacement_characters() -> None:
     argument = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python hands over such an argv
     assert yaml.safe_load(render.to_ruby_yaml({"cmd": [argument]})) == {":cmd": ["caf\ufffd"]}
+
+
+def test_json_is_utf8_with_bytes_that_were_not_utf8_as_replacement_characters() -> None:
+    argument = b"caf\xe9 \xf0\x9f\x98\x80".decode("utf-8", "surrogateescape")
+    text = render.to_json({"cmd": [argument]})
+    assert "\U0001f600" in text
+    assert json.loads(text) == {"cmd": ["caf\ufffd \U0001f600"]}

@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from einhorn import worker
-from einhorn.protocol import parse_message
+from einhorn.protocol import parse_message, unescape
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +109,19 @@ def test_ping_sends_the_request_id(command_socket: tuple[str, socket.socket]) ->
         "command": "worker:ping",
         "pid": os.getpid(),
         "request_id": "100% up\n",
+    }
+
+
+def test_ping_writes_what_yaml_loaders_read_back_exactly(command_socket: tuple[str, socket.socket]) -> None:
+    # The original master reads requests with Ruby's YAML, which refuses JSON's \\u surrogate pairs.
+    path, listener = command_socket
+    worker.ping("\U0001f600 \x7f\u2028", path)
+    line = receive_one_connection(listener)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    assert yaml.safe_load(unescape(line.decode("utf-8"))) == {
+        "command": "worker:ping",
+        "pid": os.getpid(),
+        "request_id": "\U0001f600 \x7f\u2028",
     }
 
 
@@ -274,4 +288,4 @@ def test_the_module_imports_without_pyyaml_or_the_rest_of_einhorn() -> None:
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
-    assert result.stdout.split() == ["['einhorn',", "'einhorn.worker']"]
+    assert result.stdout.split() == ["['einhorn',", "'einhorn.protocol',", "'einhorn.worker']"]
