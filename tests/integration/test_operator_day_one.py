@@ -8,8 +8,14 @@ import shlex
 import signal
 import socket
 import sys
+import urllib.request
 
-from tests.integration.conftest import REPO, TIME_SERVER, Harness, alive
+import pytest
+
+from tests.integration.conftest import REPO, TIME_SERVER, Harness, alive, wait_until
+from tests.integration.upgrade_helpers import Load, failures, upgrade
+
+HTTP_SERVER = str(REPO / "example" / "http_server")
 
 ALIVE_HINT = "Is another einhorn running, or are workers of a killed master still alive?"
 TCP_TIME_WAIT = "06"
@@ -133,4 +139,40 @@ def test_the_readme_quick_start_starts_again_right_after_ctrl_c_with_connections
 def test_time_server_without_manual_ack_mode_makes_the_master_log_no_error(harness: Harness) -> None:
     master = harness.start("-v", "-n", "2", "-m", "0.1", "-b", "127.0.0.1:0", program=[sys.executable, TIME_SERVER], workers=2)
     master.wait_log(r"Received a manual ACK from \d+ in timer ACK mode", count=2)  # at -v (debug) only
+    assert "ERROR" not in master.log()
+
+
+# --- example/http_server: a socketserver worker through upgrades -------------------------------------
+
+
+def http_get(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+        assert response.status == 200
+        return str(response.read().decode())
+
+
+@pytest.mark.timeout(90)
+def test_http_server_passes_five_upgrades_under_load_without_a_failed_request_or_an_old_worker_left(harness: Harness) -> None:
+    master = harness.start("-n", "2", "-m", "manual", "-b", "127.0.0.1:0", program=[sys.executable, HTTP_SERVER], workers=2)
+    port = master.bound_port()
+    workers = master.wait_workers(2)
+    answer = re.fullmatch(r"pid=(\d+) index=([01]) version=1\n", http_get(port))
+    assert answer is not None and int(answer.group(1)) in workers
+
+    load = Load(port, request=b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", threads=3, limit_seconds=40.0)
+    load.start()
+    old: set[int] = set()
+    try:
+        for command in ["upgrade", "upgrade_fleet", "upgrade", "upgrade_fleet", "upgrade"]:
+            old |= set(workers)
+            upgrade(master, command)
+            workers = master.wait_workers(2, timeout=20)
+            assert not old & set(workers)
+            wait_until(lambda: not any(alive(pid) for pid in old), 20, "every old worker to exit")  # noqa: B023 - called at once
+    finally:
+        load.stop()
+    answers = load.snapshot()
+    print(f"\nhttp_server: {len(answers)} requests during 5 upgrades, {len(failures(answers))} failures")
+    assert answers and failures(answers) == [], failures(answers)[:5]
+    assert master.children() == workers
     assert "ERROR" not in master.log()
