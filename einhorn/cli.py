@@ -24,12 +24,20 @@ from einhorn.io.loop import BLOCKED_ACROSS_EXEC, Master, ShellOptions
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, open_command_socket, parse_bind
 from einhorn.io.spawn import WorkerLaunch, pdeathsig_available
 
-SHORT_USAGE = """## Usage
+USAGE_HEAD = """## Usage
 
 Einhorn is the language-independent shared socket manager. Run
 `einhorn -h` to see detailed usage. At a high level, usage looks like
 the following:
+"""
 
+HELP_HEAD = """## Usage
+
+Einhorn is the language-independent shared socket manager. At a high
+level, usage looks like the following:
+"""
+
+USAGE_BODY = """
     einhorn [options] program
 
 Einhorn will open one or more shared sockets and run multiple copies
@@ -164,12 +172,20 @@ OPTION_HELP = """### Options
         --max-upgrade-additional N   During an upgrade, never run more than number + N workers
         --drop-env-var VAR_NAME      Delete VAR_NAME from the environment that is restored on upgrade
         --reexec-as=CMDLINE          Substitute CMDLINE for "einhorn" when upgrading
-        --nice MASTER[:WORKER=0][:RENICE_CMD=/usr/bin/renice]
-                                     Unix nice level at which to run the einhorn processes
+        --nice MASTER[:WORKER][:RENICE_CMD]
+                                     Unix nice levels of the master and the workers; without WORKER,
+                                     workers keep the master's level (RENICE_CMD: default /usr/bin/renice)
         --with-state-fd STATE        [Internal option] With file descriptor containing state
         --upgrade-check              [Internal option] Check if Einhorn can exec itself and exit with status 0
         --version                    Show version
 """
+
+
+def usage_text(detailed: bool) -> str:
+    """`-h` (detailed) or the usage printed when no program is given, which points at `-h`."""
+    if detailed:
+        return HELP_HEAD + USAGE_BODY + LONG_USAGE + "\n" + OPTION_HELP
+    return USAGE_HEAD + USAGE_BODY + "\n" + OPTION_HELP
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -368,7 +384,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__version__)
         return 0
     if isinstance(options, str):
-        print(SHORT_USAGE + (LONG_USAGE if options == "help" else "") + "\n" + OPTION_HELP)
+        print(usage_text(detailed=options == "help"))
         return 1
     log = Logger(verbosity=options.verbosity)
     if options.upgrade_check:

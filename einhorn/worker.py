@@ -5,11 +5,18 @@ standard library and einhorn's stdlib-only `einhorn.protocol` only, so that a
 worker can import it without PyYAML or the rest of einhorn.
 """
 
+import collections
 import os
 import signal
 import socket as _socket
+import threading
+import traceback
 from collections.abc import Callable, Mapping
 from types import FrameType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import socketserver
 
 from einhorn.protocol import encode_message
 
@@ -74,17 +81,109 @@ def ping(request_id: str, path: str | None = None) -> None:
     _send({"command": "worker:ping", "pid": os.getpid(), "request_id": request_id}, path)
 
 
+HANDLER_GRACE_SECONDS = 0.1
+"""How long the SIGUSR2 handler waits for a graceful-shutdown handler before it lets the main thread go on."""
+
+
 def graceful_shutdown(handler: Callable[[], None]) -> None:
     """Call ``handler()`` when the master asks this worker to stop (SIGUSR2).
 
-    Like any Python signal handler, it must be installed from the main thread
-    and runs there.
+    Install it from the main thread, like any signal handler. ``handler`` runs
+    on a helper thread, and the signal handler waits up to 0.1 s for it. One
+    that is done by then (it sets a flag, calls ``sys.exit()``) acts as if it
+    had run in the signal handler: its exception is raised there, in the main
+    thread. One that needs the main thread to run meanwhile, like
+    socketserver's ``server.shutdown()``, which waits for ``serve_forever()``
+    to return, lets the main thread go on; once it is done, the main thread
+    gets SIGUSR2 again, which wakes a loop that waits on signals (EINTR,
+    ``signal.set_wakeup_fd``) and raises ``handler``'s exception, if any.
+
+    The helper thread is not a daemon: a program whose main thread ends first
+    still exits only when ``handler`` is done.
     """
+    signal.signal(signal.SIGUSR2, _GracefulShutdown(handler).on_signal)
 
-    def on_sigusr2(signum: int, frame: FrameType | None) -> None:
-        handler()
 
-    signal.signal(signal.SIGUSR2, on_sigusr2)
+def serve_forever(server: "socketserver.BaseServer", poll_interval: float = 0.5) -> None:
+    """Serve ``server`` until the master's SIGUSR2, then close it; the socketserver recipe.
+
+    ``graceful_shutdown(server.shutdown)``, ``ack()`` when this process is a
+    worker (in timer ACK mode the master ignores it), ``server.serve_forever()``,
+    and ``server.server_close()``, which for a ``ThreadingMixIn`` server (such as
+    ``http.server.ThreadingHTTPServer``) waits for the requests in flight.
+    """
+    graceful_shutdown(server.shutdown)
+    if is_worker():
+        ack()
+    try:
+        server.serve_forever(poll_interval)
+    finally:
+        server.server_close()
+
+
+class _GracefulShutdown:
+    """The SIGUSR2 handler: runs the handler off the signal frame, which may be the frame it waits for."""
+
+    def __init__(self, handler: Callable[[], None]) -> None:
+        self.handler = handler
+        self.late: collections.deque[BaseException | None] = collections.deque()
+        """Outcomes of runs that outlived the grace, for the main thread to take on its next SIGUSR2."""
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self.late:  # the wake-up call of a run that finished late
+            outcomes = [self.late.popleft() for _ in range(len(self.late))]
+            errors = [error for error in outcomes if error is not None]
+            if errors:
+                raise errors[0]
+            return
+        run = _HandlerRun(self.handler, self._finished_late)
+        thread = threading.Thread(target=run, name="einhorn-graceful-shutdown")
+        thread.start()
+        thread.join(HANDLER_GRACE_SECONDS)
+        error = run.outcome_or_late()
+        if error is not None:
+            raise error
+
+    def _finished_late(self, error: BaseException | None) -> None:
+        self.late.append(error)
+        main = threading.main_thread()
+        # Not once the interpreter is shutting down (the main thread waits for this one), nor
+        # if the program has since replaced the handler (the signal could kill it).
+        if main.is_alive() and main.ident is not None and signal.getsignal(signal.SIGUSR2) == self.on_signal:
+            signal.pthread_kill(main.ident, signal.SIGUSR2)
+        elif error is not None and not isinstance(error, SystemExit):
+            traceback.print_exception(error)  # no main thread left to raise it in: never lose it silently
+
+
+class _HandlerRun:
+    """One call of the handler on its helper thread; whether it finished in time is settled under the lock."""
+
+    def __init__(self, handler: Callable[[], None], finished_late: Callable[[BaseException | None], None]) -> None:
+        self.handler = handler
+        self.finished_late = finished_late
+        self.lock = threading.Lock()
+        self.done = False
+        self.abandoned = False
+        self.error: BaseException | None = None
+
+    def __call__(self) -> None:
+        try:
+            self.handler()
+        except BaseException as error:  # noqa: BLE001 - SystemExit too: it belongs to the main thread
+            self.error = error
+        with self.lock:
+            self.done = True
+            late = self.abandoned
+        if late:
+            self.finished_late(self.error)
+
+    def outcome_or_late(self) -> BaseException | None:
+        """The handler's exception if it is done; otherwise None, and it reports through `finished_late`."""
+        with self.lock:
+            if not self.done:
+                self.abandoned = True
+                return None
+        return self.error
 
 
 def _send(message: Mapping[str, object], path: str | None) -> None:

@@ -19,6 +19,6 @@ def test_mypy_strict() -> None:
 
 @pytest.mark.timeout(120)
 def test_ruff() -> None:
-    paths = ["einhorn", "tests", "bench", "spec", "example/time_server"]
+    paths = ["einhorn", "tests", "bench", "spec", "example/time_server", "example/http_server"]
     result = subprocess.run([sys.executable, "-m", "ruff", "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

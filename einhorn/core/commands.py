@@ -299,7 +299,8 @@ def _worker_ack(state: State, request: Request) -> Outcome:
         return state, [Log(LogLevel.ERROR, f"Invalid worker:ack (no pid): {dict(request.raw)!r}"), *effects]
     child = state.children.get(pid)
     if state.config.ack_timer is not None:
-        return state, [Log(LogLevel.ERROR, f"Received a manual ACK from {pid} in timer ACK mode; ignoring"), *effects]
+        # Expected, not an error: a worker written for -m manual ACKs whatever the mode.
+        return state, [Log(LogLevel.DEBUG, f"Received a manual ACK from {pid} in timer ACK mode; ignoring"), *effects]
     if child is None or not child.is_worker:
         return state, [Log(LogLevel.ERROR, f"Could not find state for PID {pid}; ignoring ACK."), *effects]
     if child.acked:

@@ -147,9 +147,11 @@ class Answer:
 
 @dataclass
 class Load:
-    """A few threads that connect to 127.0.0.1:port, read the one-line answer and close, until stopped."""
+    """A few threads that connect to 127.0.0.1:port, send `request`, read the answer to EOF and close, until stopped."""
 
     port: int
+    request: bytes = b""
+    """Sent on each connection (an HTTP request for example/http_server; nothing for time_server)."""
     threads: int = 4
     limit_seconds: float = 20.0
     pause: float = 0.002
@@ -186,6 +188,7 @@ class Load:
         started = time.monotonic()
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=5.0) as conn:
+                conn.sendall(self.request)
                 data = b""
                 while chunk := conn.recv(4096):
                     data += chunk

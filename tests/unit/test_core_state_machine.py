@@ -128,7 +128,8 @@ class CoreMachine(RuleBasedStateMachine):
         if child is None or child.acked or before.config.ack_timer is not None:
             # Logged and ignored: otherwise exactly what a Tick at this time does.
             log, close, *rest = effects
-            assert isinstance(log, Log) and log.level is LogLevel.ERROR and close == CloseConnection(99)
+            expected = LogLevel.DEBUG if before.config.ack_timer is not None else LogLevel.ERROR  # timer mode: expected
+            assert isinstance(log, Log) and log.level is expected and close == CloseConnection(99)
             assert (self.world.state, rest) == as_tick
 
     @precondition(lambda self: self.running() and bool(self.world.live))

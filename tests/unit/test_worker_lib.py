@@ -289,3 +289,149 @@ def test_the_module_imports_without_pyyaml_or_the_rest_of_einhorn() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.split() == ["['einhorn',", "'einhorn.protocol',", "'einhorn.worker']"]
+
+
+# Graceful shutdown of a real process: the handler may wait for the main thread
+
+SOCKETSERVER_WORKER = """
+import socketserver, sys, time
+from einhorn import worker
+
+class Server(socketserver.TCPServer):
+    announced = False
+    def service_actions(self):  # called by serve_forever on each round: it is serving
+        if not self.announced:
+            self.announced = True
+            print("serving", flush=True)
+
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        pass
+
+server = Server(("127.0.0.1", 0), Handler)
+def stop():
+    server.shutdown()  # waits for serve_forever, on the main thread, to return
+    time.sleep(0.3)    # and goes on after the main thread is done
+    open(sys.argv[1], "w").write("stopped")
+worker.graceful_shutdown(stop)
+server.serve_forever(poll_interval=0.05)
+print("returned", flush=True)
+"""
+
+FLAG_WORKER = """
+import selectors, signal, socket, sys, time
+from einhorn import worker
+
+stopping = False
+def stop():
+    global stopping
+    time.sleep(float(sys.argv[1]))  # slower than the signal handler's grace, or not
+    stopping = True
+    if sys.argv[2] != "-":
+        sys.exit(int(sys.argv[2]))
+reader, writer = socket.socketpair()
+reader.setblocking(False)
+writer.setblocking(False)
+signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+worker.graceful_shutdown(stop)
+print("serving", flush=True)
+with selectors.DefaultSelector() as selector:  # the loop of example/time_server: woken by signals only
+    selector.register(reader, selectors.EVENT_READ)
+    while not stopping:
+        selector.select()
+        while True:
+            try:
+                reader.recv(512)
+            except BlockingIOError:
+                break
+print("returned", flush=True)
+"""
+
+SERVE_FOREVER_WORKER = """
+import socket, socketserver, sys, time
+from einhorn import worker
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        self.rfile.readline()
+        print("handling", flush=True)
+        time.sleep(0.5)  # in flight when SIGUSR2 comes
+        self.wfile.write(b"done\\n")
+
+server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+print(server.server_address[1], flush=True)
+worker.serve_forever(server, poll_interval=0.05)
+print("returned", flush=True)
+"""
+
+
+def start_python(script: str, *args: str) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EINHORN_")}
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+@pytest.fixture
+def processes() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def stop_and_wait(proc: subprocess.Popen[str], timeout: float = 10.0) -> tuple[int, str, str]:
+    """SIGUSR2 to a process that printed its first line; its exit code and output, within `timeout`."""
+    proc.send_signal(signal.SIGUSR2)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"still running {timeout:g}s after SIGUSR2: the graceful shutdown hangs") from None
+    return proc.returncode, out, err
+
+
+def test_a_handler_that_calls_socketserver_shutdown_stops_serve_forever_and_finishes(
+    processes: list[subprocess.Popen[str]], tmp_path: Path
+) -> None:
+    marker = tmp_path / "stopped"
+    proc = start_python(SOCKETSERVER_WORKER, str(marker))
+    processes.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == "serving\n"
+    code, out, err = stop_and_wait(proc)
+    assert (code, out) == (0, "returned\n"), err
+    # The main thread ended first; the helper thread is no daemon, so the handler got to finish.
+    assert marker.read_text() == "stopped"
+
+
+@pytest.mark.parametrize("delay", ["0", "0.5"], ids=["quick", "slower than the grace"])
+def test_a_handler_that_sets_a_flag_wakes_a_loop_woken_by_signals(processes: list[subprocess.Popen[str]], delay: str) -> None:
+    proc = start_python(FLAG_WORKER, delay, "-")
+    processes.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == "serving\n"
+    code, out, err = stop_and_wait(proc)
+    assert (code, out) == (0, "returned\n"), err
+
+
+@pytest.mark.parametrize("delay", ["0", "0.5"], ids=["quick", "slower than the grace"])
+def test_a_handler_that_calls_sys_exit_exits_the_process_with_its_code(processes: list[subprocess.Popen[str]], delay: str) -> None:
+    proc = start_python(FLAG_WORKER, delay, "3")
+    processes.append(proc)
+    assert proc.stdout is not None and proc.stdout.readline() == "serving\n"
+    code, out, err = stop_and_wait(proc)
+    assert (code, out) == (3, ""), err
+    assert "Traceback" not in err
+
+
+def test_serve_forever_stops_on_sigusr2_after_the_request_in_flight(processes: list[subprocess.Popen[str]]) -> None:
+    proc = start_python(SERVE_FOREVER_WORKER)
+    processes.append(proc)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"go\n")
+        assert proc.stdout.readline() == "handling\n"
+        code, out, err = stop_and_wait(proc)
+        assert client.recv(100) == b"done\n"
+    assert (code, out) == (0, "returned\n"), err
