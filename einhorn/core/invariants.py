@@ -56,8 +56,6 @@ def census(state: State) -> Census:
     workers = modern = unsignaled_modern = acked = unacked = unsignaled = 0
     old: list[int] = []
     for child in state.children.values():
-        if not child.is_worker:
-            continue
         workers += 1
         if not child.signaled:
             unsignaled += 1
@@ -124,7 +122,7 @@ def check_state(state: State) -> list[str]:
         problems.append(f"S1: {counts.unsignaled_modern} unsignaled modern workers > number {number}")
 
     # S2: indexes of live workers and pending spawns are pairwise distinct.
-    indexes = [c.index for c in state.children.values() if c.is_worker] + [p.index for p in state.pending.values()]
+    indexes = [c.index for c in state.children.values()] + [p.index for p in state.pending.values()]
     if len(indexes) != len(set(indexes)):
         problems.append(f"S2: duplicate worker indexes {sorted(indexes)}")
 
@@ -161,7 +159,7 @@ def check_state(state: State) -> list[str]:
     ack_timer = config.ack_timer
     if ack_timer is not None:
         late = sorted(
-            c.pid for c in state.children.values() if c.is_worker and not c.acked and c.spinup_at + ack_timer <= state.clock
+            c.pid for c in state.children.values() if not c.acked and c.spinup_at + ack_timer <= state.clock
         )
         if late:
             problems.append(f"S8: workers {late} are past their timer ACK but not ACKed")
@@ -274,7 +272,7 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
             problems.append(f"T3: spawn {order.spawn_id} at version {order.version}, current is {after.version}")
     if spawns:
         new_ids = {order.spawn_id for order in spawns}
-        used = {c.index for c in after.children.values() if c.is_worker}
+        used = {c.index for c in after.children.values()}
         used |= {p.index for sid, p in after.pending.items() if sid not in new_ids}
         lowest = sorted(set(range(len(used) + len(spawns))) - used)[: len(spawns)]
         chosen = sorted(order.index for order in spawns)
@@ -316,7 +314,6 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
         if e.signal == "USR2"
         and e.signal not in requested
         and e.pid in before.children
-        and before.children[e.pid].is_worker
         and before.children[e.pid].version != after.version
         and not before.children[e.pid].signaled
     )
