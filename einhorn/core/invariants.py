@@ -136,7 +136,8 @@ def check_state(state: State) -> list[str]:
         )
 
     # S4: a gradual spin-up that waits for time has a timer, at most 30 s after the last spin-up.
-    if state.respawn and state.last_spinup_at is not None and counts.missing > 0:
+    # (During a re-exec it waits for the re-exec to end, not for time.)
+    if state.respawn and state.last_spinup_at is not None and counts.missing > 0 and state.reexec is None:
         due = state.last_spinup_at + min(interval, MAX_SPINUP_INTERVAL)
         if state.clock < due:
             deadline = step.next_deadline(state)
