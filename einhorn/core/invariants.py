@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from einhorn.core import pool, step
 from einhorn.core.commands import normalize_signal
 from einhorn.core.config import MAX_SPINUP_INTERVAL
-from einhorn.core.effects import Effect, Exit, SendSignal, SpawnWorker
-from einhorn.core.events import CommandReceived, Event, MasterStarted, SignalReceived, WorkerSpawned
-from einhorn.core.state import ReexecPurpose, State, UpgradeKind
+from einhorn.core.effects import Effect, ExecMaster, Exit, SendSignal, SpawnWorker, StartUpgradeCheck
+from einhorn.core.events import CommandReceived, Event, MasterStarted, SignalReceived, UpgradeCheckPassed, WorkerSpawned
+from einhorn.core.state import ReexecPhase, ReexecPurpose, State, UpgradeKind
 
 # --- independent counts (BEHAVIOR §4 vocabulary) --------------------------
 
@@ -176,6 +176,20 @@ def check_state(state: State) -> list[str]:
 
     # S9: bookkeeping is consistent.
     problems += _bookkeeping(state)
+
+    # S10: a re-exec is in progress only while respawning (shutting down abandons it).
+    if state.reexec is not None and not state.respawn:
+        problems.append(f"S10: re-exec ({state.reexec.purpose.value}, {state.reexec.phase.value}) in progress while shutting down")
+
+    # S11: a running upgrade check has a deadline: not yet passed, and armed in next_deadline.
+    reexec = state.reexec
+    if reexec is not None and reexec.phase is ReexecPhase.CHECKING:
+        if reexec.deadline <= state.clock:
+            problems.append(f"S11: upgrade check still awaited at {state.clock}, past its deadline {reexec.deadline}")
+        else:
+            deadline = step.next_deadline(state)
+            if deadline is None or deadline > reexec.deadline:
+                problems.append(f"S11: upgrade check due by {reexec.deadline} but next_deadline is {deadline}")
     return problems
 
 
@@ -361,6 +375,28 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
         unacked = census(after).unacked_modern
         if unacked > after.config.max_unacked:
             problems.append(f"T11: {unacked} un-ACKed new workers > max_unacked {after.config.max_unacked}")
+    return problems + check_lifecycle_step(before, event, after, effects)
+
+
+def check_lifecycle_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
+    """T12-T13: the re-exec lifecycle (spec/upgrades.md)."""
+    problems: list[str] = []
+    # T12: a check is started only by a new re-exec, and the exec is ordered only on the
+    # pass of the current check, while respawning.
+    for order in (e for e in effects if isinstance(e, StartUpgradeCheck)):
+        fresh = before.reexec is None and after.reexec is not None and after.reexec.phase is ReexecPhase.CHECKING
+        if not fresh or after.reexec is None or after.reexec.check_id != order.check_id:
+            problems.append(f"T12: upgrade check {order.check_id} started outside a new re-exec")
+    if any(isinstance(e, ExecMaster) for e in effects):
+        checking = before.reexec is not None and before.reexec.phase is ReexecPhase.CHECKING
+        passed = isinstance(event, UpgradeCheckPassed) and checking and before.reexec is not None and event.check_id == before.reexec.check_id
+        if not passed or not after.respawn:
+            problems.append(f"T12: exec ordered on {type(event).__name__} (check passed: {passed}, respawning: {after.respawn})")
+    # T13: the new image fails every spawn the old one had in flight: none is left pending.
+    if isinstance(event, MasterStarted) and event.restored:
+        lost = sorted(set(before.pending) & set(after.pending))
+        if lost:
+            problems.append(f"T13: spawns {lost} in flight across the re-exec are still pending after the restore")
     return problems
 
 

@@ -242,28 +242,37 @@ def _spinup_due(state: State) -> Iterable[tuple[float, int]]:
     return [(state.last_spinup_at + pool.spinup_interval(state), 0)]
 
 
-TIMER_ACKS = Timer(_ack_timer_due, lambda state, pid: register_ack(state, pid))
-ESCALATION = Timer(_escalation_due, _escalate)
-CHECK_DEADLINE = Timer(_check_due, lambda state, _: upgrade.fail_overdue_check(state))
-GRADUAL_SPINUP = Timer(_spinup_due, lambda state, _: _spin_up_gradually(state))
+# (The lambdas look their rule up when called, so that a test can plant a bug in one.)
+TIMER_ACKS = Timer(lambda state: _ack_timer_due(state), lambda state, pid: register_ack(state, pid))
+ESCALATION = Timer(lambda state: _escalation_due(state), lambda state, pid: _escalate(state, pid))
+CHECK_DEADLINE = Timer(lambda state: _check_due(state), lambda state, _: upgrade.fail_overdue_check(state))
+GRADUAL_SPINUP = Timer(lambda state: _spinup_due(state), lambda state, _: _spin_up_gradually(state))
 TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP)
 
 
-def _fire(timer: Timer) -> Callable[[State], Outcome]:
-    def run(state: State) -> Outcome:
-        effects: list[Effect] = []
-        for deadline, subject in list(timer.due(state)):
-            if deadline <= state.clock:
-                state, more = timer.fire(state, subject)
-                effects += more
-        return state, effects
-
-    return run
+def _fire(timer: Timer, state: State) -> Outcome:
+    effects: list[Effect] = []
+    for deadline, subject in list(timer.due(state)):
+        if deadline <= state.clock:
+            state, more = timer.fire(state, subject)
+            effects += more
+    return state, effects
 
 
 def reconcile(state: State) -> Outcome:
+    """The scheduling pass after every event, in this order (spec/README.md §4)."""
     effects: list[Effect] = []
-    for phase in _PHASES:
+    phases: tuple[Callable[[State], Outcome], ...] = (
+        lambda s: _fire(TIMER_ACKS, s),
+        lambda s: _fire(ESCALATION, s),
+        lambda s: _fire(CHECK_DEADLINE, s),
+        upgrade.abandon_when_shutting_down,
+        _first_fill,
+        lambda s: _fire(GRADUAL_SPINUP, s),
+        _cull,
+        _maybe_exit,
+    )
+    for phase in phases:
         state, more = phase(state)
         effects += more
     return state, effects
@@ -366,15 +375,3 @@ def _maybe_exit(state: State) -> Outcome:
 def _without(mapping: Mapping[int, _V], key: int) -> dict[int, _V]:
     return {k: v for k, v in mapping.items() if k != key}
 
-
-_PHASES: tuple[Callable[[State], Outcome], ...] = (
-    _fire(TIMER_ACKS),
-    _fire(ESCALATION),
-    _fire(CHECK_DEADLINE),
-    upgrade.abandon_when_shutting_down,
-    _first_fill,
-    _fire(GRADUAL_SPINUP),
-    _cull,
-    _maybe_exit,
-)
-"""The scheduling pass after every event, in order (spec/README.md §4)."""
