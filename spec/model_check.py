@@ -23,14 +23,22 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 from einhorn.core import invariants
 from einhorn.core import step as core_step
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config
-from einhorn.core.effects import AbandonExec, Effect, ExecMaster, Exit, SendSignal, SpawnWorker, StartUpgradeCheck, StopUpgradeCheck
+from einhorn.core.effects import (
+    AbandonExec,
+    Effect,
+    ExecMaster,
+    Exit,
+    SendSignal,
+    SpawnWorker,
+    StartUpgradeCheck,
+    StopUpgradeCheck,
+)
 from einhorn.core.events import (
     ChildExited,
     CommandReceived,
