@@ -19,8 +19,11 @@ from einhorn.core.config import MAX_WORKERS, Config
 from einhorn.core.state import initial_state
 from einhorn.io import nice as nice_levels
 from einhorn.io import proctitle, reexec
+from einhorn.io.control import restored_server
+from einhorn.io.handoff import Descriptor, Handoff
 from einhorn.io.logs import Logger
-from einhorn.io.loop import BLOCKED_ACROSS_EXEC, Master, ShellOptions
+from einhorn.io.loop import Master, ShellOptions
+from einhorn.io.signals import BLOCKED_ACROSS_EXEC
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, open_command_socket, parse_bind
 from einhorn.io.spawn import WorkerLaunch, pdeathsig_available
 
@@ -449,8 +452,14 @@ def _production_setup(options: Options, shell: ShellOptions, log: Logger) -> tup
     return options, shell
 
 
-def _with_listeners(shell: ShellOptions, listeners: Sequence[socket.socket]) -> ShellOptions:
-    """The workers' listeners, each with its family as the socket itself says (after a re-exec too)."""
+LISTENER = "listener"
+"""The hand-off kind of the `-b` listening sockets (in `-b` order)."""
+
+
+def _with_listeners(shell: ShellOptions, listeners: Sequence[socket.socket], handoff: Handoff) -> ShellOptions:
+    """The workers' listeners, each with its family as the socket itself says (after a re-exec too);
+    registered with the hand-off registry so that they survive the next re-exec."""
+    handoff.register(lambda: [Descriptor(LISTENER, sock.fileno(), {"index": n}) for n, sock in enumerate(listeners)])
     fds = tuple(s.fileno() for s in listeners)
     families = tuple(s.family.name for s in listeners)
     return replace(shell, launch=replace(shell.launch, listener_fds=fds, listener_families=families))
@@ -479,7 +488,8 @@ def _run_fresh(options: Options, shell: ShellOptions, log: Logger) -> int:
         os.unlink(options.socket_path)
         return 1
     config = replace(options.config, bound_ports=tuple(bound_port(s) for s in listeners))
-    master = Master(initial_state(config, options.verbosity), _with_listeners(shell, listeners), listeners, server, log)
+    handoff = Handoff()
+    master = Master(initial_state(config, options.verbosity), _with_listeners(shell, listeners, handoff), server, log, handoff)
     return master.run()
 
 
@@ -492,14 +502,22 @@ def _run_restored(options: Options, shell: ShellOptions, log: Logger) -> int:
     note = reexec.restore_note(restored.notes)
     if note is not None:
         log.info(note)
-    listeners = [socket.socket(fileno=fd) for fd in restored.listener_fds]
+    handoff = Handoff(restored.descriptors)
+    listeners = [socket.socket(fileno=d.fd) for d in handoff.claim(LISTENER)]
     for sock in listeners:
         sock.set_inheritable(True)
-    server = socket.socket(fileno=restored.server_fd)
-    server.set_inheritable(False)
+    try:
+        server, connections = restored_server(handoff)
+    except (ValueError, KeyError, OSError) as error:
+        return _abandon_workers(options, log, f"could not adopt the command server: {error}")
+    for leftover in handoff.unclaimed():
+        log.info(f"Closing descriptor {leftover.fd} ({leftover.kind}) handed over by the old master: nothing here adopts it")
+        with contextlib.suppress(OSError):
+            os.close(leftover.fd)
     state = restored.state
     state = replace(state, config=replace(state.config, bound_ports=tuple(bound_port(s) for s in listeners)))
-    master = Master(state, _with_listeners(shell, listeners), listeners, server, log, restored.connections)
+    shell = _with_listeners(shell, listeners, handoff)
+    master = Master(state, shell, server, log, handoff, connections, restored.helpers)
     return master.run(restored=True)
 
 

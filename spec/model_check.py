@@ -23,13 +23,22 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 
 from einhorn.core import invariants
 from einhorn.core import step as core_step
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config
-from einhorn.core.effects import Effect, Exit, ReexecMaster, SendSignal, SpawnWorker
+from einhorn.core.effects import (
+    AbandonExec,
+    Effect,
+    ExecMaster,
+    Exit,
+    SendSignal,
+    SpawnWorker,
+    StartUpgradeCheck,
+    StopUpgradeCheck,
+)
 from einhorn.core.events import (
     ChildExited,
     CommandReceived,
@@ -39,9 +48,11 @@ from einhorn.core.events import (
     SignalReceived,
     SpawnFailed,
     Tick,
+    UpgradeCheckFailed,
+    UpgradeCheckPassed,
     WorkerSpawned,
 )
-from einhorn.core.state import Child, PendingSpawn, State, initial_state
+from einhorn.core.state import PendingSpawn, ReexecPhase, State, initial_state
 
 CONN = 7
 """The command connection every operator request arrives on."""
@@ -165,10 +176,16 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             return Tick(deadline)
         case ("idle",):
             return Tick(now + IDLE_STEP)
+        case ("check_passed",):
+            assert state.reexec is not None
+            return UpgradeCheckPassed(state.reexec.check_id, now)
+        case ("check_failed",):
+            assert state.reexec is not None
+            return UpgradeCheckFailed(state.reexec.check_id, "exited with status 1 (model)", now)
         case ("reexec_ok",):
             return MasterStarted(now, restored=True)
         case ("reexec_failed",):
-            return ReexecFailed("upgrade check failed (model)", now)
+            return ReexecFailed("could not exec (model)", now)
         case ("command", name):
             assert isinstance(name, str)
             spec = COMMANDS[name]
@@ -187,7 +204,12 @@ def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
     if state.exit_code is not None:
         return  # the master is gone
     can_fail = node.failures < bounds.failures
-    if state.reexec_purpose is not None:
+    # A check that hangs is the world doing nothing: time passes to its deadline (a "tick").
+    if state.reexec is not None and state.reexec.phase is ReexecPhase.CHECKING:
+        yield ("check_passed",), 0, 0
+        if can_fail:
+            yield ("check_failed",), 1, 0
+    if state.reexec is not None and state.reexec.phase is ReexecPhase.EXECUTING:
         yield ("reexec_ok",), 0, 0
         if can_fail:
             yield ("reexec_failed",), 1, 0
@@ -201,7 +223,7 @@ def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
             yield ("exit", rank), 0, 0  # a compliant worker stops when told to
         elif can_fail:
             yield ("exit", rank), 1, 0  # a crash, before or after its ACK
-        if state.config.ack_timer is None and not child.acked and child.is_worker:
+        if state.config.ack_timer is None and not child.acked:
             yield ("ack", rank), 0, 0
     deadline = core_step.next_deadline(state)
     if deadline is not None:
@@ -215,8 +237,8 @@ def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
 
 def cooperative_action(state: State) -> Action | None:
     """What a world with no failures does next (None: nothing, not even time)."""
-    if state.reexec_purpose is not None:
-        return ("reexec_ok",)
+    if state.reexec is not None:
+        return ("check_passed",) if state.reexec.phase is ReexecPhase.CHECKING else ("reexec_ok",)
     if state.pending:
         return ("spawned", 0)
     pids = sorted(state.children)
@@ -226,7 +248,7 @@ def cooperative_action(state: State) -> Action | None:
     if state.config.ack_timer is None:
         for rank, pid in enumerate(pids):
             child = state.children[pid]
-            if child.is_worker and not child.acked:
+            if not child.acked:
                 return ("ack", rank)
     if core_step.next_deadline(state) is not None:
         return ("tick",)
@@ -267,21 +289,19 @@ def canonical(state: State) -> State:
 
     pids = {pid: i + 1 for i, pid in enumerate(sorted(state.children))}
     children = {
-        pids[c.pid]: Child(
-            pids[c.pid],
-            c.kind,
-            v(c.version),
-            c.index,
-            t(c.spinup_at),
-            c.acked,
-            c.signaled,
-            opt(c.last_signaled_at),
-            c.killed,
-            c.pinged_at,
-            c.pinged_request_id,
+        pids[c.pid]: replace(
+            c,
+            pid=pids[c.pid],
+            version=v(c.version),
+            spinup_at=t(c.spinup_at),
+            last_signaled_at=opt(c.last_signaled_at),
+            pinged_at=opt(c.pinged_at),
         )
         for c in (state.children[p] for p in sorted(state.children))
     }
+    reexec = state.reexec
+    if reexec is not None:
+        reexec = replace(reexec, check_id=0, deadline=t(reexec.deadline))
     ids = {sid: i for i, sid in enumerate(sorted(state.pending))}
     pending = {
         ids[p.spawn_id]: PendingSpawn(ids[p.spawn_id], p.index, v(p.version), 0.0)
@@ -293,32 +313,28 @@ def canonical(state: State) -> State:
         children=children,
         pending=pending,
         next_spawn_id=len(pending),
+        reexec=reexec,
+        next_check_id=0 if reexec is None else 1,
         deaths_before_ack=min(state.deaths_before_ack, _streak_cap(state.config)),
         last_spinup_at=opt(state.last_spinup_at),
         clock=0.0,
     )
 
 
-def _child_key(c: Child) -> tuple[object, ...]:
-    return (c.pid, c.kind, c.version, c.index, c.spinup_at, c.acked, tuple(sorted(c.signaled)), c.last_signaled_at, c.killed)
+def _hashable(value: object) -> object:
+    """Mappings (children, pending spawns) as sorted item tuples; everything else in State is hashable."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+_STATE_FIELDS = tuple(f.name for f in fields(State))
 
 
 def key_of(s: State) -> tuple[object, ...]:
-    """Hashable identity of a canonical state."""
-    return (
-        s.config,
-        tuple(_child_key(s.children[p]) for p in sorted(s.children)),
-        tuple((p.index, p.version) for p in (s.pending[i] for i in sorted(s.pending))),
-        s.respawn,
-        s.upgrading,
-        s.upgrade_subscribers,
-        s.reexec_purpose,
-        s.reexec_subscribers,
-        s.shutdown_signal,
-        s.deaths_before_ack,
-        s.last_spinup_at,
-        s.exit_code,
-    )
+    """Hashable identity of a canonical state: every `State` field, so that a new field
+    can never silently merge distinct states."""
+    return tuple(_hashable(getattr(s, name)) for name in _STATE_FIELDS)
 
 
 # --- exploration ----------------------------------------------------------
@@ -544,9 +560,13 @@ def describe_event(event: Event) -> str:
         case Tick(now=now):
             return f"time passes to t={now:g}"
         case MasterStarted(restored=restored):
-            return "master re-exec succeeded, state restored" if restored else "master starts"
+            return "the new master image restores the state" if restored else "master starts"
+        case UpgradeCheckPassed():
+            return "the upgrade check passes"
+        case UpgradeCheckFailed():
+            return "the upgrade check FAILS"
         case ReexecFailed():
-            return "master re-exec FAILED"
+            return "the exec FAILS"
     return repr(event)
 
 
@@ -566,8 +586,8 @@ def describe_state(state: State) -> str:
     extra = []
     if state.upgrading is not None:
         extra.append(f"{state.upgrading.value} upgrade")
-    if state.reexec_purpose is not None:
-        extra.append(f"re-exec ({state.reexec_purpose.value}) pending")
+    if state.reexec is not None:
+        extra.append(f"re-exec ({state.reexec.purpose.value}) {state.reexec.phase.value}")
     if not state.respawn:
         extra.append("respawn off")
     if state.deaths_before_ack:
@@ -585,8 +605,14 @@ def describe_effects(effects: Sequence[Effect]) -> str:
                 shown.append(f"spawn #{sid} (index {index})")
             case SendSignal(pid=pid, signal=sig):
                 shown.append(f"{sig}->{pid}")
-            case ReexecMaster():
-                shown.append("re-exec")
+            case StartUpgradeCheck():
+                shown.append("start upgrade check")
+            case StopUpgradeCheck():
+                shown.append("stop upgrade check")
+            case ExecMaster():
+                shown.append("EXEC")
+            case AbandonExec():
+                shown.append("abandon exec")
             case Exit(code=code):
                 shown.append(f"EXIT {code}")
     return ", ".join(shown)

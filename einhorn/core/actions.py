@@ -1,4 +1,4 @@
-"""Actions shared by event handlers and command handlers: signalling, ACKs, re-exec."""
+"""Actions shared by event handlers and command handlers: signalling, ACKs, spin-ups."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from einhorn.core import pool
-from einhorn.core.effects import Effect, Log, LogLevel, ReexecMaster, Reply, SendSignal
-from einhorn.core.state import ReexecPurpose, State, Subscriber
+from einhorn.core.effects import Effect, Log, LogLevel, Reply, SendSignal, SpawnWorker
+from einhorn.core.state import PendingSpawn, State
 
 Outcome = tuple[State, list[Effect]]
 
@@ -55,17 +55,18 @@ def register_ack(state: State, pid: int) -> Outcome:
     return state, [Log(LogLevel.INFO, message)]
 
 
-def start_reexec(state: State, purpose: ReexecPurpose, subscriber: Subscriber | None) -> Outcome:
-    if not state.respawn:
-        message = "Not reloading einhorn because we're exiting"
-        replies = [Reply(subscriber.conn, message, subscriber.request_id)] if subscriber else []
-        return state, [Log(LogLevel.INFO, message), *replies]
-    subscribers = state.reexec_subscribers + ((subscriber,) if subscriber else ())
-    if state.reexec_purpose is not None:
-        return replace(state, reexec_subscribers=subscribers), [
-            Log(LogLevel.INFO, f"A re-exec ({state.reexec_purpose.value}) is already in progress")
-        ]
-    state = replace(state, reexec_purpose=purpose, reexec_subscribers=subscribers)
-    return state, [*announce(state, LogLevel.INFO, f"Reloading einhorn master ({purpose.value})..."), ReexecMaster()]
-
-
+def spin_up(state: State, count: int) -> Outcome:
+    """Order `count` new workers of the current version at the lowest free indexes."""
+    effects: list[Effect] = []
+    pending = dict(state.pending)
+    used = pool.used_indexes(state)
+    spawn_id = state.next_spawn_id
+    for _ in range(count):
+        index = pool.lowest_free_index(used)
+        used.add(index)
+        pending[spawn_id] = PendingSpawn(spawn_id, index, state.version, state.clock)
+        effects.append(SpawnWorker(spawn_id, index, state.version))
+        spawn_id += 1
+    if count > 0:
+        state = replace(state, pending=pending, next_spawn_id=spawn_id, last_spinup_at=state.clock)
+    return state, effects

@@ -9,12 +9,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from einhorn.core import pool
-from einhorn.core.actions import register_ack, signal_children, start_reexec
+from einhorn.core.actions import register_ack, signal_children
 from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
 from einhorn.core.effects import CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
 from einhorn.core.events import CommandReceived
 from einhorn.core.report import snapshot
 from einhorn.core.state import ReexecPurpose, RequestId, State, Subscriber
+from einhorn.core.upgrade import start_reexec
 
 Outcome = tuple[State, list[Effect]]
 
@@ -301,7 +302,7 @@ def _worker_ack(state: State, request: Request) -> Outcome:
     if state.config.ack_timer is not None:
         # Expected, not an error: a worker written for -m manual ACKs whatever the mode.
         return state, [Log(LogLevel.DEBUG, f"Received a manual ACK from {pid} in timer ACK mode; ignoring"), *effects]
-    if child is None or not child.is_worker:
+    if child is None:
         return state, [Log(LogLevel.ERROR, f"Could not find state for PID {pid}; ignoring ACK."), *effects]
     if child.acked:
         return state, [Log(LogLevel.ERROR, f"Pid {pid} already ACKed; ignoring new ACK."), *effects]
@@ -318,7 +319,7 @@ def _worker_ping(state: State, request: Request) -> Outcome:
     ping_id = request.raw.get("request_id")
     updated = replace(
         child,
-        pinged_at=request.wall,
+        pinged_at=request.now,
         pinged_request_id=None if ping_id is None else str(ping_id),
     )
     state = replace(state, children={**state.children, child.pid: updated})

@@ -7,6 +7,9 @@ from dataclasses import dataclass, replace
 MAX_SPINUP_INTERVAL = 30.0
 """Seconds: the gradual spin-up interval never grows past this, however many workers died."""
 
+UPGRADE_CHECK_TIMEOUT = 30.0
+"""Seconds the upgrade check may run before the re-exec fails (the check is then killed)."""
+
 MAX_WORKERS = 1000
 """Upper bound (inclusive) of `set_workers` and `inc`, as in the original."""
 

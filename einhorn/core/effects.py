@@ -64,8 +64,32 @@ class CloseConnection:
 
 
 @dataclass(frozen=True, slots=True)
-class ReexecMaster:
-    """Re-exec the master image with the current state; answer `ReexecFailed` on failure."""
+class StartUpgradeCheck:
+    """Start `einhorn --upgrade-check`; answer `UpgradeCheckPassed` or `UpgradeCheckFailed` with this id."""
+
+    check_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopUpgradeCheck:
+    """The core no longer wants that check's verdict (timed out, or shutting down): kill and reap it."""
+
+    check_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecMaster:
+    """Re-exec the master image with the state as it is once the events already read are handled.
+
+    The shell performs it after draining the current batch; an `AbandonExec`
+    ordered meanwhile cancels it. The new image answers
+    `MasterStarted(restored=True)`; a failed exec, `ReexecFailed`.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonExec:
+    """Withdraw an `ExecMaster` not yet performed (the master began shutting down)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,4 +97,16 @@ class Exit:
     code: int
 
 
-Effect = Log | SpawnWorker | SendSignal | Reply | ReplyData | CloseConnection | ReexecMaster | Exit
+Effect = (
+    Log
+    | SpawnWorker
+    | SendSignal
+    | Reply
+    | ReplyData
+    | CloseConnection
+    | StartUpgradeCheck
+    | StopUpgradeCheck
+    | ExecMaster
+    | AbandonExec
+    | Exit
+)

@@ -95,8 +95,25 @@ class ConnectionClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class UpgradeCheckPassed:
+    """The upgrade check ordered by `StartUpgradeCheck(check_id)` exited 0."""
+
+    check_id: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeCheckFailed:
+    """That upgrade check could not start, or exited with an error (`reason` says how)."""
+
+    check_id: int
+    reason: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class ReexecFailed:
-    """The master could not re-exec itself; it keeps running the old code."""
+    """The `ExecMaster` order failed (the exec itself); the master keeps running the old code."""
 
     reason: str
     now: float
@@ -112,5 +129,7 @@ Event = (
     | CommandReceived
     | RequestUnparseable
     | ConnectionClosed
+    | UpgradeCheckPassed
+    | UpgradeCheckFailed
     | ReexecFailed
 )

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from einhorn.core import pool, step
 from einhorn.core.commands import normalize_signal
 from einhorn.core.config import MAX_SPINUP_INTERVAL
-from einhorn.core.effects import Effect, Exit, SendSignal, SpawnWorker
-from einhorn.core.events import CommandReceived, Event, MasterStarted, SignalReceived, WorkerSpawned
-from einhorn.core.state import ReexecPurpose, State, UpgradeKind
+from einhorn.core.effects import Effect, ExecMaster, Exit, SendSignal, SpawnWorker, StartUpgradeCheck
+from einhorn.core.events import CommandReceived, Event, MasterStarted, SignalReceived, UpgradeCheckPassed, WorkerSpawned
+from einhorn.core.state import ReexecPhase, ReexecPurpose, State, UpgradeKind
 
 # --- independent counts (BEHAVIOR §4 vocabulary) --------------------------
 
@@ -56,8 +56,6 @@ def census(state: State) -> Census:
     workers = modern = unsignaled_modern = acked = unacked = unsignaled = 0
     old: list[int] = []
     for child in state.children.values():
-        if not child.is_worker:
-            continue
         workers += 1
         if not child.signaled:
             unsignaled += 1
@@ -124,7 +122,7 @@ def check_state(state: State) -> list[str]:
         problems.append(f"S1: {counts.unsignaled_modern} unsignaled modern workers > number {number}")
 
     # S2: indexes of live workers and pending spawns are pairwise distinct.
-    indexes = [c.index for c in state.children.values() if c.is_worker] + [p.index for p in state.pending.values()]
+    indexes = [c.index for c in state.children.values()] + [p.index for p in state.pending.values()]
     if len(indexes) != len(set(indexes)):
         problems.append(f"S2: duplicate worker indexes {sorted(indexes)}")
 
@@ -138,7 +136,8 @@ def check_state(state: State) -> list[str]:
         )
 
     # S4: a gradual spin-up that waits for time has a timer, at most 30 s after the last spin-up.
-    if state.respawn and state.last_spinup_at is not None and counts.missing > 0:
+    # (During a re-exec it waits for the re-exec to end, not for time.)
+    if state.respawn and state.last_spinup_at is not None and counts.missing > 0 and state.reexec is None:
         due = state.last_spinup_at + min(interval, MAX_SPINUP_INTERVAL)
         if state.clock < due:
             deadline = step.next_deadline(state)
@@ -161,7 +160,7 @@ def check_state(state: State) -> list[str]:
     ack_timer = config.ack_timer
     if ack_timer is not None:
         late = sorted(
-            c.pid for c in state.children.values() if c.is_worker and not c.acked and c.spinup_at + ack_timer <= state.clock
+            c.pid for c in state.children.values() if not c.acked and c.spinup_at + ack_timer <= state.clock
         )
         if late:
             problems.append(f"S8: workers {late} are past their timer ACK but not ACKed")
@@ -177,6 +176,20 @@ def check_state(state: State) -> list[str]:
 
     # S9: bookkeeping is consistent.
     problems += _bookkeeping(state)
+
+    # S10: a re-exec is in progress only while respawning (shutting down abandons it).
+    if state.reexec is not None and not state.respawn:
+        problems.append(f"S10: re-exec ({state.reexec.purpose.value}, {state.reexec.phase.value}) in progress while shutting down")
+
+    # S11: a running upgrade check has a deadline: not yet passed, and armed in next_deadline.
+    reexec = state.reexec
+    if reexec is not None and reexec.phase is ReexecPhase.CHECKING:
+        if reexec.deadline <= state.clock:
+            problems.append(f"S11: upgrade check still awaited at {state.clock}, past its deadline {reexec.deadline}")
+        else:
+            deadline = step.next_deadline(state)
+            if deadline is None or deadline > reexec.deadline:
+                problems.append(f"S11: upgrade check due by {reexec.deadline} but next_deadline is {deadline}")
     return problems
 
 
@@ -274,7 +287,7 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
             problems.append(f"T3: spawn {order.spawn_id} at version {order.version}, current is {after.version}")
     if spawns:
         new_ids = {order.spawn_id for order in spawns}
-        used = {c.index for c in after.children.values() if c.is_worker}
+        used = {c.index for c in after.children.values()}
         used |= {p.index for sid, p in after.pending.items() if sid not in new_ids}
         lowest = sorted(set(range(len(used) + len(spawns))) - used)[: len(spawns)]
         chosen = sorted(order.index for order in spawns)
@@ -316,7 +329,6 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
         if e.signal == "USR2"
         and e.signal not in requested
         and e.pid in before.children
-        and before.children[e.pid].is_worker
         and before.children[e.pid].version != after.version
         and not before.children[e.pid].signaled
     )
@@ -363,6 +375,28 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
         unacked = census(after).unacked_modern
         if unacked > after.config.max_unacked:
             problems.append(f"T11: {unacked} un-ACKed new workers > max_unacked {after.config.max_unacked}")
+    return problems + check_lifecycle_step(before, event, after, effects)
+
+
+def check_lifecycle_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
+    """T12-T13: the re-exec lifecycle (spec/upgrades.md)."""
+    problems: list[str] = []
+    # T12: a check is started only by a new re-exec, and the exec is ordered only on the
+    # pass of the current check, while respawning.
+    for order in (e for e in effects if isinstance(e, StartUpgradeCheck)):
+        fresh = before.reexec is None and after.reexec is not None and after.reexec.phase is ReexecPhase.CHECKING
+        if not fresh or after.reexec is None or after.reexec.check_id != order.check_id:
+            problems.append(f"T12: upgrade check {order.check_id} started outside a new re-exec")
+    if any(isinstance(e, ExecMaster) for e in effects):
+        checking = before.reexec is not None and before.reexec.phase is ReexecPhase.CHECKING
+        passed = isinstance(event, UpgradeCheckPassed) and checking and before.reexec is not None and event.check_id == before.reexec.check_id
+        if not passed or not after.respawn:
+            problems.append(f"T12: exec ordered on {type(event).__name__} (check passed: {passed}, respawning: {after.respawn})")
+    # T13: the new image fails every spawn the old one had in flight: none is left pending.
+    if isinstance(event, MasterStarted) and event.restored:
+        lost = sorted(set(before.pending) & set(after.pending))
+        if lost:
+            problems.append(f"T13: spawns {lost} in flight across the re-exec are still pending after the restore")
     return problems
 
 

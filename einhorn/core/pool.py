@@ -16,7 +16,7 @@ from einhorn.core.state import Child, State
 
 
 def workers(state: State) -> list[Child]:
-    return sorted((c for c in state.children.values() if c.is_worker), key=lambda c: c.pid)
+    return sorted(state.children.values(), key=lambda c: c.pid)
 
 
 def modern_workers(state: State) -> list[Child]:
@@ -70,7 +70,7 @@ def spinup_interval(state: State) -> float:
 
 
 def used_indexes(state: State) -> set[int]:
-    used = {c.index for c in state.children.values() if c.is_worker}
+    used = {c.index for c in state.children.values()}
     return used | {p.index for p in state.pending.values()}
 
 

@@ -78,13 +78,13 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
 
 def _child(child: Child, at: Callable[[float | None], Timestamp | None]) -> dict[str, object]:
     return {
-        "type": Symbol(child.kind.value),
+        "type": Symbol("worker"),
         "version": child.version,
         "acked": child.acked,
         "signaled": sorted(child.signaled),
         "last_signaled_at": at(child.last_signaled_at),
         "index": child.index,
         "spinup_time": at(child.spinup_at),
-        "pinged_at": None if child.pinged_at is None else Timestamp(child.pinged_at),
+        "pinged_at": at(child.pinged_at),
         "pinged_request_id": child.pinged_request_id,
     }

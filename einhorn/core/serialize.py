@@ -4,6 +4,10 @@ The document carries `format`; a newer or older master restores it by filling
 missing keys with defaults and dropping unknown ones, and says which in its notes.
 Runtime-changeable settings (`inc`, `set_workers`, `config`) travel in the
 document and override the command line of the new master.
+
+Format 2 (this one) has no child kinds (the state passer is the shell's, not a
+child), one `reexec` record with its phase, and monotonic ping times. A
+format 0 or 1 document is translated first (`_from_format_1`).
 """
 
 from __future__ import annotations
@@ -11,9 +15,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from einhorn.core.config import RUNTIME_SETTINGS, Config, apply_setting
-from einhorn.core.state import Child, ChildKind, PendingSpawn, ReexecPurpose, RequestId, State, Subscriber, UpgradeKind
+from einhorn.core.state import (
+    Child,
+    PendingSpawn,
+    Reexec,
+    ReexecPhase,
+    ReexecPurpose,
+    RequestId,
+    State,
+    Subscriber,
+    UpgradeKind,
+)
 
-FORMAT = 1
+FORMAT = 2
 
 _DEFAULTS: Mapping[str, object] = {
     "format": FORMAT,
@@ -24,8 +38,8 @@ _DEFAULTS: Mapping[str, object] = {
     "respawn": True,
     "upgrading": None,
     "upgrade_subscribers": [],
-    "reexec_purpose": None,
-    "reexec_subscribers": [],
+    "reexec": None,
+    "next_check_id": 0,
     "shutdown_signal": None,
     "deaths_before_ack": 0,
     "last_spinup_at": None,
@@ -36,7 +50,6 @@ _DEFAULTS: Mapping[str, object] = {
 
 _CHILD_DEFAULTS: Mapping[str, object] = {
     "pid": 0,
-    "kind": "worker",
     "version": 0,
     "index": 0,
     "spinup_at": 0.0,
@@ -62,9 +75,9 @@ def to_plain(state: State) -> dict[str, object]:
         "next_spawn_id": state.next_spawn_id,
         "respawn": state.respawn,
         "upgrading": None if state.upgrading is None else state.upgrading.value,
-        "upgrade_subscribers": [[s.conn, s.request_id] for s in state.upgrade_subscribers],
-        "reexec_purpose": None if state.reexec_purpose is None else state.reexec_purpose.value,
-        "reexec_subscribers": [[s.conn, s.request_id] for s in state.reexec_subscribers],
+        "upgrade_subscribers": _subscribers_to_plain(state.upgrade_subscribers),
+        "reexec": None if state.reexec is None else _reexec_to_plain(state.reexec),
+        "next_check_id": state.next_check_id,
         "shutdown_signal": state.shutdown_signal,
         "deaths_before_ack": state.deaths_before_ack,
         "last_spinup_at": state.last_spinup_at,
@@ -74,10 +87,23 @@ def to_plain(state: State) -> dict[str, object]:
     }
 
 
+def _subscribers_to_plain(subscribers: tuple[Subscriber, ...]) -> list[list[object]]:
+    return [[s.conn, s.request_id] for s in subscribers]
+
+
+def _reexec_to_plain(reexec: Reexec) -> dict[str, object]:
+    return {
+        "purpose": reexec.purpose.value,
+        "subscribers": _subscribers_to_plain(reexec.subscribers),
+        "check_id": reexec.check_id,
+        "deadline": reexec.deadline,
+        "phase": reexec.phase.value,
+    }
+
+
 def _child_to_plain(child: Child) -> dict[str, object]:
     return {
         "pid": child.pid,
-        "kind": child.kind.value,
         "version": child.version,
         "index": child.index,
         "spinup_at": child.spinup_at,
@@ -94,10 +120,16 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
     """Restore a state; the notes list what was defaulted or dropped (empty if nothing)."""
     if not isinstance(data, Mapping):
         raise StateFormatError(f"state document is a {type(data).__name__}, not a mapping")
-    doc, notes = _normalize(data, _DEFAULTS, "state")
-    if data.get("format") != FORMAT:
-        notes.insert(0, f"format {data.get('format')!r} restored by format {FORMAT}")
+    given = data.get("format")
+    notes: list[str] = []
+    if given != FORMAT:
+        notes.append(f"format {given!r} restored by format {FORMAT}")
     try:
+        if given is None or (isinstance(given, int) and not isinstance(given, bool) and given < FORMAT):
+            data, translated = _from_format_1(data)
+            notes += translated
+        doc, normalized = _normalize(data, _DEFAULTS, "state")
+        notes += normalized
         children: dict[int, Child] = {}
         for raw in _list(doc["children"]):
             child_doc, child_notes = _normalize(_mapping(raw), _CHILD_DEFAULTS, "child")
@@ -123,8 +155,8 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
             respawn=_bool(doc["respawn"]),
             upgrading=None if doc["upgrading"] is None else UpgradeKind(doc["upgrading"]),
             upgrade_subscribers=_subscribers(doc["upgrade_subscribers"]),
-            reexec_purpose=None if doc["reexec_purpose"] is None else ReexecPurpose(doc["reexec_purpose"]),
-            reexec_subscribers=_subscribers(doc["reexec_subscribers"]),
+            reexec=None if doc["reexec"] is None else _reexec_from_plain(_mapping(doc["reexec"])),
+            next_check_id=int(_num(doc["next_check_id"])),
             shutdown_signal=None if doc["shutdown_signal"] is None else str(doc["shutdown_signal"]),
             deaths_before_ack=int(_num(doc["deaths_before_ack"])),
             last_spinup_at=_optional_float(doc["last_spinup_at"]),
@@ -134,6 +166,45 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
     except (KeyError, IndexError, TypeError, ValueError) as error:
         raise StateFormatError(f"malformed state document: {error}") from error
     return state, notes
+
+
+def _from_format_1(data: Mapping[object, object]) -> tuple[dict[object, object], list[str]]:
+    """A format 0/1 document in format 2's terms (a re-exec then was always past its check).
+
+    Its state passer was listed as a child (the shell reaps it now), its ping
+    times were wall-clock times (dropped: they cannot be made monotonic).
+    """
+    doc = dict(data)
+    notes: list[str] = []
+    children = []
+    passers = pings = 0
+    for raw in _list(doc.get("children", [])):
+        child = dict(_mapping(raw))
+        if child.pop("kind", "worker") != "worker":
+            passers += 1
+            continue
+        if child.get("pinged_at") is not None:
+            pings += 1
+            child["pinged_at"] = None
+        children.append(child)
+    doc["children"] = children
+    if passers:
+        notes.append(f"dropped {passers} state passer(s) from the children")
+    if pings:
+        notes.append(f"dropped {pings} wall-clock ping time(s)")
+    purpose = doc.pop("reexec_purpose", None)
+    subscribers = doc.pop("reexec_subscribers", [])
+    if purpose is not None:
+        doc["reexec"] = {
+            "purpose": purpose,
+            "subscribers": subscribers,
+            "check_id": 0,
+            "deadline": doc.get("clock", 0.0),
+            "phase": ReexecPhase.EXECUTING.value,
+        }
+    doc.setdefault("reexec", None)
+    doc.setdefault("next_check_id", 1 if purpose is not None else 0)
+    return doc, notes
 
 
 def _normalize(data: Mapping[object, object], defaults: Mapping[str, object], what: str) -> tuple[dict[str, object], list[str]]:
@@ -151,7 +222,6 @@ def _normalize(data: Mapping[object, object], defaults: Mapping[str, object], wh
 def _child_from_plain(doc: Mapping[str, object]) -> Child:
     return Child(
         pid=int(_num(doc["pid"])),
-        kind=ChildKind(doc["kind"]),
         version=int(_num(doc["version"])),
         index=int(_num(doc["index"])),
         spinup_at=float(_num(doc["spinup_at"])),
@@ -161,6 +231,16 @@ def _child_from_plain(doc: Mapping[str, object]) -> Child:
         killed=_bool(doc["killed"]),
         pinged_at=_optional_float(doc["pinged_at"]),
         pinged_request_id=None if doc["pinged_request_id"] is None else str(doc["pinged_request_id"]),
+    )
+
+
+def _reexec_from_plain(doc: Mapping[object, object]) -> Reexec:
+    return Reexec(
+        purpose=ReexecPurpose(doc["purpose"]),
+        subscribers=_subscribers(doc["subscribers"]),
+        check_id=int(_num(doc["check_id"])),
+        deadline=float(_num(doc["deadline"])),
+        phase=ReexecPhase(doc["phase"]),
     )
 
 

@@ -14,6 +14,14 @@ shell answers with `WorkerSpawned` (the pending spawn becomes a `Child`) or
 `SpawnFailed` (it is dropped and counts as a death before ACK). Pending spawns
 count as workers everywhere a count decides whether to start more, so a spawn
 in flight is never duplicated.
+
+A re-exec has the same shape (spec/upgrades.md): the core records a `Reexec`
+in phase CHECKING with a deadline and orders `StartUpgradeCheck`; the shell
+answers `UpgradeCheckPassed` or `UpgradeCheckFailed`. On a pass the phase
+becomes EXECUTING and the core orders `ExecMaster`; the new image answers
+`MasterStarted(restored=True)`, a failed exec `ReexecFailed`. Shutting down
+abandons a re-exec in either phase, and the deadline fails it: both are
+decided here, never in the shell.
 """
 
 from __future__ import annotations
@@ -23,11 +31,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from einhorn.core.config import Config
-
-
-class ChildKind(enum.Enum):
-    WORKER = "worker"
-    STATE_PASSER = "state_passer"
 
 
 class UpgradeKind(enum.Enum):
@@ -43,10 +46,21 @@ class ReexecPurpose(enum.Enum):
     FLEET_UPGRADE = "fleet_upgrade"
 
 
+class ReexecPhase(enum.Enum):
+    """Where a re-exec is (spec/upgrades.md): the check runs, then the exec is ordered."""
+
+    CHECKING = "checking"
+    """`StartUpgradeCheck` ordered; its verdict is due by `Reexec.deadline`."""
+    EXECUTING = "executing"
+    """The check passed and `ExecMaster` is ordered; `MasterStarted(restored)` or `ReexecFailed` ends it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Child:
+    """A worker process. (The shell's own helpers, the upgrade check and the
+    state passer, are not children of the core: the shell reaps them.)"""
+
     pid: int
-    kind: ChildKind
     version: int
     index: int
     spinup_at: float
@@ -55,11 +69,8 @@ class Child:
     last_signaled_at: float | None = None
     killed: bool = False
     pinged_at: float | None = None
+    """Monotonic time of the last `worker:ping` (shown as wall-clock time)."""
     pinged_request_id: str | None = None
-
-    @property
-    def is_worker(self) -> bool:
-        return self.kind is ChildKind.WORKER
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +94,18 @@ class Subscriber:
 
 
 @dataclass(frozen=True, slots=True)
+class Reexec:
+    """A re-exec in progress: why, who hears how it ends, and which phase it is in."""
+
+    purpose: ReexecPurpose
+    subscribers: tuple[Subscriber, ...]
+    check_id: int
+    deadline: float
+    """When the upgrade check must have passed (monotonic); past it, the re-exec fails."""
+    phase: ReexecPhase = ReexecPhase.CHECKING
+
+
+@dataclass(frozen=True, slots=True)
 class State:
     config: Config
     version: int = 0
@@ -92,14 +115,22 @@ class State:
     respawn: bool = True
     upgrading: UpgradeKind | None = None
     upgrade_subscribers: tuple[Subscriber, ...] = ()
-    reexec_purpose: ReexecPurpose | None = None
-    reexec_subscribers: tuple[Subscriber, ...] = ()
+    reexec: Reexec | None = None
+    next_check_id: int = 0
     shutdown_signal: str | None = None
     deaths_before_ack: int = 0
     last_spinup_at: float | None = None
     clock: float = 0.0
     verbosity: int = 1
     exit_code: int | None = None
+
+    @property
+    def reexec_purpose(self) -> ReexecPurpose | None:
+        return None if self.reexec is None else self.reexec.purpose
+
+    @property
+    def reexec_subscribers(self) -> tuple[Subscriber, ...]:
+        return () if self.reexec is None else self.reexec.subscribers
 
 
 def initial_state(config: Config, verbosity: int = 1) -> State:

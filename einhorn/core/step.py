@@ -8,12 +8,12 @@ its rules and invariants in words.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import TypeVar, assert_never
 
-from einhorn.core import pool
-from einhorn.core.actions import announce, register_ack, signal_children, start_reexec
+from einhorn.core import pool, upgrade
+from einhorn.core.actions import announce, register_ack, signal_children, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
     Effect,
@@ -22,7 +22,6 @@ from einhorn.core.effects import (
     LogLevel,
     Reply,
     SendSignal,
-    SpawnWorker,
 )
 from einhorn.core.events import (
     ChildExited,
@@ -35,17 +34,11 @@ from einhorn.core.events import (
     SignalReceived,
     SpawnFailed,
     Tick,
+    UpgradeCheckFailed,
+    UpgradeCheckPassed,
     WorkerSpawned,
 )
-from einhorn.core.state import (
-    Child,
-    ChildKind,
-    PendingSpawn,
-    ReexecPurpose,
-    State,
-    Subscriber,
-    UpgradeKind,
-)
+from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind
 
 Outcome = tuple[State, list[Effect]]
 _V = TypeVar("_V")
@@ -72,8 +65,12 @@ def step(state: State, event: Event) -> Outcome:
             effects = [Reply(event.conn, "Could not parse command")]
         case ConnectionClosed():
             state, effects = _on_connection_closed(state, event)
+        case UpgradeCheckPassed():
+            state, effects = upgrade.on_check_passed(state, event)
+        case UpgradeCheckFailed():
+            state, effects = upgrade.on_check_failed(state, event)
         case ReexecFailed():
-            state, effects = _on_reexec_failed(state, event)
+            state, effects = upgrade.on_reexec_failed(state, event)
         case _:
             assert_never(event)
     state, more = reconcile(state)
@@ -83,19 +80,11 @@ def step(state: State, event: Event) -> Outcome:
 def next_deadline(state: State) -> float | None:
     """When the shell must wake the core with a `Tick`, if nothing else happens first.
 
-    Only deadlines after `state.clock` count: one at or before it has already
-    been acted on, or is blocked until some other event changes the state.
+    The earliest deadline of any timer (`TIMERS`) after `state.clock`: one at
+    or before it has already fired, or is blocked until some other event
+    changes the state.
     """
-    deadlines: list[float] = []
-    ack_timer = state.config.ack_timer
-    for child in state.children.values():
-        if child.is_worker and not child.acked and ack_timer is not None:
-            deadlines.append(child.spinup_at + ack_timer)
-        if state.config.signal_timeout is not None and child.last_signaled_at is not None and not child.killed:
-            deadlines.append(child.last_signaled_at + state.config.signal_timeout)
-    if state.respawn and state.last_spinup_at is not None and pool.missing_worker_count(state) > 0:
-        deadlines.append(state.last_spinup_at + pool.spinup_interval(state))
-    future = [d for d in deadlines if d > state.clock]
+    future = [deadline for timer in TIMERS for deadline, _ in timer.due(state) if deadline > state.clock]
     return min(future) if future else None
 
 
@@ -103,27 +92,7 @@ def next_deadline(state: State) -> float | None:
 
 
 def _on_started(state: State, event: MasterStarted) -> Outcome:
-    if not event.restored:
-        return state, []
-    effects: list[Effect] = [
-        Log(LogLevel.INFO, f"Restored state: version {state.version}, {len(pool.workers(state))} workers")
-    ]
-    purpose = state.reexec_purpose
-    subscribers = state.reexec_subscribers
-    state = replace(state, reexec_purpose=None, reexec_subscribers=())
-    match purpose:
-        case None:
-            pass
-        case ReexecPurpose.RELOAD:
-            effects += [Reply(s.conn, "Reload done", s.request_id) for s in subscribers]
-        case ReexecPurpose.SMOOTH_UPGRADE | ReexecPurpose.FLEET_UPGRADE:
-            kind = UpgradeKind.SMOOTH if purpose is ReexecPurpose.SMOOTH_UPGRADE else UpgradeKind.FLEET
-            state = replace(state, upgrade_subscribers=(*state.upgrade_subscribers, *subscribers))
-            state, more = upgrade_workers(state, kind)
-            effects += more
-        case _:
-            assert_never(purpose)
-    return state, effects
+    return upgrade.on_restored(state) if event.restored else (state, [])
 
 
 def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
@@ -132,7 +101,6 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
         return state, [Log(LogLevel.ERROR, f"Spawn result for unknown spawn {event.spawn_id} (pid {event.pid}); ignoring")]
     child = Child(
         pid=event.pid,
-        kind=ChildKind.WORKER,
         version=pending.version,
         index=pending.index,
         spinup_at=event.now,
@@ -170,8 +138,6 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
     if child is None:
         return state, [Log(LogLevel.INFO, f"Reaped unknown process {event.pid} ({_describe_exit(event)}); ignoring")]
     state = replace(state, children=_without(state.children, event.pid))
-    if child.kind is ChildKind.STATE_PASSER:
-        return state, [Log(LogLevel.DEBUG, f"===> Exited state passing process {event.pid}")]
     extra = ""
     if not child.acked:
         state = replace(state, deaths_before_ack=state.deaths_before_ack + 1)
@@ -195,9 +161,9 @@ def _on_signal(state: State, event: SignalReceived) -> Outcome:
             state, effects = _shut_down(state, event.signal, "QUIT")
             return replace(state, exit_code=1), [*effects, Exit(1)]
         case "HUP":
-            return start_reexec(state, ReexecPurpose.SMOOTH_UPGRADE, None)
+            return upgrade.start_reexec(state, ReexecPurpose.SMOOTH_UPGRADE, None)
         case "ALRM":
-            state, effects = start_reexec(state, ReexecPurpose.SMOOTH_UPGRADE, None)
+            state, effects = upgrade.start_reexec(state, ReexecPurpose.SMOOTH_UPGRADE, None)
             return state, [Log(LogLevel.ERROR, "Upgrading using SIGALRM is deprecated. Please switch to SIGHUP"), *effects]
         case other:
             return state, [Log(LogLevel.DEBUG, f"Ignoring SIG{other}")]
@@ -214,113 +180,117 @@ def _on_connection_closed(state: State, event: ConnectionClosed) -> Outcome:
     def keep(subscribers: tuple[Subscriber, ...]) -> tuple[Subscriber, ...]:
         return tuple(s for s in subscribers if s.conn != event.conn)
 
-    return replace(
-        state,
-        upgrade_subscribers=keep(state.upgrade_subscribers),
-        reexec_subscribers=keep(state.reexec_subscribers),
-    ), []
-
-
-def _on_reexec_failed(state: State, event: ReexecFailed) -> Outcome:
-    what = "reload" if state.reexec_purpose is ReexecPurpose.RELOAD else "upgrade"
-    message = f"Can not initiate einhorn master {what} safely, aborting: {event.reason}"
-    effects: list[Effect] = [Log(LogLevel.ERROR, message)]
-    effects += [Reply(s.conn, f"ERROR: {message}", s.request_id) for s in state.reexec_subscribers]
-    return replace(state, reexec_purpose=None, reexec_subscribers=()), effects
-
-
-# --- upgrades -------------------------------------------------------------
-
-
-def upgrade_workers(state: State, kind: UpgradeKind) -> Outcome:
-    """Bump the version and start replacing workers (the worker half of an upgrade)."""
-    if state.upgrading is not None:
-        note = (
-            f"Currently upgrading ({pool.ack_count(state)} / {pool.ack_target(state)} ACKs;"
-            " bumping version and starting over)..."
-        )
-    else:
-        note = f"Starting {kind.value} upgrade from version {state.version}..."
-    state = replace(
-        state,
-        upgrading=kind,
-        version=state.version + 1,
-        deaths_before_ack=0,
-    )
-    effects = announce(state, LogLevel.INFO, note)
-    if kind is UpgradeKind.FLEET and state.respawn:
-        state, more = _spin_up(state, _fleet_capacity(state))
-        effects += more
-    return state, effects
-
-
-def _fleet_capacity(state: State) -> int:
-    missing = pool.missing_worker_count(state)
-    extra = state.config.max_upgrade_additional
-    if extra is None:
-        return missing
-    return max(0, min(missing, state.config.number + extra - pool.total_worker_count(state)))
+    reexec = state.reexec
+    if reexec is not None:
+        reexec = replace(reexec, subscribers=keep(reexec.subscribers))
+    return replace(state, upgrade_subscribers=keep(state.upgrade_subscribers), reexec=reexec), []
 
 
 # --- reconcile: the scheduling pass after every event ---------------------
 
 
-def reconcile(state: State) -> Outcome:
+@dataclass(frozen=True, slots=True)
+class Timer:
+    """A rule that acts when a deadline passes: `due` lists (deadline, subject)
+    pairs, `fire` acts on one subject. Reconcile fires every subject whose
+    deadline is at or before the clock, and `next_deadline` is the earliest
+    later one: the deadline and its action are one definition."""
+
+    due: Callable[[State], Iterable[tuple[float, int]]]
+    fire: Callable[[State, int], Outcome]
+
+
+def _ack_timer_due(state: State) -> Iterable[tuple[float, int]]:
+    delay = state.config.ack_timer
+    if delay is None:
+        return ()
+    return [(c.spinup_at + delay, c.pid) for c in pool.workers(state) if not c.acked]
+
+
+def _escalation_due(state: State) -> Iterable[tuple[float, int]]:
+    timeout = state.config.signal_timeout
+    if timeout is None:
+        return ()
+    return [
+        (c.last_signaled_at + timeout, c.pid)
+        for c in state.children.values()
+        if c.last_signaled_at is not None and not c.killed
+    ]
+
+
+def _escalate(state: State, pid: int) -> Outcome:
+    child = state.children[pid]
+    state = replace(state, children={**state.children, pid: replace(child, killed=True)})
+    return state, [
+        Log(LogLevel.INFO, f"Child {pid} is still active after {state.config.signal_timeout}s. Sending SIGKILL."),
+        SendSignal(pid, "KILL"),
+    ]
+
+
+def _check_due(state: State) -> Iterable[tuple[float, int]]:
+    deadline = upgrade.check_deadline(state)
+    return () if deadline is None else [(deadline, 0)]
+
+
+def _spinup_due(state: State) -> Iterable[tuple[float, int]]:
+    """A gradual spin-up: the interval after the last one (none while a re-exec is in progress:
+    a worker started now would be of the old version)."""
+    if not state.respawn or state.last_spinup_at is None or state.reexec is not None:
+        return ()
+    if pool.missing_worker_count(state) <= 0:
+        return ()
+    return [(state.last_spinup_at + pool.spinup_interval(state), 0)]
+
+
+# (The lambdas look their rule up when called, so that a test can plant a bug in one.)
+TIMER_ACKS = Timer(lambda state: _ack_timer_due(state), lambda state, pid: register_ack(state, pid))
+ESCALATION = Timer(lambda state: _escalation_due(state), lambda state, pid: _escalate(state, pid))
+CHECK_DEADLINE = Timer(lambda state: _check_due(state), lambda state, _: upgrade.fail_overdue_check(state))
+GRADUAL_SPINUP = Timer(lambda state: _spinup_due(state), lambda state, _: _spin_up_gradually(state))
+TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP)
+
+
+def _fire(timer: Timer, state: State) -> Outcome:
     effects: list[Effect] = []
-    for phase in (_timer_acks, _escalate, _replenish, _cull, _maybe_exit):
+    for deadline, subject in list(timer.due(state)):
+        if deadline <= state.clock:
+            state, more = timer.fire(state, subject)
+            effects += more
+    return state, effects
+
+
+def reconcile(state: State) -> Outcome:
+    """The scheduling pass after every event, in this order (spec/README.md §4)."""
+    effects: list[Effect] = []
+    phases: tuple[Callable[[State], Outcome], ...] = (
+        lambda s: _fire(TIMER_ACKS, s),
+        lambda s: _fire(ESCALATION, s),
+        lambda s: _fire(CHECK_DEADLINE, s),
+        upgrade.abandon_when_shutting_down,
+        _first_fill,
+        lambda s: _fire(GRADUAL_SPINUP, s),
+        _cull,
+        _maybe_exit,
+    )
+    for phase in phases:
         state, more = phase(state)
         effects += more
     return state, effects
 
 
-def _timer_acks(state: State) -> Outcome:
-    delay = state.config.ack_timer
-    if delay is None:
+def _first_fill(state: State) -> Outcome:
+    """Before any spin-up, every missing worker starts at once."""
+    if not state.respawn or state.last_spinup_at is not None or state.reexec is not None:
         return state, []
-    effects: list[Effect] = []
-    for child in pool.workers(state):
-        if not child.acked and child.spinup_at + delay <= state.clock:
-            state, more = register_ack(state, child.pid)
-            effects += more
-    return state, effects
-
-
-def _escalate(state: State) -> Outcome:
-    timeout = state.config.signal_timeout
-    if timeout is None:
+    missing = pool.missing_worker_count(state)
+    if missing <= 0:
         return state, []
-    effects: list[Effect] = []
-    children = dict(state.children)
-    for child in state.children.values():
-        if child.last_signaled_at is None or child.killed or child.last_signaled_at + timeout > state.clock:
-            continue
-        children[child.pid] = replace(child, killed=True)
-        effects += [
-            Log(LogLevel.INFO, f"Child {child.pid} is still active after {timeout}s. Sending SIGKILL."),
-            SendSignal(child.pid, "KILL"),
-        ]
-    return replace(state, children=children), effects
+    state, effects = spin_up(state, missing)
+    return state, [Log(LogLevel.INFO, f"Launching {missing} new workers"), *effects]
 
 
-def _replenish(state: State) -> Outcome:
-    if not state.respawn or pool.missing_worker_count(state) <= 0:
-        return state, []
-    if state.reexec_purpose is not None:
-        # The master is about to exec (or has just exec'd and not yet been told
-        # `MasterStarted`): a worker started now would be of the old version.
-        return state, []
-    if state.last_spinup_at is None:
-        missing = pool.missing_worker_count(state)
-        state, effects = _spin_up(state, missing)
-        return state, [Log(LogLevel.INFO, f"Launching {missing} new workers"), *effects]
-    return _replenish_gradually(state)
-
-
-def _replenish_gradually(state: State) -> Outcome:
-    assert state.last_spinup_at is not None
+def _spin_up_gradually(state: State) -> Outcome:
     interval = pool.spinup_interval(state)
-    if state.clock < state.last_spinup_at + interval:
-        return state, []
     unacked = pool.unacked_unsignaled_modern_count(state)
     if unacked >= state.config.max_unacked:
         return state, []
@@ -332,24 +302,8 @@ def _replenish_gradually(state: State) -> Outcome:
         f"Launching a new process since there are {unacked} unacked new workers"
         f" and max_unacked is {state.config.max_unacked} (spin-up interval {interval:g}s)",
     )
-    state, effects = _spin_up(state, 1)
+    state, effects = spin_up(state, 1)
     return state, [note, *effects]
-
-
-def _spin_up(state: State, count: int) -> Outcome:
-    effects: list[Effect] = []
-    pending = dict(state.pending)
-    used = pool.used_indexes(state)
-    spawn_id = state.next_spawn_id
-    for _ in range(count):
-        index = pool.lowest_free_index(used)
-        used.add(index)
-        pending[spawn_id] = PendingSpawn(spawn_id, index, state.version, state.clock)
-        effects.append(SpawnWorker(spawn_id, index, state.version))
-        spawn_id += 1
-    if count > 0:
-        state = replace(state, pending=pending, next_spawn_id=spawn_id, last_spinup_at=state.clock)
-    return state, effects
 
 
 def _cull(state: State) -> Outcome:
@@ -420,3 +374,4 @@ def _maybe_exit(state: State) -> Outcome:
 
 def _without(mapping: Mapping[int, _V], key: int) -> dict[int, _V]:
     return {k: v for k, v in mapping.items() if k != key}
+

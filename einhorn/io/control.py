@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from einhorn import protocol
 from einhorn.core.commands import ConfigDocumentError
 from einhorn.core.events import CommandReceived, ConnectionClosed, Event, RequestUnparseable
+from einhorn.io.handoff import Descriptor, Handoff
 from einhorn.io.logs import Logger
 
 MAX_CONNECTIONS = 256
@@ -37,6 +38,43 @@ class Connection:
     closing: bool = False
     trusted: bool = False
     """Created by the master itself (a `-g` worker socket): not counted against the cap."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredConnection:
+    """A command connection as it crosses a re-exec: its fd and what was buffered either way."""
+
+    id: int
+    fd: int
+    unread: bytes
+    unsent: bytes
+
+    def descriptor(self) -> Descriptor:
+        data = {"id": self.id, "unread": self.unread.decode("latin-1"), "unsent": self.unsent.decode("latin-1")}
+        return Descriptor(CONNECTION, self.fd, data)
+
+    @classmethod
+    def of(cls, descriptor: Descriptor) -> RestoredConnection:
+        data = descriptor.data
+        conn_id, unread, unsent = data["id"], data["unread"], data["unsent"]
+        if isinstance(conn_id, bool) or not isinstance(conn_id, int) or not isinstance(unread, str) or not isinstance(unsent, str):
+            raise ValueError(f"malformed connection descriptor {dict(data)!r}")
+        return cls(conn_id, descriptor.fd, unread.encode("latin-1"), unsent.encode("latin-1"))
+
+
+COMMAND_SERVER = "command_server"
+CONNECTION = "connection"
+"""The kinds this module registers with the hand-off registry."""
+
+
+def restored_server(handoff: Handoff) -> tuple[socket.socket, list[RestoredConnection]]:
+    """The command server socket and connections the old image handed over (ValueError if absent)."""
+    servers = handoff.claim(COMMAND_SERVER)
+    if len(servers) != 1:
+        raise ValueError(f"expected one command server descriptor, got {len(servers)}")
+    server = socket.socket(fileno=servers[0].fd)
+    server.set_inheritable(False)
+    return server, [RestoredConnection.of(d) for d in handoff.claim(CONNECTION)]
 
 
 class CommandServer:
@@ -230,6 +268,14 @@ class CommandServer:
         conn = self.connections[conn_id]
         lines = self._pending_lines.get(conn_id, [])
         return b"".join(line + b"\n" for line in lines) + conn.reader.pending
+
+    def descriptors(self) -> list[Descriptor]:
+        """For the hand-off registry: the server socket and every connection with its buffers."""
+        found = [Descriptor(COMMAND_SERVER, self.server.fileno())]
+        for conn in self.connections.values():
+            restored = RestoredConnection(conn.id, conn.sock.fileno(), self.pending_input(conn.id), bytes(conn.output))
+            found.append(restored.descriptor())
+        return found
 
     def shutdown(self) -> None:
         for conn in list(self.connections.values()):

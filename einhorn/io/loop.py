@@ -13,24 +13,26 @@ import os
 import selectors
 import signal
 import socket
-import sys
 import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import assert_never
 
 from einhorn.core.effects import (
+    AbandonExec,
     CloseConnection,
     Effect,
+    ExecMaster,
     Exit,
     Log,
-    LogLevel,
-    ReexecMaster,
     Reply,
     ReplyData,
     SendSignal,
     SpawnWorker,
+    StartUpgradeCheck,
+    StopUpgradeCheck,
 )
 from einhorn.core.events import (
     ChildExited,
@@ -40,26 +42,17 @@ from einhorn.core.events import (
     SignalReceived,
     SpawnFailed,
     Tick,
+    UpgradeCheckFailed,
+    UpgradeCheckPassed,
     WorkerSpawned,
 )
-from einhorn.core.state import ChildKind, RequestId, State
+from einhorn.core.state import RequestId, State
 from einhorn.core.step import next_deadline, step
-from einhorn.io import reexec, render
-from einhorn.io.control import CommandServer
+from einhorn.io import reexec, render, signals
+from einhorn.io.control import CommandServer, RestoredConnection
+from einhorn.io.handoff import Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, spawn_worker
-
-HANDLED_SIGNALS = (
-    signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGALRM,
-    signal.SIGUSR1, signal.SIGUSR2, signal.SIGCHLD, signal.SIGWINCH,
-)
-BLOCKED_ACROSS_EXEC = frozenset(HANDLED_SIGNALS) - {signal.SIGCHLD}
-"""Blocked and ignored from just before a re-exec until the new image has its
-handlers, so that a SIGHUP/SIGTERM sent meanwhile does not kill the master with
-the default action. Both survive exec: while the mask holds (einhorn exec'd
-directly, or a bash wrapper) the signal stays pending and is acted upon late; a
-wrapper that clears the mask (dash) inherits the ignored disposition, and a
-signal sent while it runs is lost. (SIGCHLD's default keeps zombies.)"""
 
 
 @dataclass(frozen=True)
@@ -87,36 +80,38 @@ class Master:
         self,
         state: State,
         options: ShellOptions,
-        listeners: Sequence[socket.socket],
         server: socket.socket,
         log: Logger,
-        restored: Sequence[reexec.RestoredConnection] = (),
+        handoff: Handoff,
+        restored: Sequence[RestoredConnection] = (),
+        helpers: Iterable[int] = (),
     ) -> None:
         self.state = state
         self.options = options
-        self.listeners = list(listeners)
         self.log = log
         self.log.verbosity = state.verbosity
+        self.handoff = handoff
         self.exit_code: int | None = None
-        self.reexec_requested = False
-        """Set by `ReexecMaster`: start the upgrade check once every queued event is handled."""
-        self.upgrade_check: reexec.UpgradeCheck | None = None
-        """The running `--upgrade-check`; the master keeps serving meanwhile."""
-        self.exec_ready = False
-        """The check passed: exec at the end of this loop iteration, once everything read is handled."""
+        self.upgrade_checks: dict[int, reexec.UpgradeCheck] = {}
+        """Running `--upgrade-check` processes by pid; the master keeps serving meanwhile."""
+        self.helpers: set[int] = set(helpers)
+        """The shell's other processes (state passers, stopped checks): reaped quietly, never events."""
+        self.exec_ordered = False
+        """`ExecMaster` was ordered: exec at the end of this loop iteration, once everything read is handled."""
         self.selector = selectors.DefaultSelector()
         self.wake_reader, self.wake_writer = socket.socketpair()
         for end in (self.wake_reader, self.wake_writer):
             end.setblocking(False)
         self.selector.register(self.wake_reader, selectors.EVENT_READ, self._drain_signals)
         self.server = CommandServer(server, self.selector, log, monotonic_and_wall)
+        handoff.register(self.server.descriptors)
         for conn in restored:
             self.server.adopt(socket.socket(fileno=conn.fd), read=conn.unread, output=conn.unsent, conn_id=conn.id)
 
     # --- main loop ----------------------------------------------------------
 
     def run(self, restored: bool = False) -> int:
-        self._install_signal_handlers()
+        signals.install(self.wake_writer)
         try:
             if restored:
                 self.feed(self._check_restored_children())
@@ -136,12 +131,8 @@ class Master:
         if self.exit_code is not None:
             return
         deadline = next_deadline(self.state)
-        wake_at = deadline
-        check = self.upgrade_check
-        if check is not None and not check.timed_out:
-            wake_at = check.deadline if wake_at is None else min(wake_at, check.deadline)
-        timeout = None if wake_at is None else max(0.0, wake_at - time.monotonic())
-        if self.exec_ready:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if self.exec_ordered:
             timeout = 0.0  # take in what is already there, then exec (below)
         events: list[Event] = []
         for key, _ in self.selector.select(timeout):
@@ -153,29 +144,16 @@ class Master:
         self.feed(self._reap())
         self.feed(events)
         self.feed(self.server.take_closed())
-        if check is not None and check is self.upgrade_check and not check.timed_out and time.monotonic() >= check.deadline:
-            check.timed_out = True  # reaped like any child; its verdict then says it timed out
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(check.pid, signal.SIGKILL)
         if deadline is not None and time.monotonic() >= deadline:
             self.feed([Tick(time.monotonic())])
-        if self.exec_ready and self.exit_code is None:
-            # Only here, once everything this wake-up read (signals, requests, ACKs) is
-            # handled: the exec would lose what was read but not yet fed to the core.
-            self.exec_ready = False
-            self.feed(self._reexec_unless_exiting())
+        if self.exec_ordered and self.exit_code is None:
+            # The one I/O rule of a re-exec: only here, once everything this wake-up read
+            # (signals, requests, ACKs) is handled, or the exec would lose it.
+            self.feed(self._exec_master())
 
     def feed(self, events: Iterable[Event]) -> None:
         queue = deque(events)
-        while self.exit_code is None:
-            if not queue:
-                # The upgrade check starts once nothing is queued; the exec that
-                # follows it waits for the end of `_iterate`.
-                if self.reexec_requested and self.upgrade_check is None:
-                    self.reexec_requested = False
-                    queue.extend(self._start_upgrade_check())
-                    continue
-                break
+        while queue and self.exit_code is None:
             event = queue.popleft()
             try:
                 self.state, effects = step(self.state, event)
@@ -209,11 +187,18 @@ class Master:
                 self.server.send(conn, _envelope(text, request_id, False))
             case CloseConnection(conn):
                 self.server.close(conn)
-            case ReexecMaster():
-                # The core asks once per re-exec; one already under way serves it too.
-                self.reexec_requested = self.upgrade_check is None and not self.exec_ready
+            case StartUpgradeCheck(check_id):
+                return self._start_upgrade_check(check_id)
+            case StopUpgradeCheck(check_id):
+                self._stop_upgrade_check(check_id)
+            case ExecMaster():
+                self.exec_ordered = True
+            case AbandonExec():
+                self.exec_ordered = False
             case Exit(code):
                 self.exit_code = code
+            case _:
+                assert_never(effect)
         return []
 
     def _spawn(self, order: SpawnWorker) -> Event:
@@ -254,7 +239,7 @@ class Master:
 
     def _send_signal(self, pid: int, name: str) -> None:
         try:
-            os.kill(pid, signal.Signals[f"SIG{name}"])
+            os.kill(pid, signals.number(name))
         except ProcessLookupError:
             self.log.debug(f"Attempted to {name} child {pid} but the process does not exist")
         except (KeyError, OSError) as error:
@@ -271,10 +256,14 @@ class Master:
                 break
             if pid == 0:
                 break
-            if self.upgrade_check is not None and pid == self.upgrade_check.pid:
-                events += self._upgrade_check_done(status)
-                continue
-            events.append(_exited(pid, status))
+            check = self.upgrade_checks.pop(pid, None)
+            if check is not None:
+                events.append(_verdict(check, status))
+            elif pid in self.helpers:
+                self.helpers.discard(pid)
+                self.log.debug(f"===> Exited helper process {pid} ({_describe_status(status)})")
+            else:
+                events.append(_exited(pid, status))
         return events
 
     def _check_restored_children(self) -> list[Event]:
@@ -283,130 +272,79 @@ class Master:
         A zombie is reaped here. A pid that is no longer our child at all was
         reaped by whatever ran between the exec and now (a `--reexec-as` shell
         waiting for its own commands does that): it is reported as exited too,
-        and never signaled, since its pid may already be reused. A spawn still
-        pending in the document (only an older master execs with one in flight)
-        will never be answered: it is reported as failed, or it would hold its
-        slot for ever.
+        and never signaled, since its pid may already be reused.
         """
-        events: list[Event] = [
-            SpawnFailed(spawn_id, "its outcome was lost across the master's re-exec", time.monotonic())
-            for spawn_id in sorted(self.state.pending)
-        ]
+        events: list[Event] = []
         for pid in sorted(self.state.children):
             try:
                 done, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
-                passer = self.state.children[pid].kind is ChildKind.STATE_PASSER
-                self.log.log(
-                    LogLevel.DEBUG if passer else LogLevel.INFO,
-                    f"Child {pid} exited while the master was re-exec'ing and was reaped by another process",
-                )
+                self.log.info(f"Child {pid} exited while the master was re-exec'ing and was reaped by another process")
                 events.append(ChildExited(pid, None, None, time.monotonic()))
                 continue
             if done:
                 events.append(_exited(pid, status))
         return events
 
-    def _install_signal_handlers(self) -> None:
-        for signum in HANDLED_SIGNALS:
-            signal.signal(signum, _wake_only)
-        signal.set_wakeup_fd(self.wake_writer.fileno(), warn_on_full_buffer=False)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_ACROSS_EXEC)
-
     def _drain_signals(self) -> list[Event]:
-        events: list[Event] = []
-        while True:
-            try:
-                data = self.wake_reader.recv(4096)
-            except (BlockingIOError, InterruptedError):
-                break
-            if not data:
-                break
-            for signum in data:
-                if signum == signal.SIGCHLD:
-                    continue
-                with contextlib.suppress(ValueError):
-                    events.append(SignalReceived(signal.Signals(signum).name[3:], time.monotonic()))
-        return events
+        now = time.monotonic()
+        return [SignalReceived(name, now) for name in signals.drain(self.wake_reader)]
 
-    # --- re-exec --------------------------------------------------------------
+    # --- re-exec: the core decides, this performs -------------------------------
 
-    def _start_upgrade_check(self) -> list[Event]:
-        """Fork `einhorn --upgrade-check`; the exec follows when it exits 0 (`_upgrade_check_done`)."""
+    def _start_upgrade_check(self, check_id: int) -> list[Event]:
+        """Fork `einhorn --upgrade-check`; its exit becomes the verdict (`_reap`)."""
         options = self.options
         argv = [*options.reexec_command, "--upgrade-check", "--", *options.program_argv]
         try:
-            self.upgrade_check = reexec.start_upgrade_check(argv, options.reexec_environ, time.monotonic())
+            check = reexec.start_upgrade_check(check_id, argv, options.reexec_environ)
         except OSError as error:
-            why = f"could not fork the upgrade check: {error.strerror}"
-            return [ReexecFailed(f"the new einhorn failed its upgrade check: {why}", time.monotonic())]
+            return [UpgradeCheckFailed(check_id, f"could not fork the upgrade check: {error.strerror}", time.monotonic())]
+        self.upgrade_checks[check.pid] = check
         return []
 
-    def _upgrade_check_done(self, status: int) -> list[Event]:
-        assert self.upgrade_check is not None
-        why = self.upgrade_check.verdict(status)
-        self.upgrade_check = None
-        if why is not None:
-            return [ReexecFailed(f"the new einhorn failed its upgrade check: {why}", time.monotonic())]
-        self.exec_ready = True
-        return []
+    def _stop_upgrade_check(self, check_id: int) -> None:
+        for pid, check in list(self.upgrade_checks.items()):
+            if check.check_id == check_id:
+                del self.upgrade_checks[pid]
+                self.helpers.add(pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
-    def _reexec_unless_exiting(self) -> list[Event]:
-        # As the core's start_reexec: no re-exec once shutting down, even if it was asked before.
-        if not self.state.respawn:
-            return [ReexecFailed("einhorn is shutting down", time.monotonic())]
-        return self._reexec()
-
-    def _reexec(self) -> list[Event]:
+    def _exec_master(self) -> list[Event]:
+        """Perform the ordered exec; on failure, the master goes on as it was and the core hears why."""
+        self.exec_ordered = False
+        signals.block_for_exec()
+        late = signals.drain(self.wake_reader)
+        if late:
+            # A signal came in after the last select: the core must see it first (it may
+            # abandon the exec), so keep the order and try again at the end of the next wake-up.
+            signals.unblock_after_failed_exec(self.wake_writer)
+            self.exec_ordered = True
+            now = time.monotonic()
+            return [SignalReceived(name, now) for name in late]
         options = self.options
-        base = list(options.reexec_command)
-        read_end, write_end = os.pipe()
-        keep = [*self.listeners, self.server.server, *(c.sock for c in self.server.connections.values())]
-        shell = reexec.shell_document(
-            [s.fileno() for s in self.listeners],
-            self.server.server.fileno(),
-            [
-                reexec.RestoredConnection(c.id, c.sock.fileno(), self.server.pending_input(c.id), bytes(c.output))
-                for c in self.server.connections.values()
-            ],
-        )
-        passer = reexec.fork_state_passer(self.state, shell, write_end, time.monotonic())
-        os.close(write_end)
-        argv = [*base, "--with-state-fd", str(read_end), "--", *options.program_argv]
-        self.log.info(f"About to re-exec einhorn master as {argv}")
         try:
-            for sock in keep:
-                sock.set_inheritable(True)
-            os.set_inheritable(read_end, True)
-            signal.set_wakeup_fd(-1)
-            sys.stdout.flush()
-            sys.stderr.flush()
-            signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_ACROSS_EXEC)
-            for signum in BLOCKED_ACROSS_EXEC:
-                signal.signal(signum, signal.SIG_IGN)  # a blocked signal stays pending all the same
-            os.execvpe(argv[0], argv, options.reexec_environ)
-        except OSError as error:
-            for signum in BLOCKED_ACROSS_EXEC:
-                signal.signal(signum, _wake_only)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_ACROSS_EXEC)
-            signal.set_wakeup_fd(self.wake_writer.fileno(), warn_on_full_buffer=False)
-            for sock in keep:
-                if sock not in self.listeners:
-                    sock.set_inheritable(False)
-            os.close(read_end)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(passer, signal.SIGKILL)
-            os.waitpid(passer, 0)
-            return [ReexecFailed(f"could not exec {argv[0]}: {error.strerror}", time.monotonic())]
-        raise AssertionError("unreachable: exec returned")
+            reexec.exec_master(
+                self.state,
+                [*options.reexec_command],
+                options.program_argv,
+                options.reexec_environ,
+                self.handoff.descriptors(),
+                sorted(self.helpers),
+                self.log,
+            )
+        except reexec.ExecFailed as failure:
+            signals.unblock_after_failed_exec(self.wake_writer)
+            return [ReexecFailed(str(failure), time.monotonic())]
 
     # --- exit -----------------------------------------------------------------
 
     def _clean_up(self) -> None:
-        if self.upgrade_check is not None:
+        for pid in self.upgrade_checks:
             with contextlib.suppress(OSError):
-                os.kill(self.upgrade_check.pid, signal.SIGKILL)
-                os.waitpid(self.upgrade_check.pid, 0)
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
         if self.options.kill_children_on_exit:
             for pid in self.state.children:
                 self._send_signal(pid, "USR2")
@@ -421,6 +359,18 @@ class Master:
         self.wake_writer.close()
 
 
+def _verdict(check: reexec.UpgradeCheck, status: int) -> Event:
+    why = check.verdict(status)
+    if why is None:
+        return UpgradeCheckPassed(check.check_id, time.monotonic())
+    return UpgradeCheckFailed(check.check_id, why, time.monotonic())
+
+
+def _describe_status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
+
+
 def _exited(pid: int, status: int) -> ChildExited:
     code = os.waitstatus_to_exitcode(status)
     return ChildExited(pid, code if code >= 0 else None, -code if code < 0 else None, time.monotonic())
@@ -433,7 +383,3 @@ def _envelope(message: str, request_id: RequestId | None, wait: bool) -> dict[st
         if wait:
             response["wait"] = True
     return response
-
-
-def _wake_only(signum: int, frame: object) -> None:
-    """Signal handlers only wake the loop (the wakeup fd carries the signal number)."""

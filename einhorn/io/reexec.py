@@ -1,10 +1,12 @@
-"""Re-exec of the master (BEHAVIOR §5): upgrade check, state passer, exec; and the restore side.
+"""The shell's half of a re-exec (BEHAVIOR §5): the processes and the document; the core decides.
 
+`upgrade.py` in the core decides every step; this module performs them: the
+`--upgrade-check` process, the state passer, the exec itself
+(`Master._exec_master` in loop.py calls `exec_master`), and the restore side.
 The state travels as JSON through a pipe written by a short-lived forked "state
 passer", since the document can exceed the pipe buffer and the reader is the
-master itself after exec. File descriptors that must survive (listeners, the
-command server, client connections, the pipe) are made inheritable just before
-exec and are named in the document.
+master itself after exec. The descriptors that survive come from the hand-off
+registry (`handoff.py`) and are named in the document.
 """
 
 from __future__ import annotations
@@ -16,54 +18,36 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import NoReturn
 
 from einhorn.core import serialize
 from einhorn.core.config import Config
-from einhorn.core.state import Child, ChildKind, State
-
-UPGRADE_CHECK_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class RestoredConnection:
-    id: int
-    fd: int
-    unread: bytes
-    unsent: bytes
+from einhorn.core.state import State
+from einhorn.io import handoff
+from einhorn.io.handoff import Descriptor
+from einhorn.io.logs import Logger
 
 
 @dataclass(frozen=True, slots=True)
 class Restored:
     state: State
     notes: list[str]
-    listener_fds: list[int]
-    server_fd: int
-    connections: list[RestoredConnection]
+    descriptors: list[Descriptor]
+    helpers: list[int]
+    """Pids of the old image's helper processes (its state passer): the new shell reaps them quietly."""
 
 
 class StateUnreadable(Exception):
     pass
 
 
-def shell_document(listener_fds: Sequence[int], server_fd: int, connections: Sequence[RestoredConnection]) -> dict[str, object]:
-    return {
-        "listener_fds": list(listener_fds),
-        "server_fd": server_fd,
-        "connections": [
-            {"id": c.id, "fd": c.fd, "unread": c.unread.decode("latin-1"), "unsent": c.unsent.decode("latin-1")}
-            for c in connections
-        ],
-    }
+def shell_document(descriptors: Sequence[Descriptor], helpers: Sequence[int] = ()) -> dict[str, object]:
+    return {"descriptors": handoff.to_plain(descriptors), "helpers": list(helpers)}
 
 
-def with_state_passer(state: State, pid: int, now: float) -> State:
-    passer = Child(pid=pid, kind=ChildKind.STATE_PASSER, version=state.version, index=-1, spinup_at=now)
-    return replace(state, children={**state.children, pid: passer})
-
-
-def fork_state_passer(state: State, shell: Mapping[str, object], write_fd: int, now: float) -> int:
-    """Fork a child that writes the state document into `write_fd` and exits."""
+def fork_state_passer(state: State, shell: Mapping[str, object], write_fd: int) -> int:
+    """Fork a child that writes the state document into `write_fd` and exits; it lists itself as a helper."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -72,7 +56,8 @@ def fork_state_passer(state: State, shell: Mapping[str, object], write_fd: int, 
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        document = {"core": serialize.to_plain(with_state_passer(state, os.getpid(), now)), "shell": shell}
+        helpers = [*_list_of_ints(shell.get("helpers", [])), os.getpid()]
+        document = {"core": serialize.to_plain(state), "shell": {**shell, "helpers": helpers}}
         payload = json.dumps(document).encode()
         view = memoryview(payload)
         while view:
@@ -82,24 +67,21 @@ def fork_state_passer(state: State, shell: Mapping[str, object], write_fd: int, 
         os._exit(code)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class UpgradeCheck:
-    """A running `einhorn --upgrade-check`: the master keeps serving until it exits."""
+    """A running `einhorn --upgrade-check`, started for the core's `StartUpgradeCheck(check_id)`."""
 
+    check_id: int
     pid: int
     argv: Sequence[str]
-    deadline: float
-    timed_out: bool = False
 
     def verdict(self, status: int) -> str | None:
         """None if the check passed (exited 0), else why it did not."""
-        if self.timed_out:
-            return f"`{' '.join(self.argv)}` did not finish within {UPGRADE_CHECK_TIMEOUT:g}s"
         code = os.waitstatus_to_exitcode(status)
         return None if code == 0 else f"`{' '.join(self.argv)}` exited with status {code}"
 
 
-def start_upgrade_check(argv: Sequence[str], environ: Mapping[str, str], now: float) -> UpgradeCheck:
+def start_upgrade_check(check_id: int, argv: Sequence[str], environ: Mapping[str, str]) -> UpgradeCheck:
     """Fork and exec the new einhorn with `--upgrade-check`; OSError if the fork failed.
 
     The caller reaps it like any child and asks `verdict`; an exec failure
@@ -114,7 +96,57 @@ def start_upgrade_check(argv: Sequence[str], environ: Mapping[str, str], now: fl
             os.write(2, f"Could not exec {argv[0]}: {error.strerror}\n".encode())
         finally:
             os._exit(127)
-    return UpgradeCheck(pid, tuple(argv), now + UPGRADE_CHECK_TIMEOUT)
+    return UpgradeCheck(check_id, pid, tuple(argv))
+
+
+class ExecFailed(Exception):
+    """The exec (or what it needs: a pipe, the state passer) failed; the master was left as it was."""
+
+
+def exec_master(
+    state: State,
+    command: Sequence[str],
+    program_argv: Sequence[str],
+    environ: Mapping[str, str],
+    descriptors: Sequence[Descriptor],
+    helpers: Sequence[int],
+    log: Logger,
+) -> NoReturn:
+    """Exec `command --with-state-fd FD -- program...` with the state and the descriptors.
+
+    Returns only by raising ExecFailed, the master left as it was. Signals
+    must already be blocked (`signals.block_for_exec`).
+    """
+    try:
+        read_end, write_end = os.pipe()
+    except OSError as error:
+        raise ExecFailed(f"could not create the state pipe: {error.strerror}") from None
+    argv = [*command, "--with-state-fd", str(read_end), "--", *program_argv]
+    passer: int | None = None
+    undo = None
+    try:
+        passer = fork_state_passer(state, shell_document(descriptors, helpers), write_end)
+        os.close(write_end)
+        write_end = -1
+        log.info(f"About to re-exec einhorn master as {argv}")
+        undo = handoff.make_inheritable([*descriptors, Descriptor("state", read_end)])
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvpe(argv[0], argv, dict(environ))
+    except OSError as error:
+        if undo is not None:
+            undo()
+        for fd in (read_end, write_end):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if passer is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(passer, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(passer, 0)
+            raise ExecFailed(f"could not exec {argv[0]}: {error.strerror}") from None
+        raise ExecFailed(f"could not fork the state passer: {error.strerror}") from None
 
 
 def read_state(fd: int, config: Config) -> Restored:
@@ -123,14 +155,43 @@ def read_state(fd: int, config: Config) -> Restored:
             raw = pipe.read()
         document = json.loads(raw)
         shell = document["shell"]
-        state, notes = serialize.from_plain(document["core"], config)
-        connections = [
-            RestoredConnection(int(c["id"]), int(c["fd"]), c["unread"].encode("latin-1"), c["unsent"].encode("latin-1"))
-            for c in shell["connections"]
-        ]
-        return Restored(state, notes, [int(fd) for fd in shell["listener_fds"]], int(shell["server_fd"]), connections)
+        core = document["core"]
+        helpers = _list_of_ints(shell.get("helpers", [])) + _legacy_state_passers(core)
+        state, notes = serialize.from_plain(core, config)
+        descriptors = handoff.from_plain(shell["descriptors"]) if "descriptors" in shell else _legacy_descriptors(shell)
+        return Restored(state, notes, descriptors, helpers)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, serialize.StateFormatError) as error:
         raise StateUnreadable(f"could not read the state from fd {fd}: {error}") from None
+
+
+def _list_of_ints(value: object) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"expected a list of integers, got {value!r}")
+    return list(value)
+
+
+def _legacy_state_passers(core: object) -> list[int]:
+    """A format 0/1 document listed its state passer among the children."""
+    if not isinstance(core, Mapping) or not isinstance(core.get("children"), list):
+        return []
+    return [
+        int(c["pid"])
+        for c in core["children"]
+        if isinstance(c, Mapping) and c.get("kind", "worker") != "worker" and isinstance(c.get("pid"), int)
+    ]
+
+
+def _legacy_descriptors(shell: Mapping[str, object]) -> list[Descriptor]:
+    """The shell document of format 0/1 masters: fixed keys instead of the registry's list."""
+    listener_fds = shell["listener_fds"]
+    connections = shell["connections"]
+    if not isinstance(listener_fds, list) or not isinstance(connections, list):
+        raise TypeError("listener_fds and connections must be lists")
+    found = [Descriptor("listener", int(fd), {"index": n}) for n, fd in enumerate(listener_fds)]
+    found.append(Descriptor("command_server", int(shell["server_fd"])))  # type: ignore[call-overload]
+    for c in connections:
+        found.append(Descriptor("connection", int(c["fd"]), {"id": int(c["id"]), "unread": str(c["unread"]), "unsent": str(c["unsent"])}))
+    return found
 
 
 def restore_note(notes: Sequence[str]) -> str | None:

@@ -12,16 +12,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from einhorn.io.signals import RESET_IN_CHILDREN
+
 if TYPE_CHECKING:
     import ctypes
 
 PR_SET_PDEATHSIG = 1
 # glibc reports a failed exec from posix_spawn (since 2.24); elsewhere the fork path does.
 POSIX_SPAWN = hasattr(os, "posix_spawn") and sys.platform.startswith("linux")
-RESET_SIGNALS = (
-    signal.SIGINT, signal.SIGTERM, signal.SIGQUIT, signal.SIGHUP, signal.SIGALRM,
-    signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2, signal.SIGPIPE, signal.SIGXFSZ,
-)
+RESET_SIGNALS = RESET_IN_CHILDREN
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,10 +10,10 @@ from dataclasses import replace
 
 from einhorn.core import commands, pool, step
 from einhorn.core.config import Config
-from einhorn.core.effects import Log, LogLevel, ReexecMaster, Reply
+from einhorn.core.effects import Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.report import Symbol, Timestamp, snapshot
-from einhorn.core.state import Child, ChildKind, PendingSpawn, ReexecPurpose, State, Subscriber, UpgradeKind
+from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind
 
 
 def _request(name: str, *args: str, request_id: str | None = None, conn: int = 5) -> commands.Request:
@@ -56,7 +56,6 @@ def _rich_state() -> State:
     )
     signaled = Child(
         10,
-        ChildKind.WORKER,
         2,
         0,
         5.0,
@@ -69,11 +68,11 @@ def _rich_state() -> State:
     return State(
         config=config,
         version=2,
-        children={10: signaled, 11: Child(11, ChildKind.WORKER, 1, 1, 1.0), 12: Child(12, ChildKind.WORKER, 2, 3, 2.0, acked=True)},
+        children={10: signaled, 11: Child(11, 1, 1, 1.0), 12: Child(12, 2, 3, 2.0, acked=True)},
         pending={3: PendingSpawn(3, 2, 2, 4.0)},
         next_spawn_id=4,
         upgrading=UpgradeKind.SMOOTH,
-        reexec_purpose=ReexecPurpose.FLEET_UPGRADE,
+        reexec=Reexec(ReexecPurpose.FLEET_UPGRADE, (), 0, 0.0, ReexecPhase.EXECUTING),
         deaths_before_ack=2,
         last_spinup_at=4.0,
         clock=8.0,
@@ -94,7 +93,7 @@ def test_snapshot_is_the_whole_document() -> None:
                     "acked": True,
                     "index": 0,
                     "last_signaled_at": Timestamp(1006.0),
-                    "pinged_at": Timestamp(7.0),
+                    "pinged_at": Timestamp(1007.0),
                     "pinged_request_id": "r1",
                     "signaled": ["TERM", "USR2"],
                     "spinup_time": Timestamp(1005.0),
@@ -150,7 +149,7 @@ def test_snapshot_is_the_whole_document() -> None:
 
 
 def test_snapshot_of_a_quiet_timer_master() -> None:
-    state = State(config=Config(ack_timer=2.5, number=2), reexec_purpose=ReexecPurpose.RELOAD, upgrading=UpgradeKind.FLEET)
+    state = State(config=Config(ack_timer=2.5, number=2), reexec=Reexec(ReexecPurpose.RELOAD, (), 0, 0.0, ReexecPhase.EXECUTING), upgrading=UpgradeKind.FLEET)
     document = snapshot(state, 0.0)["state"]
     assert isinstance(document, dict)
     assert document["ack_mode"] == {"type": Symbol("timer"), "timeout": 2.5}
@@ -163,7 +162,7 @@ def test_snapshot_of_a_quiet_timer_master() -> None:
 
 
 def test_snapshot_never_reports_negative_missing() -> None:
-    state = State(config=Config(number=1), children={i: Child(i, ChildKind.WORKER, 0, i, 0.0) for i in (1, 2)})
+    state = State(config=Config(number=1), children={i: Child(i, 0, i, 0.0) for i in (1, 2)})
     assert snapshot(state, 0.0)["state"]["missing"] == 0  # type: ignore[index]
 
 
@@ -179,7 +178,7 @@ def test_upgrade_handlers_built_at_call_time() -> None:
     assert after.reexec_purpose is ReexecPurpose.SMOOTH_UPGRADE
     assert after.reexec_subscribers == (Subscriber(5, "7"),)
     assert effects[0] == Reply(5, "Upgrading smoothly, as commanded", "7", wait=True)
-    assert effects[-1] == ReexecMaster()
+    assert effects[-1] == StartUpgradeCheck(0)
     fleet = commands._upgrade(ReexecPurpose.FLEET_UPGRADE, "Upgrading fleet, as commanded")
     after, effects = fleet(state, _request("upgrade_fleet"))
     assert after.reexec_purpose is ReexecPurpose.FLEET_UPGRADE and after.reexec_subscribers == ()
@@ -208,8 +207,7 @@ def test_connection_closed_drops_both_kinds_of_subscription() -> None:
         config=Config(),
         upgrading=UpgradeKind.SMOOTH,
         upgrade_subscribers=(Subscriber(1, "a"), Subscriber(2, "b")),
-        reexec_purpose=ReexecPurpose.RELOAD,
-        reexec_subscribers=(Subscriber(1, "c"), Subscriber(3, "d")),
+        reexec=Reexec(ReexecPurpose.RELOAD, (Subscriber(1, "c"), Subscriber(3, "d")), 0, 0.0, ReexecPhase.EXECUTING),
     )
     after, _ = step._on_connection_closed(state, ConnectionClosed(1, 0.0))
     assert after.upgrade_subscribers == (Subscriber(2, "b"),)
@@ -226,7 +224,7 @@ def test_pool_helpers_on_edge_values() -> None:
 
 
 def test_worker_ack_command_round_trip() -> None:
-    child = Child(9, ChildKind.WORKER, 0, 0, 0.0)
+    child = Child(9, 0, 0, 0.0)
     state = State(config=Config(ack_timer=None), children={9: child}, deaths_before_ack=3, last_spinup_at=0.0)
     after, effects = step.step(state, CommandReceived(4, {"command": "worker:ack", "pid": "9"}, 0.0))
     assert after.children[9].acked and after.deaths_before_ack == 0
@@ -292,7 +290,7 @@ def test_signal_children_skips_the_dead_and_notes_repeats() -> None:
     from einhorn.core.actions import signal_children
     from einhorn.core.effects import SendSignal
 
-    child = Child(2, ChildKind.WORKER, 0, 0, 0.0, signaled=frozenset({"USR2"}))
+    child = Child(2, 0, 0, 0.0, signaled=frozenset({"USR2"}))
     state = State(config=Config(), children={2: child}, clock=4.0)
     after, effects = signal_children(state, "USR2", [99, 2])
     assert effects[1:] == [
@@ -307,7 +305,7 @@ def test_signal_children_skips_the_dead_and_notes_repeats() -> None:
 
 
 def test_reexec_refused_while_shutting_down_answers_the_subscriber() -> None:
-    from einhorn.core.actions import start_reexec
+    from einhorn.core.upgrade import start_reexec
 
     state = State(config=Config(), respawn=False, shutdown_signal="USR2")
     after, effects = start_reexec(state, ReexecPurpose.RELOAD, Subscriber(8, "r"))
@@ -352,10 +350,10 @@ def test_dec_and_config_answer_the_request() -> None:
 
 
 def test_ping_without_a_request_id() -> None:
-    child = Child(9, ChildKind.WORKER, 0, 0, 0.0)
+    child = Child(9, 0, 0, 0.0)
     state = State(config=Config(), children={9: child})
-    after, _ = commands.handle_command(state, CommandReceived(1, {"command": "worker:ping", "pid": 9}, 0.0, wall=12.0))
-    assert after.children[9].pinged_at == 12.0 and after.children[9].pinged_request_id is None
+    after, _ = commands.handle_command(state, CommandReceived(1, {"command": "worker:ping", "pid": 9}, 3.0, wall=12.0))
+    assert after.children[9].pinged_at == 3.0 and after.children[9].pinged_request_id is None
 
 
 # --- serialize ---------------------------------------------------------------------------------
@@ -383,7 +381,7 @@ def test_restore_errors_say_what_was_wrong() -> None:
 def test_killed_survives_the_round_trip() -> None:
     from einhorn.core.serialize import from_plain, to_plain
 
-    child = Child(3, ChildKind.WORKER, 0, 0, 0.0, signaled=frozenset({"USR2"}), last_signaled_at=1.0, killed=True)
+    child = Child(3, 0, 0, 0.0, signaled=frozenset({"USR2"}), last_signaled_at=1.0, killed=True)
     state = State(config=Config(), children={3: child})
     assert from_plain(to_plain(state), Config())[0].children[3].killed
 
@@ -391,10 +389,8 @@ def test_killed_survives_the_round_trip() -> None:
 # --- step ----------------------------------------------------------------------------------------
 
 
-def test_next_deadline_ignores_state_passers_and_the_present() -> None:
-    passer = Child(4, ChildKind.STATE_PASSER, 0, 0, 0.0)
-    assert step.next_deadline(State(config=Config(ack_timer=1.0), children={4: passer})) is None
-    manual = Child(5, ChildKind.WORKER, 0, 0, 0.0)
+def test_next_deadline_ignores_the_present() -> None:
+    manual = Child(5, 0, 0, 0.0)
     assert step.next_deadline(State(config=Config(ack_timer=None), children={5: manual})) is None
     blocked = State(config=Config(number=2, max_unacked=1), children={5: manual}, last_spinup_at=0.0, clock=1.0)
     assert step.next_deadline(blocked) is None
@@ -404,14 +400,14 @@ def test_two_timer_acks_and_two_kills_in_one_step() -> None:
     from einhorn.core.effects import SendSignal
     from einhorn.core.events import Tick
 
-    fresh = {p: Child(p, ChildKind.WORKER, 0, p, 0.0) for p in (1, 2)}
+    fresh = {p: Child(p, 0, p, 0.0) for p in (1, 2)}
     state = State(config=Config(number=2, ack_timer=1.0), children=fresh, last_spinup_at=0.0)
     _, effects = step.step(state, Tick(1.0))
     assert sum(1 for e in effects if isinstance(e, Log) and e.message.startswith("Up to")) == 2
     signaled = {
-        1: Child(1, ChildKind.WORKER, 0, 0, 0.0, acked=True),
-        2: Child(2, ChildKind.WORKER, 0, 1, 0.0, acked=True, signaled=frozenset({"USR2"}), last_signaled_at=0.0),
-        3: Child(3, ChildKind.WORKER, 0, 2, 0.0, acked=True, signaled=frozenset({"USR2"}), last_signaled_at=0.0),
+        1: Child(1, 0, 0, 0.0, acked=True),
+        2: Child(2, 0, 1, 0.0, acked=True, signaled=frozenset({"USR2"}), last_signaled_at=0.0),
+        3: Child(3, 0, 2, 0.0, acked=True, signaled=frozenset({"USR2"}), last_signaled_at=0.0),
     }
     state = State(config=Config(number=1, signal_timeout=2), children=signaled, last_spinup_at=0.0)
     _, effects = step.step(state, Tick(2.0))
@@ -421,20 +417,20 @@ def test_two_timer_acks_and_two_kills_in_one_step() -> None:
 def test_fleet_upgrade_without_room_spawns_nothing_and_keeps_the_spinup_time() -> None:
     from einhorn.core.events import MasterStarted
 
-    old = {p: Child(p, ChildKind.WORKER, 0, p, 0.0, acked=True) for p in (1, 2)}
+    old = {p: Child(p, 0, p, 0.0, acked=True) for p in (1, 2)}
     state = State(
         config=Config(number=2, max_upgrade_additional=0),
         children=old,
         last_spinup_at=0.0,
         clock=5.0,
-        reexec_purpose=ReexecPurpose.FLEET_UPGRADE,
+        reexec=Reexec(ReexecPurpose.FLEET_UPGRADE, (), 0, 0.0, ReexecPhase.EXECUTING),
     )
     after, effects = step._on_started(state, MasterStarted(5.0, restored=True))
     assert after.pending == {} and after.last_spinup_at == 0.0
 
 
 def test_smooth_cull_and_make_room_in_the_same_pass() -> None:
-    old = {p: Child(p, ChildKind.WORKER, 0, p, float(p), acked=True) for p in (1, 2, 3)}
+    old = {p: Child(p, 0, p, float(p), acked=True) for p in (1, 2, 3)}
     state = State(
         config=Config(number=2, max_upgrade_additional=0),
         version=1,
@@ -450,13 +446,13 @@ def test_smooth_cull_and_make_room_in_the_same_pass() -> None:
 
 
 def test_room_to_make_only_during_a_live_capped_upgrade() -> None:
-    old = {p: Child(p, ChildKind.WORKER, 0, p, 0.0, acked=True) for p in (1, 2)}
+    old = {p: Child(p, 0, p, 0.0, acked=True) for p in (1, 2)}
     base = State(config=Config(number=2, max_upgrade_additional=0), version=1, children=old, upgrading=UpgradeKind.FLEET)
     assert step._room_to_make(base) == 1
     assert step._room_to_make(replace(base, respawn=False, shutdown_signal="USR2")) == 0
     assert step._room_to_make(replace(base, upgrading=None)) == 0
     assert step._room_to_make(replace(base, config=replace(base.config, max_upgrade_additional=None))) == 0
-    done = {**old, 3: Child(3, ChildKind.WORKER, 1, 3, 0.0, signaled=frozenset({"USR2"})), 4: Child(4, ChildKind.WORKER, 1, 4, 0.0, signaled=frozenset({"USR2"}))}
+    done = {**old, 3: Child(3, 1, 3, 0.0, signaled=frozenset({"USR2"})), 4: Child(4, 1, 4, 0.0, signaled=frozenset({"USR2"}))}
     assert step._room_to_make(replace(base, children=done)) == 0  # missing is 0
     old_spawn = replace(base, pending={0: PendingSpawn(0, 5, 0, 0.0)}, next_spawn_id=1)
     assert step._room_to_make(old_spawn) == 2

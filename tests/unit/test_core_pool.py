@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 
 from einhorn.core import pool
 from einhorn.core.config import MAX_SPINUP_INTERVAL
-from einhorn.core.state import Child, ChildKind, PendingSpawn, State, initial_state
+from einhorn.core.state import Child, PendingSpawn, State, initial_state
 from tests.unit.fixtures.core_world import make_config
 
 
 def worker(pid: int, version: int = 1, index: int = 0, **changes: Any) -> Child:
-    child = Child(pid=pid, kind=ChildKind.WORKER, version=version, index=index, spinup_at=float(pid))
+    child = Child(pid=pid, version=version, index=index, spinup_at=float(pid))
     return replace(child, **changes)
 
 
@@ -38,7 +38,6 @@ MIXED = pool_state(
     worker(12, version=1, index=2, acked=True, signaled=frozenset({"USR2"})),  # modern, signaled
     worker(13, version=0, index=3, acked=True),  # old
     worker(14, version=0, index=4, acked=True, signaled=frozenset({"USR2"})),  # old and signaled: not "old"
-    Child(pid=15, kind=ChildKind.STATE_PASSER, version=1, index=9, spinup_at=0.0),
     pending=(PendingSpawn(0, 5, 1, 0.0), PendingSpawn(1, 6, 0, 0.0)),
     number=4,
 )

@@ -15,8 +15,9 @@ from einhorn.core.events import MasterStarted
 from einhorn.core.serialize import FORMAT, StateFormatError, from_plain, to_plain
 from einhorn.core.state import (
     Child,
-    ChildKind,
     PendingSpawn,
+    Reexec,
+    ReexecPhase,
     ReexecPurpose,
     State,
     Subscriber,
@@ -47,7 +48,6 @@ maybe_text = st.none() | st.text(max_size=6)
 children = st.builds(
     Child,
     pid=st.integers(1, 2**22),
-    kind=st.sampled_from(ChildKind),
     version=st.integers(0, 50),
     index=st.integers(0, 2000),
     spinup_at=finite,
@@ -62,6 +62,14 @@ pendings = st.builds(PendingSpawn, st.integers(0, 10**6), st.integers(0, 2000), 
 subscribers = st.tuples(st.builds(Subscriber, st.integers(0, 2**16), maybe_text)).map(tuple) | st.lists(
     st.builds(Subscriber, st.integers(0, 2**16), maybe_text), max_size=3
 ).map(tuple)
+reexecs = st.builds(
+    Reexec,
+    st.sampled_from(ReexecPurpose),
+    subscribers,
+    st.integers(0, 10**6),
+    finite,
+    st.sampled_from(ReexecPhase),
+)
 runtime_configs = st.builds(
     make_config,
     number=st.integers(1, 1000),
@@ -87,8 +95,8 @@ def arbitrary_states(draw: st.DrawFn) -> State:
         respawn=draw(st.booleans()),
         upgrading=draw(st.none() | st.sampled_from(UpgradeKind)),
         upgrade_subscribers=draw(subscribers),
-        reexec_purpose=draw(st.none() | st.sampled_from(ReexecPurpose)),
-        reexec_subscribers=draw(subscribers),
+        reexec=draw(st.none() | reexecs),
+        next_check_id=draw(st.integers(0, 10**6)),
         shutdown_signal=draw(st.none() | st.sampled_from(["USR2", "TERM", "QUIT"])),
         deaths_before_ack=draw(st.integers(0, 10**12)),
         last_spinup_at=draw(st.none() | finite),
@@ -125,7 +133,7 @@ def test_document_shape() -> None:
     state = replace(
         initial_state(make_config(number=2)),
         version=1,
-        children={7: Child(7, ChildKind.WORKER, version=1, index=0, spinup_at=1.5, acked=True, signaled=frozenset({"USR2"}))},
+        children={7: Child(7, version=1, index=0, spinup_at=1.5, acked=True, signaled=frozenset({"USR2"}))},
         pending={3: PendingSpawn(3, 1, 1, 2.0)},
         next_spawn_id=4,
         upgrade_subscribers=(Subscriber(9, "u"),),
@@ -138,7 +146,6 @@ def test_document_shape() -> None:
         "children": [
             {
                 "pid": 7,
-                "kind": "worker",
                 "version": 1,
                 "index": 0,
                 "spinup_at": 1.5,
@@ -155,8 +162,8 @@ def test_document_shape() -> None:
         "respawn": True,
         "upgrading": "fleet",
         "upgrade_subscribers": [[9, "u"]],
-        "reexec_purpose": None,
-        "reexec_subscribers": [],
+        "reexec": None,
+        "next_check_id": 0,
         "shutdown_signal": None,
         "deaths_before_ack": 0,
         "last_spinup_at": None,
@@ -182,7 +189,7 @@ def load_fixture(name: str) -> object:
 
 def test_restore_from_format_0_fills_defaults_and_drops_unknown_keys() -> None:
     state, notes = from_plain(load_fixture("state_format_0.json"), make_config(number=5))
-    assert "state: added default values for ['reexec_purpose', 'reexec_subscribers', 'shutdown_signal']" in notes
+    assert "state: added default values for ['shutdown_signal']" in notes  # no re-exec was in progress: none is restored
     assert "state: deleted unknown values for ['generation']" in notes
     assert "child: added default values for ['killed', 'pinged_at', 'pinged_request_id']" in notes
     assert "child: deleted unknown values for ['spinup_time_wall']" in notes
@@ -193,7 +200,7 @@ def test_restore_from_format_0_fills_defaults_and_drops_unknown_keys() -> None:
     assert state.config.number == 2 and state.config.seconds == 1.5  # from the document, not the command line
     assert sorted(state.children) == [4100, 4101, 4102]
     assert state.children[4101] == Child(
-        4101, ChildKind.WORKER, version=2, index=1, spinup_at=3.0, acked=True, signaled=frozenset({"USR2"}), last_signaled_at=14.0
+        4101, version=2, index=1, spinup_at=3.0, acked=True, signaled=frozenset({"USR2"}), last_signaled_at=14.0
     )
     assert state.children[4100].killed is False and state.children[4100].pinged_at is None
     assert state.pending == {6: PendingSpawn(6, 3, 3, 19.5)} and state.next_spawn_id == 7
@@ -223,7 +230,7 @@ def test_unacceptable_settings_are_ignored_with_a_note() -> None:
 def valid_document() -> dict[str, object]:
     state = replace(
         initial_state(make_config()),
-        children={7: Child(7, ChildKind.WORKER, version=0, index=0, spinup_at=1.0)},
+        children={7: Child(7, version=0, index=0, spinup_at=1.0)},
         pending={1: PendingSpawn(1, 1, 0, 1.0)},
         next_spawn_id=2,
         upgrade_subscribers=(Subscriber(3, "x"),),
@@ -251,7 +258,11 @@ def child_with(**changes: object) -> dict[str, object]:
         {**valid_document(), "pending": [[1, 1]]},
         {**valid_document(), "pending": "none"},
         {**valid_document(), "upgrading": "sideways"},
-        {**valid_document(), "reexec_purpose": "vacation"},
+        {**valid_document(), "reexec": {"purpose": "vacation", "subscribers": [], "check_id": 0, "deadline": 0.0, "phase": "checking"}},
+        {**valid_document(), "reexec": {"purpose": "reload", "subscribers": [], "check_id": 0, "deadline": 0.0, "phase": "napping"}},
+        {**valid_document(), "reexec": {"purpose": "reload"}},
+        {**valid_document(), "format": 1, "reexec_purpose": "vacation"},
+        {**valid_document(), "format": 1, "children": [{"pid": 7, "kind": "worker", "version": 0, "index": 0, "spinup_at": None}]},
         {**valid_document(), "upgrade_subscribers": [[3]]},
         {**valid_document(), "upgrade_subscribers": [[3, "x", "extra"]]},
         {**valid_document(), "version": "3"},
@@ -259,7 +270,6 @@ def child_with(**changes: object) -> dict[str, object]:
         {**valid_document(), "clock": None},
         {**valid_document(), "settings": ["number", 3]},
         child_with(pid="7"),
-        child_with(kind="zombie"),
         child_with(signaled="USR2"),
         child_with(spinup_at=None),
     ],

@@ -20,8 +20,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from einhorn.core import pool
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config
 from einhorn.core.effects import CloseConnection, Log, LogLevel, SendSignal, SpawnWorker
-from einhorn.core.events import CommandReceived, ReexecFailed, SignalReceived, SpawnFailed, Tick
-from einhorn.core.state import Child
+from einhorn.core.events import CommandReceived, SignalReceived, SpawnFailed, Tick
+from einhorn.core.state import Child, ReexecPhase
 from einhorn.core.step import next_deadline, step
 from tests.unit.fixtures.core_world import World, command, converged, make_config
 
@@ -190,10 +190,16 @@ class CoreMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.running() and self.world.reexec_outstanding)
     @rule()
     def reexec_fails(self) -> None:
-        self.say("the re-exec fails")
-        self.world.reexec_outstanding = False
-        self.world.feed(ReexecFailed("upgrade check exited 1", self.world.now))
+        self.say("the upgrade check fails, or the exec after it")
+        self.world.fail_reexec("upgrade check exited 1")
         assert self.world.state.reexec_purpose is None
+
+    @precondition(lambda self: self.running() and self.world.reexec_outstanding and self.world.state.reexec is not None and self.world.state.reexec.phase is ReexecPhase.CHECKING)
+    @rule()
+    def upgrade_check_passes(self) -> None:
+        self.say("the upgrade check passes; the exec is ordered")
+        self.world.pass_check()
+        assert self.world.state.reexec is not None and self.world.state.reexec.phase is ReexecPhase.EXECUTING
 
     @precondition(lambda self: self.running())
     @rule(signal=st.sampled_from([None, "TERM", "sigusr2", "KILL"]))

@@ -21,11 +21,11 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.invariants import census, check_state, check_step, goal_problem, requested_signals, room_to_make
-from einhorn.core.state import Child, ChildKind, PendingSpawn, ReexecPurpose, State, UpgradeKind, initial_state
+from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, UpgradeKind, initial_state
 
 
 def worker(pid: int, version: int = 0, index: int | None = None, acked: bool = True, **changes: object) -> Child:
-    child = Child(pid=pid, kind=ChildKind.WORKER, version=version, index=pid if index is None else index, spinup_at=0.0, acked=acked)
+    child = Child(pid=pid, version=version, index=pid if index is None else index, spinup_at=0.0, acked=acked)
     return replace(child, **changes)  # type: ignore[arg-type]
 
 
@@ -332,10 +332,10 @@ def test_t11_gradual_spinups_one_at_a_time_after_the_interval_within_max_unacked
     assert "T11" in step_numbers(busy, Tick(1.0), busy_after, [SpawnWorker(0, 1, 0)])
     first = replace(before, last_spinup_at=None)
     assert "T11" not in step_numbers(first, Tick(1.0), two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
-    fleet = replace(before, reexec_purpose=ReexecPurpose.FLEET_UPGRADE)
+    fleet = replace(before, reexec=Reexec(ReexecPurpose.FLEET_UPGRADE, (), 0, 0.0, ReexecPhase.EXECUTING))
     restored = MasterStarted(1.0, restored=True)
     assert "T11" not in step_numbers(fleet, restored, two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
-    smooth = replace(before, reexec_purpose=ReexecPurpose.SMOOTH_UPGRADE)
+    smooth = replace(before, reexec=Reexec(ReexecPurpose.SMOOTH_UPGRADE, (), 0, 0.0, ReexecPhase.EXECUTING))
     assert "T11" in step_numbers(smooth, restored, two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
 
 
@@ -363,7 +363,6 @@ def test_census_counts() -> None:
         worker(3, version=1),
         worker(4, version=1, acked=False),
         worker(5, version=1, signaled=frozenset({"USR2"})),
-        Child(pid=6, kind=ChildKind.STATE_PASSER, version=1, index=9, spinup_at=0.0),
         number=4,
         version=1,
         pending={0: PendingSpawn(0, 7, 1, 0.0), 1: PendingSpawn(1, 8, 0, 0.0)},
@@ -396,7 +395,7 @@ def test_goal() -> None:
     assert (goal_problem(make(worker(1), number=2)) or "").startswith("L1")
     assert (goal_problem(make(worker(1), worker(2, version=1), version=1, number=1)) or "").startswith("L1: old")
     assert (goal_problem(replace(steady(1), upgrading=UpgradeKind.SMOOTH)) or "").startswith("L2")
-    assert (goal_problem(replace(steady(1), reexec_purpose=ReexecPurpose.RELOAD)) or "").startswith("L2")
+    assert (goal_problem(replace(steady(1), reexec=Reexec(ReexecPurpose.RELOAD, (), 0, 0.0, ReexecPhase.EXECUTING))) or "").startswith("L2")
     dying = replace(steady(1), respawn=False, shutdown_signal="USR2")
     assert (goal_problem(dying) or "").startswith("L3")
     assert goal_problem(replace(dying, exit_code=1)) is None
@@ -442,7 +441,7 @@ def test_goal_messages() -> None:
     assert goal_problem(make(worker(1), worker(2, version=1), version=1)) == "L1: old workers [1] still unsignaled"
     assert goal_problem(make(worker(1), number=2)) == "L1: 1 ACKed modern workers, want 2"
     assert goal_problem(replace(steady(1), upgrading=UpgradeKind.SMOOTH)) == "L2: smooth upgrade still in progress (1 / 1 ACKs)"
-    assert goal_problem(replace(steady(1), reexec_purpose=ReexecPurpose.RELOAD)) == "L2: re-exec (reload) still in progress"
+    assert goal_problem(replace(steady(1), reexec=Reexec(ReexecPurpose.RELOAD, (), 0, 0.0, ReexecPhase.EXECUTING))) == "L2: re-exec (reload) still in progress"
     assert not invariants.converged(dying)
 
 
@@ -463,12 +462,11 @@ def test_t3_a_spawn_id_below_next_is_reused_even_if_recorded() -> None:
 
 
 def test_census_walks_every_child_whatever_comes_first() -> None:
-    passer = Child(pid=1, kind=ChildKind.STATE_PASSER, version=1, index=9, spinup_at=0.0)
     signaled_new = worker(2, version=1, signaled=frozenset({"USR2"}))
     state = make(number=4, version=1)
     state = replace(
         state,
-        children={1: passer, 2: signaled_new, 3: worker(3, version=1, acked=False), 4: worker(4, version=1, acked=False), 5: worker(5, version=1)},
+        children={2: signaled_new, 3: worker(3, version=1, acked=False), 4: worker(4, version=1, acked=False), 5: worker(5, version=1)},
     )
     assert census(state) == invariants.Census(
         workers=4, old=(), unsignaled_modern=3, ack_count=1, unacked_modern=2, missing=0, total=4, busy=3

@@ -9,14 +9,15 @@ replays (spec/README.md lists the invariants by number).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import pytest
 
-from einhorn.core import actions, commands, invariants, pool, step
+from einhorn.core import actions, commands, invariants, pool, step, upgrade
 from einhorn.core.actions import Outcome
 from einhorn.core.effects import Log, LogLevel
+from einhorn.core.events import UpgradeCheckPassed
 from einhorn.core.state import State
 from spec import model_check
 from spec.model_check import Bounds, Scenario, explore, render_trace
@@ -112,7 +113,7 @@ def test_bug_old_workers_signalled_twice(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(
         pool, "old_workers", lambda state: [c for c in pool.workers(state) if c.version != state.version]
     )
-    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
+    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=8, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T4")
 
 
@@ -120,35 +121,30 @@ def test_bug_index_of_a_live_signaled_child_reused(monkeypatch: pytest.MonkeyPat
     """`used_indexes` only looks at unsignaled workers, but a signaled one is alive until reaped."""
 
     def used_indexes(state: State) -> set[int]:
-        used = {c.index for c in state.children.values() if c.is_worker and not c.signaled}
+        used = {c.index for c in state.children.values() if not c.signaled}
         return used | {p.index for p in state.pending.values()}
 
     monkeypatch.setattr(pool, "used_indexes", used_indexes)
-    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=8, command_names=("upgrade",)))
+    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=9, command_names=("upgrade",)))
     _assert_reports(problems, trace, "S2")
 
 
 def test_bug_spin_up_while_respawn_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = step._replenish
-
-    def replenish(state: State) -> Outcome:
-        after, effects = original(replace(state, respawn=True))
-        return replace(after, respawn=state.respawn), effects
-
-    monkeypatch.setattr(step, "_replenish", replenish)
+    """The gradual spin-up timer forgets that respawning is off."""
+    original = step._spinup_due
+    monkeypatch.setattr(step, "_spinup_due", lambda state: original(replace(state, respawn=True)))
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("die",)))
     _assert_reports(problems, trace, "T2")
 
 
 def test_bug_sigkill_escalated_again(monkeypatch: pytest.MonkeyPatch) -> None:
     """Escalation forgets that it already sent SIGKILL."""
-    original = step._escalate
+    original = step._escalation_due
 
-    def escalate(state: State) -> Outcome:
-        fresh = {pid: replace(c, killed=False) for pid, c in state.children.items()}
-        return original(replace(state, children=fresh))
+    def escalation_due(state: State) -> Iterable[tuple[float, int]]:
+        return original(replace(state, children={pid: replace(c, killed=False) for pid, c in state.children.items()}))
 
-    monkeypatch.setattr(step, "_escalate", escalate)
+    monkeypatch.setattr(step, "_escalation_due", escalation_due)
     problems, trace = _violation(Scenario(2, 1, None, 2, 1.0), replace(SMALL, command_names=("die",)))
     _assert_reports(problems, trace, "T5")
 
@@ -192,3 +188,47 @@ def test_liveness_is_checked_without_the_safety_net(monkeypatch: pytest.MonkeyPa
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), SMALL)
     assert problems[0].startswith("stuck") and ": L" in problems[0], problems
     assert "cooperative world" in trace
+
+
+# --- planted bugs in the re-exec lifecycle (spec/upgrades.md) -----------------------------------
+
+
+def test_bug_exec_during_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shutting down forgets to abandon the re-exec: the master would exec while winding down."""
+    monkeypatch.setattr(upgrade, "abandon_when_shutting_down", lambda state: (state, []))
+    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, commands=2, command_names=("upgrade", "die")))
+    _assert_reports(problems, trace, "S10")
+    assert "operator runs `upgrade`" in trace and "operator runs `die`" in trace
+
+
+def test_bug_lost_spawn_left_pending(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The new image forgets the spawns the old one had in flight: they would hold their slots for ever."""
+    monkeypatch.setattr(upgrade, "_fail_lost_spawns", lambda state, effects: (state, effects))
+    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "T13")
+    assert "the new master image restores the state" in trace
+
+
+def test_bug_check_deadline_never_armed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`next_deadline` forgets the upgrade check: a hung check would leave the upgrade pending for ever."""
+    monkeypatch.setattr(step, "_check_due", lambda state: ())
+    problems, trace = _violation(Scenario(1, 1, None, None, None), replace(SMALL, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "S11")
+
+
+def test_bug_check_deadline_ignored_when_it_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deadline is armed but nothing happens when it passes: the check is still awaited."""
+    monkeypatch.setattr(upgrade, "fail_overdue_check", lambda state: (state, []))
+    problems, trace = _violation(Scenario(1, 1, None, None, None), replace(SMALL, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "S11")
+    assert "time passes to t=30" in trace
+
+
+def test_bug_exec_on_a_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed check is taken for a pass: the broken einhorn would be exec'd."""
+    monkeypatch.setattr(
+        upgrade, "on_check_failed", lambda state, event: upgrade.on_check_passed(state, UpgradeCheckPassed(event.check_id, event.now))
+    )
+    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "T12")
+    assert "the upgrade check FAILS" in trace

@@ -2,11 +2,13 @@
 
 The fixtures in fixtures/reexec/ are whole documents as the state passer
 writes them (`core`: the serialized core state, `shell`: the descriptors that
-survive the exec). `format_1.json` is the current format, byte for byte what
+survive the exec). `format_2.json` is the current format, byte for byte what
 `to_plain` produces: if this test fails because the document changed, bump
 `serialize.FORMAT` and keep the old file as a fixture of an older format.
-`format_0.json` is an older format (no `format` key and fewer fields),
-`format_2.json` a newer one (unknown fields at every level).
+`format_1.json` and `format_0.json` are older formats (format 1: child kinds
+with the state passer among the children, wall-clock ping times, the re-exec
+as two flat keys, a fixed shell document; format 0: no `format` key and fewer
+fields), `format_3.json` a newer one (unknown fields at every level).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import pytest
 
 from einhorn.core import serialize
 from einhorn.core.config import Config
-from einhorn.core.state import Child, ChildKind, ReexecPurpose, State, Subscriber, UpgradeKind, initial_state
+from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, initial_state
 from einhorn.io import reexec
+from einhorn.io.control import RestoredConnection
+from einhorn.io.handoff import Descriptor
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reexec"
 COMMAND_LINE = Config(number=1, seconds=1.0, max_unacked=8, signal_timeout=None, socket_path="/tmp/x.sock")
@@ -40,6 +44,19 @@ def core_of(document: dict[str, object]) -> dict[str, object]:
     return core
 
 
+def listener_fds(restored: reexec.Restored) -> list[int]:
+    return [d.fd for d in restored.descriptors if d.kind == "listener"]
+
+
+def server_fd(restored: reexec.Restored) -> int:
+    (server,) = [d.fd for d in restored.descriptors if d.kind == "command_server"]
+    return server
+
+
+def connections(restored: reexec.Restored) -> list[RestoredConnection]:
+    return [RestoredConnection.of(d) for d in restored.descriptors if d.kind == "connection"]
+
+
 def through_pipe(payload: bytes, config: Config = COMMAND_LINE) -> reexec.Restored:
     read_end, write_end = os.pipe()
     try:
@@ -53,39 +70,64 @@ def through_pipe(payload: bytes, config: Config = COMMAND_LINE) -> reexec.Restor
 
 
 def test_the_document_carries_its_format_version() -> None:
-    assert serialize.to_plain(initial_state(COMMAND_LINE))["format"] == serialize.FORMAT == 1
+    assert serialize.to_plain(initial_state(COMMAND_LINE))["format"] == serialize.FORMAT == 2
 
 
-def test_the_current_format_is_exactly_the_format_1_fixture() -> None:
-    core = core_of(fixture("format_1.json"))
+def test_the_current_format_is_exactly_the_format_2_fixture() -> None:
+    core = core_of(fixture("format_2.json"))
     state, notes = serialize.from_plain(core, COMMAND_LINE)
     assert notes == [] and reexec.restore_note(notes) is None
     assert serialize.to_plain(state) == core
 
 
-def test_format_1_restores_every_field() -> None:
-    restored = through_pipe((FIXTURES / "format_1.json").read_bytes())
+def test_format_2_restores_every_field() -> None:
+    restored = through_pipe((FIXTURES / "format_2.json").read_bytes())
     state = restored.state
     assert restored.notes == []
     assert state.version == 4 and state.next_spawn_id == 12 and state.deaths_before_ack == 1
-    assert state.upgrading is UpgradeKind.SMOOTH and state.reexec_purpose is ReexecPurpose.FLEET_UPGRADE
-    assert state.upgrade_subscribers == (Subscriber(3, "u-1"),)
-    assert state.reexec_subscribers == (Subscriber(5, "f-2"), Subscriber(6, None))
-    assert state.verbosity == 0 and state.clock == 103.0 and state.last_spinup_at == 102.0
-    assert state.children[2001] == Child(
-        2001, ChildKind.WORKER, 4, 0, 100.5, acked=True, pinged_at=1700000100.25, pinged_request_id="r-7"
+    assert state.upgrading is UpgradeKind.SMOOTH
+    assert state.reexec == Reexec(
+        ReexecPurpose.FLEET_UPGRADE, (Subscriber(5, "f-2"), Subscriber(6, None)), 2, 131.5, ReexecPhase.EXECUTING
     )
+    assert state.next_check_id == 3
+    assert state.upgrade_subscribers == (Subscriber(3, "u-1"),)
+    assert state.verbosity == 0 and state.clock == 103.0 and state.last_spinup_at == 102.0
+    assert state.children[2001] == Child(2001, 4, 0, 100.5, acked=True, pinged_at=99.25, pinged_request_id="r-7")
     assert state.children[2002].signaled == frozenset({"USR2"}) and state.children[2002].last_signaled_at == 101.0
     assert not state.children[2003].acked  # its timer ACK is still due: spinup_at + ack_timer
-    assert state.children[2004].kind is ChildKind.STATE_PASSER
+    assert sorted(state.children) == [2001, 2002, 2003] and restored.helpers == [2004]
     # Runtime settings (inc, set_workers, config) override the new master's command line.
     assert (state.config.number, state.config.seconds, state.config.max_unacked, state.config.signal_timeout) == (3, 0.5, 2, 9)
     assert state.config.socket_path == "/tmp/x.sock"  # not a runtime setting: from the command line
-    assert restored.listener_fds == [3] and restored.server_fd == 4
-    assert restored.connections == [
-        reexec.RestoredConnection(3, 8, b'{"command": "eh', b"---%0Amessage: hi\n"),
-        reexec.RestoredConnection(5, 9, b"", b""),
-        reexec.RestoredConnection(6, 10, b"", b""),
+    assert listener_fds(restored) == [3] and server_fd(restored) == 4
+    assert connections(restored) == [
+        RestoredConnection(3, 8, b'{"command": "eh', b"---%0Amessage: hi\n"),
+        RestoredConnection(5, 9, b"", b""),
+        RestoredConnection(6, 10, b"", b""),
+    ]
+
+
+def test_format_1_is_translated_and_its_state_passer_becomes_a_helper() -> None:
+    restored = through_pipe((FIXTURES / "format_1.json").read_bytes())
+    state = restored.state
+    assert restored.notes == [
+        "format 1 restored by format 2",
+        "dropped 1 state passer(s) from the children",
+        "dropped 1 wall-clock ping time(s)",
+    ]
+    assert sorted(state.children) == [2001, 2002, 2003] and restored.helpers == [2004]
+    assert state.children[2001] == Child(2001, 4, 0, 100.5, acked=True, pinged_at=None, pinged_request_id="r-7")
+    # A format 1 master exec'd only once its check had passed.
+    assert state.reexec == Reexec(
+        ReexecPurpose.FLEET_UPGRADE, (Subscriber(5, "f-2"), Subscriber(6, None)), 0, 103.0, ReexecPhase.EXECUTING
+    )
+    assert (state.config.number, state.config.seconds, state.config.max_unacked, state.config.signal_timeout) == (3, 0.5, 2, 9)
+    # Its fixed shell document becomes the hand-off registry's list, in the same order.
+    assert listener_fds(restored) == [3] and server_fd(restored) == 4
+    assert connections(restored) == [
+        RestoredConnection(3, 8, b'{"command": "eh', b"---%0Amessage: hi\n"),
+        RestoredConnection(5, 9, b"", b""),
+        RestoredConnection(6, 10, b"", b""),
     ]
 
 
@@ -106,36 +148,35 @@ def test_an_older_format_gets_defaults_and_one_log_line() -> None:
     assert state.children[3103].signaled == frozenset({"USR2"})
     # One note per kind of change, not one per child; and one log line for all of them.
     assert restored.notes == [
-        "format None restored by format 1",
-        "state: added default values for ['format', 'pending', 'reexec_purpose', 'reexec_subscribers',"
-        " 'settings', 'shutdown_signal', 'verbosity']",
+        "format None restored by format 2",
+        "state: added default values for ['format', 'pending', 'settings', 'shutdown_signal', 'verbosity']",
         "child: added default values for ['killed', 'pinged_at', 'pinged_request_id']",
     ]
     note = reexec.restore_note(restored.notes)
     assert note is not None and "\n" not in note
-    assert note.startswith("State format for einhorn has changed: format None restored by format 1; state: added")
+    assert note.startswith("State format for einhorn has changed: format None restored by format 2; state: added")
 
 
 def test_a_newer_format_loses_unknown_keys_with_one_log_line() -> None:
-    restored = through_pipe((FIXTURES / "format_2.json").read_bytes())
+    restored = through_pipe((FIXTURES / "format_3.json").read_bytes())
     state = restored.state
     assert state.version == 7 and state.reexec_purpose is ReexecPurpose.RELOAD and state.verbosity == 2
     assert state.reexec_subscribers == (Subscriber(8, "r1"),)
     assert state.config.max_unacked == 4 and state.config.max_upgrade_additional == 1 and state.config.number == 2
     assert sorted(state.children) == [4201, 4202] and all(c.acked for c in state.children.values())
     assert restored.notes == [
-        "format 2 restored by format 1",
+        "format 3 restored by format 2",
         "state: deleted unknown values for ['last_upgraded_at', 'worker_groups']",
         "child: deleted unknown values for ['cgroup', 'rss_bytes']",
     ]
-    assert restored.listener_fds == [3, 4] and restored.server_fd == 5  # unknown shell keys are ignored
-    assert restored.connections == [reexec.RestoredConnection(8, 6, b"", b"")]
+    assert listener_fds(restored) == [3, 4] and server_fd(restored) == 5  # unknown shell keys are ignored
+    assert connections(restored) == [RestoredConnection(8, 6, b"", b"")]
     note = reexec.restore_note(restored.notes)
     assert note is not None and note.count("deleted unknown values") == 2 and "\n" not in note
 
 
 def test_a_setting_this_version_does_not_know_is_noted_and_ignored() -> None:
-    core = core_of(fixture("format_1.json"))
+    core = core_of(fixture("format_2.json"))
     core["settings"] = {**core["settings"], "gc_before_fork": True}  # type: ignore[dict-item]
     state, notes = serialize.from_plain(core, COMMAND_LINE)
     assert state.config.number == 3
@@ -143,7 +184,7 @@ def test_a_setting_this_version_does_not_know_is_noted_and_ignored() -> None:
 
 
 def test_many_children_with_the_same_gap_make_one_note() -> None:
-    children = [{"pid": 10 + n, "kind": "worker", "version": 0, "index": n, "spinup_at": 1.0} for n in range(50)]
+    children = [{"pid": 10 + n, "version": 0, "index": n, "spinup_at": 1.0} for n in range(50)]
     document = {**serialize.to_plain(initial_state(COMMAND_LINE)), "children": children}
     state, notes = serialize.from_plain(document, COMMAND_LINE)
     assert len(state.children) == 50
@@ -156,11 +197,12 @@ def test_many_children_with_the_same_gap_make_one_note() -> None:
 
 
 def test_a_state_larger_than_the_pipe_buffer_crosses_through_the_state_passer() -> None:
-    children = {pid: Child(pid, ChildKind.WORKER, 1, pid - 100_000, float(pid), acked=pid % 2 == 0) for pid in range(100_000, 102_000)}
+    children = {pid: Child(pid, 1, pid - 100_000, float(pid), acked=pid % 2 == 0) for pid in range(100_000, 102_000)}
     state = replace(initial_state(COMMAND_LINE), children=children, version=1)
-    shell = reexec.shell_document([3], 4, [reexec.RestoredConnection(9, 11, b"partial", b"x" * 100_000)])
+    conn = RestoredConnection(9, 11, b"partial", b"x" * 100_000)
+    shell = reexec.shell_document([Descriptor("listener", 3, {"index": 0}), Descriptor("command_server", 4), conn.descriptor()])
     read_end, write_end = os.pipe()
-    passer = reexec.fork_state_passer(state, shell, write_end, now=5.0)
+    passer = reexec.fork_state_passer(state, shell, write_end)
     os.close(write_end)
     try:
         restored = reexec.read_state(read_end, COMMAND_LINE)
@@ -168,10 +210,10 @@ def test_a_state_larger_than_the_pipe_buffer_crosses_through_the_state_passer() 
         _, status = os.waitpid(passer, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert len(json.dumps(serialize.to_plain(state))) > 2**16
-    # The passer records itself, so that the new master reaps it knowingly.
-    assert restored.state.children[passer] == Child(passer, ChildKind.STATE_PASSER, 1, -1, 5.0)
-    assert {pid: c for pid, c in restored.state.children.items() if pid != passer} == children
-    assert restored.connections == [reexec.RestoredConnection(9, 11, b"partial", b"x" * 100_000)]
+    # The passer names itself a helper (not a child), so that the new shell reaps it knowingly.
+    assert restored.helpers == [passer]
+    assert restored.state.children == children
+    assert connections(restored) == [conn]
     assert restored.notes == []
 
 
@@ -187,6 +229,9 @@ def test_a_state_larger_than_the_pipe_buffer_crosses_through_the_state_passer() 
         b'{"core": {"children": "none"}, "shell": {"listener_fds": [], "server_fd": 3, "connections": []}}',
         b'{"core": {}, "shell": {"listener_fds": ["three"], "server_fd": 3, "connections": []}}',
         b'{"core": {}, "shell": {"listener_fds": [], "server_fd": 3, "connections": [{"id": 1}]}}',
+        b'{"core": {}, "shell": {"descriptors": [{"kind": "listener"}]}}',
+        b'{"core": {}, "shell": {"descriptors": [{"kind": "listener", "fd": "3"}]}}',
+        b'{"core": {}, "shell": {"descriptors": [], "helpers": ["passer"]}}',
         b"\xff\xfe",
     ],
 )
@@ -210,8 +255,10 @@ def test_restore_note_is_none_without_notes() -> None:
 
 def test_the_shell_document_round_trips_binary_buffers() -> None:
     raw = bytes(range(256))
-    shell = reexec.shell_document([7, 8], 9, [reexec.RestoredConnection(2, 12, raw, raw[::-1])])
+    conn = RestoredConnection(2, 12, raw, raw[::-1])
+    listeners = [Descriptor("listener", 7, {"index": 0}), Descriptor("listener", 8, {"index": 1})]
+    shell = reexec.shell_document([*listeners, Descriptor("command_server", 9), conn.descriptor()])
     document = {"core": serialize.to_plain(State(config=COMMAND_LINE)), "shell": shell}
     restored = through_pipe(json.dumps(document).encode())
-    assert restored.connections == [reexec.RestoredConnection(2, 12, raw, raw[::-1])]
-    assert restored.listener_fds == [7, 8] and restored.server_fd == 9
+    assert connections(restored) == [conn]
+    assert listener_fds(restored) == [7, 8] and server_fd(restored) == 9

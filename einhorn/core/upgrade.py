@@ -1,0 +1,180 @@
+"""What happens on upgrade, in the core: the whole re-exec lifecycle and the worker half of an upgrade.
+
+One re-exec, from the request to its end (spec/upgrades.md):
+
+1. `start_reexec` (an `upgrade`, `upgrade_fleet` or `reload` request, SIGHUP):
+   record a `Reexec` in phase CHECKING with a deadline, order
+   `StartUpgradeCheck`. A request while one is in progress joins it.
+2. `on_check_passed`: phase EXECUTING, order `ExecMaster` (the shell performs
+   it once the events already read are handled). `on_check_failed`, or the
+   deadline passing (`CHECK_DEADLINE`), ends the re-exec with an error.
+3. `on_restored` (the new image's `MasterStarted(restored=True)`): spawns the
+   old image had in flight are failed, then a reload says "Reload done" and an
+   upgrade bumps the version and starts replacing workers (`upgrade_workers`).
+   `on_reexec_failed`: the exec itself failed; the old image keeps running.
+
+Shutting down abandons a re-exec in either phase (`abandon_when_shutting_down`,
+run by reconcile after every event): the check is stopped, an ordered exec is
+withdrawn, and the requesters are told.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from einhorn.core import pool
+from einhorn.core.actions import announce, spin_up
+from einhorn.core.config import UPGRADE_CHECK_TIMEOUT
+from einhorn.core.effects import (
+    AbandonExec,
+    Effect,
+    ExecMaster,
+    Log,
+    LogLevel,
+    Reply,
+    StartUpgradeCheck,
+    StopUpgradeCheck,
+)
+from einhorn.core.events import ReexecFailed, UpgradeCheckFailed, UpgradeCheckPassed
+from einhorn.core.state import Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind
+
+Outcome = tuple[State, list[Effect]]
+
+
+def start_reexec(state: State, purpose: ReexecPurpose, subscriber: Subscriber | None) -> Outcome:
+    if not state.respawn:
+        message = "Not reloading einhorn because we're exiting"
+        replies = [Reply(subscriber.conn, message, subscriber.request_id)] if subscriber else []
+        return state, [Log(LogLevel.INFO, message), *replies]
+    joining = (subscriber,) if subscriber else ()
+    if state.reexec is not None:
+        reexec = replace(state.reexec, subscribers=state.reexec.subscribers + joining)
+        return replace(state, reexec=reexec), [
+            Log(LogLevel.INFO, f"A re-exec ({state.reexec.purpose.value}) is already in progress")
+        ]
+    check_id = state.next_check_id
+    reexec = Reexec(purpose, joining, check_id, deadline=state.clock + UPGRADE_CHECK_TIMEOUT)
+    state = replace(state, reexec=reexec, next_check_id=check_id + 1)
+    return state, [*announce(state, LogLevel.INFO, f"Reloading einhorn master ({purpose.value})..."), StartUpgradeCheck(check_id)]
+
+
+def _checking(state: State, check_id: int) -> Reexec | None:
+    """The re-exec waiting for this check's verdict, if any (a late or stale verdict has none)."""
+    reexec = state.reexec
+    if reexec is None or reexec.phase is not ReexecPhase.CHECKING or reexec.check_id != check_id:
+        return None
+    return reexec
+
+
+def on_check_passed(state: State, event: UpgradeCheckPassed) -> Outcome:
+    reexec = _checking(state, event.check_id)
+    if reexec is None:
+        return state, [Log(LogLevel.DEBUG, f"Upgrade check {event.check_id} passed after its re-exec ended; ignoring")]
+    state = replace(state, reexec=replace(reexec, phase=ReexecPhase.EXECUTING))
+    return state, [ExecMaster()]
+
+
+def on_check_failed(state: State, event: UpgradeCheckFailed) -> Outcome:
+    if _checking(state, event.check_id) is None:
+        return state, [Log(LogLevel.DEBUG, f"Upgrade check {event.check_id} failed after its re-exec ended; ignoring")]
+    return end_failed(state, f"the new einhorn failed its upgrade check: {event.reason}")
+
+
+def on_reexec_failed(state: State, event: ReexecFailed) -> Outcome:
+    if state.reexec is None or state.reexec.phase is not ReexecPhase.EXECUTING:
+        return state, [Log(LogLevel.DEBUG, f"Re-exec failure with no exec ordered ({event.reason}); ignoring")]
+    return end_failed(state, event.reason)
+
+
+def end_failed(state: State, reason: str) -> Outcome:
+    """End the re-exec in progress with an error to its requesters; the master keeps running the old code."""
+    assert state.reexec is not None
+    what = "reload" if state.reexec.purpose is ReexecPurpose.RELOAD else "upgrade"
+    message = f"Can not initiate einhorn master {what} safely, aborting: {reason}"
+    effects: list[Effect] = [Log(LogLevel.ERROR, message)]
+    effects += [Reply(s.conn, f"ERROR: {message}", s.request_id) for s in state.reexec.subscribers]
+    return replace(state, reexec=None), effects
+
+
+def check_deadline(state: State) -> float | None:
+    """When the running upgrade check must have passed."""
+    reexec = state.reexec
+    return reexec.deadline if reexec is not None and reexec.phase is ReexecPhase.CHECKING else None
+
+
+def fail_overdue_check(state: State) -> Outcome:
+    """The check's deadline passed without a verdict: stop it and fail the re-exec."""
+    deadline = check_deadline(state)
+    if deadline is None or state.clock < deadline:
+        return state, []
+    assert state.reexec is not None
+    stop = StopUpgradeCheck(state.reexec.check_id)
+    state, effects = end_failed(
+        state, f"the new einhorn failed its upgrade check: it did not finish within {UPGRADE_CHECK_TIMEOUT:g}s"
+    )
+    return state, [stop, *effects]
+
+
+def abandon_when_shutting_down(state: State) -> Outcome:
+    """No re-exec once shutting down, whatever phase it reached."""
+    if state.respawn or state.reexec is None:
+        return state, []
+    withdraw: Effect = (
+        StopUpgradeCheck(state.reexec.check_id) if state.reexec.phase is ReexecPhase.CHECKING else AbandonExec()
+    )
+    state, effects = end_failed(state, "einhorn is shutting down")
+    return state, [withdraw, *effects]
+
+
+def on_restored(state: State) -> Outcome:
+    """The new image is up with the old image's state (`MasterStarted(restored=True)`)."""
+    effects: list[Effect] = [Log(LogLevel.INFO, f"Restored state: version {state.version}, {len(state.children)} workers")]
+    state, effects = _fail_lost_spawns(state, effects)
+    reexec = state.reexec
+    state = replace(state, reexec=None)
+    if reexec is None:
+        return state, effects
+    match reexec.purpose:
+        case ReexecPurpose.RELOAD:
+            effects += [Reply(s.conn, "Reload done", s.request_id) for s in reexec.subscribers]
+        case ReexecPurpose.SMOOTH_UPGRADE | ReexecPurpose.FLEET_UPGRADE:
+            kind = UpgradeKind.SMOOTH if reexec.purpose is ReexecPurpose.SMOOTH_UPGRADE else UpgradeKind.FLEET
+            state = replace(state, upgrade_subscribers=(*state.upgrade_subscribers, *reexec.subscribers))
+            state, more = upgrade_workers(state, kind)
+            effects += more
+    return state, effects
+
+
+def _fail_lost_spawns(state: State, effects: list[Effect]) -> tuple[State, list[Effect]]:
+    """A spawn the old image had in flight will never be answered: it failed (a death before ACK)."""
+    if not state.pending:
+        return state, effects
+    lost = sorted(state.pending)
+    state = replace(state, pending={}, deaths_before_ack=state.deaths_before_ack + len(lost))
+    note = f"Spawns {lost} were in flight across the master's re-exec and are lost; counted as failed"
+    return state, [*effects, Log(LogLevel.ERROR, note)]
+
+
+def upgrade_workers(state: State, kind: UpgradeKind) -> Outcome:
+    """Bump the version and start replacing workers (the worker half of an upgrade)."""
+    if state.upgrading is not None:
+        note = (
+            f"Currently upgrading ({pool.ack_count(state)} / {pool.ack_target(state)} ACKs;"
+            " bumping version and starting over)..."
+        )
+    else:
+        note = f"Starting {kind.value} upgrade from version {state.version}..."
+    state = replace(state, upgrading=kind, version=state.version + 1, deaths_before_ack=0)
+    effects = announce(state, LogLevel.INFO, note)
+    if kind is UpgradeKind.FLEET and state.respawn:
+        state, more = spin_up(state, _fleet_capacity(state))
+        effects += more
+    return state, effects
+
+
+def _fleet_capacity(state: State) -> int:
+    missing = pool.missing_worker_count(state)
+    extra = state.config.max_upgrade_additional
+    if extra is None:
+        return missing
+    return max(0, min(missing, state.config.number + extra - pool.total_worker_count(state)))
