@@ -7,7 +7,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 
-from einhorn.protocol import LineBuffer, RequestError, encode_message, parse_message, request
+from einhorn.framing import LineBuffer, RequestError, encode_message
+from einhorn.protocol import parse_message, request
 
 # Responses such as `state` grow with the number of workers: allow far more
 # than the master allows for requests.

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from einhorn.client import Client
-from einhorn.protocol import RequestError
+from einhorn.framing import RequestError
 
 HISTORY_FILE = "~/.einhornsh_history"
 HISTORY_LENGTH = 1000

@@ -1,6 +1,7 @@
 """The restricted YAML loader behind `einhorn.protocol.parse_document` (see its module doc).
 
 A module of its own so that PyYAML is imported only when a request is not JSON.
+It builds on the leaf `einhorn.framing` only, never on `einhorn.protocol`.
 """
 
 import re
@@ -12,7 +13,7 @@ import yaml.composer
 import yaml.constructor
 import yaml.nodes
 
-from einhorn.protocol import _SURROGATE, MAX_DEPTH, MAX_NODES, RequestError
+from einhorn.framing import MAX_DEPTH, MAX_NODES, RequestError, join_surrogate_pairs
 
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
@@ -71,12 +72,8 @@ class _RestrictedLoader(yaml.SafeLoader):
 
     def construct_scalar(self, node: yaml.nodes.ScalarNode | yaml.nodes.MappingNode) -> str:
         value = super().construct_scalar(node)
-        if not _SURROGATE.search(value):
-            return value
-        # JSON with ensure_ascii writes characters outside the BMP as \\u
-        # surrogate pairs, which YAML decodes one half at a time.
         try:
-            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+            return join_surrogate_pairs(value)
         except UnicodeDecodeError:
             raise yaml.constructor.ConstructorError(
                 None, None, "unpaired surrogate in string", node.start_mark

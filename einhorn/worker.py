@@ -1,8 +1,8 @@
 """Helpers for worker processes running under einhorn (BEHAVIOR §2, §3, §7).
 
 The Python counterpart of the original's ``einhorn/worker.rb``. It uses the
-standard library and einhorn's stdlib-only `einhorn.protocol` only, so that a
-worker can import it without PyYAML or the rest of einhorn.
+standard library and einhorn's stdlib-only framing leaf `einhorn.framing`
+only, so that a worker can import it without PyYAML or the rest of einhorn.
 """
 
 import collections
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import socketserver
 
-from einhorn.protocol import encode_message
+from einhorn.framing import encode_message
 
 
 class NotRunningUnderEinhorn(RuntimeError):

@@ -17,7 +17,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from einhorn import protocol
+from einhorn import framing, protocol
 from einhorn.core.commands import ConfigDocumentError
 from einhorn.core.events import CommandReceived, ConnectionClosed, Event, RequestUnparseable
 from einhorn.io.handoff import Descriptor, Handoff
@@ -33,7 +33,7 @@ _PEERCRED = struct.Struct("3i")
 class Connection:
     id: int
     sock: socket.socket
-    reader: protocol.LineBuffer
+    reader: framing.LineBuffer
     output: bytearray = field(default_factory=bytearray)
     closing: bool = False
     trusted: bool = False
@@ -108,7 +108,7 @@ class CommandServer:
         self.next_id = max(self.next_id, conn_id + 1)
         sock.setblocking(False)
         sock.set_inheritable(False)
-        conn = Connection(conn_id, sock, protocol.LineBuffer(MAX_LINE), bytearray(output), trusted=trusted)
+        conn = Connection(conn_id, sock, framing.LineBuffer(MAX_LINE), bytearray(output), trusted=trusted)
         self.connections[conn_id] = conn
         self.selector.register(sock, self._interest(conn), lambda: self._service(conn))
         if read:
@@ -149,7 +149,7 @@ class CommandServer:
     def _refuse(self, sock: socket.socket, reason: str) -> None:
         try:
             sock.setblocking(False)
-            sock.send(protocol.encode_message({"message": reason}))
+            sock.send(framing.encode_message({"message": reason}))
         except OSError:
             pass
         finally:
@@ -179,7 +179,7 @@ class CommandServer:
                 return events
             try:
                 lines += conn.reader.feed(chunk)
-            except protocol.LineTooLong:
+            except framing.LineTooLong:
                 self.log.error(f"[client {conn.id}] sent a line longer than {MAX_LINE} bytes; closing the connection")
                 self.send(conn.id, {"message": f"Request too long (limit {MAX_LINE} bytes)"})
                 self.close(conn.id)
@@ -192,7 +192,7 @@ class CommandServer:
             now, wall = self.clock()
             try:
                 request = protocol.parse_message(line)
-            except protocol.RequestError as error:
+            except framing.RequestError as error:
                 self.log.debug(f"[client {conn.id}] unparseable request: {error}")
                 events.append(RequestUnparseable(conn.id, now))
                 continue
@@ -205,7 +205,7 @@ class CommandServer:
         conn = self.connections.get(conn_id)
         if conn is None or conn.closing:
             return
-        conn.output += protocol.encode_message(message)
+        conn.output += framing.encode_message(message)
         if len(conn.output) > MAX_PENDING_OUTPUT:
             self.log.error(f"[client {conn.id}] is not reading its replies ({len(conn.output)} bytes pending); dropping it")
             self._drop(conn)
@@ -292,5 +292,5 @@ def _config_document(request: Mapping[str, object]) -> object:
         return None
     try:
         return protocol.parse_document(" ".join(str(a) for a in args))
-    except protocol.RequestError as error:
+    except framing.RequestError as error:
         return ConfigDocumentError(str(error))

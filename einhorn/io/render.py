@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from einhorn.core.report import Symbol, Timestamp
-from einhorn.protocol import yaml_safe_json
+from einhorn.framing import yaml_safe_json
 
 # A string is written plain only when no YAML 1.1 loader (PyYAML, Ruby's Psych) could
 # read it as anything but that string: it starts with a letter, `_` or `/` (so it is no

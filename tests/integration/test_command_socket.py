@@ -22,7 +22,8 @@ import pytest
 import yaml
 
 from einhorn import __version__
-from einhorn.protocol import encode_message, request
+from einhorn.framing import encode_message
+from einhorn.protocol import request
 from tests.integration.conftest import (
     EINHORNSH,
     TIME_SERVER,

@@ -12,7 +12,8 @@ import pexpect
 import pytest
 
 from einhorn.einhornsh import default_socket_path, main, split_command_sequence
-from einhorn.protocol import encode_message, parse_message
+from einhorn.framing import encode_message
+from einhorn.protocol import parse_message
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GREETING = "Welcome fake! You are speaking to a test double.\n"

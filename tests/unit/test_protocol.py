@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import einhorn
 from einhorn import restricted_yaml
-from einhorn.protocol import (
+from einhorn.framing import (
     MAX_DEPTH,
     MAX_NODES,
     LineBuffer,
@@ -18,11 +18,9 @@ from einhorn.protocol import (
     RequestError,
     encode_message,
     escape,
-    parse_document,
-    parse_message,
-    request,
     unescape,
 )
+from einhorn.protocol import parse_document, parse_message, request
 
 BILLION_LAUGHS = (
     'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from einhorn import worker
-from einhorn.protocol import parse_message, unescape
+from einhorn.framing import unescape
+from einhorn.protocol import parse_message
 
 
 @pytest.fixture(autouse=True)
@@ -288,7 +289,7 @@ def test_the_module_imports_without_pyyaml_or_the_rest_of_einhorn() -> None:
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
-    assert result.stdout.split() == ["['einhorn',", "'einhorn.protocol',", "'einhorn.worker']"]
+    assert result.stdout.split() == ["['einhorn',", "'einhorn.framing',", "'einhorn.worker']"]
 
 
 # Graceful shutdown of a real process: the handler may wait for the main thread
