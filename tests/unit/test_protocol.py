@@ -10,17 +10,9 @@ from hypothesis import strategies as st
 
 import einhorn
 from einhorn import restricted_yaml
-from einhorn.framing import (
-    MAX_DEPTH,
-    MAX_NODES,
-    LineBuffer,
-    LineTooLong,
-    RequestError,
-    encode_message,
-    escape,
-    unescape,
-)
+from einhorn.framing import MAX_DEPTH, MAX_NODES, RequestError, encode_message, escape, unescape
 from einhorn.protocol import parse_document, parse_message, request
+from tests.unit.test_framing import yamlish_text
 
 BILLION_LAUGHS = (
     'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
@@ -44,8 +36,6 @@ json_values = st.recursive(
     | st.dictionaries(json_keys, children, max_size=4),
     max_leaves=20,
 )
-# Characters that steer generated text into YAML syntax and the escapes.
-yamlish_text = st.text(alphabet=st.sampled_from("{}[]:,-?&*!|>'\"#%250Aab \n\t"))
 # Characters a YAML loader refuses raw or reads as something else (C0 and C1 controls,
 # DEL, the line breaks NEL, LS and PS, the BOM, non-characters), the edges of the planes,
 # the framing's escapes, quotes, backslashes and what spells a \\u escape.
@@ -64,53 +54,7 @@ def nested_lists(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-# escape / unescape
-
-
-def test_escape_writes_percent_and_newline_as_hex() -> None:
-    assert escape("100%\nsure") == "100%25%0Asure"
-
-
-def test_unescape_accepts_lowercase_hex() -> None:
-    assert unescape("a%0ab%0Ac%25") == "a\nb\nc%"
-
-
-def test_unescape_leaves_other_percent_sequences_alone() -> None:
-    assert unescape("%41 %2 %0B %") == "%41 %2 %0B %"
-
-
-def test_unescape_decodes_an_escaped_escape_once() -> None:
-    assert unescape("%250A") == "%0A"
-
-
-@given(st.text() | yamlish_text)
-def test_escape_round_trips_and_stays_on_one_line(text: str) -> None:
-    escaped = escape(text)
-    assert "\n" not in escaped
-    assert unescape(escaped) == text
-
-
-# encode_message / request
-
-
-def test_encode_message_is_one_json_line() -> None:
-    # JSON already writes a newline inside a string as the two characters \n.
-    assert encode_message({"message": "50%\ndone", "wait": True}) == (
-        b'{"message": "50%25\\ndone", "wait": true}\n'
-    )
-
-
-def test_encode_message_writes_utf8_and_escapes_only_what_yaml_refuses_raw() -> None:
-    # DEL is no YAML character, NEL and LS are line breaks, a BOM is none either.
-    assert encode_message({"user": "jos\u00e9 \U0001f600", "m": "\x7f\x85\u2028\ufeff"}) == (
-        '{"user": "jos\u00e9 \U0001f600", "m": "\\u007f\\u0085\\u2028\\ufeff"}\n'.encode()
-    )
-
-
-def test_encode_message_can_leave_out_the_spaces() -> None:
-    assert encode_message({"command": "worker:ack", "pid": 7}, compact=True) == (
-        b'{"command":"worker:ack","pid":7}\n'
-    )
+# encode_message read back / request
 
 
 def test_a_lone_surrogate_is_sent_as_the_replacement_character() -> None:
@@ -295,63 +239,6 @@ def test_parse_message_raises_nothing_but_request_error(line: bytes) -> None:
     except RequestError:
         return
     assert all(isinstance(key, str) for key in message)
-
-
-# LineBuffer
-
-
-def test_line_buffer_reassembles_a_request_split_across_writes() -> None:
-    buffer = LineBuffer()
-    assert buffer.feed(b'{"command":') == []
-    assert buffer.feed(b' "ehlo"') == []
-    assert buffer.feed(b"}\n") == [b'{"command": "ehlo"}']
-
-
-def test_line_buffer_splits_several_requests_in_one_write() -> None:
-    buffer = LineBuffer()
-    assert buffer.feed(b"one\ntwo\n\nthr") == [b"one", b"two", b""]
-    assert buffer.feed(b"ee\n") == [b"three"]
-
-
-def test_line_buffer_accepts_a_line_of_exactly_max_line() -> None:
-    assert LineBuffer(max_line=4).feed(b"abcd\n") == [b"abcd"]
-
-
-def test_line_buffer_refuses_a_complete_line_over_max_line() -> None:
-    with pytest.raises(LineTooLong):
-        LineBuffer(max_line=4).feed(b"ok\nabcde\n")
-
-
-def test_line_buffer_refuses_two_mebibytes_before_the_newline_arrives() -> None:
-    buffer = LineBuffer()
-    chunk = b"x" * 65536
-    with pytest.raises(LineTooLong):
-        for _ in range(32):
-            buffer.feed(chunk)
-
-
-def test_line_buffer_is_unusable_after_overflowing() -> None:
-    buffer = LineBuffer(max_line=4)
-    with pytest.raises(LineTooLong):
-        buffer.feed(b"abcdef")
-    with pytest.raises(LineTooLong):
-        buffer.feed(b"\nok\n")
-
-
-@given(
-    st.lists(st.binary(max_size=20).map(lambda line: line.replace(b"\n", b""))),
-    st.binary(max_size=20).map(lambda tail: tail.replace(b"\n", b"")),
-    st.data(),
-)
-def test_line_buffer_yields_exactly_the_lines_however_the_stream_is_cut(
-    lines: list[bytes], unfinished_tail: bytes, data: st.DataObject
-) -> None:
-    stream = b"".join(line + b"\n" for line in lines) + unfinished_tail
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)))))
-    chunks = [stream[start:end] for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
-    buffer = LineBuffer(max_line=20)
-    received = [line for chunk in chunks for line in buffer.feed(chunk)]
-    assert received == lines
 
 
 # parse_document (the `config` command's argument)
