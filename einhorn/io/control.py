@@ -141,7 +141,7 @@ class CommandServer:
             return f"Too many connections ({self.max_connections} open); try again later"
         self._cap_logged = False
         pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-        if uid not in (os.geteuid(), 0):
+        if not may_command(uid, os.geteuid()):
             self.log.error(f"Refused a command connection from pid {pid}, uid {uid}: not the master's user")
             return f"Permission denied: only uid {os.geteuid()} (the master's user) or root may command this Einhorn"
         return None
@@ -196,7 +196,7 @@ class CommandServer:
                 self.log.debug(f"[client {conn.id}] unparseable request: {error}")
                 events.append(RequestUnparseable(conn.id, now))
                 continue
-            events.append(CommandReceived(conn.id, request, now, wall, _config_document(request)))
+            events.append(CommandReceived(conn.id, request, now, wall, config_document(request)))
         return events
 
     # --- output -----------------------------------------------------------
@@ -286,7 +286,17 @@ class CommandServer:
         self.server.close()
 
 
-def _config_document(request: Mapping[str, object]) -> object:
+def may_command(peer_uid: int, master_uid: int) -> bool:
+    """Whether a peer running as ``peer_uid`` may command a master running as ``master_uid``: its own user or root."""
+    return peer_uid in (master_uid, 0)
+
+
+def config_document(request: Mapping[str, object]) -> object:
+    """The YAML document a `config` request carries in its ``args``, for `CommandReceived.document`.
+
+    None for any other request (or ``args`` that are not strings); a
+    `ConfigDocumentError` with the reason when the document does not parse.
+    """
     args = request.get("args")
     if request.get("command") != "config" or not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         return None
