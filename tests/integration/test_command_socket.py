@@ -24,20 +24,10 @@ import yaml
 from einhorn import __version__
 from einhorn.framing import encode_message
 from einhorn.protocol import request
-from tests.integration.conftest import (
-    EINHORNSH,
-    TIME_SERVER,
-    Connection,
-    Harness,
-    Master,
-    decode_reply,
-    escape,
-    frame,
-    recorder,
-    signals_received,
-    wait_ready,
-    wait_until,
-)
+from tests.integration.harness import EINHORNSH, Harness, Master
+from tests.integration.waiting import wait_until
+from tests.integration.wire import Connection, decode_reply, escape, frame
+from tests.integration.workers import TIME_SERVER, recorder, signals_received, wait_ready
 
 FAST = ("-m", "0.1", "-s", "0.1")
 HELP_COMMANDS = [

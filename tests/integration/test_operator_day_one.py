@@ -12,8 +12,11 @@ import urllib.request
 
 import pytest
 
-from tests.integration.conftest import REPO, TIME_SERVER, Harness, alive, wait_until
+from tests.integration.harness import Harness
+from tests.integration.procfs import alive
 from tests.integration.upgrade_helpers import Load, failures, upgrade
+from tests.integration.waiting import wait_until
+from tests.integration.workers import REPO, TIME_SERVER
 
 HTTP_SERVER = str(REPO / "example" / "http_server")
 

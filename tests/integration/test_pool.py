@@ -13,21 +13,10 @@ from pathlib import Path
 import pytest
 
 from einhorn import __version__
-from tests.integration.conftest import (
-    TIME_SERVER,
-    Harness,
-    Master,
-    alive,
-    children_of,
-    cpu_seconds,
-    environ_of,
-    fds_of,
-    proc_stat,
-    recorder,
-    signals_received,
-    wait_ready,
-    wait_until,
-)
+from tests.integration.harness import Harness, Master
+from tests.integration.procfs import alive, children_of, cpu_seconds, environ_of, fds_of, proc_stat
+from tests.integration.waiting import wait_until
+from tests.integration.workers import TIME_SERVER, recorder, signals_received, wait_ready
 
 FAST = ("-m", "0.1", "-s", "0.1")
 """Timer ACK after 0.1 s and a 0.1 s base spin-up interval: tests need not wait for the defaults."""

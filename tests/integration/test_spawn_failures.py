@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Harness, Master, wait_until
+from tests.integration.harness import Harness, Master
+from tests.integration.waiting import wait_until
 
 
 def uninterpretable_program(path: Path) -> str:

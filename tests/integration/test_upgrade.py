@@ -24,20 +24,8 @@ from typing import TextIO
 
 import pytest
 
-from tests.integration.conftest import (
-    EINHORN,
-    TIME_SERVER,
-    Connection,
-    Harness,
-    Master,
-    alive,
-    children_of,
-    environ_of,
-    fds_of,
-    frame,
-    proc_stat,
-    wait_until,
-)
+from tests.integration.harness import EINHORN, Harness, Master
+from tests.integration.procfs import alive, children_of, environ_of, fds_of, proc_stat
 from tests.integration.upgrade_helpers import (
     HOLD,
     Load,
@@ -52,6 +40,9 @@ from tests.integration.upgrade_helpers import (
     worker_records,
     write_wrapper,
 )
+from tests.integration.waiting import wait_until
+from tests.integration.wire import Connection, frame
+from tests.integration.workers import TIME_SERVER
 
 Connect = Callable[[Master], Connection]
 

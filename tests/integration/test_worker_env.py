@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Harness, Master, wait_until
+from tests.integration.harness import Harness, Master
 from tests.integration.upgrade_helpers import upgrade
+from tests.integration.waiting import wait_until
 
 FAST = ("-m", "0.1", "-s", "0.1")
 

@@ -19,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration.conftest import EINHORN, Master, environ_of, wait_until
+from tests.integration.harness import EINHORN, Master
+from tests.integration.procfs import environ_of
+from tests.integration.waiting import wait_until
 
 HOLD_LIMIT_SECONDS = 20
 """A wrapper told to hold the exec waits at most this long for the test's go-ahead."""
