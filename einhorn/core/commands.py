@@ -14,15 +14,12 @@ from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
 from einhorn.core.effects import CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
 from einhorn.core.events import CommandReceived
 from einhorn.core.report import snapshot
+from einhorn.core.signals import bare_signal
+from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here
 from einhorn.core.state import ReexecPurpose, RequestId, State, Subscriber
 from einhorn.core.upgrade import start_reexec
 
 Outcome = tuple[State, list[Effect]]
-
-SIGNAL_NAMES = frozenset(
-    "HUP INT QUIT ILL TRAP ABRT BUS FPE KILL USR1 SEGV USR2 PIPE ALRM TERM STKFLT CHLD CONT STOP "
-    "TSTP TTIN TTOU URG XCPU XFSZ VTALRM PROF WINCH IO POLL PWR SYS".split()
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,16 +106,6 @@ def _reply(state: State, request: Request, text: str) -> Outcome:
 
 def _signal_summary(signal: str, pids: Sequence[int]) -> str:
     return f"Successfully sent {signal}s to {len(pids)} processes: [{', '.join(str(p) for p in pids)}]"
-
-
-def _bare_signal(name: str) -> str:
-    upper = name.strip().upper()
-    return upper[3:] if upper.startswith("SIG") else upper
-
-
-def normalize_signal(name: str) -> str | None:
-    bare = _bare_signal(name)
-    return bare if bare in SIGNAL_NAMES else None
 
 
 def _worker_pids(state: State) -> list[int]:
@@ -241,7 +228,7 @@ def _signal(state: State, request: Request) -> Outcome:
     for name in request.args:
         signal = normalize_signal(name)
         if signal is None:
-            return _reply(state, request, f"Invalid signal: {_inspect(_bare_signal(name))}")
+            return _reply(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
         signals.append(signal)
     pids = _worker_pids(state)
     effects: list[Effect] = []
@@ -256,7 +243,7 @@ def _die(state: State, request: Request) -> Outcome:
     name = request.args[0] if request.args else "USR2"
     signal = normalize_signal(name)
     if signal is None:
-        return _reply(state, request, f"Invalid signal: {_inspect(_bare_signal(name))}")
+        return _reply(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
     pids = _worker_pids(state)
     state = replace(state, respawn=False, shutdown_signal=signal)
     state, effects = signal_children(state, signal, pids)
