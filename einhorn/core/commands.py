@@ -117,10 +117,11 @@ def _worker_pids(state: State) -> list[int]:
 
 def _ehlo(state: State, request: Request) -> Outcome:
     user = request.raw.get("user")
-    name = f" ({state.config.command_name})" if state.config.command_name else ""
+    shown = state.config.display
+    name = f" ({shown.command_name})" if shown.command_name else ""
     text = (
         f"Welcome, {user if isinstance(user, str) else ''}! You are speaking to Einhorn Master Process "
-        f"{state.config.master_pid}{name}.\nThis is Einhorn {state.config.einhorn_version}.\n"
+        f"{shown.master_pid}{name}.\nThis is Einhorn {state.config.einhorn_version}.\n"
     )
     return _reply(state, request, text)
 
@@ -181,7 +182,7 @@ def _dec(state: State, request: Request) -> Outcome:
     if old <= 1:
         text = (
             f"Can't decrease number of workers (already at {old}).  "
-            f"Run kill {state.config.master_pid} if you really want to kill einhorn."
+            f"Run kill {state.config.display.master_pid} if you really want to kill einhorn."
         )
         return _reply(state, request, text)
     text = f"Decrementing number of workers from {old} -> {old - 1}"
