@@ -14,15 +14,12 @@ from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
 from einhorn.core.effects import CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
 from einhorn.core.events import CommandReceived
 from einhorn.core.report import snapshot
+from einhorn.core.signals import bare_signal
+from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here
 from einhorn.core.state import ReexecPurpose, RequestId, State, Subscriber
 from einhorn.core.upgrade import start_reexec
 
 Outcome = tuple[State, list[Effect]]
-
-SIGNAL_NAMES = frozenset(
-    "HUP INT QUIT ILL TRAP ABRT BUS FPE KILL USR1 SEGV USR2 PIPE ALRM TERM STKFLT CHLD CONT STOP "
-    "TSTP TTIN TTOU URG XCPU XFSZ VTALRM PROF WINCH IO POLL PWR SYS".split()
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,16 +108,6 @@ def _signal_summary(signal: str, pids: Sequence[int]) -> str:
     return f"Successfully sent {signal}s to {len(pids)} processes: [{', '.join(str(p) for p in pids)}]"
 
 
-def _bare_signal(name: str) -> str:
-    upper = name.strip().upper()
-    return upper[3:] if upper.startswith("SIG") else upper
-
-
-def normalize_signal(name: str) -> str | None:
-    bare = _bare_signal(name)
-    return bare if bare in SIGNAL_NAMES else None
-
-
 def _worker_pids(state: State) -> list[int]:
     return [c.pid for c in pool.workers(state)]
 
@@ -130,10 +117,11 @@ def _worker_pids(state: State) -> list[int]:
 
 def _ehlo(state: State, request: Request) -> Outcome:
     user = request.raw.get("user")
-    name = f" ({state.config.command_name})" if state.config.command_name else ""
+    shown = state.config.display
+    name = f" ({shown.command_name})" if shown.command_name else ""
     text = (
         f"Welcome, {user if isinstance(user, str) else ''}! You are speaking to Einhorn Master Process "
-        f"{state.config.master_pid}{name}.\nThis is Einhorn {state.config.einhorn_version}.\n"
+        f"{shown.master_pid}{name}.\nThis is Einhorn {state.config.einhorn_version}.\n"
     )
     return _reply(state, request, text)
 
@@ -194,7 +182,7 @@ def _dec(state: State, request: Request) -> Outcome:
     if old <= 1:
         text = (
             f"Can't decrease number of workers (already at {old}).  "
-            f"Run kill {state.config.master_pid} if you really want to kill einhorn."
+            f"Run kill {state.config.display.master_pid} if you really want to kill einhorn."
         )
         return _reply(state, request, text)
     text = f"Decrementing number of workers from {old} -> {old - 1}"
@@ -241,7 +229,7 @@ def _signal(state: State, request: Request) -> Outcome:
     for name in request.args:
         signal = normalize_signal(name)
         if signal is None:
-            return _reply(state, request, f"Invalid signal: {_inspect(_bare_signal(name))}")
+            return _reply(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
         signals.append(signal)
     pids = _worker_pids(state)
     effects: list[Effect] = []
@@ -256,7 +244,7 @@ def _die(state: State, request: Request) -> Outcome:
     name = request.args[0] if request.args else "USR2"
     signal = normalize_signal(name)
     if signal is None:
-        return _reply(state, request, f"Invalid signal: {_inspect(_bare_signal(name))}")
+        return _reply(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
     pids = _worker_pids(state)
     state = replace(state, respawn=False, shutdown_signal=signal)
     state, effects = signal_children(state, signal, pids)

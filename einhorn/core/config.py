@@ -15,11 +15,35 @@ MAX_WORKERS = 1000
 
 
 @dataclass(frozen=True, slots=True)
+class Display:
+    """What the core shows about this master but never decides on.
+
+    Only the `state` document (`report.snapshot`) and a few reply texts (ehlo's
+    greeting, dec's "Run kill PID") read these; `step` does not. `binds` are the
+    `-b` specs as given, `bound_ports` the ports actually bound.
+    """
+
+    master_pid: int = 0
+    command_name: str | None = None
+    program: tuple[str, ...] = ()
+    socket_path: str = ""
+    pidfile: str = ""
+    lockfile: str = ""
+    binds: tuple[str, ...] = ()
+    bound_ports: tuple[int, ...] = ()
+    backlog: int = 100
+    command_socket_as_fd: bool = False
+    kill_children_on_exit: bool = False
+    preloaded: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
-    """Everything the core needs to know about how it was started.
+    """The master's policy: what `step` reads to decide (a few changeable at run time, `RUNTIME_SETTINGS`).
 
     `ack_timer` is the timer-ACK delay in seconds, or None for manual ACKs.
-    `binds` are the `-b` specs as given; `bound_ports` the ports actually bound.
+    `einhorn_version` is shown, but also in a message `step` writes ("Upgraded
+    successfully to ..."); everything else that is only shown is in `display`.
     """
 
     number: int = 1
@@ -28,19 +52,8 @@ class Config:
     max_unacked: int = 1
     max_upgrade_additional: int | None = None
     signal_timeout: int | None = None
-    command_name: str | None = None
-    master_pid: int = 0
     einhorn_version: str = ""
-    socket_path: str = ""
-    program: tuple[str, ...] = ()
-    binds: tuple[str, ...] = ()
-    bound_ports: tuple[int, ...] = ()
-    backlog: int = 100
-    command_socket_as_fd: bool = False
-    kill_children_on_exit: bool = False
-    pidfile: str = ""
-    lockfile: str = ""
-    preloaded: bool = False
+    display: Display = Display()
 
     @property
     def ack_mode(self) -> str:

@@ -34,6 +34,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
         return None if t is None else Timestamp(t + wall_offset)
 
     config = state.config
+    shown = config.display
     ack_mode: dict[str, object] = (
         {"type": Symbol("manual")} if config.ack_timer is None else {"type": Symbol("timer"), "timeout": config.ack_timer}
     )
@@ -42,32 +43,32 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "children": {pid: _child(child, at) for pid, child in sorted(state.children.items())},
             "config": {
                 "number": config.number,
-                "backlog": config.backlog,
+                "backlog": shown.backlog,
                 "seconds": config.seconds,
                 "max_unacked": config.max_unacked,
                 "max_upgrade_additional": config.max_upgrade_additional,
             },
             "version": state.version,
-            "bind": list(config.binds),
-            "bound_ports": list(config.bound_ports),
-            "cmd": list(config.program),
+            "bind": list(shown.binds),
+            "bound_ports": list(shown.bound_ports),
+            "cmd": list(shown.program),
             "respawn": state.respawn,
             "upgrading": state.upgrading is not None,
             "smooth_upgrade": state.upgrading is not None and state.upgrading.value == "smooth",
             "reloading_for_upgrade": state.reexec_purpose is not None and state.reexec_purpose.value != "reload",
-            "cmd_name": config.command_name,
+            "cmd_name": shown.command_name,
             "verbosity": state.verbosity,
             "last_spinup": at(state.last_spinup_at),
             "ack_mode": ack_mode,
-            "kill_children_on_exit": config.kill_children_on_exit,
-            "command_socket_as_fd": config.command_socket_as_fd,
-            "socket_path": config.socket_path,
-            "pidfile": config.pidfile,
-            "lockfile": config.lockfile,
+            "kill_children_on_exit": shown.kill_children_on_exit,
+            "command_socket_as_fd": shown.command_socket_as_fd,
+            "socket_path": shown.socket_path,
+            "pidfile": shown.pidfile,
+            "lockfile": shown.lockfile,
             "consecutive_deaths_before_ack": state.deaths_before_ack,
             "signal_timeout": config.signal_timeout,
-            "preloaded": config.preloaded,
-            "master_pid": config.master_pid,
+            "preloaded": shown.preloaded,
+            "master_pid": shown.master_pid,
             "ack_count": pool.ack_count(state),
             "ack_target": pool.ack_target(state),
             "missing": max(0, pool.missing_worker_count(state)),

@@ -57,15 +57,15 @@ from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, spawn_worker
 
 @dataclass(frozen=True)
 class ShellOptions:
-    """What the shell needs beyond the core's state: how to start workers and re-exec itself."""
+    """What the shell needs beyond the core's state: how to start workers and re-exec itself
+    (`einhorn.cli.settings.shell_options` derives it from the command line)."""
 
     launch: WorkerLaunch
     command_socket_as_fd: bool
-    pidfile: str
-    socket_path: str
+    owned_paths: Sequence[str]
+    """The files this master created (its pidfile and command socket): removed when it exits."""
     reexec_command: Sequence[str]
-    """Executable and the original flags: `--with-state-fd FD -- program...` is appended."""
-    program_argv: Sequence[str]
+    """Executable and the original flags: `--with-state-fd FD -- program...` (`launch.argv`) is appended."""
     reexec_environ: dict[str, str]
     kill_children_on_exit: bool = False
     spawn: Callable[[WorkerLaunch, int, int | None], Spawned] = field(default=spawn_worker)
@@ -295,7 +295,7 @@ class Master:
     def _start_upgrade_check(self, check_id: int) -> list[Event]:
         """Fork `einhorn --upgrade-check`; its exit becomes the verdict (`_reap`)."""
         options = self.options
-        argv = [*options.reexec_command, "--upgrade-check", "--", *options.program_argv]
+        argv = [*options.reexec_command, "--upgrade-check", "--", *options.launch.argv]
         try:
             check = reexec.start_upgrade_check(check_id, argv, options.reexec_environ)
         except OSError as error:
@@ -328,7 +328,7 @@ class Master:
             reexec.exec_master(
                 self.state,
                 [*options.reexec_command],
-                options.program_argv,
+                options.launch.argv,
                 options.reexec_environ,
                 self.handoff.descriptors(),
                 sorted(self.helpers),
@@ -351,7 +351,7 @@ class Master:
         signal.set_wakeup_fd(-1)
         with contextlib.suppress(Exception):
             self.server.shutdown()
-        for path in (self.options.pidfile, self.options.socket_path):
+        for path in self.options.owned_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self.selector.close()

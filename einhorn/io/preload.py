@@ -57,8 +57,8 @@ from typing import NoReturn
 
 from einhorn.io import proctitle
 from einhorn.io.logs import Logger
+from einhorn.io.signals import PYTHON_IGNORED
 from einhorn.io.spawn import (
-    RESET_SIGNALS,
     Spawned,
     WorkerLaunch,
     become_worker_process,
@@ -70,8 +70,6 @@ from einhorn.io.spawn import (
 FALLBACK_MODULE_NAME = "__einhorn_preload__"
 _PYTHON = re.compile(r"\A(python|pypy)[0-9.]*\Z")
 _PYTHON_OPTIONS_WITH_VALUE = frozenset(["-W", "-X", "--check-hash-based-pycs"])
-_PYTHON_STDIO_SIGNALS = tuple(s for s in (getattr(signal, "SIGPIPE", None), getattr(signal, "SIGXFSZ", None)) if s)
-"""Python ignores these at start-up (writes then raise instead of killing); a Python worker expects that."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,9 +271,8 @@ class Preloader:
     def _child(self, launch: WorkerLaunch, env: dict[str, str], keep: set[int], report_fd: int) -> NoReturn:
         try:
             become_worker_process(launch)
-            for signum in _PYTHON_STDIO_SIGNALS:
+            for signum in PYTHON_IGNORED:  # reset to the default by `become_worker_process`, as for exec'd workers
                 signal.signal(signum, signal.SIG_IGN)
-            _reset_master_handlers()
             close_fds_except(keep | {report_fd})
             log = Logger("WORKER", self.log.verbosity)
             proctitle.set_title(self.title, log)  # first: setproctitle needs the original environ to find argv
@@ -298,15 +295,3 @@ class Preloader:
             flush_stdio()
             os._exit(code)
 
-
-def _reset_master_handlers() -> None:
-    """Handlers the master installed beyond those `become_worker_process` resets go back to the default."""
-    for signum in range(1, signal.NSIG):
-        if signum in RESET_SIGNALS or signum in _PYTHON_STDIO_SIGNALS:
-            continue
-        try:
-            handler = signal.getsignal(signum)
-        except (OSError, ValueError):
-            continue
-        if getattr(handler, "__module__", None) == "einhorn.io.loop":
-            signal.signal(signum, signal.SIG_DFL)

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 PR_SET_PDEATHSIG = 1
 # glibc reports a failed exec from posix_spawn (since 2.24); elsewhere the fork path does.
 POSIX_SPAWN = hasattr(os, "posix_spawn") and sys.platform.startswith("linux")
-RESET_SIGNALS = RESET_IN_CHILDREN
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +110,7 @@ def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawn
     """
     env = worker_environment(launch, index, sock_fd)
     if not launch.pdeathsig and launch.prepare_child is None and POSIX_SPAWN:
-        pid = os.posix_spawn(launch.path, list(launch.argv), env, setpgroup=0, setsigdef=RESET_SIGNALS, setsigmask=())
+        pid = os.posix_spawn(launch.path, list(launch.argv), env, setpgroup=0, setsigdef=RESET_IN_CHILDREN, setsigmask=())
         return Spawned(pid, None)
     return fork_reporting(lambda report_fd: _exec_child(launch, env, report_fd))
 
@@ -150,7 +149,7 @@ def become_worker_process(launch: WorkerLaunch) -> None:
     """Child-side set-up shared by exec'd and preloaded workers (BEHAVIOR §2, STYLE pitfalls 6, 7, 9)."""
     os.setpgid(0, 0)
     signal.set_wakeup_fd(-1)
-    for signum in RESET_SIGNALS:
+    for signum in RESET_IN_CHILDREN:
         signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     if launch.pdeathsig:

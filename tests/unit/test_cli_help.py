@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from einhorn import cli
+from einhorn import __version__, cli
 
 
 def printed(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
@@ -42,3 +45,11 @@ def test_readme_describes_nice_as_the_help_does() -> None:
     row = re.search(r"^\| `--nice [^|]*\|([^|]*)\|$", readme, re.MULTILINE)
     assert row is not None
     assert "without `WORKER`, workers keep the master's level" in row.group(1)
+
+
+def test_the_console_script_and_python_m_run_the_cli() -> None:
+    (entry,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "einhorn"]
+    assert entry.value == "einhorn.cli:main" and entry.load() is cli.main
+    for module in ("einhorn", "einhorn.cli"):
+        result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=30)
+        assert (result.returncode, result.stdout) == (0, f"{__version__}\n"), result.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from einhorn.core import commands, pool, step
-from einhorn.core.config import Config
+from einhorn.core.config import Config, Display
 from einhorn.core.effects import Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.report import Symbol, Timestamp, snapshot
@@ -40,19 +40,21 @@ def _rich_state() -> State:
         max_unacked=2,
         max_upgrade_additional=1,
         signal_timeout=5,
-        command_name="web",
-        master_pid=42,
         einhorn_version="1.1.0",
-        socket_path="/s",
-        program=("app", "-x"),
-        binds=("0.0.0.0:80,r",),
-        bound_ports=(80,),
-        backlog=7,
-        command_socket_as_fd=True,
-        kill_children_on_exit=True,
-        pidfile="/p",
-        lockfile="/l",
-        preloaded=True,
+        display=Display(
+            command_name="web",
+            master_pid=42,
+            socket_path="/s",
+            program=("app", "-x"),
+            binds=("0.0.0.0:80,r",),
+            bound_ports=(80,),
+            backlog=7,
+            command_socket_as_fd=True,
+            kill_children_on_exit=True,
+            pidfile="/p",
+            lockfile="/l",
+            preloaded=True,
+        ),
     )
     signaled = Child(
         10,

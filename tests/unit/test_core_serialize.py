@@ -126,7 +126,7 @@ def test_runtime_settings_travel_in_the_document_and_override_the_command_line(s
         assert getattr(restored.config, name) == getattr(state.config, name)
     # Everything else comes from the new command line.
     assert restored.config.ack_timer == BASE_CONFIG.ack_timer
-    assert restored.config.master_pid == BASE_CONFIG.master_pid
+    assert restored.config.display.master_pid == BASE_CONFIG.display.master_pid
 
 
 def test_document_shape() -> None:

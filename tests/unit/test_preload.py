@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from einhorn.io import preload
+from einhorn.io import preload, signals
 from einhorn.io.logs import Logger
 from einhorn.io.spawn import WorkerLaunch, wait_for_report
 
@@ -236,12 +236,17 @@ def _report_main(path: str) -> Callable[[], object]:
             "fds": sorted(fds),
             "sigpipe": int(signal.getsignal(signal.SIGPIPE)),  # type: ignore[arg-type]
             "sigterm": int(signal.getsignal(signal.SIGTERM)),  # type: ignore[arg-type]
+            "not_default": sorted(s.name for s in signals.HANDLED_SIGNALS if signal.getsignal(s) != signal.SIG_DFL),
             "title": Path("/proc/self/cmdline").read_bytes().split(b"\0")[0].decode().strip(),
         }
         Path(path).write_text(json.dumps(report))
         raise SystemExit(5)
 
     return main
+
+
+def _masters_handler(signum: int, frame: object) -> None:
+    """Stands for the master's wake-only handler."""
 
 
 def _launch(listener: socket.socket, prepare_child: Callable[[], None] | None = None) -> WorkerLaunch:
@@ -268,6 +273,7 @@ def test_spawn_runs_einhorn_main_in_a_set_up_child(tmp_path: Path) -> None:
         preload.Preloaded("app.py", _report_main(str(report_path)), frozenset()), ["python3", "app.py", "x"], "unit", Logger()
     )
     pid = None
+    masters = {s: signal.signal(s, _masters_handler) for s in signals.HANDLED_SIGNALS}  # as `signals.install` does
     try:
         spawned = spawner.spawn(_launch(listener), 3, None)
         pid = spawned.pid
@@ -276,6 +282,8 @@ def test_spawn_runs_einhorn_main_in_a_set_up_child(tmp_path: Path) -> None:
         pid = None
         assert os.waitstatus_to_exitcode(status) == 5
     finally:
+        for signum, handler in masters.items():
+            signal.signal(signum, handler)
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
@@ -300,6 +308,7 @@ def test_spawn_runs_einhorn_main_in_a_set_up_child(tmp_path: Path) -> None:
     assert report["fds"] == sorted({0, 1, 2, listener_fd})
     assert report["sigpipe"] == int(signal.SIG_IGN)
     assert report["sigterm"] == int(signal.SIG_DFL)
+    assert report["not_default"] == [], "the master's handlers are not the worker's"
     assert report["title"] == "einhorn worker: unit"
 
 

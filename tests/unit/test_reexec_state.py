@@ -21,14 +21,14 @@ from pathlib import Path
 import pytest
 
 from einhorn.core import serialize
-from einhorn.core.config import Config
+from einhorn.core.config import Config, Display
 from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, initial_state
 from einhorn.io import reexec
 from einhorn.io.control import RestoredConnection
 from einhorn.io.handoff import Descriptor
 
 FIXTURES = Path(__file__).parent / "fixtures" / "reexec"
-COMMAND_LINE = Config(number=1, seconds=1.0, max_unacked=8, signal_timeout=None, socket_path="/tmp/x.sock")
+COMMAND_LINE = Config(number=1, seconds=1.0, max_unacked=8, signal_timeout=None, display=Display(socket_path="/tmp/x.sock"))
 """The new master's own configuration, from its command line: the document's settings override it."""
 
 
@@ -98,7 +98,7 @@ def test_format_2_restores_every_field() -> None:
     assert sorted(state.children) == [2001, 2002, 2003] and restored.helpers == [2004]
     # Runtime settings (inc, set_workers, config) override the new master's command line.
     assert (state.config.number, state.config.seconds, state.config.max_unacked, state.config.signal_timeout) == (3, 0.5, 2, 9)
-    assert state.config.socket_path == "/tmp/x.sock"  # not a runtime setting: from the command line
+    assert state.config.display.socket_path == "/tmp/x.sock"  # not a runtime setting: from the command line
     assert listener_fds(restored) == [3] and server_fd(restored) == 4
     assert connections(restored) == [
         RestoredConnection(3, 8, b'{"command": "eh', b"---%0Amessage: hi\n"),

@@ -13,7 +13,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from einhorn.core.config import Config
+from einhorn.core.config import Config, Display
 from einhorn.core.events import MasterStarted, WorkerSpawned
 from einhorn.core.report import Symbol, Timestamp, snapshot
 from einhorn.core.state import initial_state
@@ -22,7 +22,7 @@ from einhorn.io import render
 
 
 def _report() -> dict[str, object]:
-    state = initial_state(Config(number=2, command_name="web", bound_ports=(8080,)))
+    state = initial_state(Config(number=2, display=Display(command_name="web", bound_ports=(8080,))))
     state, _ = step(state, MasterStarted(10.0))
     state, _ = step(state, WorkerSpawned(0, 101, 10.0))
     state, _ = step(state, WorkerSpawned(1, 102, 11.5))

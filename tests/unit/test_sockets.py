@@ -1,4 +1,4 @@
-"""einhorn.io.sockets: the operator's error when a `-b` address is in use (who holds it, what to do)."""
+"""einhorn.io.sockets: `-b` parsing, and the operator's error when a `-b` address is in use (who holds it, what to do)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,50 @@ from pathlib import Path
 
 import pytest
 
-from einhorn.io.sockets import PortUse, SetupError, address_in_use, bind_listener, parse_bind, port_use
+from einhorn.io.sockets import BindSpec, PortUse, SetupError, address_in_use, bind_listener, parse_bind, port_use
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port", "reuseaddr", "nonblock"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080, False, False),
+        ("0.0.0.0:0", "0.0.0.0", 0, False, False),  # port 0: any free port
+        ("localhost:65535", "localhost", 65535, False, False),
+        ("[::1]:80", "::1", 80, False, False),  # an IPv6 address in brackets, without them in the spec
+        ("[::]:80,r", "::", 80, True, False),
+        ("127.0.0.1:80,r", "127.0.0.1", 80, True, False),
+        ("127.0.0.1:80,so_reuseaddr", "127.0.0.1", 80, True, False),
+        ("127.0.0.1:80,n", "127.0.0.1", 80, False, True),
+        ("127.0.0.1:80,o_nonblock,r", "127.0.0.1", 80, True, True),
+        ("127.0.0.1:80,R,N", "127.0.0.1", 80, True, True),  # flags in any case
+        ("127.0.0.1:80,r,r", "127.0.0.1", 80, True, False),
+    ],
+)
+def test_parse_bind_forms_and_flags(text: str, host: str, port: int, reuseaddr: bool, nonblock: bool) -> None:
+    assert parse_bind(text) == BindSpec(text, host, port, reuseaddr, nonblock)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("127.0.0.1", "bind address must be of the form address:port[,flags...]"),
+        ("127.0.0.1:", "bind address must be of the form address:port[,flags...]"),
+        (":80", "bind address must be of the form address:port[,flags...]"),
+        ("127.0.0.1:http", "bind address must be of the form address:port[,flags...]"),
+        ("127.0.0.1:-1", "bind address must be of the form address:port[,flags...]"),
+        ("::1:80", "bind address must be of the form address:port[,flags...]"),  # IPv6 needs its brackets
+        ("127.0.0.1:80,", "bind address must be of the form address:port[,flags...]"),
+        ("127.0.0.1:65536", "port 65536 is out of range"),
+        ("127.0.0.1:80,x", 'unknown bind flag "x" (known: r, so_reuseaddr, n, o_nonblock)'),
+        ("127.0.0.1:80,r,reuse", 'unknown bind flag "reuse" (known: r, so_reuseaddr, n, o_nonblock)'),
+    ],
+)
+def test_parse_bind_errors_name_the_spec_and_say_why(text: str, why: str) -> None:
+    with pytest.raises(SetupError) as raised:
+        parse_bind(text)
+    assert str(raised.value) == f'Invalid value for "{text}": {why}'
 
 
 @pytest.fixture

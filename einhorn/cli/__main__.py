@@ -1,0 +1,3 @@
+from einhorn.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""The command line: one option table, and `parse` (argv -> `Settings`).
+
+`OPTIONS` generates the argparse parser, `VALUE_OPTIONS` (the options that take
+a value, for `split_argv` and `_attach_values`), `INTERNAL_OPTIONS` (left out
+of the flags a re-exec'd master gets) and `OPTION_HELP` (the `### Options`
+part of the usage text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from einhorn.cli.settings import Nice, Settings
+from einhorn.core.config import MAX_WORKERS
+from einhorn.io.sockets import parse_bind
+
+
+class UsageError(Exception):
+    """A command line einhorn cannot run; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option: how the parser reads it and the entry `-h` shows for it."""
+
+    long: str
+    short: str | None
+    metavar: str | None
+    """The value's name in the help; None for an option that takes no value."""
+    help: str
+    """One line, or several separated by newlines."""
+    repeat: bool = False
+    """A value option may be given again (each value is appended); a flag is counted (`-vv`)."""
+    default: str | None = None
+    """The value when not given, as text (validated as a given value would be)."""
+    internal: bool = False
+    """Not for operators: what a master passes to its re-exec'd self or its upgrade check."""
+    equals: bool = False
+    """Shown as `--long=VALUE` rather than `--long VALUE`, as the original's help does."""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.short, self.long) if self.short else (self.long,)
+
+    @property
+    def takes_value(self) -> bool:
+        return self.metavar is not None
+
+
+OPTIONS = (
+    Option("--bind", "-b", "ADDR", "Bind HOST:PORT[,r][,n] and pass the FD to workers (repeatable; port 0 = any)", repeat=True),
+    Option("--command-name", "-c", "CMD_NAME", "Set the command name in ps; also names the default socket/pid/lock files"),
+    Option("--socket-path", "-d", "PATH", "Where to open the Einhorn command socket"),
+    Option("--pidfile", "-e", "PIDFILE", "Where to write out the Einhorn pidfile"),
+    Option("--lockfile", "-f", "LOCKFILE", "Where to store the Einhorn lockfile"),
+    Option("--command-socket-as-fd", "-g", None, "Give each worker a connected command socket in EINHORN_SOCK_FD"),
+    Option("--help", "-h", None, "Display this message"),
+    Option("--kill-children-on-exit", "-k", None, "If Einhorn exits unexpectedly, gracefully kill all its children"),
+    Option("--backlog", "-l", "N", "Connection backlog (default 100)", default="100"),
+    Option("--ack-mode", "-m", "MODE", "FLOAT (seconds until assumed alive, default 1) or manual", default="1"),
+    Option("--number", "-n", "N", "Number of copies to spin up (default 1)", default="1"),
+    Option("--preload", "-p", "PATH", "Load this Python file or module once, fork (no exec) per worker, call einhorn_main()"),
+    Option("--quiet", "-q", None, "Make output quiet (can be reconfigured on the fly)", repeat=True),
+    Option("--seconds", "-s", "N", "Base number of seconds between gradual spin-ups (default 1)", default="1"),
+    Option("--verbose", "-v", None, "Make output verbose (can be reconfigured on the fly)", repeat=True),
+    Option("--signal-timeout", "-t", "T", "If children do not react to signals after T seconds, escalate to SIGKILL", equals=True),
+    Option("--max-unacked", None, "N", "At most N un-ACKed new workers at once during spin-up (default: CPU count)"),
+    Option("--max-upgrade-additional", None, "N", "During an upgrade, never run more than number + N workers"),
+    Option("--drop-env-var", None, "VAR_NAME", "Delete VAR_NAME from the environment that is restored on upgrade", repeat=True),
+    Option("--reexec-as", None, "CMDLINE", 'Substitute CMDLINE for "einhorn" when upgrading', equals=True),
+    Option(
+        "--nice",
+        None,
+        "MASTER[:WORKER][:RENICE_CMD]",
+        "Unix nice levels of the master and the workers; without WORKER,\n"
+        "workers keep the master's level (RENICE_CMD: default /usr/bin/renice)",
+    ),
+    Option("--with-state-fd", None, "STATE", "With file descriptor containing state", internal=True),
+    Option("--upgrade-check", None, None, "Check if Einhorn can exec itself and exit with status 0", internal=True),
+    Option("--version", None, None, "Show version"),
+)
+
+VALUE_OPTIONS = frozenset(name for option in OPTIONS if option.takes_value for name in option.names)
+INTERNAL_OPTIONS = frozenset(name for option in OPTIONS if option.internal for name in option.names)
+
+HELP_INDENT = 4
+HELP_COLUMN = 37
+"""Where each description starts (the original's OptionParser summary layout); a longer option
+name puts its description on the next lines."""
+
+
+def _help_entry(option: Option) -> str:
+    name = f"{option.short}, {option.long}" if option.short else f"    {option.long}"
+    if option.metavar is not None:
+        name += ("=" if option.equals else " ") + option.metavar
+    lines = option.help.split("\n")
+    if option.internal:
+        lines[0] = f"[Internal option] {lines[0]}"
+    head = " " * HELP_INDENT + name
+    if len(head) < HELP_COLUMN:
+        head, lines = head.ljust(HELP_COLUMN) + lines[0], lines[1:]
+    return "\n".join([head, *(" " * HELP_COLUMN + line for line in lines)])
+
+
+OPTION_HELP = "### Options\n\n" + "".join(_help_entry(option) + "\n" for option in OPTIONS)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The parser of the options before the program (`split_argv`); errors raise UsageError."""
+    p = _Parser(prog="einhorn", add_help=False)
+    for option in OPTIONS:
+        default: list[str] | str | int | bool | None
+        if option.takes_value:
+            action, default = ("append", []) if option.repeat else ("store", option.default)
+        else:
+            action, default = ("count", 0) if option.repeat else ("store_true", False)
+        p.add_argument(*option.names, action=action, default=default)
+    return p
+
+
+Request = Literal["version", "help", "usage"]
+"""What to print instead of running: the version, the detailed help, or the usage (no program given)."""
+
+
+def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request:
+    """The settings, or a text to print (usage / version) with its exit code decided by the caller."""
+    head, program = split_argv(argv)
+    args = parser().parse_args(_attach_values(head))
+    if args.version:
+        return "version"
+    if args.help:
+        return "help"
+    if not program:
+        return "usage"
+
+    number = _integer(args.number, "-n/--number", low=1, high=MAX_WORKERS)
+    backlog = _integer(args.backlog, "-l/--backlog", low=0)
+    seconds = _number(args.seconds, "-s/--seconds")
+    ack_timer = _ack_mode(args.ack_mode)
+    signal_timeout = None if args.signal_timeout is None else _integer(args.signal_timeout, "-t/--signal-timeout", low=1)
+    max_unacked = os.cpu_count() or 1
+    if args.max_unacked is not None:
+        max_unacked = _integer(args.max_unacked, "--max-unacked", low=1)
+    max_upgrade_additional = None
+    if args.max_upgrade_additional is not None:
+        max_upgrade_additional = _integer(args.max_upgrade_additional, "--max-upgrade-additional", low=0)
+    binds = tuple(parse_bind(text) for text in args.bind)
+    nice = _nice(args.nice)
+    reexec_as = None if args.reexec_as is None else _command_line(args.reexec_as)
+    with_state_fd = None if args.with_state_fd is None else _integer(args.with_state_fd, "--with-state-fd", low=0)
+
+    name = args.command_name
+    tmp = tempfile.gettempdir()
+    suffix = f"-{name}" if name else ""
+    return Settings(
+        number=number,
+        ack_timer=ack_timer,
+        seconds=seconds,
+        max_unacked=max_unacked,
+        max_upgrade_additional=max_upgrade_additional,
+        signal_timeout=signal_timeout,
+        program=tuple(program),
+        program_path=_resolve(program[0], environ),
+        binds=binds,
+        backlog=backlog,
+        command_socket_as_fd=args.command_socket_as_fd,
+        kill_children_on_exit=args.kill_children_on_exit,
+        preload=args.preload,
+        nice=nice,
+        command_name=name,
+        socket_path=os.path.abspath(args.socket_path or os.path.join(tmp, f"einhorn{suffix}.sock")),
+        pidfile=os.path.abspath(args.pidfile or os.path.join(tmp, f"einhorn{suffix}.pid")),
+        lockfile=os.path.abspath(args.lockfile or os.path.join(tmp, f"einhorn{suffix}.lock")),
+        verbosity=max(0, min(2, 1 + args.quiet - args.verbose)),
+        flags=tuple(_original_flags(head)),
+        reexec_as=reexec_as,
+        drop_env=tuple(args.drop_env_var),
+        with_state_fd=with_state_fd,
+        upgrade_check=args.upgrade_check,
+    )
+
+
+def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Options stop at the first non-option word or at `--`."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            return list(argv[:i]), list(argv[i + 1 :])
+        if not token.startswith("-") or token == "-":
+            break
+        i += 2 if token in VALUE_OPTIONS else 1
+    return list(argv[:i]), list(argv[i:])
+
+
+def _attach_values(head: Sequence[str]) -> list[str]:
+    """`--nice -5:-6` as `--nice=-5:-6`: an option's value may start with `-` (as with the original's OptionParser)."""
+    joined: list[str] = []
+    i = 0
+    while i < len(head):
+        token = head[i]
+        if token in VALUE_OPTIONS and i + 1 < len(head) and head[i + 1].startswith("-"):
+            joined.append(f"{token}={head[i + 1]}" if token.startswith("--") else token + head[i + 1])
+            i += 2
+            continue
+        joined.append(token)
+        i += 1
+    return joined
+
+
+def _original_flags(head: Sequence[str]) -> list[str]:
+    """The flags to hand to the re-exec'd master: everything but the internal ones (and their values)."""
+    flags: list[str] = []
+    skip = False
+    for i, token in enumerate(head):
+        if skip:
+            skip = False
+            continue
+        option = token.split("=", 1)[0]
+        if option in INTERNAL_OPTIONS:
+            skip = option in VALUE_OPTIONS and "=" not in token and i + 1 < len(head)
+            continue
+        flags.append(token)
+    return flags
+
+
+def _integer(text: str, flag: str, low: int, high: int | None = None) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise UsageError(f"Invalid value for {flag}: {text!r} (must be an integer {bounds})")
+    return value
+
+
+def _number(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 1e9:
+        raise UsageError(f"Invalid value for {flag}: {text!r} (must be a number of seconds > 0)")
+    return value
+
+
+def _ack_mode(text: str) -> float | None:
+    if text == "manual":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1e9:
+        raise UsageError(f"Invalid ack-mode {text!r} (valid modes: FLOAT or manual)")
+    return value
+
+
+def _nice(text: str | None) -> Nice:
+    if text is None:
+        return Nice()
+    parts = text.split(":", 2)
+    try:
+        master = int(parts[0]) if parts[0] else None
+        worker = int(parts[1]) if len(parts) > 1 and parts[1] else None
+    except ValueError:
+        raise UsageError(f"Invalid value for --nice: {text!r} (must be MASTER[:WORKER[:RENICE_CMD]] with integer levels)") from None
+    for level in (master, worker):
+        if level is not None and not -20 <= level <= 19:
+            raise UsageError(f"Invalid value for --nice: {text!r} (nice levels are in [-20, 19])")
+    if len(parts) > 2 and parts[2]:
+        return Nice(master, worker, parts[2])
+    return Nice(master, worker)
+
+
+def _command_line(text: str) -> tuple[str, ...]:
+    try:
+        words = tuple(shlex.split(text))
+    except ValueError as error:  # an unbalanced quote
+        raise UsageError(f"Invalid value for --reexec-as: {text!r} ({error})") from None
+    if not words:
+        raise UsageError("--reexec-as needs a command")
+    return words
+
+
+def _resolve(program: str, environ: Mapping[str, str]) -> str:
+    found = shutil.which(program, path=environ.get("PATH", os.defpath))
+    if found is None:
+        where = "" if "/" in program else " in PATH"
+        raise UsageError(f"Could not find {program}{where} (or it is not executable)")
+    return os.path.abspath(found)

@@ -1,0 +1,201 @@
+"""The master's start-up: from `Settings` to a running `Master`, fresh or restored after a re-exec.
+
+    start            the steps in order: the upgrade check (and exit), `prepare`, then fresh or restored
+    prepare          `-c` title, `--nice`, `-k` notice, `-p` preload: in the original's order (again after a re-exec)
+    run_fresh        command socket, `-b` listeners, pidfile, the initial state
+    run_restored     the state document and the descriptors the old master handed over
+    abandon_workers  the rescue when those cannot be read: stop every child, then exit 1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import NoReturn
+
+from einhorn import __version__
+from einhorn.cli.settings import Settings, Spawner, core_config, shell_options, worker_launch
+from einhorn.core.state import State, initial_state
+from einhorn.io import nice as nice_levels
+from einhorn.io import proctitle, reexec, signals
+from einhorn.io.control import RestoredConnection, restored_server
+from einhorn.io.handoff import Descriptor, Handoff
+from einhorn.io.logs import Logger
+from einhorn.io.loop import Master
+from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, open_command_socket
+from einhorn.io.spawn import pdeathsig_available, spawn_worker
+
+LISTENER = "listener"
+"""The hand-off kind of the `-b` listening sockets (in `-b` order)."""
+
+
+def start(settings: Settings, environ: Mapping[str, str]) -> int:
+    """Run the master until it exits; its exit status."""
+    log = Logger(verbosity=settings.verbosity)
+    if settings.upgrade_check:
+        upgrade_check(log)
+    prepared = prepare(settings, log)
+    if settings.with_state_fd is not None:
+        return run_restored(settings, environ, prepared, log)
+    return run_fresh(settings, environ, prepared, log)
+
+
+def upgrade_check(log: Logger) -> NoReturn:
+    """`--upgrade-check`: this einhorn starts (and imports what it needs); the old master waits on this exit."""
+    # What the master imports only when needed must import too, or the check proves little.
+    import einhorn.io.preload
+    import einhorn.restricted_yaml  # noqa: F401
+
+    log.info(f"Upgrade check passed: einhorn {__version__} on Python {sys.version.split()[0]}")
+    sys.stderr.flush()
+    os._exit(0)  # skip the interpreter's teardown: the old master is waiting
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What `prepare` set up for the workers."""
+
+    prepare_child: Callable[[], None] | None = None
+    """`--nice WORKER`: renices each worker before exec."""
+    spawn: Spawner = spawn_worker
+    preloaded: bool = False
+    """`-p` loaded its code: `spawn` forks it."""
+
+
+def prepare(settings: Settings, log: Logger) -> Prepared:
+    proctitle.set_title(proctitle.master_title(settings.command_name, settings.program), log)
+    nice = settings.nice
+    if nice.master is not None:
+        nice_levels.warn_if_unprivileged(nice.master, "master", log)
+        nice_levels.renice(nice.master, os.getpid(), nice.renice_cmd, log)
+    prepare_child = None
+    if nice.worker is not None:
+        nice_levels.warn_if_unprivileged(nice.worker, "workers", log)
+        prepare_child = nice_levels.worker_hook(nice.worker, nice.renice_cmd, log)
+    if settings.kill_children_on_exit and not pdeathsig_available():
+        log.info("-k: the parent-death signal (PR_SET_PDEATHSIG) is unavailable on this platform: workers get USR2 when the master exits, but not if it is killed")
+    if settings.preload is not None:
+        from einhorn.io import preload  # only with -p: importlib machinery and friends
+
+        loaded = preload.load(settings.preload, log)
+        if loaded is not None:
+            preloader = preload.Preloader(loaded, settings.program, settings.command_name, log)
+            return Prepared(prepare_child, preloader.spawn, preloaded=True)
+    return Prepared(prepare_child)
+
+
+def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared, log: Logger) -> int:
+    listeners: list[socket.socket] = []
+    try:
+        server = open_command_socket(settings.socket_path, settings.lockfile, log)
+    except SetupError as error:
+        log.error(str(error))
+        return 1
+    try:
+        for spec in settings.binds:
+            log.info(f"Binding to {spec.host}:{spec.port} with flags {_flag_names(spec)}")
+            listeners.append(bind_listener(spec, settings.backlog))
+            log.info(f"Bound {spec.text} on port {bound_port(listeners[-1])}")
+        log.info(f"Writing PID to {settings.pidfile}")
+        with open(settings.pidfile, "w") as f:
+            f.write(str(os.getpid()))
+    except (SetupError, OSError) as error:
+        log.error(str(error))
+        server.close()
+        for sock in listeners:
+            sock.close()
+        os.unlink(settings.socket_path)
+        return 1
+    config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
+    state = initial_state(config, settings.verbosity)
+    return _run(state, settings, environ, prepared, log, Handoff(), listeners, server)
+
+
+def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepared, log: Logger) -> int:
+    assert settings.with_state_fd is not None
+    config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
+    try:
+        restored = reexec.read_state(settings.with_state_fd, config)
+    except reexec.StateUnreadable as error:
+        return abandon_workers(settings, log, str(error))
+    note = reexec.restore_note(restored.notes)
+    if note is not None:
+        log.info(note)
+    handoff = Handoff(restored.descriptors)
+    listeners = [socket.socket(fileno=d.fd) for d in handoff.claim(LISTENER)]
+    for sock in listeners:
+        sock.set_inheritable(True)
+    try:
+        server, connections = restored_server(handoff)
+    except (ValueError, KeyError, OSError) as error:
+        return abandon_workers(settings, log, f"could not adopt the command server: {error}")
+    for leftover in handoff.unclaimed():
+        log.info(f"Closing descriptor {leftover.fd} ({leftover.kind}) handed over by the old master: nothing here adopts it")
+        with contextlib.suppress(OSError):
+            os.close(leftover.fd)
+    return _run(
+        restored.state,
+        settings,
+        environ,
+        prepared,
+        log,
+        handoff,
+        listeners,
+        server,
+        restored=True,
+        connections=connections,
+        helpers=restored.helpers,
+    )
+
+
+def _run(
+    state: State,
+    settings: Settings,
+    environ: Mapping[str, str],
+    prepared: Prepared,
+    log: Logger,
+    handoff: Handoff,
+    listeners: Sequence[socket.socket],
+    server: socket.socket,
+    *,
+    restored: bool = False,
+    connections: Sequence[RestoredConnection] = (),
+    helpers: Sequence[int] = (),
+) -> int:
+    """Serve with these listeners, registered with the hand-off registry so that they survive the next re-exec."""
+    handoff.register(lambda: [Descriptor(LISTENER, sock.fileno(), {"index": n}) for n, sock in enumerate(listeners)])
+    shown = replace(state.config.display, bound_ports=tuple(bound_port(sock) for sock in listeners))
+    state = replace(state, config=replace(state.config, display=shown))
+    launch = worker_launch(settings, environ, master_pid=os.getpid(), listeners=listeners, prepare_child=prepared.prepare_child)
+    master = Master(state, shell_options(settings, environ, launch, prepared.spawn), server, log, handoff, connections, helpers)
+    return master.run(restored=restored)
+
+
+def abandon_workers(settings: Settings, log: Logger, error: str) -> int:
+    """The re-exec'd master cannot know its workers, sockets or clients: wind everything down.
+
+    Every child gets USR2 (as on `die`) and the master waits for them all, with
+    SIGKILL after `-t` seconds when given, so that whoever restarts einhorn
+    finds the ports free. Then the pid and socket files go and it exits 1.
+    """
+    signals.wind_down()
+    children = reexec.own_children()
+    log.error(
+        f"{error}. Cannot recover the master's state: sending USR2 to its children {children},"
+        " waiting for them to exit, then exiting."
+    )
+    killed = reexec.stop_children(children, settings.signal_timeout)
+    if killed:
+        log.error(f"Sent SIGKILL to {killed}: still alive {settings.signal_timeout}s after USR2")
+    for path in settings.owned_paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    return 1
+
+
+def _flag_names(spec: BindSpec) -> list[str]:
+    return [name for name, on in (("so_reuseaddr", spec.reuseaddr), ("o_nonblock", spec.nonblock)) if on]

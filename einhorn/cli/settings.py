@@ -1,0 +1,150 @@
+"""The one settings record, `Settings` (built by `args.parse`), and the view each part of the master gets of it.
+
+    core_config    the core's `Config`: the policy `step` reads, and the facts it only displays
+    worker_launch  the shell's `WorkerLaunch`: how to start one worker
+    shell_options  the shell's `ShellOptions`: how to serve, re-exec and clean up
+
+Each view is derived here, by one function, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from einhorn import __version__
+from einhorn.core.config import Config, Display
+from einhorn.io.loop import ShellOptions
+from einhorn.io.sockets import BindSpec
+from einhorn.io.spawn import Spawned, WorkerLaunch, pdeathsig_available
+
+Spawner = Callable[[WorkerLaunch, int, int | None], Spawned]
+"""Starts worker `index` (`spawn_worker`, or a `-p` preloader's fork), with the command socket fd of `-g`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nice:
+    """`--nice MASTER[:WORKER][:RENICE_CMD]`; a level of None is left as it is."""
+
+    master: int | None = None
+    worker: int | None = None
+    renice_cmd: str = "/usr/bin/renice"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the command line says, validated."""
+
+    # The core's policy; number, seconds, max_unacked, max_upgrade_additional and signal_timeout
+    # may then change at run time (and travel across a re-exec in the state document).
+    number: int
+    ack_timer: float | None
+    """Seconds until a worker counts as ACKed (`-m FLOAT`), or None for `-m manual`."""
+    seconds: float
+    max_unacked: int
+    max_upgrade_additional: int | None
+    signal_timeout: int | None
+
+    # The workers.
+    program: tuple[str, ...]
+    program_path: str
+    """`program[0]` found in PATH, absolute."""
+    binds: tuple[BindSpec, ...]
+    backlog: int
+    command_socket_as_fd: bool
+    kill_children_on_exit: bool
+    preload: str | None
+    nice: Nice
+
+    # The master.
+    command_name: str | None
+    socket_path: str
+    pidfile: str
+    lockfile: str
+    verbosity: int
+
+    # Re-exec.
+    flags: tuple[str, ...]
+    """The options as given, but for the internal ones: what the re-exec'd master is started with."""
+    reexec_as: tuple[str, ...] | None
+    drop_env: tuple[str, ...]
+    with_state_fd: int | None
+    """Set in a re-exec'd master: where the old master's state document is."""
+    upgrade_check: bool
+
+    @property
+    def owned_paths(self) -> tuple[str, str]:
+        """The files the master creates (its pidfile, its command socket): removed when it exits."""
+        return self.pidfile, self.socket_path
+
+
+def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Config:
+    """The core's settings; `display.bound_ports` is filled in once the listeners are there."""
+    return Config(
+        number=settings.number,
+        ack_timer=settings.ack_timer,
+        seconds=settings.seconds,
+        max_unacked=settings.max_unacked,
+        max_upgrade_additional=settings.max_upgrade_additional,
+        signal_timeout=settings.signal_timeout,
+        einhorn_version=__version__,
+        display=Display(
+            master_pid=master_pid,
+            command_name=settings.command_name,
+            program=settings.program,
+            socket_path=settings.socket_path,
+            pidfile=settings.pidfile,
+            lockfile=settings.lockfile,
+            binds=tuple(spec.text for spec in settings.binds),
+            backlog=settings.backlog,
+            command_socket_as_fd=settings.command_socket_as_fd,
+            kill_children_on_exit=settings.kill_children_on_exit,
+            preloaded=preloaded,
+        ),
+    )
+
+
+def worker_launch(
+    settings: Settings,
+    environ: Mapping[str, str],
+    *,
+    master_pid: int,
+    listeners: Sequence[socket.socket],
+    prepare_child: Callable[[], None] | None,
+) -> WorkerLaunch:
+    """How to start a worker: each listener with its family as the socket itself says (after a re-exec too)."""
+    return WorkerLaunch(
+        path=settings.program_path,
+        argv=settings.program,
+        environ=environ,
+        listener_fds=tuple(sock.fileno() for sock in listeners),
+        listener_families=tuple(sock.family.name for sock in listeners),
+        socket_path=settings.socket_path,
+        master_pid=master_pid,
+        pdeathsig=settings.kill_children_on_exit and pdeathsig_available(),
+        prepare_child=prepare_child,
+    )
+
+
+def shell_options(settings: Settings, environ: Mapping[str, str], launch: WorkerLaunch, spawn: Spawner) -> ShellOptions:
+    dropped = set(settings.drop_env)
+    return ShellOptions(
+        launch=launch,
+        command_socket_as_fd=settings.command_socket_as_fd,
+        owned_paths=settings.owned_paths,
+        reexec_command=(*(settings.reexec_as or self_command()), *settings.flags),
+        reexec_environ={k: v for k, v in environ.items() if k not in dropped},
+        kill_children_on_exit=settings.kill_children_on_exit,
+        spawn=spawn,
+    )
+
+
+def self_command() -> list[str]:
+    """How to run this einhorn again: its console script if that is how it was started."""
+    argv0 = sys.argv[0]
+    if os.path.basename(argv0) == "einhorn" and os.access(argv0, os.X_OK):
+        return [os.path.abspath(argv0)]
+    return [sys.executable, "-m", "einhorn"]
