@@ -17,7 +17,7 @@ import pytest
 from einhorn.core import actions, commands, invariants, pool, step
 from einhorn.core.actions import Outcome
 from einhorn.core.effects import Log, LogLevel
-from einhorn.core.state import State
+from einhorn.core.state import Child, State
 from spec import model_check
 from spec.model_check import Bounds, Scenario, explore, render_trace
 
@@ -88,10 +88,38 @@ def test_bug_no_backoff_cap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bug_smooth_upgrade_culls_before_new_workers_ack(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cull counts un-ACKed new workers as ACKed, so old ones go before their replacements are up."""
+    """The cull counts un-ACKed new workers as ACKed, so old ones go before their replacements
+    are up (the availability floor keeps the ACKed ones: the old workers still booting go)."""
     monkeypatch.setattr(pool, "ack_count", lambda state: len(pool.unsignaled_modern_workers(state)))
-    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
+    problems, trace = _violation(Scenario(2, 1, None, None, None), replace(SMALL, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T7")
+
+
+def test_bug_a_second_upgrade_stops_the_serving_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old rule (issue 10): old workers are culled oldest first, ACKed or not, with no
+    availability floor, so a second upgrade stops the workers that serve instead of the
+    first upgrade's new ones that never ACKed."""
+
+    def oldest_first(state: State) -> list[Child]:
+        return sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))
+
+    monkeypatch.setattr(pool, "old_by_priority", oldest_first)
+    monkeypatch.setattr(pool, "serving_count", lambda state: 10**6)  # every ACKed worker may go
+    problems, trace = _violation(Scenario(2, 2, None, None, None), Bounds(depth=10, failures=0, commands=2, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "T12")
+    assert problems == ["T12: stopped ACKed workers [1] on its own initiative, leaving 0 serving < min(number 2, 1 serving before)"]
+    lines = trace.splitlines()
+    assert lines[-4].startswith("  9. t=1 master re-exec succeeded, state restored") and lines[-4].endswith("-> USR2->100"), trace
+    assert "100(v0 #0 acked got USR2), 101(v0 #1 unacked), 102(v1 #2 unacked)" in lines[-3], trace
+    assert sum("operator runs `upgrade`" in line for line in lines) == 2, trace
+
+
+def test_bug_make_room_without_the_availability_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_upgrade_additional 0: making room by stopping the only worker that serves."""
+    monkeypatch.setattr(pool, "serving_count", lambda state: 10**6)
+    problems, trace = _violation(Scenario(1, 1, 0, None, 1.0), replace(SMALL, command_names=("upgrade",)))
+    assert problems == ["T12: stopped ACKed workers [1] on its own initiative, leaving 0 serving < min(number 1, 1 serving before)"]
+    assert "master re-exec succeeded, state restored      -> USR2->100" in trace, trace
 
 
 def test_bug_ack_does_not_reset_the_death_streak(monkeypatch: pytest.MonkeyPatch) -> None:
