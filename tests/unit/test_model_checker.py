@@ -59,7 +59,7 @@ def test_the_real_core_passes_a_small_bound(scenario: Scenario) -> None:
 def test_the_command_line_runs_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
     code = model_check.main(
         ["--number", "1", "--max-unacked", "1", "--max-upgrade-additional", "none", "--signal-timeout", "none",
-         "--ack", "manual", "--depth", "4", "--jobs", "1"]
+         "--ack", "manual", "--depth", "4", "--jobs", "1", "--chains", "no"]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -95,16 +95,20 @@ def test_bug_smooth_upgrade_culls_before_new_workers_ack(monkeypatch: pytest.Mon
     _assert_reports(problems, trace, "T7")
 
 
-def test_bug_a_second_upgrade_stops_the_serving_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The old rule (issue 10): old workers are culled oldest first, ACKed or not, with no
-    availability floor, so a second upgrade stops the workers that serve instead of the
-    first upgrade's new ones that never ACKed."""
+def _plant_the_old_cull_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10's rule: old workers are culled oldest first, ACKed or not, with no availability floor."""
 
     def oldest_first(state: State) -> list[Child]:
         return sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))
 
     monkeypatch.setattr(pool, "old_by_priority", oldest_first)
     monkeypatch.setattr(pool, "serving_count", lambda state: 10**6)  # every ACKed worker may go
+
+
+def test_bug_a_second_upgrade_stops_the_serving_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the old rule a second upgrade stops the workers that serve instead of the first
+    upgrade's new ones that never ACKed."""
+    _plant_the_old_cull_rule(monkeypatch)
     problems, trace = _violation(Scenario(2, 2, None, None, None), Bounds(depth=10, failures=0, commands=2, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T12")
     assert problems == ["T12: stopped ACKed workers [1] on its own initiative, leaving 0 serving < min(number 2, 1 serving before)"]
@@ -112,6 +116,14 @@ def test_bug_a_second_upgrade_stops_the_serving_workers(monkeypatch: pytest.Monk
     assert lines[-4].startswith("  9. t=1 master re-exec succeeded, state restored") and lines[-4].endswith("-> USR2->100"), trace
     assert "100(v0 #0 acked got USR2), 101(v0 #1 unacked), 102(v1 #2 unacked)" in lines[-3], trace
     assert sum("operator runs `upgrade`" in line for line in lines) == 2, trace
+
+
+@pytest.mark.parametrize("chain", model_check.UPGRADE_CHAINS, ids=lambda chain: str(chain[0]))
+def test_every_upgrade_chain_catches_the_old_rule(monkeypatch: pytest.MonkeyPatch, chain: tuple[Scenario, Bounds]) -> None:
+    """The upgrade chains of the default run (the real core passes them there) each have teeth."""
+    _plant_the_old_cull_rule(monkeypatch)
+    problems, trace = _violation(*chain)
+    _assert_reports(problems, trace, "T12")
 
 
 def test_bug_make_room_without_the_availability_floor(monkeypatch: pytest.MonkeyPatch) -> None:
