@@ -53,7 +53,7 @@ _V = TypeVar("_V")
 
 def step(state: State, event: Event) -> Outcome:
     state = replace(state, clock=max(state.clock, event.now))
-    held = _room_to_make(state) > 0
+    previous = state
     match event:
         case MasterStarted():
             state, effects = _on_started(state, event)
@@ -78,9 +78,7 @@ def step(state: State, event: Event) -> Outcome:
         case _:
             assert_never(event)
     state, more = reconcile(state)
-    if not held and _room_to_make(state) > 0:
-        more += _held_notice(state)
-    return state, [*effects, *more]
+    return state, [*effects, *more, *_held_notice(previous, state)]
 
 
 def next_deadline(state: State) -> float | None:
@@ -366,47 +364,39 @@ def _cull(state: State) -> Outcome:
         state = replace(state, upgrading=None, upgrade_subscribers=())
 
     old = pool.old_by_priority(state)
-    if state.upgrading is None and old:
+    if state.upgrading is None:
         state, more = _stop(state, old, "Killing off {} old workers.")
         effects += more
     elif state.upgrading is UpgradeKind.SMOOTH:
-        excess = len(old) + acked - target
-        if excess > 0:
-            state, more = _stop(state, old[:excess], "Smooth upgrade: killing off {} old workers.")
-            effects += more
-
-    room = _room_to_make(state)
-    if room > 0:
-        victims = pool.old_by_priority(state)[:room]
-        state, more = _stop(state, victims, "At upgrade capacity: killing off {} old workers to make room.")
+        excess = max(0, len(old) + acked - target)
+        state, more = _stop(state, old[:excess], "Smooth upgrade: killing off {} old workers.")
         effects += more
 
-    surplus = len(pool.unsignaled_modern_workers(state)) - target
-    if surplus > 0:
-        victims = pool.surplus_by_priority(state)[:surplus]
-        note = "Have too many workers at the current version, so killing off {} of them."
-        state, more = _stop(state, victims, note, stream=False)
-        effects += more
-    return state, effects
+    victims = pool.old_by_priority(state)[: _room_to_make(state)]
+    state, more = _stop(state, victims, "At upgrade capacity: killing off {} old workers to make room.")
+    effects += more
+
+    surplus = max(0, len(pool.unsignaled_modern_workers(state)) - target)
+    victims = pool.surplus_by_priority(state)[:surplus]
+    note = "Have too many workers at the current version, so killing off {} of them."
+    state, more = _stop(state, victims, note, stream=False)
+    return state, [*effects, *more]
 
 
 def _stop(state: State, victims: list[Child], note: str, stream: bool = True) -> Outcome:
-    """USR2 to `victims` (un-ACKed ones first), the master's own decision, within the availability floor.
+    """USR2 to `victims`, on the master's own initiative, within the availability floor.
 
-    The floor (spec/README.md, T12): on its own initiative the master stops a
-    serving (ACKed, unsignaled) worker only while more than `number` serve, so
-    a cull never leaves fewer than min(number, those serving before it).
-    Un-ACKed victims serve nothing and always go. `note` is logged with the
-    count, and streamed to upgrade subscribers when `stream`.
+    The floor (spec/README.md, T12): a serving (ACKed, unsignaled) worker is
+    stopped only while more than `number` serve (the first serving victims in
+    the order given go, the rest stay), so no cull leaves fewer than
+    min(number, those serving before it). Un-ACKed victims serve nothing and
+    always go. `note` is logged with the count, and streamed to upgrade
+    subscribers when `stream`.
     """
-    spare = pool.serving_count(state) - state.config.number
-    pids: list[int] = []
-    for child in victims:
-        if child.acked and not child.signaled:
-            if spare <= 0:
-                continue
-            spare -= 1
-        pids.append(child.pid)
+    spare = max(0, pool.serving_count(state) - state.config.number)
+    serving = [c.pid for c in victims if c.acked and not c.signaled]
+    kept = set(serving[spare:])
+    pids = [c.pid for c in victims if c.pid not in kept]
     if not pids:
         return state, []
     text = note.format(len(pids))
@@ -425,7 +415,7 @@ def _room_to_make(state: State) -> int:
     with 0) would never finish. Signaled workers do not count: their exit frees
     a slot. (`invariants.room_to_make` is the same rule, computed independently.)
     The availability floor may forbid stopping them (`_stop`): after the cull,
-    room left to make means the upgrade is held (`_held_notice`).
+    room still to make means the upgrade is held (`_held_notice`).
     """
     extra = state.config.max_upgrade_additional
     if extra is None or state.upgrading is None or not state.respawn:
@@ -436,8 +426,11 @@ def _room_to_make(state: State) -> int:
     return max(0, busy - (state.config.number + extra) + 1)
 
 
-def _held_notice(state: State) -> list[Effect]:
-    """Said once, when an upgrade at its capacity cap stops because only ACKed workers could make room."""
+def _held_notice(previous: State, state: State) -> list[Effect]:
+    """Said once per upgrade, when it starts waiting at its capacity cap because only
+    serving workers could make room (the step before was not held, or at an older version)."""
+    if _room_to_make(state) <= 0 or (_room_to_make(previous) > 0 and previous.version == state.version):
+        return []
     number = state.config.number
     serving = pool.serving_count(state)
     return announce(

@@ -331,6 +331,50 @@ def test_surplus_after_dec_goes_unacked_first_then_newest() -> None:
     assert signals(effects) == [(1002, "USR2")]  # all ACKed now: the newest (highest pid at equal spin-up)
 
 
+def test_surplus_during_an_upgrade_is_logged_not_streamed() -> None:
+    """`dec` during a smooth upgrade: one old worker goes for the new ACK (streamed to the
+    upgrade's subscriber), and the surplus new one (un-ACKed, newest) goes (logged only)."""
+    old = {p: Child(p, ChildKind.WORKER, 0, i, 0.0, acked=True) for i, p in enumerate((1000, 1001))}
+    new = {p: Child(p, ChildKind.WORKER, 1, i + 2, 5.0 + i, acked=p == 2000) for i, p in enumerate((2000, 2001, 2002))}
+    state = State(
+        config=make_config(number=3, ack_timer=None, max_unacked=3), version=1, children={**old, **new},
+        upgrading=UpgradeKind.SMOOTH, upgrade_subscribers=(Subscriber(7, "u"),), last_spinup_at=7.0, clock=8.0,
+    )
+    state, effects = step(state, command(1, "dec", now=8.0))
+    assert effects[2:] == [
+        info("Smooth upgrade: killing off 1 old workers."),
+        Reply(7, "Smooth upgrade: killing off 1 old workers.", "u", wait=True),
+        info("Sending USR2 to [1000]"),
+        Reply(7, "Sending USR2 to [1000]", "u", wait=True),
+        SendSignal(1000, "USR2"),
+        info("Have too many workers at the current version, so killing off 1 of them."),
+        info("Sending USR2 to [2002]"),
+        Reply(7, "Sending USR2 to [2002]", "u", wait=True),
+        SendSignal(2002, "USR2"),
+    ]
+
+
+def test_a_dec_that_ends_an_upgrade_stops_the_old_workers_and_the_surplus() -> None:
+    old = Child(1000, ChildKind.WORKER, 0, 0, 0.0, acked=True)
+    new = {p: Child(p, ChildKind.WORKER, 1, i + 1, 5.0, acked=p != 2002) for i, p in enumerate((2000, 2001, 2002))}
+    state = State(
+        config=make_config(number=3, ack_timer=None, max_unacked=3), version=1, children={1000: old, **new},
+        upgrading=UpgradeKind.SMOOTH, upgrade_subscribers=(Subscriber(7, "u"),), last_spinup_at=5.0, clock=6.0,
+    )
+    state, effects = step(state, command(1, "dec", now=6.0))
+    assert effects[2:] == [
+        info("Upgraded successfully to version 1 (Einhorn 1.1.0)."),
+        Reply(7, "Upgraded successfully to version 1 (Einhorn 1.1.0).", "u", wait=True),
+        Reply(7, "Upgrade done", "u"),
+        info("Killing off 1 old workers."),
+        info("Sending USR2 to [1000]"),
+        SendSignal(1000, "USR2"),
+        info("Have too many workers at the current version, so killing off 1 of them."),
+        info("Sending USR2 to [2002]"),
+        SendSignal(2002, "USR2"),
+    ]
+
+
 def test_surplus_after_set_workers_stops_several() -> None:
     state, effects = step(up(make_config(number=4)), command(1, "set_workers", "1", now=5.0))
     assert signals(effects) == [(1003, "USR2"), (1002, "USR2"), (1001, "USR2")]
@@ -500,6 +544,37 @@ def test_a_capped_upgrade_is_held_rather_than_stop_a_serving_worker() -> None:
     assert spawns(effects) == [SpawnWorker(2, 2, 1)] and signals(effects) == []
     state, effects = run(state, WorkerSpawned(2, 2000, 21.0), Tick(22.0))
     assert signals(effects) == [(1000, "USR2")]  # one for one again
+
+
+def test_the_held_notice_follows_what_the_cull_could_do_and_comes_again_for_a_newer_upgrade() -> None:
+    config = make_config(number=2, max_upgrade_additional=0, ack_timer=None)
+    children = {
+        1000: Child(1000, ChildKind.WORKER, 0, 0, 0.0, acked=True),
+        1001: Child(1001, ChildKind.WORKER, 0, 1, 0.0, acked=True),
+        1002: Child(1002, ChildKind.WORKER, 0, 2, 4.0),  # starting, not serving yet
+    }
+    state = State(
+        config=config, children=children, reexec_purpose=ReexecPurpose.SMOOTH_UPGRADE,
+        reexec_subscribers=(Subscriber(7, "u"),), last_spinup_at=4.0, clock=5.0,
+    )
+    state, effects = step(state, MasterStarted(5.0, restored=True))
+    held = HELD.message
+    assert effects[1:] == [
+        info("Starting smooth upgrade from version 0..."),
+        Reply(7, "Starting smooth upgrade from version 0...", "u", wait=True),
+        info("Smooth upgrade: killing off 1 old workers."),
+        Reply(7, "Smooth upgrade: killing off 1 old workers.", "u", wait=True),
+        info("Sending USR2 to [1002]"),
+        Reply(7, "Sending USR2 to [1002]", "u", wait=True),
+        SendSignal(1002, "USR2"),
+        HELD,
+        Reply(7, f"ERROR: {held}", "u", wait=True),
+    ]
+    state, effects = run(state, ChildExited(1002, 0, None, 6.0), Tick(7.0), command(8, "reload", now=8.0))
+    state, more = step(state, MasterStarted(8.0, restored=True))
+    assert HELD not in effects + more  # the same upgrade, still held: said once
+    state, effects = run(state, command(8, "upgrade", id="v", now=9.0), MasterStarted(9.0, restored=True))
+    assert effects[-3:] == [HELD, Reply(7, f"ERROR: {held}", "u", wait=True), Reply(8, f"ERROR: {held}", "v", wait=True)]
 
 
 def test_a_capped_upgrade_makes_room_by_stopping_an_unacked_old_worker() -> None:

@@ -544,7 +544,7 @@ def test_l2_accepts_only_an_upgrade_the_floor_holds_at_its_capacity_cap() -> Non
     held = make(worker(1), worker(2), number=2, version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
     assert room_to_make(held) == 1 and invariants.held_at_capacity(held) and goal_problem(held) is None
     assert goal_problem(replace(held, reexec_purpose=ReexecPurpose.SMOOTH_UPGRADE)) == "L2: re-exec (smooth_upgrade) still in progress"
-    booting = make(worker(1), worker(2, acked=False), number=2, version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
+    booting = make(worker(2, acked=False), worker(1), number=2, version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
     assert not invariants.held_at_capacity(booting)  # the un-ACKed one could make room
     assert goal_problem(booting) == "L2: smooth upgrade still in progress (0 / 2 ACKs)"
     spawning = replace(held, pending={0: PendingSpawn(0, 5, 0, 0.0)}, next_spawn_id=1)
