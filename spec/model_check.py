@@ -127,7 +127,7 @@ UPGRADE_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
     # Three upgrades, smooth and fleet in any order; a new worker may die before its ACK.
     (Scenario(1, 1, None, None, None), Bounds(depth=13, failures=1, commands=3, command_names=UPGRADE_ALPHABET)),
     # The same within max_upgrade_additional 1, timer ACKs.
-    (Scenario(2, 2, 1, None, 1.0), Bounds(depth=11, failures=1, commands=3, command_names=UPGRADE_ALPHABET)),
+    (Scenario(2, 2, 1, None, 1.0), Bounds(depth=10, failures=1, commands=3, command_names=UPGRADE_ALPHABET)),
     # Two upgrades within max_upgrade_additional 1, manual ACKs.
     (Scenario(2, 1, 1, None, None), Bounds(depth=12, failures=0, commands=2, command_names=UPGRADE_ALPHABET)),
     # max_upgrade_additional 0: upgrades the availability floor holds, on top of each other.
