@@ -128,6 +128,24 @@ class Bounds:
 
 DEFAULTS = Bounds()
 
+UPGRADE_ALPHABET = ("upgrade", "upgrade_fleet")
+
+UPGRADE_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
+    # Upgrades on top of upgrades whose new workers stay un-ACKed or die before their ACK
+    # (issue 10; T12): deeper than the matrix, with only upgrades to choose from.
+    # The report: two ACKed workers, two new ones that never ACK, a second upgrade.
+    (Scenario(2, 2, None, None, None), Bounds(depth=12, failures=0, commands=2, command_names=("upgrade",))),
+    # Three upgrades, smooth and fleet in any order; a new worker may die before its ACK.
+    (Scenario(1, 1, None, None, None), Bounds(depth=13, failures=1, commands=3, command_names=UPGRADE_ALPHABET)),
+    # The same within max_upgrade_additional 1, timer ACKs.
+    (Scenario(2, 2, 1, None, 1.0), Bounds(depth=10, failures=1, commands=3, command_names=UPGRADE_ALPHABET)),
+    # Two upgrades within max_upgrade_additional 1, manual ACKs.
+    (Scenario(2, 1, 1, None, None), Bounds(depth=12, failures=0, commands=2, command_names=UPGRADE_ALPHABET)),
+    # max_upgrade_additional 0: upgrades the availability floor holds, on top of each other.
+    (Scenario(2, 1, 0, None, 1.0), Bounds(depth=10, failures=1, commands=3, command_names=UPGRADE_ALPHABET)),
+)
+"""Runs added to the configuration matrix by default (`--chains`)."""
+
 # --- the world: actions, canonical states ---------------------------------
 
 Action = tuple[object, ...]
@@ -361,6 +379,8 @@ class Result:
     seconds: float = 0.0
     cpu: float = 0.0
     truncated: bool = False
+    label: str = ""
+    """What the run's bounds were, when they are not the command line's (an upgrade chain)."""
     violations: list[Violation] = field(default_factory=list)
 
 
@@ -689,8 +709,20 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     return sorted(found, key=lambda s: (-s.number, -s.max_unacked, str(s)))
 
 
-def _run(job: tuple[Scenario, Bounds]) -> Result:
-    return explore(*job)
+Job = tuple[Scenario, Bounds, str]
+
+
+def _run(job: Job) -> Result:
+    result = explore(job[0], job[1])
+    result.label = job[2]
+    return result
+
+
+def _chain_label(bounds: Bounds) -> str:
+    return (
+        f"chain of {bounds.commands} x [{','.join(bounds.command_names)}], depth {bounds.depth},"
+        f" failures {bounds.failures}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -719,16 +751,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=1.0, help="the base spin-up interval -s")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: CPUs)")
     parser.add_argument("--all", action="store_true", help="report every distinct violation, not just the first per configuration")
+    parser.add_argument(
+        "--chains",
+        choices=["yes", "no", "only"],
+        default="yes",
+        help="also (or only) run the upgrade chains: a few deeper runs with only upgrades in the alphabet (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     names = tuple(n for n in args.alphabet.split(",") if n)
     unknown = [n for n in names if n not in COMMANDS]
     if unknown:
         parser.error(f"unknown commands {unknown}; known: {', '.join(COMMANDS)}")
     bounds = Bounds(args.depth, args.failures, args.commands, args.liveness_steps, args.idle, names)
-    jobs = [(s, bounds) for s in scenarios(args)]
+    jobs: list[Job] = [] if args.chains == "only" else [(s, bounds, "") for s in scenarios(args)]
+    matrix = len(jobs)
+    if args.chains != "no":
+        chains = [(s, replace(b, liveness_steps=bounds.liveness_steps)) for s, b in UPGRADE_CHAINS]
+        jobs += [(s, b, _chain_label(b)) for s, b in chains]
+    jobs.sort(key=lambda job: (-job[0].number, -job[0].max_unacked))  # the biggest first, to end evenly
     print(
-        f"model check: {len(jobs)} configurations, depth {bounds.depth}, failures {bounds.failures},"
-        f" commands {bounds.commands} from [{', '.join(names)}], liveness within {bounds.liveness_steps} steps",
+        f"model check: {matrix} configurations, depth {bounds.depth}, failures {bounds.failures},"
+        f" commands {bounds.commands} from [{', '.join(names)}], liveness within {bounds.liveness_steps} steps;"
+        f" {len(jobs) - matrix} upgrade chains",
         flush=True,
     )
     started = time.monotonic()
@@ -758,12 +802,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if violations else 0
 
 
-def _run_all(job: tuple[Scenario, Bounds]) -> Result:
-    return explore(job[0], job[1], stop_at_first=False)
+def _run_all(job: Job) -> Result:
+    result = explore(job[0], job[1], stop_at_first=False)
+    result.label = job[2]
+    return result
 
 
 def _report(result: Result) -> None:
     status = f"{len(result.violations)} VIOLATION(S)" if result.violations else "ok"
+    if result.label:
+        print(f"{result.label}:")
     print(
         f"{str(result.scenario):95} {result.states:8} states {result.transitions:9} transitions"
         f" depth {result.depth:2} {result.seconds:6.1f}s ({result.cpu:.1f}s CPU) {status}{' (truncated)' if result.truncated else ''}",

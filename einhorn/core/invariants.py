@@ -1,8 +1,8 @@
 """The numbered invariants of the pure core, as executable checks.
 
 spec/README.md states each of them in words; the numbers here are the ones
-used there. `check_state` checks the safety invariants of one state (S1-S9),
-`check_step` those of one transition (T1-T11), and `converged`/`goal_problem`
+used there. `check_state` checks the safety invariants of one state (S1-S11),
+`check_step` those of one transition (T1-T14), and `converged`/`goal_problem`
 say whether a state has reached the goal of the liveness properties (L1-L3),
 which only an exploration can check (spec/model_check.py does).
 
@@ -50,18 +50,24 @@ class Census:
     """Workers plus spawns in flight (what max_upgrade_additional limits)."""
     busy: int
     """Unsignaled workers plus spawns in flight: the slots no exit in progress will free."""
+    serving: int
+    """ACKed, unsignaled workers of any version (what the availability floor counts)."""
+    old_unacked: int
+    """Un-ACKed, unsignaled workers of an earlier version: old ones that serve nothing."""
 
 
 def census(state: State) -> Census:
-    workers = modern = unsignaled_modern = acked = unacked = unsignaled = 0
+    workers = modern = unsignaled_modern = acked = unacked = unsignaled = serving = old_unacked = 0
     old: list[int] = []
     for child in state.children.values():
         workers += 1
         if not child.signaled:
             unsignaled += 1
+            serving += child.acked
         if child.version != state.version:
             if not child.signaled:
                 old.append(child.pid)
+                old_unacked += not child.acked
             continue
         modern += 1
         if child.signaled:
@@ -81,6 +87,8 @@ def census(state: State) -> Census:
         missing=state.config.number - modern - modern_pending,
         total=workers + len(state.pending),
         busy=unsignaled + len(state.pending),
+        serving=serving,
+        old_unacked=old_unacked,
     )
 
 
@@ -105,6 +113,19 @@ def room_to_make(state: State) -> int:
     if counts.missing <= 0 or counts.unacked_modern > 0:
         return 0
     return max(0, counts.busy - (state.config.number + extra) + 1)
+
+
+def held_at_capacity(state: State) -> bool:
+    """Whether a capped upgrade that needs room (`room_to_make`) is held by the
+    availability floor: every unsignaled old worker is ACKed, no spawn is in
+    flight, and no more than `number` workers serve, so stopping any of them
+    would leave fewer (T12). Only a change from outside (a higher
+    max_upgrade_additional, a crash) lets it go on: L2 accepts it as an end.
+    """
+    if room_to_make(state) <= 0 or state.pending:
+        return False
+    counts = census(state)
+    return counts.old_unacked == 0 and counts.serving <= state.config.number
 
 
 # --- S: invariants of every state -----------------------------------------
@@ -226,7 +247,10 @@ def requested_signals(event: Event) -> frozenset[str]:
     """Signals an operator explicitly asked the master to send with this event.
 
     These may legitimately be re-sent to a child that already got them (T4/T5
-    exempt them); every other signal is the master's own initiative.
+    exempt them) and may stop serving workers (T12 exempts them); every other
+    signal is the master's own initiative. Signals carry no cause, so a signal
+    of the master's own in a step that also requests the same signal counts as
+    requested.
     """
     match event:
         case SignalReceived(signal=name) if name in _SHUTDOWN_SIGNALS:
@@ -255,7 +279,7 @@ def _acked_in_step(before: State, after: State) -> list[int]:
 
 
 def check_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
-    """Safety invariants T1-T11 of one transition `before --event--> after` with `effects`."""
+    """Safety invariants T1-T14 of one transition `before --event--> after` with `effects`."""
     problems: list[str] = []
     signals = [e for e in effects if isinstance(e, SendSignal)]
     spawns = [e for e in effects if isinstance(e, SpawnWorker)]
@@ -375,28 +399,49 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
         unacked = census(after).unacked_modern
         if unacked > after.config.max_unacked:
             problems.append(f"T11: {unacked} un-ACKed new workers > max_unacked {after.config.max_unacked}")
+
+    # T12: the availability floor. On its own initiative the master stops an ACKed
+    # worker only if at least min(number, ACKed unsignaled workers before) still serve.
+    stopped = sorted(
+        sig.pid
+        for sig in signals
+        if sig.signal not in requested
+        and sig.pid in before.children
+        and not before.children[sig.pid].signaled
+        and sig.pid in after.children
+        and after.children[sig.pid].acked
+    )
+    if stopped:
+        serving_before = census(before).serving
+        floor = min(after.config.number, serving_before)
+        left = census(after).serving
+        if left < floor:
+            problems.append(
+                f"T12: stopped ACKed workers {stopped} on its own initiative, leaving {left} serving"
+                f" < min(number {after.config.number}, {serving_before} serving before)"
+            )
     return problems + check_lifecycle_step(before, event, after, effects)
 
 
 def check_lifecycle_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
-    """T12-T13: the re-exec lifecycle (spec/upgrades.md)."""
+    """T13-T14: the re-exec lifecycle (spec/upgrades.md)."""
     problems: list[str] = []
-    # T12: a check is started only by a new re-exec, and the exec is ordered only on the
+    # T13: a check is started only by a new re-exec, and the exec is ordered only on the
     # pass of the current check, while respawning.
     for order in (e for e in effects if isinstance(e, StartUpgradeCheck)):
         fresh = before.reexec is None and after.reexec is not None and after.reexec.phase is ReexecPhase.CHECKING
         if not fresh or after.reexec is None or after.reexec.check_id != order.check_id:
-            problems.append(f"T12: upgrade check {order.check_id} started outside a new re-exec")
+            problems.append(f"T13: upgrade check {order.check_id} started outside a new re-exec")
     if any(isinstance(e, ExecMaster) for e in effects):
         checking = before.reexec is not None and before.reexec.phase is ReexecPhase.CHECKING
         passed = isinstance(event, UpgradeCheckPassed) and checking and before.reexec is not None and event.check_id == before.reexec.check_id
         if not passed or not after.respawn:
-            problems.append(f"T12: exec ordered on {type(event).__name__} (check passed: {passed}, respawning: {after.respawn})")
-    # T13: the new image fails every spawn the old one had in flight: none is left pending.
+            problems.append(f"T13: exec ordered on {type(event).__name__} (check passed: {passed}, respawning: {after.respawn})")
+    # T14: the new image fails every spawn the old one had in flight: none is left pending.
     if isinstance(event, MasterStarted) and event.restored:
         lost = sorted(set(before.pending) & set(after.pending))
         if lost:
-            problems.append(f"T13: spawns {lost} in flight across the re-exec are still pending after the restore")
+            problems.append(f"T14: spawns {lost} in flight across the re-exec are still pending after the restore")
     return problems
 
 
@@ -420,14 +465,17 @@ def goal_problem(state: State) -> str | None:
     """Why `state` is not (yet) the goal of L1-L3, or None if it is.
 
     Respawning on: exactly `number` ACKed modern workers (no surplus, S1), no
-    old worker left unsignaled, no upgrade or re-exec in progress. Respawning
-    off: the master has exited.
+    old worker left unsignaled, no upgrade or re-exec in progress, or an upgrade
+    held at its capacity cap by the availability floor (`held_at_capacity`).
+    Respawning off: the master has exited.
     """
     if not state.respawn or state.exit_code is not None:
         return None if state.exit_code is not None else "L3: respawning is off but the master has not exited"
     if state.reexec_purpose is not None:
         return f"L2: re-exec ({state.reexec_purpose.value}) still in progress"
     counts = census(state)
+    if state.upgrading is not None and held_at_capacity(state):
+        return None
     if state.upgrading is not None:
         return f"L2: {state.upgrading.value} upgrade still in progress ({counts.ack_count} / {state.config.number} ACKs)"
     if counts.ack_count != state.config.number:

@@ -4,7 +4,9 @@ Vocabulary (BEHAVIOR §4):
 - a *modern* worker runs the current version; an *old* worker is an
   unsignaled worker of an earlier version;
 - ack_count = acked, unsignaled, modern workers; ack_target = number;
-- missing = number - modern workers (signaled or not, pending spawns included).
+- missing = number - modern workers (signaled or not, pending spawns included);
+- *serving* = acked, unsignaled workers of any version (the availability floor
+  counts them: spec/README.md, T12).
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ def unsignaled_modern_workers(state: State) -> list[Child]:
 
 def old_workers(state: State) -> list[Child]:
     return [c for c in workers(state) if c.version != state.version and not c.signaled]
+
+
+def old_by_priority(state: State) -> list[Child]:
+    """Old workers, the ones to stop first first: un-ACKed (they serve nothing), then the oldest."""
+    return sorted(old_workers(state), key=lambda c: (c.acked, c.spinup_at, c.pid))
+
+
+def serving_count(state: State) -> int:
+    return sum(1 for c in workers(state) if c.acked and not c.signaled)
 
 
 def unacked_unsignaled_modern_count(state: State) -> int:

@@ -46,6 +46,7 @@ _V = TypeVar("_V")
 
 def step(state: State, event: Event) -> Outcome:
     state = replace(state, clock=max(state.clock, event.now))
+    previous = state
     match event:
         case MasterStarted():
             state, effects = _on_started(state, event)
@@ -74,7 +75,7 @@ def step(state: State, event: Event) -> Outcome:
         case _:
             assert_never(event)
     state, more = reconcile(state)
-    return state, [*effects, *more]
+    return state, [*effects, *more, *_held_notice(previous, state)]
 
 
 def next_deadline(state: State) -> float | None:
@@ -316,35 +317,46 @@ def _cull(state: State) -> Outcome:
         effects += [Reply(s.conn, "Upgrade done", s.request_id) for s in state.upgrade_subscribers]
         state = replace(state, upgrading=None, upgrade_subscribers=())
 
-    old = sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))
-    if state.upgrading is None and old:
-        effects += announce(state, LogLevel.INFO, f"Killing off {len(old)} old workers.")
-        state, more = signal_children(state, "USR2", [c.pid for c in old])
+    old = pool.old_by_priority(state)
+    if state.upgrading is None:
+        state, more = _stop(state, old, "Killing off {} old workers.")
         effects += more
     elif state.upgrading is UpgradeKind.SMOOTH:
-        excess = len(old) + acked - target
-        if excess > 0:
-            effects += announce(state, LogLevel.INFO, f"Smooth upgrade: killing off {excess} old workers.")
-            state, more = signal_children(state, "USR2", [c.pid for c in old[:excess]])
-            effects += more
-
-    room = _room_to_make(state)
-    if room > 0:
-        oldest = sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))[:room]
-        if oldest:
-            effects += announce(state, LogLevel.INFO, f"At upgrade capacity: killing off {len(oldest)} old workers to make room.")
-            state, more = signal_children(state, "USR2", [c.pid for c in oldest])
-            effects += more
-
-    surplus = len(pool.unsignaled_modern_workers(state)) - target
-    if surplus > 0:
-        victims = pool.surplus_by_priority(state)[:surplus]
-        effects.append(
-            Log(LogLevel.INFO, f"Have too many workers at the current version, so killing off {surplus} of them.")
-        )
-        state, more = signal_children(state, "USR2", [c.pid for c in victims])
+        excess = max(0, len(old) + acked - target)
+        state, more = _stop(state, old[:excess], "Smooth upgrade: killing off {} old workers.")
         effects += more
-    return state, effects
+
+    victims = pool.old_by_priority(state)[: _room_to_make(state)]
+    state, more = _stop(state, victims, "At upgrade capacity: killing off {} old workers to make room.")
+    effects += more
+
+    surplus = max(0, len(pool.unsignaled_modern_workers(state)) - target)
+    victims = pool.surplus_by_priority(state)[:surplus]
+    note = "Have too many workers at the current version, so killing off {} of them."
+    state, more = _stop(state, victims, note, stream=False)
+    return state, [*effects, *more]
+
+
+def _stop(state: State, victims: list[Child], note: str, stream: bool = True) -> Outcome:
+    """USR2 to `victims`, on the master's own initiative, within the availability floor.
+
+    The floor (spec/README.md, T12): a serving (ACKed, unsignaled) worker is
+    stopped only while more than `number` serve (the first serving victims in
+    the order given go, the rest stay), so no cull leaves fewer than
+    min(number, those serving before it). Un-ACKed victims serve nothing and
+    always go. `note` is logged with the count, and streamed to upgrade
+    subscribers when `stream`.
+    """
+    spare = max(0, pool.serving_count(state) - state.config.number)
+    serving = [c.pid for c in victims if c.acked and not c.signaled]
+    kept = set(serving[spare:])
+    pids = [c.pid for c in victims if c.pid not in kept]
+    if not pids:
+        return state, []
+    text = note.format(len(pids))
+    effects = announce(state, LogLevel.INFO, text) if stream else [Log(LogLevel.INFO, text)]
+    state, more = signal_children(state, "USR2", pids)
+    return state, [*effects, *more]
 
 
 def _room_to_make(state: State) -> int:
@@ -356,6 +368,8 @@ def _room_to_make(state: State) -> int:
     and a fleet upgrade with max_upgrade_additional < number (or a smooth one
     with 0) would never finish. Signaled workers do not count: their exit frees
     a slot. (`invariants.room_to_make` is the same rule, computed independently.)
+    The availability floor may forbid stopping them (`_stop`): after the cull,
+    room still to make means the upgrade is held (`_held_notice`).
     """
     extra = state.config.max_upgrade_additional
     if extra is None or state.upgrading is None or not state.respawn:
@@ -364,6 +378,22 @@ def _room_to_make(state: State) -> int:
         return 0
     busy = sum(1 for c in pool.workers(state) if not c.signaled) + len(state.pending)
     return max(0, busy - (state.config.number + extra) + 1)
+
+
+def _held_notice(previous: State, state: State) -> list[Effect]:
+    """Said once per upgrade, when it starts waiting at its capacity cap because only
+    serving workers could make room (the step before was not held, or at an older version)."""
+    if _room_to_make(state) <= 0 or (_room_to_make(previous) > 0 and previous.version == state.version):
+        return []
+    number = state.config.number
+    serving = pool.serving_count(state)
+    return announce(
+        state,
+        LogLevel.ERROR,
+        f"Upgrade held at capacity: number {number} + max_upgrade_additional {state.config.max_upgrade_additional}"
+        f" leaves no room for a new worker, and stopping an ACKed old worker would leave {serving - 1} of {number}"
+        " serving. Raise max_upgrade_additional (config) to go on.",
+    )
 
 
 def _maybe_exit(state: State) -> Outcome:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -58,6 +59,28 @@ while True:
     signal.pause()
 """
 """A manual-ACK worker that ACKs only as index 0, so that a master has ACKed and un-ACKed workers at once."""
+
+MODE_WORKER = """
+import os, signal, sys, time
+mode_file, time_server, lifetime = sys.argv[1:4]
+with open(mode_file) as f:
+    mode = f.read().strip()
+if mode == "good":
+    os.execv(sys.executable, [sys.executable, time_server])
+signal.signal(signal.SIGUSR2, lambda signum, frame: sys.exit(0))
+open(os.path.join(os.path.dirname(mode_file), f"bad-{os.getpid()}"), "w").close()
+time.sleep(float(lifetime))
+sys.exit(1)
+"""
+"""A worker that reads MODE_FILE at start: `good`, it is example/time_server (ACKs, serves,
+stops on USR2); `bad`, it creates bad-PID beside MODE_FILE and lives LIFETIME seconds without
+ACKing (or until USR2), then exits 1."""
+
+USR2_SENT = re.compile(r"Sending USR2 to \[([\d, ]+)\]")
+
+BAD_LIFETIME = 6.0
+"""Long enough to be alive through the next upgrade's re-exec on a busy machine; the master
+stops bad workers itself (USR2), so it does not lengthen the test."""
 
 UNREADABLE_STATE = r"""
 printf 'this is not a state document' > "$here/garbage"
@@ -271,6 +294,73 @@ def test_an_upgrade_requested_during_a_smooth_upgrade_starts_over_without_leakin
     assert integer(master.state(), "version") == 2
     assert not set(final) & original
     assert set(harness.leftovers()) - {master.pid} == set(final)  # no worker leaked anywhere
+
+
+@pytest.mark.timeout(90)
+def test_a_second_upgrade_during_a_failing_one_keeps_the_serving_workers(harness: Harness, upgrade_client: Connect) -> None:
+    """Issue 10: the second upgrade stopped both ACKed workers (counting the first one's
+    un-ACKed workers as old) and nothing served. It must stop the un-ACKed ones instead;
+    the old workers serve until the workers of a good upgrade ACK."""
+    mode = harness.directory / "mode"
+    mode.write_text("good")
+    master = harness.start(
+        "-n", "2", "-m", "manual", "-s", "0.2", "--max-unacked", "2", "-b", "127.0.0.1:0",
+        program=[sys.executable, "-c", MODE_WORKER, str(mode), TIME_SERVER, str(BAD_LIFETIME)],
+        workers=2,
+    )
+    serving = sorted(master.workers())
+    load = Load(bound_port(master), threads=1, limit_seconds=60.0, pause=0.05)
+    load.start()
+
+    def old_ones_untouched() -> None:
+        workers = master.workers()
+        assert all(alive(pid) and pid in workers and not workers[pid]["signaled"] for pid in serving), workers
+
+    def bad_ones_of(version: int) -> list[int] | None:
+        """Two un-ACKed workers of `version` that have read `bad` (not yet started is not enough)."""
+        records = worker_records(master)
+        pids = sorted(pid for pid, (v, acked, _, _) in records.items() if v == version and not acked)
+        ready = len(pids) == 2 and all((harness.directory / f"bad-{pid}").exists() for pid in pids)
+        return pids if ready else None
+
+    def start_upgrade(request_id: str) -> Connection:
+        conn = upgrade_client(master)
+        conn.send(frame({"command": "upgrade", "id": request_id}))
+        assert conn.read_reply()["message"] == "Upgrading smoothly, as commanded"
+        return conn
+
+    try:
+        mode.write_text("bad")
+        first = start_upgrade("first")
+        failing = wait_until(lambda: bad_ones_of(1), what="two un-ACKed version 1 workers")
+        old_ones_untouched()
+
+        second = start_upgrade("second")
+        master.wait_log(r"Currently upgrading \(0 / 2 ACKs; bumping version and starting over\)")
+        master.wait_log(r"Smooth upgrade: killing off 2 old workers\.")
+        stopped = master.wait_log(USR2_SENT.pattern)[0].group(1)
+        assert sorted(int(pid) for pid in stopped.split(", ")) == failing
+        wait_until(lambda: not any(alive(pid) for pid in failing), what="the failed version's workers to stop")
+        wait_until(lambda: bad_ones_of(2), what="two un-ACKed version 2 workers")
+        old_ones_untouched()
+        serving_since = time.monotonic()
+        wait_until(lambda: load.answered_since(serving_since, "1"), what="answers while only the old workers serve")
+
+        mode.write_text("good")
+        third = upgrade(master)
+        assert third[0] == "Upgrading smoothly, as commanded", third
+        for conn in (first, second):
+            assert conn.read_until_last()[-1]["message"] == "Upgrade done"
+        final = wait_until(lambda: all_workers_modern(master, 2), what="two version 3 workers and nothing else")
+    finally:
+        load.stop()
+    assert integer(master.state(), "version") == 3 and not set(final) & set(serving)
+    # The old workers went only as the good version's workers ACKed.
+    lines = log_after(master, "Restored state: version 2").splitlines()
+    first_ack = next(n for n, line in enumerate(lines) if "Up to 1 / 2 manual ACKs" in line)
+    signaled = [(n, {int(p) for p in m.group(1).split(", ")}) for n, line in enumerate(lines) if (m := USR2_SENT.search(line))]
+    assert first_ack < min(n for n, pids in signaled if pids & set(serving)), lines
+    assert failures(load.snapshot()) == [], failures(load.snapshot())[:3]
 
 
 @pytest.mark.timeout(60)

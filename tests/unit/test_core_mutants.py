@@ -432,7 +432,8 @@ def test_fleet_upgrade_without_room_spawns_nothing_and_keeps_the_spinup_time() -
 
 
 def test_smooth_cull_and_make_room_in_the_same_pass() -> None:
-    old = {p: Child(p, 0, p, float(p), acked=True) for p in (1, 2, 3)}
+    # Un-ACKed old workers go first, and the availability floor keeps the one that serves.
+    old = {p: Child(p, 0, p, float(p), acked=p == 1) for p in (1, 2, 3)}
     state = State(
         config=Config(number=2, max_upgrade_additional=0),
         version=1,
@@ -444,7 +445,7 @@ def test_smooth_cull_and_make_room_in_the_same_pass() -> None:
     messages = [e.message for e in effects if isinstance(e, Log)]
     assert "Smooth upgrade: killing off 1 old workers." in messages
     assert "At upgrade capacity: killing off 1 old workers to make room." in messages
-    assert [p for p, c in after.children.items() if c.signaled] == [1, 2]
+    assert [p for p, c in after.children.items() if c.signaled] == [2, 3]
 
 
 def test_room_to_make_only_during_a_live_capped_upgrade() -> None:

@@ -275,11 +275,11 @@ def test_worker_ping_from_unknown_pid_is_logged() -> None:
 
 
 def test_old_workers_get_usr2_when_no_upgrade_is_in_progress() -> None:
-    state = replace(up(make_config(number=2)), version=1)  # as after a finished upgrade
+    state = replace(up(make_config(number=2)), version=1)  # as after a finished upgrade:
+    new = {pid: Child(pid, 1, pid - 1998, 4.0, acked=True) for pid in (2000, 2001)}
+    state = replace(state, children={**state.children, **new})
     state, effects = step(state, Tick(5.0))
     assert effects == [
-        gradual(0, 1, "1"),
-        SpawnWorker(2, 2, 1),  # 0 and 1 are still held by the old workers
         info("Killing off 2 old workers."),
         info("Sending USR2 to [1000, 1001]"),
         SendSignal(1000, "USR2"),
@@ -290,6 +290,24 @@ def test_old_workers_get_usr2_when_no_upgrade_is_in_progress() -> None:
     # Recorded, so they are not "old" any more and are not signaled again.
     state, effects = step(state, Tick(6.0))
     assert signals(effects) == []
+
+
+def test_old_acked_workers_outside_an_upgrade_go_only_as_new_ones_serve() -> None:
+    """The availability floor holds there too (no reachable state needs it: an upgrade ends
+    with `number` new workers ACKed; a hand-made one does)."""
+    state = replace(up(make_config(number=2)), version=1)
+    state, effects = step(state, Tick(5.0))
+    assert effects == [gradual(0, 1, "1"), SpawnWorker(2, 2, 1)]  # 0 and 1 are still held by the old workers
+    state, effects = run(state, WorkerSpawned(2, 2000, 5.0), Tick(6.0))
+    assert effects == [
+        info("===> Launched 2000 (index: 2)"),
+        info("Up to 1 / 2 timer ACKs"),
+        gradual(0, 1, "1"),
+        SpawnWorker(3, 3, 1),
+        info("Killing off 1 old workers."),  # 3 serve: one old worker may go, not both
+        info("Sending USR2 to [1000]"),
+        SendSignal(1000, "USR2"),
+    ]
 
 
 def test_surplus_after_dec_goes_unacked_first_then_newest() -> None:
@@ -306,6 +324,50 @@ def test_surplus_after_dec_goes_unacked_first_then_newest() -> None:
     ]
     state, effects = step(state, command(1, "dec", now=6.0))
     assert signals(effects) == [(1002, "USR2")]  # all ACKed now: the newest (highest pid at equal spin-up)
+
+
+def test_surplus_during_an_upgrade_is_logged_not_streamed() -> None:
+    """`dec` during a smooth upgrade: one old worker goes for the new ACK (streamed to the
+    upgrade's subscriber), and the surplus new one (un-ACKed, newest) goes (logged only)."""
+    old = {p: Child(p, 0, i, 0.0, acked=True) for i, p in enumerate((1000, 1001))}
+    new = {p: Child(p, 1, i + 2, 5.0 + i, acked=p == 2000) for i, p in enumerate((2000, 2001, 2002))}
+    state = State(
+        config=make_config(number=3, ack_timer=None, max_unacked=3), version=1, children={**old, **new},
+        upgrading=UpgradeKind.SMOOTH, upgrade_subscribers=(Subscriber(7, "u"),), last_spinup_at=7.0, clock=8.0,
+    )
+    state, effects = step(state, command(1, "dec", now=8.0))
+    assert effects[2:] == [
+        info("Smooth upgrade: killing off 1 old workers."),
+        Reply(7, "Smooth upgrade: killing off 1 old workers.", "u", wait=True),
+        info("Sending USR2 to [1000]"),
+        Reply(7, "Sending USR2 to [1000]", "u", wait=True),
+        SendSignal(1000, "USR2"),
+        info("Have too many workers at the current version, so killing off 1 of them."),
+        info("Sending USR2 to [2002]"),
+        Reply(7, "Sending USR2 to [2002]", "u", wait=True),
+        SendSignal(2002, "USR2"),
+    ]
+
+
+def test_a_dec_that_ends_an_upgrade_stops_the_old_workers_and_the_surplus() -> None:
+    old = Child(1000, 0, 0, 0.0, acked=True)
+    new = {p: Child(p, 1, i + 1, 5.0, acked=p != 2002) for i, p in enumerate((2000, 2001, 2002))}
+    state = State(
+        config=make_config(number=3, ack_timer=None, max_unacked=3), version=1, children={1000: old, **new},
+        upgrading=UpgradeKind.SMOOTH, upgrade_subscribers=(Subscriber(7, "u"),), last_spinup_at=5.0, clock=6.0,
+    )
+    state, effects = step(state, command(1, "dec", now=6.0))
+    assert effects[2:] == [
+        info("Upgraded successfully to version 1 (Einhorn 1.1.0)."),
+        Reply(7, "Upgraded successfully to version 1 (Einhorn 1.1.0).", "u", wait=True),
+        Reply(7, "Upgrade done", "u"),
+        info("Killing off 1 old workers."),
+        info("Sending USR2 to [1000]"),
+        SendSignal(1000, "USR2"),
+        info("Have too many workers at the current version, so killing off 1 of them."),
+        info("Sending USR2 to [2002]"),
+        SendSignal(2002, "USR2"),
+    ]
 
 
 def test_surplus_after_set_workers_stops_several() -> None:
@@ -457,29 +519,75 @@ def test_fleet_upgrade_with_small_capacity_still_completes() -> None:
     assert converged(world) is None and world.state.version == 1
 
 
-def test_capped_upgrade_makes_room_when_nothing_else_would_free_a_slot() -> None:
-    """max_upgrade_additional 0: no new worker fits until an old one is stopped first."""
+HELD = error(
+    "Upgrade held at capacity: number 2 + max_upgrade_additional 0 leaves no room for a new worker,"
+    " and stopping an ACKed old worker would leave 1 of 2 serving. Raise max_upgrade_additional (config) to go on."
+)
+
+
+def test_a_capped_upgrade_is_held_rather_than_stop_a_serving_worker() -> None:
+    """max_upgrade_additional 0 and every old worker ACKed: a new worker fits only if one that
+    serves is stopped first, which the availability floor forbids. Said once; raising the cap
+    lets the upgrade go on."""
     state = up(make_config(number=2, max_upgrade_additional=0))
+    state, effects = run(state, SignalReceived("HUP", 10.0), MasterStarted(10.0, restored=True))
+    assert effects[3:] == [info("Starting smooth upgrade from version 0..."), HELD]
+    state, effects = run(state, Tick(11.0), Tick(20.0))
+    assert effects == []
+    raise_cap = CommandReceived(1, {"command": "config", "args": ["..."]}, 21.0, document={"max_upgrade_additional": 1})
+    state, effects = step(state, raise_cap)
+    assert spawns(effects) == [SpawnWorker(2, 2, 1)] and signals(effects) == []
+    state, effects = run(state, WorkerSpawned(2, 2000, 21.0), Tick(22.0))
+    assert signals(effects) == [(1000, "USR2")]  # one for one again
+
+
+def test_the_held_notice_follows_what_the_cull_could_do_and_comes_again_for_a_newer_upgrade() -> None:
+    config = make_config(number=2, max_upgrade_additional=0, ack_timer=None)
+    children = {
+        1000: Child(1000, 0, 0, 0.0, acked=True),
+        1001: Child(1001, 0, 1, 0.0, acked=True),
+        1002: Child(1002, 0, 2, 4.0),  # starting, not serving yet
+    }
+    state = State(
+        config=config, children=children,
+        reexec=Reexec(ReexecPurpose.SMOOTH_UPGRADE, (Subscriber(7, "u"),), 0, 0.0, ReexecPhase.EXECUTING), last_spinup_at=4.0, clock=5.0,
+    )
+    state, effects = step(state, MasterStarted(5.0, restored=True))
+    held = HELD.message
+    assert effects[1:] == [
+        info("Starting smooth upgrade from version 0..."),
+        Reply(7, "Starting smooth upgrade from version 0...", "u", wait=True),
+        info("Smooth upgrade: killing off 1 old workers."),
+        Reply(7, "Smooth upgrade: killing off 1 old workers.", "u", wait=True),
+        info("Sending USR2 to [1002]"),
+        Reply(7, "Sending USR2 to [1002]", "u", wait=True),
+        SendSignal(1002, "USR2"),
+        HELD,
+        Reply(7, f"ERROR: {held}", "u", wait=True),
+    ]
+    state, effects = run(state, ChildExited(1002, 0, None, 6.0), Tick(7.0), command(8, "reload", now=8.0))
+    state, more = step(state, MasterStarted(8.0, restored=True))
+    assert HELD not in effects + more  # the same upgrade, still held: said once
+    state, effects = run(state, command(8, "upgrade", id="v", now=9.0), MasterStarted(9.0, restored=True))
+    assert effects[-3:] == [HELD, Reply(7, f"ERROR: {held}", "u", wait=True), Reply(8, f"ERROR: {held}", "v", wait=True)]
+
+
+def test_a_capped_upgrade_makes_room_by_stopping_an_unacked_old_worker() -> None:
+    state = up(make_config(number=2, max_upgrade_additional=0, ack_timer=None))
+    state, _ = run(state, ChildExited(1001, 1, None, 5.0), Tick(6.0), WorkerSpawned(2, 1002, 6.0))
+    assert not state.children[1002].acked  # an old worker that does not serve (yet)
     state, effects = run(state, SignalReceived("HUP", 10.0), MasterStarted(10.0, restored=True))
     assert effects[3:] == [
         info("Starting smooth upgrade from version 0..."),
         info("At upgrade capacity: killing off 1 old workers to make room."),
-        info("Sending USR2 to [1000]"),
-        SendSignal(1000, "USR2"),
+        info("Sending USR2 to [1002]"),
+        SendSignal(1002, "USR2"),
     ]
-    state, effects = step(state, ChildExited(1000, 0, None, 10.5))
-    assert spawns(effects) == [SpawnWorker(2, 0, 1)]
-    # While the new worker is un-ACKed, nothing more is stopped.
-    state, effects = run(state, WorkerSpawned(2, 2000, 10.5), Tick(11.0))
-    assert signals(effects) == []
-    state, effects = step(state, Tick(11.5))
-    assert effects == [
-        info("Up to 1 / 2 timer ACKs"),
-        info("At upgrade capacity: killing off 1 old workers to make room."),
-        info("Sending USR2 to [1001]"),
-        SendSignal(1001, "USR2"),
-    ]
-    assert pool.total_worker_count(state) == 2
+    state, effects = step(state, ChildExited(1002, 0, None, 10.5))
+    assert spawns(effects) == [SpawnWorker(3, 1, 1)]
+    # The new worker serves, but stopping 1000 would leave 1 of 2: held, and said so.
+    state, effects = run(state, WorkerSpawned(3, 2000, 10.5), command(99, "worker:ack", pid=2000, now=11.0))
+    assert signals(effects) == [] and effects[-1] == HELD
 
 
 def test_an_upgrade_during_an_upgrade_starts_over_at_a_newer_version() -> None:
@@ -495,6 +603,89 @@ def test_an_upgrade_during_an_upgrade_starts_over_at_a_newer_version() -> None:
         info("Currently upgrading (1 / 2 ACKs; bumping version and starting over)..."),
     ]
     assert state.version == 2 and state.upgrading is UpgradeKind.SMOOTH
+
+
+def failed_upgrade(config: Config) -> State:
+    """Two ACKed workers of version 0 (1000, 1001); a smooth upgrade whose two new workers
+    (2000, 2001, version 1) are up but never ACK."""
+    state = up(config)
+    state, _ = run(
+        state,
+        SignalReceived("HUP", 10.0),
+        MasterStarted(10.0, restored=True),
+        WorkerSpawned(2, 2000, 10.0),
+        Tick(11.0),
+        WorkerSpawned(3, 2001, 11.0),
+    )
+    assert [c.pid for c in pool.old_workers(state)] == [1000, 1001] and pool.ack_count(state) == 0
+    return state
+
+
+def test_a_second_upgrade_stops_the_first_ones_unacked_workers_not_the_serving_ones() -> None:
+    """Issue 10: counting the un-ACKed workers of the failed version as old made the second
+    upgrade stop both ACKed workers (the oldest) while no new one served."""
+    state = failed_upgrade(make_config(number=2, max_unacked=2, ack_timer=None))
+    state, effects = run(state, SignalReceived("HUP", 14.0), MasterStarted(14.0, restored=True))
+    assert effects == [
+        info("Reloading einhorn master (smooth_upgrade)..."),
+        StartUpgradeCheck(1),
+        info("Restored state: version 1, 4 workers"),
+        info("Currently upgrading (0 / 2 ACKs; bumping version and starting over)..."),
+        gradual(0, 2, "1"),
+        SpawnWorker(4, 4, 2),
+        info("Smooth upgrade: killing off 2 old workers."),
+        info("Sending USR2 to [2000, 2001]"),
+        SendSignal(2000, "USR2"),
+        SendSignal(2001, "USR2"),
+    ]
+    assert pool.serving_count(state) == 2 and [c.pid for c in pool.old_workers(state)] == [1000, 1001]
+
+
+def test_a_second_upgrade_after_a_new_worker_died_before_its_ack() -> None:
+    state = failed_upgrade(make_config(number=2, max_unacked=2, ack_timer=None))
+    state, _ = step(state, ChildExited(2000, 1, None, 12.0))
+    state, effects = run(state, SignalReceived("HUP", 14.0), MasterStarted(14.0, restored=True))
+    assert signals(effects) == [(2001, "USR2")]
+
+
+@pytest.mark.parametrize("max_upgrade_additional", [None, 1, 2])
+@pytest.mark.parametrize("kinds", [("upgrade", "upgrade"), ("upgrade", "upgrade_fleet"), ("upgrade_fleet", "upgrade"), ("upgrade_fleet", "upgrade_fleet")])
+def test_upgrades_on_top_of_failed_upgrades_keep_the_old_workers_serving(kinds: tuple[str, str], max_upgrade_additional: int | None) -> None:
+    """Two upgrades whose new workers never ACK (some die first), then one whose workers do:
+    the two old workers serve throughout (World.feed checks T12 at every step) and go only
+    as the last version's workers ACK."""
+    config = make_config(number=2, max_unacked=2, ack_timer=None, max_upgrade_additional=max_upgrade_additional)
+    world = World(state=up(config), base_config=config, live={1000, 1001}, now=10.0, next_pid=2000)
+
+    def without_acks(limit: int = 40) -> None:
+        for _ in range(limit):
+            state = world.state
+            if world.reexec_outstanding:
+                world.restore()
+            elif state.pending:
+                world.spawn(min(state.pending))
+            elif signaled := sorted(c.pid for c in state.children.values() if c.signaled):
+                world.exit(signaled[0])
+            elif next_deadline(state) is not None:
+                world.tick_at_deadline()
+            else:
+                return
+        raise AssertionError(f"still busy after {limit} events")
+
+    for kind in kinds:
+        world.feed(command(7, kind, now=world.now))
+        without_acks()
+        new = [c.pid for c in pool.modern_workers(world.state)]
+        assert new and not any(world.state.children[p].acked for p in new)
+        if kind == kinds[0]:
+            world.exit(new[0], 9)  # one of the first version's dies before its ACK
+            without_acks()
+        assert all(not world.state.children[p].signaled for p in (1000, 1001))
+        assert pool.serving_count(world.state) == 2
+    world.feed(command(7, "upgrade", now=world.now))
+    world.settle(200)
+    assert converged(world) is None and world.state.version == 3
+    assert not {1000, 1001} & set(world.state.children)
 
 
 def test_a_second_upgrade_request_joins_the_re_exec_in_progress() -> None:

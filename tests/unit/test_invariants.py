@@ -278,9 +278,9 @@ def test_t7_smooth_upgrade_stops_old_workers_only_for_acked_replacements() -> No
 
 
 def test_t7_make_room_exemption_for_a_capped_upgrade() -> None:
-    before = make(worker(1), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
+    before = make(worker(1, acked=False), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
     assert room_to_make(before) == 1
-    after = make(worker(1, signaled=frozenset({"USR2"})), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
+    after = make(worker(1, acked=False, signaled=frozenset({"USR2"})), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
     assert check_step(before, TICK, after, [SendSignal(1, "USR2")]) == []
     uncapped = replace(after, config=replace(after.config, max_upgrade_additional=None))
     assert "T7" in step_numbers(replace(before, config=uncapped.config), TICK, uncapped, [SendSignal(1, "USR2")])
@@ -363,13 +363,15 @@ def test_census_counts() -> None:
         worker(3, version=1),
         worker(4, version=1, acked=False),
         worker(5, version=1, signaled=frozenset({"USR2"})),
+        worker(7, version=0, index=10, acked=False),
         number=4,
         version=1,
         pending={0: PendingSpawn(0, 7, 1, 0.0), 1: PendingSpawn(1, 8, 0, 0.0)},
         next_spawn_id=2,
     )
     assert census(state) == invariants.Census(
-        workers=5, old=(1,), unsignaled_modern=2, ack_count=1, unacked_modern=2, missing=0, total=7, busy=5
+        workers=6, old=(1, 7), unsignaled_modern=2, ack_count=1, unacked_modern=2, missing=0, total=8, busy=6,
+        serving=2, old_unacked=1,
     )
 
 
@@ -469,7 +471,8 @@ def test_census_walks_every_child_whatever_comes_first() -> None:
         children={2: signaled_new, 3: worker(3, version=1, acked=False), 4: worker(4, version=1, acked=False), 5: worker(5, version=1)},
     )
     assert census(state) == invariants.Census(
-        workers=4, old=(), unsignaled_modern=3, ack_count=1, unacked_modern=2, missing=0, total=4, busy=3
+        workers=4, old=(), unsignaled_modern=3, ack_count=1, unacked_modern=2, missing=0, total=4, busy=3,
+        serving=1, old_unacked=0,
     )
 
 
@@ -481,6 +484,73 @@ def test_t9_messages_and_edges() -> None:
     assert "T9" in step_numbers(dying, SignalReceived("INT", 0.0), replace(dying, exit_code=1), [Exit(1)])
     gone = replace(make(respawn=False, shutdown_signal="USR2"), exit_code=0)
     assert "T9: the master acted after it exited" in check_step(gone, TICK, gone, [SendSignal(1, "USR2")])
+
+
+def stopped(state: State, *pids: int) -> State:
+    """`state` with `pids` recorded as sent USR2."""
+    usr2 = frozenset({"USR2"})
+    return replace(state, children={**state.children, **{p: replace(state.children[p], signaled=usr2) for p in pids}})
+
+
+def usr2(*pids: int) -> list[Effect]:
+    return [SendSignal(p, "USR2") for p in pids]
+
+
+def test_t12_the_master_never_stops_serving_workers_below_the_floor() -> None:
+    # Issue 10: a second upgrade while the first one's new workers never ACKed.
+    before = make(
+        worker(1), worker(2), worker(3, version=1, acked=False), worker(4, version=1, acked=False),
+        number=2, version=2, upgrading=UpgradeKind.SMOOTH,
+    )
+    problems = check_step(before, MasterStarted(0.0, restored=True), stopped(before, 1, 2), usr2(1, 2))
+    assert problems == ["T12: stopped ACKed workers [1, 2] on its own initiative, leaving 0 serving < min(number 2, 2 serving before)"]
+    assert "T12" in step_numbers(before, TICK, stopped(before, 1, 3), usr2(1, 3))
+    assert "T12" not in step_numbers(before, TICK, stopped(before, 3, 4), usr2(3, 4))  # they serve nothing
+    # More than `number` serve: down to `number`, not below.
+    wide = make(worker(1), worker(2), worker(3, version=2), number=2, version=2, upgrading=UpgradeKind.FLEET)
+    assert "T12" not in step_numbers(wide, TICK, stopped(wide, 1), usr2(1))
+    assert "T12" in step_numbers(wide, TICK, stopped(wide, 1, 2), usr2(1, 2))
+    # A worker ACKed in the step serves when it is stopped; one that crashed in it is not the master's doing.
+    booting = replace(wide, children={**wide.children, 3: replace(wide.children[3], acked=False)})
+    assert "T12" in step_numbers(booting, TICK, stopped(wide, 1, 3), usr2(1, 3))
+    crashed = replace(wide, children={p: c for p, c in wide.children.items() if p != 3})
+    assert "T12" in step_numbers(wide, ChildExited(3, 1, None, 0.0), stopped(crashed, 1), usr2(1))
+    assert "T12" not in step_numbers(wide, ChildExited(3, 1, None, 0.0), crashed, [])
+
+
+def test_t12_exempts_what_the_operator_orders_by_its_own_number() -> None:
+    before = make(worker(1), worker(2), worker(3, version=1, acked=False), number=2, version=1, upgrading=UpgradeKind.SMOOTH)
+    everyone = stopped(before, 1, 2, 3)
+    for event in (
+        CommandReceived(1, {"command": "die"}, 0.0),
+        CommandReceived(1, {"command": "signal", "args": ["USR2"]}, 0.0),
+        SignalReceived("INT", 0.0),
+        SignalReceived("USR2", 0.0),
+    ):
+        assert "T12" not in step_numbers(before, event, everyone, usr2(1, 2, 3)), event
+    term = CommandReceived(1, {"command": "die", "args": ["TERM"]}, 0.0)
+    assert "T12" in step_numbers(before, term, everyone, usr2(1, 2, 3))  # TERM was asked for, not USR2
+    # `dec` and `set_workers` lower `number` itself: the floor is min(the new number, serving before).
+    three = make(worker(1), worker(2), worker(3), number=3)
+    two = replace(stopped(three, 3), config=replace(three.config, number=2))
+    dec = CommandReceived(1, {"command": "dec"}, 0.0)
+    assert "T12" not in step_numbers(three, dec, two, usr2(3))
+    assert "T12" in step_numbers(three, dec, stopped(two, 2), usr2(2, 3))
+
+
+def test_l2_accepts_only_an_upgrade_the_floor_holds_at_its_capacity_cap() -> None:
+    held = make(worker(1), worker(2), number=2, version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
+    assert room_to_make(held) == 1 and invariants.held_at_capacity(held) and goal_problem(held) is None
+    assert goal_problem(replace(held, reexec=Reexec(ReexecPurpose.SMOOTH_UPGRADE, (), 0, 0.0, ReexecPhase.EXECUTING))) == "L2: re-exec (smooth_upgrade) still in progress"
+    booting = make(worker(2, acked=False), worker(1), number=2, version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
+    assert not invariants.held_at_capacity(booting)  # the un-ACKed one could make room
+    assert goal_problem(booting) == "L2: smooth upgrade still in progress (0 / 2 ACKs)"
+    spawning = replace(held, pending={0: PendingSpawn(0, 5, 0, 0.0)}, next_spawn_id=1)
+    assert room_to_make(spawning) == 2 and not invariants.held_at_capacity(spawning)
+    fleet = make(worker(1), worker(2), worker(3, version=1), number=2, version=1, upgrading=UpgradeKind.FLEET, max_upgrade_additional=1)
+    assert room_to_make(fleet) == 1 and not invariants.held_at_capacity(fleet)  # 3 serve: one old one may go
+    uncapped = replace(held, config=replace(held.config, max_upgrade_additional=None))
+    assert not invariants.held_at_capacity(uncapped)
 
 
 def test_t11_messages() -> None:

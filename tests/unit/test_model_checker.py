@@ -18,7 +18,7 @@ from einhorn.core import actions, commands, invariants, pool, step, upgrade
 from einhorn.core.actions import Outcome
 from einhorn.core.effects import Log, LogLevel
 from einhorn.core.events import UpgradeCheckPassed
-from einhorn.core.state import State
+from einhorn.core.state import Child, State
 from spec import model_check
 from spec.model_check import Bounds, Scenario, explore, render_trace
 
@@ -60,7 +60,7 @@ def test_the_real_core_passes_a_small_bound(scenario: Scenario) -> None:
 def test_the_command_line_runs_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
     code = model_check.main(
         ["--number", "1", "--max-unacked", "1", "--max-upgrade-additional", "none", "--signal-timeout", "none",
-         "--ack", "manual", "--depth", "4", "--jobs", "1"]
+         "--ack", "manual", "--depth", "4", "--jobs", "1", "--chains", "no"]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -89,10 +89,50 @@ def test_bug_no_backoff_cap(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_bug_smooth_upgrade_culls_before_new_workers_ack(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The cull counts un-ACKed new workers as ACKed, so old ones go before their replacements are up."""
+    """The cull counts un-ACKed new workers as ACKed, so old ones go before their replacements
+    are up (the availability floor keeps the ACKed ones: the old workers still booting go)."""
     monkeypatch.setattr(pool, "ack_count", lambda state: len(pool.unsignaled_modern_workers(state)))
-    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
+    problems, trace = _violation(Scenario(2, 1, None, None, None), replace(SMALL, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T7")
+
+
+def _plant_the_old_cull_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 10's rule: old workers are culled oldest first, ACKed or not, with no availability floor."""
+
+    def oldest_first(state: State) -> list[Child]:
+        return sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))
+
+    monkeypatch.setattr(pool, "old_by_priority", oldest_first)
+    monkeypatch.setattr(pool, "serving_count", lambda state: 10**6)  # every ACKed worker may go
+
+
+def test_bug_a_second_upgrade_stops_the_serving_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the old rule a second upgrade stops the workers that serve instead of the first
+    upgrade's new ones that never ACKed."""
+    _plant_the_old_cull_rule(monkeypatch)
+    problems, trace = _violation(Scenario(2, 2, None, None, None), Bounds(depth=10, failures=0, commands=2, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "T12")
+    assert problems == ["T12: stopped ACKed workers [1] on its own initiative, leaving 0 serving < min(number 2, 1 serving before)"]
+    lines = trace.splitlines()
+    assert lines[-4].startswith(" 12. t=2 the new master image restores the state") and lines[-4].endswith("-> USR2->100"), trace
+    assert "100(v0 #0 acked got USR2), 101(v1 #1 unacked), 102(v1 #2 unacked)" in lines[-3], trace
+    assert sum("operator runs `upgrade`" in line for line in lines) == 2, trace
+
+
+@pytest.mark.parametrize("chain", model_check.UPGRADE_CHAINS, ids=lambda chain: str(chain[0]))
+def test_every_upgrade_chain_catches_the_old_rule(monkeypatch: pytest.MonkeyPatch, chain: tuple[Scenario, Bounds]) -> None:
+    """The upgrade chains of the default run (the real core passes them there) each have teeth."""
+    _plant_the_old_cull_rule(monkeypatch)
+    problems, trace = _violation(*chain)
+    _assert_reports(problems, trace, "T12")
+
+
+def test_bug_make_room_without_the_availability_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_upgrade_additional 0: making room by stopping the only worker that serves."""
+    monkeypatch.setattr(pool, "serving_count", lambda state: 10**6)
+    problems, trace = _violation(Scenario(1, 1, 0, None, 1.0), replace(SMALL, command_names=("upgrade",)))
+    assert problems == ["T12: stopped ACKed workers [1] on its own initiative, leaving 0 serving < min(number 1, 1 serving before)"]
+    assert any("the new master image restores the state" in line and line.endswith("-> USR2->100") for line in trace.splitlines()), trace
 
 
 def test_bug_ack_does_not_reset_the_death_streak(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -205,7 +245,7 @@ def test_bug_lost_spawn_left_pending(monkeypatch: pytest.MonkeyPatch) -> None:
     """The new image forgets the spawns the old one had in flight: they would hold their slots for ever."""
     monkeypatch.setattr(upgrade, "_fail_lost_spawns", lambda state, effects: (state, effects))
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
-    _assert_reports(problems, trace, "T13")
+    _assert_reports(problems, trace, "T14")
     assert "the new master image restores the state" in trace
 
 
@@ -230,5 +270,5 @@ def test_bug_exec_on_a_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
         upgrade, "on_check_failed", lambda state, event: upgrade.on_check_passed(state, UpgradeCheckPassed(event.check_id, event.now))
     )
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
-    _assert_reports(problems, trace, "T12")
+    _assert_reports(problems, trace, "T13")
     assert "the upgrade check FAILS" in trace
