@@ -318,23 +318,28 @@ def _cull(state: State) -> Outcome:
         state = replace(state, upgrading=None, upgrade_subscribers=())
 
     old = pool.old_by_priority(state)
-    if state.upgrading is None:
+    if state.upgrading is None and old:
         state, more = _stop(state, old, "Killing off {} old workers.")
         effects += more
     elif state.upgrading is UpgradeKind.SMOOTH:
-        excess = max(0, len(old) + acked - target)
-        state, more = _stop(state, old[:excess], "Smooth upgrade: killing off {} old workers.")
+        excess = len(old) + acked - target
+        if excess > 0:
+            state, more = _stop(state, old[:excess], "Smooth upgrade: killing off {} old workers.")
+            effects += more
+
+    room = _room_to_make(state)
+    if room > 0:
+        victims = pool.old_by_priority(state)[:room]
+        state, more = _stop(state, victims, "At upgrade capacity: killing off {} old workers to make room.")
         effects += more
 
-    victims = pool.old_by_priority(state)[: _room_to_make(state)]
-    state, more = _stop(state, victims, "At upgrade capacity: killing off {} old workers to make room.")
-    effects += more
-
-    surplus = max(0, len(pool.unsignaled_modern_workers(state)) - target)
-    victims = pool.surplus_by_priority(state)[:surplus]
-    note = "Have too many workers at the current version, so killing off {} of them."
-    state, more = _stop(state, victims, note, stream=False)
-    return state, [*effects, *more]
+    surplus = len(pool.unsignaled_modern_workers(state)) - target
+    if surplus > 0:
+        victims = pool.surplus_by_priority(state)[:surplus]
+        note = "Have too many workers at the current version, so killing off {} of them."
+        state, more = _stop(state, victims, note, stream=False)
+        effects += more
+    return state, effects
 
 
 def _stop(state: State, victims: list[Child], note: str, stream: bool = True) -> Outcome:
