@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
-from einhorn.core import invariants
 from einhorn.core import step as core_step
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config
 from einhorn.core.effects import (
@@ -53,6 +52,7 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.state import PendingSpawn, ReexecPhase, State, initial_state
+from spec import invariants
 
 CONN = 7
 """The command connection every operator request arrives on."""

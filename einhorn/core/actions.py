@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from einhorn.core import pool
-from einhorn.core.effects import Effect, Log, LogLevel, Reply, SendSignal, SpawnWorker
+from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SendSignal, SpawnWorker
 from einhorn.core.state import PendingSpawn, State
 
 Outcome = tuple[State, list[Effect]]
@@ -19,8 +19,8 @@ def announce(state: State, level: LogLevel, message: str) -> list[Effect]:
     return [Log(level, message), *(Reply(s.conn, text, s.request_id, wait=True) for s in subscribers)]
 
 
-def signal_children(state: State, signal: str, pids: Sequence[int], record: bool = True) -> Outcome:
-    """Send `signal` to each of `pids` (known children only), recording it when `record`."""
+def signal_children(state: State, signal: str, pids: Sequence[int], cause: Cause, record: bool = True) -> Outcome:
+    """Send `signal` to each of `pids` (known children only) for `cause`, recording it when `record`."""
     effects: list[Effect] = announce(state, LogLevel.INFO, f"Sending {signal} to [{', '.join(map(str, pids))}]")
     children = dict(state.children)
     for pid in pids:
@@ -38,7 +38,7 @@ def signal_children(state: State, signal: str, pids: Sequence[int], record: bool
                     )
                 )
             children[pid] = replace(child, signaled=child.signaled | {signal}, last_signaled_at=state.clock)
-        effects.append(SendSignal(pid, signal))
+        effects.append(SendSignal(pid, signal, cause))
     return replace(state, children=children), effects
 
 

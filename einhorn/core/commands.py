@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from einhorn.core import pool
 from einhorn.core.actions import register_ack, signal_children
 from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
-from einhorn.core.effects import CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
+from einhorn.core.effects import Cause, CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
 from einhorn.core.events import CommandReceived
 from einhorn.core.report import snapshot
 from einhorn.core.signals import bare_signal
@@ -234,7 +234,7 @@ def _signal(state: State, request: Request) -> Outcome:
     pids = _worker_pids(state)
     effects: list[Effect] = []
     for signal in signals:
-        state, more = signal_children(state, signal, pids, record=False)
+        state, more = signal_children(state, signal, pids, Cause.OPERATOR, record=False)
         effects += more
     text = "\n".join(_signal_summary(signal, pids) for signal in signals)
     return state, [*effects, Reply(request.conn, text, request.request_id)]
@@ -247,7 +247,7 @@ def _die(state: State, request: Request) -> Outcome:
         return _reply(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
     pids = _worker_pids(state)
     state = replace(state, respawn=False, shutdown_signal=signal)
-    state, effects = signal_children(state, signal, pids)
+    state, effects = signal_children(state, signal, pids, Cause.OPERATOR)
     text = f"Einhorn is going down! {_signal_summary(signal, pids)}"
     return state, [Log(LogLevel.INFO, text), *effects, Reply(request.conn, text, request.request_id)]
 

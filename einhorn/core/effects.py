@@ -30,12 +30,34 @@ class SpawnWorker:
     version: int
 
 
+class Cause(enum.Enum):
+    """Why the master sends a signal: who decided it (read by the invariant checker, shown to observers)."""
+
+    OPERATOR = "operator"
+    """`signal` or `die`: the operator named the signal."""
+    SHUTDOWN = "shutdown"
+    """A master signal (SIGINT, SIGUSR2, SIGTERM, SIGQUIT) began a shutdown; or a worker started during one."""
+    UPGRADE = "upgrade"
+    """An old worker replaced by an upgrade (smooth, fleet, or once the upgrade is done)."""
+    MAKE_ROOM = "make_room"
+    """An old worker stopped to make room under max_upgrade_additional."""
+    SURPLUS = "surplus"
+    """More workers at the current version than `number`."""
+    ESCALATION = "escalation"
+    """SIGKILL: still alive `-t` seconds after the last signal."""
+
+
+OWN_INITIATIVE = frozenset({Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS, Cause.ESCALATION})
+"""The master's own decisions; the others carry out an order (spec/README.md §5)."""
+
+
 @dataclass(frozen=True, slots=True)
 class SendSignal:
     """Send `signal` (a name without `SIG`) to `pid`; a vanished pid is not an error."""
 
     pid: int
     signal: str
+    cause: Cause
 
 
 @dataclass(frozen=True, slots=True)

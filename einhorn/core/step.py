@@ -16,6 +16,7 @@ from einhorn.core import pool, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
+    Cause,
     Effect,
     Exit,
     Log,
@@ -113,7 +114,7 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
     )
     effects = announce(state, LogLevel.INFO, f"===> Launched {event.pid} (index: {pending.index})")
     if not state.respawn and state.shutdown_signal is not None:
-        state, more = signal_children(state, state.shutdown_signal, [event.pid])
+        state, more = signal_children(state, state.shutdown_signal, [event.pid], Cause.SHUTDOWN)
         effects += more
     return state, effects
 
@@ -172,7 +173,7 @@ def _on_signal(state: State, event: SignalReceived) -> Outcome:
 
 def _shut_down(state: State, received: str, send: str) -> Outcome:
     state = replace(state, respawn=False, shutdown_signal=send)
-    state, effects = signal_children(state, send, sorted(state.children))
+    state, effects = signal_children(state, send, sorted(state.children), Cause.SHUTDOWN)
     note = Log(LogLevel.INFO, f"Received SIG{received}: sent SIG{send} to all children; exiting once they are gone")
     return state, [note, *effects]
 
@@ -224,7 +225,7 @@ def _escalate(state: State, pid: int) -> Outcome:
     state = replace(state, children={**state.children, pid: replace(child, killed=True)})
     return state, [
         Log(LogLevel.INFO, f"Child {pid} is still active after {state.config.signal_timeout}s. Sending SIGKILL."),
-        SendSignal(pid, "KILL"),
+        SendSignal(pid, "KILL", Cause.ESCALATION),
     ]
 
 
@@ -319,30 +320,30 @@ def _cull(state: State) -> Outcome:
 
     old = pool.old_by_priority(state)
     if state.upgrading is None and old:
-        state, more = _stop(state, old, "Killing off {} old workers.")
+        state, more = _stop(state, old, Cause.UPGRADE, "Killing off {} old workers.")
         effects += more
     elif state.upgrading is UpgradeKind.SMOOTH:
         excess = len(old) + acked - target
         if excess > 0:
-            state, more = _stop(state, old[:excess], "Smooth upgrade: killing off {} old workers.")
+            state, more = _stop(state, old[:excess], Cause.UPGRADE, "Smooth upgrade: killing off {} old workers.")
             effects += more
 
     room = _room_to_make(state)
     if room > 0:
         victims = pool.old_by_priority(state)[:room]
-        state, more = _stop(state, victims, "At upgrade capacity: killing off {} old workers to make room.")
+        state, more = _stop(state, victims, Cause.MAKE_ROOM, "At upgrade capacity: killing off {} old workers to make room.")
         effects += more
 
     surplus = len(pool.unsignaled_modern_workers(state)) - target
     if surplus > 0:
         victims = pool.surplus_by_priority(state)[:surplus]
         note = "Have too many workers at the current version, so killing off {} of them."
-        state, more = _stop(state, victims, note, stream=False)
+        state, more = _stop(state, victims, Cause.SURPLUS, note, stream=False)
         effects += more
     return state, effects
 
 
-def _stop(state: State, victims: list[Child], note: str, stream: bool = True) -> Outcome:
+def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: bool = True) -> Outcome:
     """USR2 to `victims`, on the master's own initiative, within the availability floor.
 
     The floor (spec/README.md, T12): a serving (ACKed, unsignaled) worker is
@@ -360,7 +361,7 @@ def _stop(state: State, victims: list[Child], note: str, stream: bool = True) ->
         return state, []
     text = note.format(len(pids))
     effects = announce(state, LogLevel.INFO, text) if stream else [Log(LogLevel.INFO, text)]
-    state, more = signal_children(state, "USR2", pids)
+    state, more = signal_children(state, "USR2", pids, cause)
     return state, [*effects, *more]
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from einhorn.core import pool
 from einhorn.core.commands import COMMANDS, ConfigDocumentError, help_text
-from einhorn.core.effects import CloseConnection, Effect, Log, LogLevel, Reply, ReplyData, SendSignal, StartUpgradeCheck
+from einhorn.core.effects import Cause, CloseConnection, Effect, Log, LogLevel, Reply, ReplyData, SendSignal, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, MasterStarted, Tick, WorkerSpawned
 from einhorn.core.report import Symbol, Timestamp
 from einhorn.core.state import ReexecPurpose, State, Subscriber, initial_state
@@ -202,7 +202,7 @@ def test_set_workers_up_and_down() -> None:
     assert state.config.number == 5
     state, effects = send(up(), {"command": "set_workers", "args": ["1"]})
     assert replies(effects) == [Reply(CONN, "Altering worker count, 2 -> 1. Will gracefully terminate workers.")]
-    assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1001, "USR2")]
+    assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1001, "USR2", Cause.SURPLUS)]
 
 
 def test_set_workers_accepts_1000_although_the_text_says_otherwise() -> None:
@@ -252,8 +252,8 @@ def test_signal_accepts_names_with_or_without_sig_in_any_case(name: str) -> None
     after, effects = send(state, {"command": "signal", "args": [name], "id": "s"})
     assert effects == [
         info("Sending USR1 to [1000, 1001]"),
-        SendSignal(1000, "USR1"),
-        SendSignal(1001, "USR1"),
+        SendSignal(1000, "USR1", Cause.OPERATOR),
+        SendSignal(1001, "USR1", Cause.OPERATOR),
         Reply(CONN, "Successfully sent USR1s to 2 processes: [1000, 1001]", "s"),
     ]
     # Not recorded: `signal` is a message to the workers, not a request to stop them.
@@ -291,8 +291,8 @@ def test_die_defaults_to_usr2_and_stops_respawning() -> None:
     assert effects == [
         info(text),
         info("Sending USR2 to [1000, 1001]"),
-        SendSignal(1000, "USR2"),
-        SendSignal(1001, "USR2"),
+        SendSignal(1000, "USR2", Cause.OPERATOR),
+        SendSignal(1001, "USR2", Cause.OPERATOR),
         Reply(CONN, text, "d"),
     ]
     assert state.respawn is False and state.shutdown_signal == "USR2"  # `is`: the state report shows `:respawn: false`
@@ -301,7 +301,7 @@ def test_die_defaults_to_usr2_and_stops_respawning() -> None:
 
 def test_die_with_a_signal() -> None:
     state, effects = send(up(), {"command": "die", "args": ["sigterm"]})
-    assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1000, "TERM"), SendSignal(1001, "TERM")]
+    assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1000, "TERM", Cause.OPERATOR), SendSignal(1001, "TERM", Cause.OPERATOR)]
     assert state.shutdown_signal == "TERM" and state.respawn is False
 
 

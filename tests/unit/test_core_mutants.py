@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from einhorn.core import commands, pool, step
 from einhorn.core.config import Config, Display
-from einhorn.core.effects import Log, LogLevel, Reply, StartUpgradeCheck
+from einhorn.core.effects import Cause, Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.report import Symbol, Timestamp, snapshot
 from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind
@@ -290,18 +290,18 @@ def test_announce_marks_errors_for_subscribers() -> None:
 
 def test_signal_children_skips_the_dead_and_notes_repeats() -> None:
     from einhorn.core.actions import signal_children
-    from einhorn.core.effects import SendSignal
+    from einhorn.core.effects import Cause, SendSignal
 
     child = Child(2, 0, 0, 0.0, signaled=frozenset({"USR2"}))
     state = State(config=Config(), children={2: child}, clock=4.0)
-    after, effects = signal_children(state, "USR2", [99, 2])
+    after, effects = signal_children(state, "USR2", [99, 2], Cause.UPGRADE)
     assert effects[1:] == [
         Log(LogLevel.ERROR, "Trying to send USR2 to dead child 99. The fact we tried this probably indicates a bug in Einhorn."),
         Log(
             LogLevel.ERROR,
             "Re-sending USR2 to already-signaled child 2. It may be slow to spin down, or it may be swallowing USR2s.",
         ),
-        SendSignal(2, "USR2"),
+        SendSignal(2, "USR2", Cause.UPGRADE),
     ]
     assert after.children[2].last_signaled_at == 4.0
 
@@ -413,7 +413,7 @@ def test_two_timer_acks_and_two_kills_in_one_step() -> None:
     }
     state = State(config=Config(number=1, signal_timeout=2), children=signaled, last_spinup_at=0.0)
     _, effects = step.step(state, Tick(2.0))
-    assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(2, "KILL"), SendSignal(3, "KILL")]
+    assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(2, "KILL", Cause.ESCALATION), SendSignal(3, "KILL", Cause.ESCALATION)]
 
 
 def test_fleet_upgrade_without_room_spawns_nothing_and_keeps_the_spinup_time() -> None:

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from einhorn.core import pool
 from einhorn.core.config import Config
 from einhorn.core.effects import (
+    Cause,
     CloseConnection,
     Effect,
     ExecMaster,
@@ -282,8 +283,8 @@ def test_old_workers_get_usr2_when_no_upgrade_is_in_progress() -> None:
     assert effects == [
         info("Killing off 2 old workers."),
         info("Sending USR2 to [1000, 1001]"),
-        SendSignal(1000, "USR2"),
-        SendSignal(1001, "USR2"),
+        SendSignal(1000, "USR2", Cause.UPGRADE),
+        SendSignal(1001, "USR2", Cause.UPGRADE),
     ]
     assert state.children[1000].signaled == frozenset({"USR2"})
     assert state.children[1000].last_signaled_at == 5.0
@@ -306,7 +307,7 @@ def test_old_acked_workers_outside_an_upgrade_go_only_as_new_ones_serve() -> Non
         SpawnWorker(3, 3, 1),
         info("Killing off 1 old workers."),  # 3 serve: one old worker may go, not both
         info("Sending USR2 to [1000]"),
-        SendSignal(1000, "USR2"),
+        SendSignal(1000, "USR2", Cause.UPGRADE),
     ]
 
 
@@ -320,7 +321,7 @@ def test_surplus_after_dec_goes_unacked_first_then_newest() -> None:
         Reply(1, "Decrementing number of workers from 4 -> 3"),
         info("Have too many workers at the current version, so killing off 1 of them."),
         info("Sending USR2 to [1003]"),
-        SendSignal(1003, "USR2"),
+        SendSignal(1003, "USR2", Cause.SURPLUS),
     ]
     state, effects = step(state, command(1, "dec", now=6.0))
     assert signals(effects) == [(1002, "USR2")]  # all ACKed now: the newest (highest pid at equal spin-up)
@@ -341,11 +342,11 @@ def test_surplus_during_an_upgrade_is_logged_not_streamed() -> None:
         Reply(7, "Smooth upgrade: killing off 1 old workers.", "u", wait=True),
         info("Sending USR2 to [1000]"),
         Reply(7, "Sending USR2 to [1000]", "u", wait=True),
-        SendSignal(1000, "USR2"),
+        SendSignal(1000, "USR2", Cause.UPGRADE),
         info("Have too many workers at the current version, so killing off 1 of them."),
         info("Sending USR2 to [2002]"),
         Reply(7, "Sending USR2 to [2002]", "u", wait=True),
-        SendSignal(2002, "USR2"),
+        SendSignal(2002, "USR2", Cause.SURPLUS),
     ]
 
 
@@ -363,10 +364,10 @@ def test_a_dec_that_ends_an_upgrade_stops_the_old_workers_and_the_surplus() -> N
         Reply(7, "Upgrade done", "u"),
         info("Killing off 1 old workers."),
         info("Sending USR2 to [1000]"),
-        SendSignal(1000, "USR2"),
+        SendSignal(1000, "USR2", Cause.UPGRADE),
         info("Have too many workers at the current version, so killing off 1 of them."),
         info("Sending USR2 to [2002]"),
-        SendSignal(2002, "USR2"),
+        SendSignal(2002, "USR2", Cause.SURPLUS),
     ]
 
 
@@ -415,7 +416,7 @@ def test_smooth_upgrade_with_max_upgrade_additional() -> None:
         Reply(7, "Smooth upgrade: killing off 1 old workers.", "u1", wait=True),
         info("Sending USR2 to [1000]"),
         Reply(7, "Sending USR2 to [1000]", "u1", wait=True),
-        SendSignal(1000, "USR2"),
+        SendSignal(1000, "USR2", Cause.UPGRADE),
     ]
     # At capacity (3 = 2 + 1) until the signaled old worker is gone.
     state, effects = step(state, Tick(20.0))
@@ -437,7 +438,7 @@ def test_smooth_upgrade_with_max_upgrade_additional() -> None:
         Reply(7, "Upgrade done", "u1"),
         info("Killing off 1 old workers."),
         info("Sending USR2 to [1001]"),
-        SendSignal(1001, "USR2"),
+        SendSignal(1001, "USR2", Cause.UPGRADE),
     ]
     assert state.upgrading is None and state.upgrade_subscribers == ()
 
@@ -498,9 +499,9 @@ def test_fleet_upgrade_signals_old_workers_only_when_all_new_ones_acked() -> Non
         Reply(7, "Upgrade done", 3),
         info("Killing off 3 old workers."),
         info("Sending USR2 to [1000, 1001, 1002]"),
-        SendSignal(1000, "USR2"),
-        SendSignal(1001, "USR2"),
-        SendSignal(1002, "USR2"),
+        SendSignal(1000, "USR2", Cause.UPGRADE),
+        SendSignal(1001, "USR2", Cause.UPGRADE),
+        SendSignal(1002, "USR2", Cause.UPGRADE),
     ]
 
 
@@ -561,7 +562,7 @@ def test_the_held_notice_follows_what_the_cull_could_do_and_comes_again_for_a_ne
         Reply(7, "Smooth upgrade: killing off 1 old workers.", "u", wait=True),
         info("Sending USR2 to [1002]"),
         Reply(7, "Sending USR2 to [1002]", "u", wait=True),
-        SendSignal(1002, "USR2"),
+        SendSignal(1002, "USR2", Cause.UPGRADE),
         HELD,
         Reply(7, f"ERROR: {held}", "u", wait=True),
     ]
@@ -581,7 +582,7 @@ def test_a_capped_upgrade_makes_room_by_stopping_an_unacked_old_worker() -> None
         info("Starting smooth upgrade from version 0..."),
         info("At upgrade capacity: killing off 1 old workers to make room."),
         info("Sending USR2 to [1002]"),
-        SendSignal(1002, "USR2"),
+        SendSignal(1002, "USR2", Cause.MAKE_ROOM),
     ]
     state, effects = step(state, ChildExited(1002, 0, None, 10.5))
     assert spawns(effects) == [SpawnWorker(3, 1, 1)]
@@ -635,8 +636,8 @@ def test_a_second_upgrade_stops_the_first_ones_unacked_workers_not_the_serving_o
         SpawnWorker(4, 4, 2),
         info("Smooth upgrade: killing off 2 old workers."),
         info("Sending USR2 to [2000, 2001]"),
-        SendSignal(2000, "USR2"),
-        SendSignal(2001, "USR2"),
+        SendSignal(2000, "USR2", Cause.UPGRADE),
+        SendSignal(2001, "USR2", Cause.UPGRADE),
     ]
     assert pool.serving_count(state) == 2 and [c.pid for c in pool.old_workers(state)] == [1000, 1001]
 
@@ -744,8 +745,8 @@ def test_graceful_shutdown_signals(received: str, sent: str) -> None:
     assert effects == [
         info(f"Received SIG{received}: sent SIG{sent} to all children; exiting once they are gone"),
         info(f"Sending {sent} to [1000, 1001]"),
-        SendSignal(1000, sent),
-        SendSignal(1001, sent),
+        SendSignal(1000, sent, Cause.SHUTDOWN),
+        SendSignal(1001, sent, Cause.SHUTDOWN),
     ]
     assert not state.respawn and state.exit_code is None
     state, effects = step(state, ChildExited(1000, 0, None, 6.0))
@@ -764,8 +765,8 @@ def test_quit_signals_all_and_exits_at_once() -> None:
     assert effects == [
         info("Received SIGQUIT: sent SIGQUIT to all children; exiting once they are gone"),
         info("Sending QUIT to [1000, 1001]"),
-        SendSignal(1000, "QUIT"),
-        SendSignal(1001, "QUIT"),
+        SendSignal(1000, "QUIT", Cause.SHUTDOWN),
+        SendSignal(1001, "QUIT", Cause.SHUTDOWN),
         Exit(1),
     ]
     assert state.exit_code == 1
@@ -788,7 +789,7 @@ def test_a_worker_spawned_during_shutdown_gets_the_shutdown_signal() -> None:
     state, _ = step(initial_state(make_config(number=2)), MasterStarted(0.0))
     state, _ = step(state, SignalReceived("TERM", 0.1))
     state, effects = step(state, WorkerSpawned(0, 1000, 0.2))
-    assert effects == [info("===> Launched 1000 (index: 0)"), info("Sending TERM to [1000]"), SendSignal(1000, "TERM")]
+    assert effects == [info("===> Launched 1000 (index: 0)"), info("Sending TERM to [1000]"), SendSignal(1000, "TERM", Cause.SHUTDOWN)]
     state, effects = step(state, SpawnFailed(1, "EAGAIN", 0.3))
     assert spawns(effects) == [] and not any(isinstance(e, Exit) for e in effects)
     _, effects = step(state, ChildExited(1000, None, 15, 0.4))
@@ -852,7 +853,7 @@ def test_signal_timeout_escalates_to_sigkill_exactly_once() -> None:
     state, effects = run(state, ChildExited(1001, 0, None, 12.0), Tick(14.9))
     assert signals(effects) == []
     state, effects = step(state, Tick(15.0))
-    assert effects == [info("Child 1000 is still active after 5s. Sending SIGKILL."), SendSignal(1000, "KILL")]
+    assert effects == [info("Child 1000 is still active after 5s. Sending SIGKILL."), SendSignal(1000, "KILL", Cause.ESCALATION)]
     assert state.children[1000].killed and next_deadline(state) is None
     state, effects = step(state, Tick(100.0))
     assert effects == []

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import pytest
 
-from einhorn.core import invariants, pool, step
+from einhorn.core import pool, step
 from einhorn.core.config import Config
-from einhorn.core.effects import Effect, Exit, SendSignal, SpawnWorker
+from einhorn.core.effects import Cause, Effect, Exit, SendSignal, SpawnWorker
 from einhorn.core.events import (
     ChildExited,
     CommandReceived,
@@ -20,8 +20,9 @@ from einhorn.core.events import (
     Tick,
     WorkerSpawned,
 )
-from einhorn.core.invariants import census, check_state, check_step, goal_problem, requested_signals, room_to_make
 from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, UpgradeKind, initial_state
+from spec import invariants
+from spec.invariants import census, check_state, check_step, goal_problem, room_to_make
 
 
 def worker(pid: int, version: int = 0, index: int | None = None, acked: bool = True, **changes: object) -> Child:
@@ -187,14 +188,14 @@ def test_real_steps_keep_every_transition_invariant() -> None:
 
 def test_t1_signals_only_live_known_children() -> None:
     before = steady(1)
-    assert "T1" in step_numbers(before, TICK, before, [SendSignal(99, "USR2")])
+    assert "T1" in step_numbers(before, TICK, before, [SendSignal(99, "USR2", Cause.UPGRADE)])
     gone = replace(before, children={})
-    assert "T1" in step_numbers(before, ChildExited(0, 0, None, 0.0), gone, [SendSignal(0, "USR2")])
-    assert "T1" not in step_numbers(before, TICK, before, [SendSignal(0, "USR2")])
+    assert "T1" in step_numbers(before, ChildExited(0, 0, None, 0.0), gone, [SendSignal(0, "USR2", Cause.UPGRADE)])
+    assert "T1" not in step_numbers(before, TICK, before, [SendSignal(0, "USR2", Cause.UPGRADE)])
     spawning = replace(make(), pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1)
     spawned = make(worker(5, index=0))
-    assert "T1" not in step_numbers(spawning, WorkerSpawned(0, 5, 0.0), spawned, [SendSignal(5, "USR2")])
-    assert "T1" in step_numbers(spawning, WorkerSpawned(1, 5, 0.0), spawned, [SendSignal(5, "USR2")])
+    assert "T1" not in step_numbers(spawning, WorkerSpawned(0, 5, 0.0), spawned, [SendSignal(5, "USR2", Cause.UPGRADE)])
+    assert "T1" in step_numbers(spawning, WorkerSpawned(1, 5, 0.0), spawned, [SendSignal(5, "USR2", Cause.UPGRADE)])
 
 
 def test_t2_no_spinup_while_respawn_is_off() -> None:
@@ -224,19 +225,22 @@ def test_t3_spawns_are_new_recorded_current_and_at_the_lowest_free_index() -> No
 
 def test_t4_no_signal_twice_on_the_masters_own_initiative() -> None:
     before = make(worker(1, signaled=frozenset({"USR2"})), worker(2))
-    assert "T4" in step_numbers(before, TICK, before, [SendSignal(1, "USR2")])
-    assert "T4" in step_numbers(before, TICK, before, [SendSignal(2, "USR2"), SendSignal(2, "USR2")])
-    assert "T4" not in step_numbers(before, TICK, before, [SendSignal(1, "TERM"), SendSignal(2, "USR2")])
-    assert "T4" not in step_numbers(before, SignalReceived("INT", 0.0), before, [SendSignal(1, "USR2")])
-    assert "T4" not in step_numbers(before, CommandReceived(1, {"command": "die"}, 0.0), before, [SendSignal(1, "USR2")])
-    assert "T4" in step_numbers(before, CommandReceived(1, {"command": "die", "args": ["TERM"]}, 0.0), before, [SendSignal(1, "USR2")])
+    assert "T4" in step_numbers(before, TICK, before, [SendSignal(1, "USR2", Cause.UPGRADE)])
+    assert "T4" in step_numbers(before, TICK, before, [SendSignal(2, "USR2", Cause.UPGRADE), SendSignal(2, "USR2", Cause.UPGRADE)])
+    assert "T4" not in step_numbers(before, TICK, before, [SendSignal(1, "TERM", Cause.UPGRADE), SendSignal(2, "USR2", Cause.UPGRADE)])
+    # Orders may be re-sent: the shutdown's signal, the operator's.
+    assert "T4" not in step_numbers(before, SignalReceived("INT", 0.0), before, [SendSignal(1, "USR2", Cause.SHUTDOWN)])
+    assert "T4" not in step_numbers(before, CommandReceived(1, {"command": "die"}, 0.0), before, [SendSignal(1, "USR2", Cause.OPERATOR)])
+    # The master's own USR2 in the same step as an operator's order is still its own.
+    assert "T4" in step_numbers(before, CommandReceived(1, {"command": "die", "args": ["TERM"]}, 0.0), before, [SendSignal(1, "USR2", Cause.UPGRADE)])
+    assert "T4" in step_numbers(before, CommandReceived(1, {"command": "signal", "args": ["USR2"]}, 0.0), before, [SendSignal(1, "USR2", Cause.SURPLUS)])
 
 
 def test_t5_one_sigkill_after_the_timeout() -> None:
     signaled = worker(1, signaled=frozenset({"USR2"}), last_signaled_at=0.0)
     before = make(signaled, clock=2.0, signal_timeout=2)
     after = make(replace(signaled, killed=True), clock=2.0, signal_timeout=2)
-    kill = [SendSignal(1, "KILL")]
+    kill = [SendSignal(1, "KILL", Cause.ESCALATION)]
     assert "T5" not in step_numbers(before, Tick(2.0), after, kill)
     assert "T5" in step_numbers(before, Tick(2.0), after, kill + kill)
     assert "T5" in step_numbers(after, Tick(2.0), after, kill)
@@ -248,13 +252,13 @@ def test_t5_one_sigkill_after_the_timeout() -> None:
     unsignaled = make(worker(1), clock=2.0, signal_timeout=2)
     assert "T5" in step_numbers(unsignaled, Tick(2.0), after, kill)
     die_kill = CommandReceived(1, {"command": "die", "args": ["KILL"]}, 2.0)
-    assert "T5" not in step_numbers(after, die_kill, after, kill)
+    assert "T5" not in step_numbers(after, die_kill, after, [SendSignal(1, "KILL", Cause.OPERATOR)])
 
 
 def test_t5_a_worker_spawned_during_a_kill_shutdown_gets_its_kill() -> None:
     before = make(respawn=False, shutdown_signal="KILL", pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1)
     after = make(worker(7, index=0, signaled=frozenset({"KILL"}), last_signaled_at=0.0), respawn=False, shutdown_signal="KILL")
-    assert check_step(before, WorkerSpawned(0, 7, 0.0), after, [SendSignal(7, "KILL")]) == []
+    assert check_step(before, WorkerSpawned(0, 7, 0.0), after, [SendSignal(7, "KILL", Cause.SHUTDOWN)]) == []
 
 
 def test_t6_an_ack_resets_the_death_streak() -> None:
@@ -270,28 +274,28 @@ def test_t6_an_ack_resets_the_death_streak() -> None:
 def test_t7_smooth_upgrade_stops_old_workers_only_for_acked_replacements() -> None:
     before = make(worker(1), worker(2), worker(3, version=1, acked=False), number=2, version=1, upgrading=UpgradeKind.SMOOTH)
     early = replace(before, children={**before.children, 1: replace(before.children[1], signaled=frozenset({"USR2"}))})
-    assert "T7" in step_numbers(before, TICK, early, [SendSignal(1, "USR2")])
+    assert "T7" in step_numbers(before, TICK, early, [SendSignal(1, "USR2", Cause.UPGRADE)])
     acked = replace(early, children={**early.children, 3: replace(early.children[3], acked=True)})
-    assert "T7" not in step_numbers(before, TICK, acked, [SendSignal(1, "USR2")])
-    assert "T7" not in step_numbers(before, SignalReceived("USR2", 0.0), early, [SendSignal(1, "USR2")])
-    assert "T7" not in step_numbers(before, TICK, early, [SendSignal(3, "USR2")])
+    assert "T7" not in step_numbers(before, TICK, acked, [SendSignal(1, "USR2", Cause.UPGRADE)])
+    assert "T7" not in step_numbers(before, SignalReceived("USR2", 0.0), early, [SendSignal(1, "USR2", Cause.SHUTDOWN)])
+    assert "T7" not in step_numbers(before, TICK, early, [SendSignal(3, "USR2", Cause.UPGRADE)])
 
 
 def test_t7_make_room_exemption_for_a_capped_upgrade() -> None:
     before = make(worker(1, acked=False), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
     assert room_to_make(before) == 1
     after = make(worker(1, acked=False, signaled=frozenset({"USR2"})), version=1, upgrading=UpgradeKind.SMOOTH, max_upgrade_additional=0)
-    assert check_step(before, TICK, after, [SendSignal(1, "USR2")]) == []
+    assert check_step(before, TICK, after, [SendSignal(1, "USR2", Cause.UPGRADE)]) == []
     uncapped = replace(after, config=replace(after.config, max_upgrade_additional=None))
-    assert "T7" in step_numbers(replace(before, config=uncapped.config), TICK, uncapped, [SendSignal(1, "USR2")])
+    assert "T7" in step_numbers(replace(before, config=uncapped.config), TICK, uncapped, [SendSignal(1, "USR2", Cause.UPGRADE)])
 
 
 def test_t8_fleet_upgrade_stops_no_old_worker_before_it_is_done() -> None:
     before = make(worker(1), worker(2), worker(3, version=1), number=2, version=1, upgrading=UpgradeKind.FLEET)
     after = replace(before, children={**before.children, 1: replace(before.children[1], signaled=frozenset({"USR2"}))})
-    assert "T8" in step_numbers(before, TICK, after, [SendSignal(1, "USR2")])
+    assert "T8" in step_numbers(before, TICK, after, [SendSignal(1, "USR2", Cause.UPGRADE)])
     done = replace(after, upgrading=None)
-    assert "T8" not in step_numbers(before, TICK, done, [SendSignal(1, "USR2")])
+    assert "T8" not in step_numbers(before, TICK, done, [SendSignal(1, "USR2", Cause.UPGRADE)])
 
 
 def test_t9_exit_once_and_cleanly() -> None:
@@ -305,8 +309,8 @@ def test_t9_exit_once_and_cleanly() -> None:
     assert "T9" in step_numbers(before, exited, replace(gone, exit_code=None), [Exit(0)])
     assert "T9" in step_numbers(before, exited, replace(gone, exit_code=1), [Exit(1)])
     quit_after = replace(before, exit_code=1, shutdown_signal="QUIT")
-    assert "T9" not in step_numbers(before, SignalReceived("QUIT", 0.0), quit_after, [Exit(1), SendSignal(1, "QUIT")])
-    assert "T9" in step_numbers(gone, TICK, gone, [SendSignal(1, "USR2")])
+    assert "T9" not in step_numbers(before, SignalReceived("QUIT", 0.0), quit_after, [Exit(1), SendSignal(1, "QUIT", Cause.SHUTDOWN)])
+    assert "T9" in step_numbers(gone, TICK, gone, [SendSignal(1, "USR2", Cause.UPGRADE)])
     spawning = replace(gone, pending={0: PendingSpawn(0, 0, 0, 0.0)}, next_spawn_id=1)
     assert "T9" in step_numbers(gone, TICK, spawning, [SpawnWorker(0, 0, 0)])
 
@@ -342,18 +346,19 @@ def test_t11_gradual_spinups_one_at_a_time_after_the_interval_within_max_unacked
 # --- helpers and the liveness goal ---------------------------------------------------
 
 
-def test_requested_signals() -> None:
-    assert requested_signals(SignalReceived("INT", 0.0)) == {"USR2"}
-    assert requested_signals(SignalReceived("USR2", 0.0)) == {"USR2"}
-    assert requested_signals(SignalReceived("TERM", 0.0)) == {"TERM"}
-    assert requested_signals(SignalReceived("QUIT", 0.0)) == {"QUIT"}
-    assert requested_signals(SignalReceived("HUP", 0.0)) == frozenset()
-    assert requested_signals(CommandReceived(1, {"command": "die"}, 0.0)) == {"USR2"}
-    assert requested_signals(CommandReceived(1, {"command": "die", "args": ["sigterm", "KILL"]}, 0.0)) == {"TERM"}
-    assert requested_signals(CommandReceived(1, {"command": "signal", "args": ["TERM", "hup", "nope", 3]}, 0.0)) == {"TERM", "HUP"}
-    assert requested_signals(CommandReceived(1, {"command": "signal", "args": "TERM"}, 0.0)) == frozenset()
-    assert requested_signals(CommandReceived(1, {"command": "inc"}, 0.0)) == frozenset()
-    assert requested_signals(TICK) == frozenset()
+def test_t15_each_cause_fits_its_step() -> None:
+    before = make(worker(1), worker(2))
+    shutting = replace(before, respawn=False, shutdown_signal="TERM")
+    die = CommandReceived(1, {"command": "die", "args": ["TERM"]}, 0.0)
+    assert "T15" not in step_numbers(before, die, shutting, [SendSignal(1, "TERM", Cause.OPERATOR)])
+    assert "T15" in step_numbers(before, TICK, before, [SendSignal(1, "TERM", Cause.OPERATOR)])  # no order on a tick
+    assert "T15" not in step_numbers(before, SignalReceived("TERM", 0.0), shutting, [SendSignal(1, "TERM", Cause.SHUTDOWN)])
+    assert "T15" in step_numbers(before, SignalReceived("HUP", 0.0), before, [SendSignal(1, "TERM", Cause.SHUTDOWN)])
+    assert "T15" in step_numbers(before, SignalReceived("TERM", 0.0), shutting, [SendSignal(1, "USR2", Cause.SHUTDOWN)])
+    assert "T15" in step_numbers(before, TICK, before, [SendSignal(1, "USR2", Cause.ESCALATION)])
+    for cause in (Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS):
+        assert "T15" in step_numbers(before, TICK, before, [SendSignal(1, "KILL", cause)])
+        assert "T15" not in step_numbers(before, TICK, before, [SendSignal(1, "USR2", cause)])
 
 
 def test_census_counts() -> None:
@@ -450,10 +455,10 @@ def test_goal_messages() -> None:
 def test_t4_only_the_event_itself_makes_a_repeat_legitimate() -> None:
     # During a shutdown, a step that is not a spawn may not re-send the shutdown signal on its own.
     before = make(worker(1, signaled=frozenset({"USR2"})), respawn=False, shutdown_signal="USR2")
-    assert "T4" in step_numbers(before, TICK, before, [SendSignal(1, "USR2")])
+    assert "T4" in step_numbers(before, TICK, before, [SendSignal(1, "USR2", Cause.UPGRADE)])
     # A KILL earlier in the step does not hide a repeat after it.
     live = make(worker(1, signaled=frozenset({"USR2"}), last_signaled_at=0.0), clock=5.0, signal_timeout=2)
-    problems = check_step(live, TICK, live, [SendSignal(1, "KILL"), SendSignal(1, "USR2")])
+    problems = check_step(live, TICK, live, [SendSignal(1, "KILL", Cause.ESCALATION), SendSignal(1, "USR2", Cause.UPGRADE)])
     assert any(p.startswith("T4: USR2 sent again to child 1") for p in problems), problems
 
 
@@ -483,7 +488,7 @@ def test_t9_messages_and_edges() -> None:
     assert "T9" in step_numbers(dying, TICK, replace(dying, exit_code=1), [Exit(1)])
     assert "T9" in step_numbers(dying, SignalReceived("INT", 0.0), replace(dying, exit_code=1), [Exit(1)])
     gone = replace(make(respawn=False, shutdown_signal="USR2"), exit_code=0)
-    assert "T9: the master acted after it exited" in check_step(gone, TICK, gone, [SendSignal(1, "USR2")])
+    assert "T9: the master acted after it exited" in check_step(gone, TICK, gone, [SendSignal(1, "USR2", Cause.UPGRADE)])
 
 
 def stopped(state: State, *pids: int) -> State:
@@ -492,8 +497,8 @@ def stopped(state: State, *pids: int) -> State:
     return replace(state, children={**state.children, **{p: replace(state.children[p], signaled=usr2) for p in pids}})
 
 
-def usr2(*pids: int) -> list[Effect]:
-    return [SendSignal(p, "USR2") for p in pids]
+def usr2(*pids: int, cause: Cause = Cause.UPGRADE) -> list[Effect]:
+    return [SendSignal(p, "USR2", cause) for p in pids]
 
 
 def test_t12_the_master_never_stops_serving_workers_below_the_floor() -> None:
@@ -521,21 +526,21 @@ def test_t12_the_master_never_stops_serving_workers_below_the_floor() -> None:
 def test_t12_exempts_what_the_operator_orders_by_its_own_number() -> None:
     before = make(worker(1), worker(2), worker(3, version=1, acked=False), number=2, version=1, upgrading=UpgradeKind.SMOOTH)
     everyone = stopped(before, 1, 2, 3)
-    for event in (
-        CommandReceived(1, {"command": "die"}, 0.0),
-        CommandReceived(1, {"command": "signal", "args": ["USR2"]}, 0.0),
-        SignalReceived("INT", 0.0),
-        SignalReceived("USR2", 0.0),
+    for event, cause in (
+        (CommandReceived(1, {"command": "die"}, 0.0), Cause.OPERATOR),
+        (CommandReceived(1, {"command": "signal", "args": ["USR2"]}, 0.0), Cause.OPERATOR),
+        (SignalReceived("INT", 0.0), Cause.SHUTDOWN),
+        (SignalReceived("USR2", 0.0), Cause.SHUTDOWN),
     ):
-        assert "T12" not in step_numbers(before, event, everyone, usr2(1, 2, 3)), event
+        assert "T12" not in step_numbers(before, event, everyone, usr2(1, 2, 3, cause=cause)), event
     term = CommandReceived(1, {"command": "die", "args": ["TERM"]}, 0.0)
-    assert "T12" in step_numbers(before, term, everyone, usr2(1, 2, 3))  # TERM was asked for, not USR2
+    assert "T12" in step_numbers(before, term, everyone, usr2(1, 2, 3))  # the master's own USR2, not the TERM asked for
     # `dec` and `set_workers` lower `number` itself: the floor is min(the new number, serving before).
     three = make(worker(1), worker(2), worker(3), number=3)
     two = replace(stopped(three, 3), config=replace(three.config, number=2))
     dec = CommandReceived(1, {"command": "dec"}, 0.0)
-    assert "T12" not in step_numbers(three, dec, two, usr2(3))
-    assert "T12" in step_numbers(three, dec, stopped(two, 2), usr2(2, 3))
+    assert "T12" not in step_numbers(three, dec, two, usr2(3, cause=Cause.SURPLUS))
+    assert "T12" in step_numbers(three, dec, stopped(two, 2), usr2(2, 3, cause=Cause.SURPLUS))
 
 
 def test_l2_accepts_only_an_upgrade_the_floor_holds_at_its_capacity_cap() -> None:
@@ -577,4 +582,4 @@ def test_t4_leaves_an_escalation_after_die_kill_to_t5() -> None:
     dead_man = worker(1, signaled=frozenset({"KILL"}), last_signaled_at=0.0)
     before = make(dead_man, respawn=False, shutdown_signal="KILL", clock=2.0, signal_timeout=2)
     after = replace(before, children={1: replace(dead_man, killed=True)})
-    assert check_step(before, Tick(2.0), after, [SendSignal(1, "KILL")]) == []
+    assert check_step(before, Tick(2.0), after, [SendSignal(1, "KILL", Cause.ESCALATION)]) == []

@@ -9,17 +9,17 @@ replays (spec/README.md lists the invariants by number).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 import pytest
 
-from einhorn.core import actions, commands, invariants, pool, step, upgrade
+from einhorn.core import actions, commands, pool, step, upgrade
 from einhorn.core.actions import Outcome
-from einhorn.core.effects import Log, LogLevel
+from einhorn.core.effects import Cause, Log, LogLevel
 from einhorn.core.events import UpgradeCheckPassed
 from einhorn.core.state import Child, State
-from spec import model_check
+from spec import invariants, model_check
 from spec.model_check import Bounds, Scenario, explore, render_trace
 
 SMALL = Bounds(depth=7, failures=1, commands=1)
@@ -272,3 +272,15 @@ def test_bug_exec_on_a_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T13")
     assert "the upgrade check FAILS" in trace
+
+
+def test_bug_an_own_decision_passed_off_as_an_operators_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cull labels its signals as the operator's: the checker would exempt them from T4 and T12."""
+    original = actions.signal_children
+
+    def signal_children(state: State, signal: str, pids: Sequence[int], cause: Cause, record: bool = True) -> Outcome:
+        return original(state, signal, pids, Cause.OPERATOR, record)
+
+    monkeypatch.setattr(step, "signal_children", signal_children)
+    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=8, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "T15")

@@ -2,7 +2,7 @@
 
 spec/README.md states each of them in words; the numbers here are the ones
 used there. `check_state` checks the safety invariants of one state (S1-S11),
-`check_step` those of one transition (T1-T14), and `converged`/`goal_problem`
+`check_step` those of one transition (T1-T15), and `converged`/`goal_problem`
 say whether a state has reached the goal of the liveness properties (L1-L3),
 which only an exploration can check (spec/model_check.py does).
 
@@ -18,13 +18,12 @@ events through the core.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from einhorn.core import pool, step
-from einhorn.core.commands import normalize_signal
 from einhorn.core.config import MAX_SPINUP_INTERVAL
-from einhorn.core.effects import Effect, ExecMaster, Exit, SendSignal, SpawnWorker, StartUpgradeCheck
+from einhorn.core.effects import OWN_INITIATIVE, Cause, Effect, ExecMaster, Exit, SendSignal, SpawnWorker, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, Event, MasterStarted, SignalReceived, UpgradeCheckPassed, WorkerSpawned
 from einhorn.core.state import ReexecPhase, ReexecPurpose, State, UpgradeKind
 
@@ -240,36 +239,6 @@ def _bookkeeping(state: State) -> list[str]:
 # --- T: invariants of every transition -----------------------------------
 
 
-_SHUTDOWN_SIGNALS: Mapping[str, str] = {"INT": "USR2", "USR2": "USR2", "TERM": "TERM", "QUIT": "QUIT"}
-
-
-def requested_signals(event: Event) -> frozenset[str]:
-    """Signals an operator explicitly asked the master to send with this event.
-
-    These may legitimately be re-sent to a child that already got them (T4/T5
-    exempt them) and may stop serving workers (T12 exempts them); every other
-    signal is the master's own initiative. Signals carry no cause, so a signal
-    of the master's own in a step that also requests the same signal counts as
-    requested.
-    """
-    match event:
-        case SignalReceived(signal=name) if name in _SHUTDOWN_SIGNALS:
-            return frozenset({_SHUTDOWN_SIGNALS[name]})
-        case CommandReceived(request=request):
-            command = request.get("command")
-            raw_args = request.get("args")
-            args = [a for a in raw_args if isinstance(a, str)] if isinstance(raw_args, list) else []
-            if command == "die":
-                names = args[:1] or ["USR2"]
-            elif command == "signal":
-                names = args
-            else:
-                return frozenset()
-            return frozenset(s for s in (normalize_signal(n) for n in names) if s is not None)
-        case _:
-            return frozenset()
-
-
 def _acked_in_step(before: State, after: State) -> list[int]:
     return sorted(
         pid
@@ -279,15 +248,13 @@ def _acked_in_step(before: State, after: State) -> list[int]:
 
 
 def check_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
-    """Safety invariants T1-T14 of one transition `before --event--> after` with `effects`."""
+    """Safety invariants T1-T15 of one transition `before --event--> after` with `effects`."""
     problems: list[str] = []
     signals = [e for e in effects if isinstance(e, SendSignal)]
     spawns = [e for e in effects if isinstance(e, SpawnWorker)]
     exits = [e for e in effects if isinstance(e, Exit)]
     spawned_pid = event.pid if isinstance(event, WorkerSpawned) and event.spawn_id in before.pending else None
-    requested = requested_signals(event)
-    if spawned_pid is not None and not before.respawn and before.shutdown_signal is not None:
-        requested |= {before.shutdown_signal}  # a worker started during a shutdown gets its signal at once
+    own = [sig for sig in signals if sig.cause in OWN_INITIATIVE]
 
     # T1: every signal goes to a live, known child (never to a reaped or unknown pid).
     for sig in signals:
@@ -320,10 +287,10 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
 
     # T4: on its own initiative the master never sends a child the same signal twice.
     sent: set[tuple[int, str]] = set()
-    for sig in signals:
+    for sig in own:
         key = (sig.pid, sig.signal)
-        if sig.signal in requested or sig.signal == "KILL":
-            continue
+        if sig.cause is Cause.ESCALATION:
+            continue  # T5
         child = before.children.get(sig.pid)
         if key in sent or (child is not None and sig.signal in child.signaled):
             problems.append(f"T4: {sig.signal} sent again to child {sig.pid}")
@@ -331,7 +298,7 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
 
     # T5: at most one SIGKILL per child, and only once its signal timeout has passed.
     timeout = after.config.signal_timeout
-    kills = [sig.pid for sig in signals if sig.signal == "KILL" and "KILL" not in requested]
+    kills = [sig.pid for sig in signals if sig.cause is Cause.ESCALATION]
     for pid in kills:
         child = before.children.get(pid)
         if kills.count(pid) > 1 or child is None or child.killed:
@@ -350,8 +317,7 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
     old_signaled = sorted(
         e.pid
         for e in signals
-        if e.signal == "USR2"
-        and e.signal not in requested
+        if e.cause in (Cause.UPGRADE, Cause.MAKE_ROOM)
         and e.pid in before.children
         and before.children[e.pid].version != after.version
         and not before.children[e.pid].signaled
@@ -404,9 +370,8 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
     # worker only if at least min(number, ACKed unsignaled workers before) still serve.
     stopped = sorted(
         sig.pid
-        for sig in signals
-        if sig.signal not in requested
-        and sig.pid in before.children
+        for sig in own
+        if sig.pid in before.children
         and not before.children[sig.pid].signaled
         and sig.pid in after.children
         and after.children[sig.pid].acked
@@ -420,7 +385,28 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
                 f"T12: stopped ACKed workers {stopped} on its own initiative, leaving {left} serving"
                 f" < min(number {after.config.number}, {serving_before} serving before)"
             )
-    return problems + check_lifecycle_step(before, event, after, effects)
+    return problems + _causes(event, after, signals) + check_lifecycle_step(before, event, after, effects)
+
+
+def _causes(event: Event, after: State, signals: Sequence[SendSignal]) -> list[str]:
+    """T15: each signal's cause fits its step, so that no own decision passes for an order.
+
+    An operator's signal only in a step that handles a command; a shutdown's
+    only once respawning is off, and it is the shutdown signal; SIGKILL of the
+    master's own only by escalation, and escalation only SIGKILL.
+    """
+    problems: list[str] = []
+    for sig in signals:
+        match sig.cause:
+            case Cause.OPERATOR if not isinstance(event, CommandReceived):
+                problems.append(f"T15: {sig.signal} to {sig.pid} as an operator's order on {type(event).__name__}")
+            case Cause.SHUTDOWN if after.respawn or sig.signal != after.shutdown_signal:
+                problems.append(f"T15: {sig.signal} to {sig.pid} as a shutdown's (respawn {after.respawn}, shutdown signal {after.shutdown_signal})")
+            case Cause.ESCALATION if sig.signal != "KILL":
+                problems.append(f"T15: {sig.signal} to {sig.pid} as an escalation")
+            case Cause.UPGRADE | Cause.MAKE_ROOM | Cause.SURPLUS if sig.signal == "KILL":
+                problems.append(f"T15: SIGKILL to {sig.pid} for {sig.cause.value}")
+    return problems
 
 
 def check_lifecycle_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
