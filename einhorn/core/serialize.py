@@ -194,16 +194,10 @@ def _from_format_1(data: Mapping[object, object]) -> tuple[dict[object, object],
         notes.append(f"dropped {pings} wall-clock ping time(s)")
     purpose = doc.pop("reexec_purpose", None)
     subscribers = doc.pop("reexec_subscribers", [])
-    if purpose is not None:
-        doc["reexec"] = {
-            "purpose": purpose,
-            "subscribers": subscribers,
-            "check_id": 0,
-            "deadline": doc.get("clock", 0.0),
-            "phase": ReexecPhase.EXECUTING.value,
-        }
-    doc.setdefault("reexec", None)
-    doc.setdefault("next_check_id", 1 if purpose is not None else 0)
+    # Past its check, a re-exec's check id and deadline no longer matter: the restore ends it.
+    executing = {"purpose": purpose, "subscribers": subscribers, "check_id": 0, "deadline": 0.0, "phase": ReexecPhase.EXECUTING.value}
+    doc["reexec"] = None if purpose is None else executing
+    doc.setdefault("next_check_id", 0)
     return doc, notes
 
 

@@ -103,11 +103,8 @@ def check_deadline(state: State) -> float | None:
 
 
 def fail_overdue_check(state: State) -> Outcome:
-    """The check's deadline passed without a verdict: stop it and fail the re-exec."""
-    deadline = check_deadline(state)
-    if deadline is None or state.clock < deadline:
-        return state, []
-    assert state.reexec is not None
+    """The check's deadline passed without a verdict (the `CHECK_DEADLINE` timer fired): stop it, fail the re-exec."""
+    assert state.reexec is not None and state.reexec.phase is ReexecPhase.CHECKING
     stop = StopUpgradeCheck(state.reexec.check_id)
     state, effects = end_failed(
         state, f"the new einhorn failed its upgrade check: it did not finish within {UPGRADE_CHECK_TIMEOUT:g}s"

@@ -116,3 +116,11 @@ def test_the_next_upgrade_gets_a_new_check_id() -> None:
     state, _ = step(upgrading(), UpgradeCheckFailed(0, "exited with status 1", 2.0))
     state, effects = step(state, command(7, "upgrade", now=3.0))
     assert StartUpgradeCheck(1) in effects and state.reexec is not None and state.reexec.check_id == 1
+
+
+def test_lost_spawns_count_as_deaths_before_ack() -> None:
+    state, _ = step(up(make_config(number=2)), command(7, "reload", id="r", now=1.0))
+    state, _ = step(state, UpgradeCheckPassed(0, 2.0))
+    state = replace(state, pending={4: PendingSpawn(4, 2, 0, 1.5), 5: PendingSpawn(5, 3, 0, 1.5)}, next_spawn_id=6)
+    after, _ = step(state, MasterStarted(3.0, restored=True))
+    assert after.pending == {} and after.deaths_before_ack == 2  # a reload keeps the streak (an upgrade resets it)

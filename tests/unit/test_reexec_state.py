@@ -119,7 +119,7 @@ def test_format_1_is_translated_and_its_state_passer_becomes_a_helper() -> None:
     assert state.children[2001] == Child(2001, 4, 0, 100.5, acked=True, pinged_at=None, pinged_request_id="r-7")
     # A format 1 master exec'd only once its check had passed.
     assert state.reexec == Reexec(
-        ReexecPurpose.FLEET_UPGRADE, (Subscriber(5, "f-2"), Subscriber(6, None)), 0, 103.0, ReexecPhase.EXECUTING
+        ReexecPurpose.FLEET_UPGRADE, (Subscriber(5, "f-2"), Subscriber(6, None)), 0, 0.0, ReexecPhase.EXECUTING
     )
     assert (state.config.number, state.config.seconds, state.config.max_unacked, state.config.signal_timeout) == (3, 0.5, 2, 9)
     # Its fixed shell document becomes the hand-off registry's list, in the same order.
@@ -262,3 +262,27 @@ def test_the_shell_document_round_trips_binary_buffers() -> None:
     restored = through_pipe(json.dumps(document).encode())
     assert connections(restored) == [conn]
     assert listener_fds(restored) == [7, 8] and server_fd(restored) == 9
+
+
+def test_format_1_children_without_a_kind_are_workers_and_every_passer_and_ping_is_counted() -> None:
+    core = core_of(fixture("format_1.json"))
+    children = core["children"]
+    assert isinstance(children, list)
+    passer = {**children[3], "pid": 2005}
+    kindless = {k: v for k, v in children[2].items() if k != "kind"}
+    pinged = {**children[1], "pinged_at": 1700000200.0}
+    # A passer before a worker: the workers after it are kept.
+    core = {**core, "children": [children[3], passer, children[0], pinged, kindless]}
+    state, notes = serialize.from_plain(core, COMMAND_LINE)
+    assert sorted(state.children) == [2001, 2002, 2003]
+    assert "dropped 2 state passer(s) from the children" in notes
+    assert "dropped 2 wall-clock ping time(s)" in notes
+    assert all(c.pinged_at is None for c in state.children.values())
+
+
+def test_format_1_reexec_without_subscribers_restores_with_none() -> None:
+    core = {k: v for k, v in core_of(fixture("format_1.json")).items() if k != "reexec_subscribers"}
+    state, _ = serialize.from_plain(core, COMMAND_LINE)
+    assert state.reexec == Reexec(ReexecPurpose.FLEET_UPGRADE, (), 0, 0.0, ReexecPhase.EXECUTING)
+    idle = {k: v for k, v in core.items() if k != "reexec_purpose"}
+    assert serialize.from_plain(idle, COMMAND_LINE)[0].reexec is None
