@@ -59,7 +59,7 @@ MAX_OPEN = 1024
 MAX_LINE = 64 * 1024
 MAX_OUTPUT = 1024 * 1024
 """Unsent bytes of one connection at which it is no longer read or served until it drains."""
-MAX_TOTAL_OUTPUT = 16 * 1024 * 1024
+MAX_TOTAL_OUTPUT = 8 * 1024 * 1024
 """Unsent bytes of all connections at which only connections with nothing unsent are served."""
 STALL_GRACE = 5.0
 """Seconds a connection may stay held back by its unsent replies before it is dropped."""
