@@ -237,6 +237,8 @@ class CommandServer:
                 sock, _ = self.server.accept()
             except (BlockingIOError, InterruptedError):
                 break
+            except ConnectionAbortedError:
+                continue  # the client gave up while it waited in the backlog
             except OSError as error:
                 if error.errno not in _EXHAUSTED:
                     raise
