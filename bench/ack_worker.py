@@ -2,6 +2,7 @@
 
     python ack_worker.py ack   TAG   # ACK at once, then idle until SIGUSR2/SIGTERM
     python ack_worker.py serve TAG   # ACK at once, then answer one line per connection on EINHORN_FD_0
+    python ack_worker.py go    TAG   # ACK once the file TAG/go exists (all at the same instant), then idle
 
 TAG is ignored; the benchmark puts its temp dir there so that it can recognise
 (and kill) exactly its own workers by their command line.
@@ -12,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 stopping = False
 
@@ -53,6 +55,10 @@ def serve() -> None:
 
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "ack"
+    if mode == "go":
+        go = os.path.join(sys.argv[2], "go")
+        while not os.path.exists(go) and not stopping:
+            time.sleep(0.005)
     ack()
     if mode == "serve":
         serve()

@@ -17,6 +17,14 @@ from collections.abc import Mapping
 MAX_DEPTH = 64
 MAX_NODES = 10_000
 DEFAULT_MAX_LINE = 1024 * 1024
+MAX_INT_DIGITS = 100
+"""An integer literal in a request may have at most this many characters (sign, base prefix and
+``_`` aside): Python refuses to convert more than 4,300 digits either way, and no field needs 100."""
+MAX_YAML = 4 * 1024
+"""Characters of a request (or `config` document) that is not JSON, in the master: PyYAML's
+pure-Python loader costs up to about 8 µs per character (a flow sequence) on the master's only
+thread, so a YAML request costs at most ~35 ms (`bench/yaml_cost.py`). Clients send JSON or a few
+hundred bytes of YAML; JSON may be as long as the master's line limit."""
 
 _ESCAPED = re.compile("%(25|0A)", re.IGNORECASE)
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -32,6 +40,10 @@ class RequestError(Exception):
 
 class LineTooLong(RequestError):
     """A line grew past the buffer's limit; the connection should be dropped."""
+
+
+class YamlTooLong(RequestError):
+    """A request that is not JSON is longer than `MAX_YAML`; the framing is intact."""
 
 
 def escape(text: str) -> str:

@@ -13,7 +13,7 @@ import yaml.composer
 import yaml.constructor
 import yaml.nodes
 
-from einhorn.framing import MAX_DEPTH, MAX_NODES, RequestError, join_surrogate_pairs
+from einhorn.framing import MAX_DEPTH, MAX_INT_DIGITS, MAX_NODES, RequestError, join_surrogate_pairs
 
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 
@@ -79,6 +79,17 @@ class _RestrictedLoader(yaml.SafeLoader):
                 None, None, "unpaired surrogate in string", node.start_mark
             ) from None
 
+    def construct_yaml_int(self, node: yaml.nodes.ScalarNode) -> int:
+        # Before PyYAML converts: int() refuses more than 4,300 digits, and a sexagesimal
+        # ("1:59:59:...") or hexadecimal literal yields a number longer than its text.
+        text = str(node.value).replace("_", "").lstrip("+-")
+        if len(text) > MAX_INT_DIGITS + 2:  # "0x", "0b", "0o"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer with more than {MAX_INT_DIGITS} digits", node.start_mark
+            )
+        value: int = super().construct_yaml_int(node)
+        return value
+
     def construct_mapping(
         self, node: yaml.nodes.MappingNode, deep: bool = False
     ) -> dict[Hashable, object]:
@@ -89,3 +100,6 @@ class _RestrictedLoader(yaml.SafeLoader):
                     None, None, f"mapping key {key!r} is not a string", node.start_mark
                 )
         return mapping
+
+
+_RestrictedLoader.add_constructor("tag:yaml.org,2002:int", _RestrictedLoader.construct_yaml_int)

@@ -6,10 +6,14 @@ only, so that a worker can import it without PyYAML or the rest of einhorn.
 """
 
 import collections
+import errno
+import json
 import os
+import random
 import signal
 import socket as _socket
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from types import FrameType
@@ -18,7 +22,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import socketserver
 
-from einhorn.framing import encode_message
+from einhorn.framing import encode_message, unescape
 
 
 class NotRunningUnderEinhorn(RuntimeError):
@@ -72,6 +76,13 @@ def ack(path: str | None = None) -> None:
     Sends to the command socket at ``path`` if given, else over the connected
     socket in ``EINHORN_SOCK_FD`` (``einhorn -g``), else to the socket at
     ``EINHORN_SOCK_PATH``. Connection errors propagate as `OSError`.
+
+    Over a socket path it waits (up to `DELIVERY_WAIT` seconds) for the master
+    to close the connection, which every master does once it has read the
+    line, without a reply. A master that answers "try again later" instead
+    (one at its connection limit), resets the connection or has a full
+    backlog is tried again with a growing delay, for up to `RETRY_FOR`
+    seconds; any other answer raises `ConnectionRefusedError` with its text.
     """
     _send({"command": "worker:ack", "pid": os.getpid()}, path)
 
@@ -80,6 +91,13 @@ def ping(request_id: str, path: str | None = None) -> None:
     """Report liveness; the master shows ``request_id`` in its ``state``."""
     _send({"command": "worker:ping", "pid": os.getpid(), "request_id": request_id}, path)
 
+
+DELIVERY_WAIT = 5.0
+"""Seconds `ack`/`ping` wait for the master to close the connection; then the line is taken as delivered."""
+RETRY_FOR = 30.0
+"""Seconds `ack`/`ping` keep trying a master that turns them away for now."""
+RETRY_DELAY = (0.05, 1.0)
+"""The first and the longest delay between tries (it doubles, with jitter)."""
 
 HANDLER_GRACE_SECONDS = 0.1
 """How long the SIGUSR2 handler waits for a graceful-shutdown handler before it lets the main thread go on."""
@@ -189,13 +207,73 @@ class _HandlerRun:
 def _send(message: Mapping[str, object], path: str | None) -> None:
     _ensure_worker()
     line = encode_message(message, compact=True)
-    with _connect(path) as connection:
-        connection.sendall(line)
-
-
-def _connect(path: str | None) -> _socket.socket:
     if path is None and "EINHORN_SOCK_FD" in os.environ:
-        return _duplicate_inherited_socket()
+        # The master's own end, connected before this process started: nothing to turn us away.
+        with _duplicate_inherited_socket() as connection:
+            connection.sendall(line)
+        return
+    deadline = time.monotonic() + RETRY_FOR
+    delay = RETRY_DELAY[0]
+    while True:
+        try:
+            _deliver(line, path)
+            return
+        except _TryAgain as error:
+            if time.monotonic() + delay > deadline:
+                raise ConnectionRefusedError(errno.ECONNREFUSED, f"the einhorn master kept turning this away: {error}") from None
+        time.sleep(delay * random.uniform(0.5, 1.0))
+        delay = min(delay * 2, RETRY_DELAY[1])
+
+
+class _TryAgain(Exception):
+    """The master turned the line away for now (a refusal to try again later, a reset, a full backlog)."""
+
+
+def _deliver(line: bytes, path: str | None) -> None:
+    try:
+        with _connect(path, DELIVERY_WAIT) as connection:
+            try:
+                connection.sendall(line)
+                sent = True
+            except (BrokenPipeError, ConnectionResetError):
+                sent = False  # closed before it read anything: its answer, if any, says why
+            answer = _read_until_closed(connection)
+    except (BlockingIOError, ConnectionResetError, BrokenPipeError) as error:
+        raise _TryAgain(error.strerror or str(error)) from None
+    if not answer and not sent:
+        raise _TryAgain("the master closed the connection before reading")
+    if answer:
+        text = _message_of(answer)
+        if "try again later" in text:
+            raise _TryAgain(text)
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"the einhorn master refused this: {text}")
+
+
+def _read_until_closed(connection: _socket.socket) -> bytes:
+    """What the master wrote before closing; what came so far if it keeps the connection open."""
+    received = b""
+    try:
+        while chunk := connection.recv(4096):
+            received += chunk
+    except TimeoutError:
+        pass
+    except ConnectionResetError:
+        # A master that answers without reading (a refusal) resets the connection after its answer.
+        if not received:
+            raise
+    return received
+
+
+def _message_of(answer: bytes) -> str:
+    line = answer.split(b"\n", 1)[0].decode("utf-8", "replace")
+    try:
+        reply = json.loads(unescape(line))
+    except ValueError:
+        return line
+    return str(reply.get("message", line)) if isinstance(reply, dict) else line
+
+
+def _connect(path: str | None, timeout: float | None = None) -> _socket.socket:
     if path is None:
         path = os.environ.get("EINHORN_SOCK_PATH")
     if not path:
@@ -204,6 +282,7 @@ def _connect(path: str | None) -> _socket.socket:
             " is this process running under einhorn?"
         )
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    connection.settimeout(timeout)
     try:
         connection.connect(path)
     except OSError:

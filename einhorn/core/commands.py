@@ -34,6 +34,8 @@ class Request:
     document: object
     now: float
     wall: float
+    peer_pid: int | None = None
+    peer_ancestors: tuple[int, ...] | None = None
 
 
 Handler = Callable[[State, Request], Outcome]
@@ -62,6 +64,8 @@ def handle_command(state: State, event: CommandReceived) -> Outcome:
         document=event.document,
         now=event.now,
         wall=event.wall,
+        peer_pid=event.peer_pid,
+        peer_ancestors=event.peer_ancestors,
     )
     return COMMANDS[command].handler(state, request)
 
@@ -77,7 +81,15 @@ def _inspect(value: object) -> str:
         return "nil"
     if isinstance(value, bool):
         return "true" if value else "false"
-    return repr(value)
+    return _show(value)
+
+
+def _show(value: object) -> str:
+    """``repr(value)``, or a description when Python refuses to write it (an int of over 4,300 digits)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return f"<{type(value).__name__} too large to show>"
 
 
 def _args_problem(args: object) -> str | None:
@@ -204,10 +216,17 @@ def _set_workers(state: State, request: Request) -> Outcome:
     return _set_number(state, count), [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
 
 
+MAX_INT_DIGITS = 18
+"""Digits of an integer a request may spell as a string (a count, a pid). None needs more, and
+checking first keeps a 5,000-digit argument out of `int()`, which refuses over 4,300."""
+
+
 def _parse_int(text: str) -> int | None:
     stripped = text.strip()
     digits = stripped[1:] if stripped[:1] in "+-" else stripped
-    return int(stripped) if digits.isdigit() and digits.isascii() else None
+    if not (digits.isdigit() and digits.isascii()) or len(digits) > MAX_INT_DIGITS:
+        return None
+    return int(stripped)
 
 
 def _quieter(state: State, request: Request) -> Outcome:
@@ -264,12 +283,12 @@ def _config(state: State, request: Request) -> Outcome:
     for key, value in document.items():
         if key not in RUNTIME_SETTINGS:
             known = ", ".join(RUNTIME_SETTINGS)
-            return _reply(state, request, f"Unknown config setting: {key!r}. Known settings: {known}")
+            return _reply(state, request, f"Unknown config setting: {_show(key)}. Known settings: {known}")
         updated = apply_setting(config, str(key), value)
         if isinstance(updated, str):
-            return _reply(state, request, f"Invalid value for {key}: {value!r} ({updated})")
+            return _reply(state, request, f"Invalid value for {key}: {_show(value)} ({updated})")
         config = updated
-    merged = ", ".join(f"{k}: {v!r}" for k, v in document.items())
+    merged = ", ".join(f"{k}: {_show(v)}" for k, v in document.items())
     text = f"Successfully merged in config: {{{merged}}}"
     return replace(state, config=config), [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
 
@@ -285,7 +304,7 @@ def _worker_ack(state: State, request: Request) -> Outcome:
     effects: list[Effect] = [CloseConnection(request.conn)]
     pid = _pid_of(request.raw)
     if pid is None:
-        return state, [Log(LogLevel.ERROR, f"Invalid worker:ack (no pid): {dict(request.raw)!r}"), *effects]
+        return state, [Log(LogLevel.ERROR, f"Invalid worker:ack (no pid): {_show(dict(request.raw))}"), *effects]
     child = state.children.get(pid)
     if state.config.ack_timer is not None:
         # Expected, not an error: a worker written for -m manual ACKs whatever the mode.
@@ -295,7 +314,7 @@ def _worker_ack(state: State, request: Request) -> Outcome:
     if child.acked:
         return state, [Log(LogLevel.ERROR, f"Pid {pid} already ACKed; ignoring new ACK."), *effects]
     state, more = register_ack(state, pid)
-    return state, [*more, *effects]
+    return state, [*_foreign_sender(request, pid, "ACK"), *more, *effects]
 
 
 def _worker_ping(state: State, request: Request) -> Outcome:
@@ -303,7 +322,7 @@ def _worker_ping(state: State, request: Request) -> Outcome:
     pid = _pid_of(request.raw)
     child = state.children.get(pid) if pid is not None else None
     if child is None:
-        return state, [Log(LogLevel.ERROR, f"Ping from unknown pid {request.raw.get('pid')!r}; ignoring"), *effects]
+        return state, [Log(LogLevel.ERROR, f"Ping from unknown pid {_show(request.raw.get('pid'))}; ignoring"), *effects]
     ping_id = request.raw.get("request_id")
     updated = replace(
         child,
@@ -311,16 +330,31 @@ def _worker_ping(state: State, request: Request) -> Outcome:
         pinged_request_id=None if ping_id is None else str(ping_id),
     )
     state = replace(state, children={**state.children, child.pid: updated})
-    return state, [Log(LogLevel.DEBUG, f"Ping from {child.pid} (request id {ping_id!r})"), *effects]
+    note = Log(LogLevel.DEBUG, f"Ping from {child.pid} (request id {_show(ping_id)})")
+    return state, [*_foreign_sender(request, child.pid, "Ping"), note, *effects]
 
 
 def _pid_of(raw: Mapping[str, object]) -> int | None:
     value = raw.get("pid")
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
+        return value if abs(value) < 10**MAX_INT_DIGITS else None
     if isinstance(value, str):
         return _parse_int(value)
     return None
+
+
+def _foreign_sender(request: Request, pid: int, what: str) -> list[Effect]:
+    """A WARN when the connection's peer is known to be neither worker `pid` nor one of its descendants.
+
+    The request is still taken, as the original takes it: a worker may ACK
+    through a helper process, and a peer whose ancestry is unknown (it has
+    already exited) is given the benefit of the doubt.
+    """
+    peer, ancestors = request.peer_pid, request.peer_ancestors
+    if peer is None or ancestors is None or peer == pid or pid in ancestors:
+        return []
+    text = f"{what} for worker {pid} was sent by process {peer}, which is neither that worker nor one of its descendants"
+    return [Log(LogLevel.WARN, text)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,9 @@ from einhorn.core.state import RequestId
 class LogLevel(enum.IntEnum):
     DEBUG = 0
     INFO = 1
-    ERROR = 2
+    WARN = 2
+    """Not an error, but an operator should look (an ACK sent by another process, ...)."""
+    ERROR = 3
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,6 +69,8 @@ class CommandReceived:
     every field. `wall` is the wall-clock time, used only for display.
     `document` is the YAML document in `args` of a `config` request, decoded
     by the shell (or a `ConfigDocumentError`), since the core parses no YAML.
+    The shell's parser bounds integers (`framing.MAX_INT_DIGITS`); the core
+    still converts nothing it has not checked.
     """
 
     conn: int
@@ -76,6 +78,11 @@ class CommandReceived:
     now: float
     wall: float = 0.0
     document: object = None
+    peer_pid: int | None = None
+    """The process that opened the connection (SO_PEERCRED), when the shell knows it."""
+    peer_ancestors: tuple[int, ...] | None = None
+    """`peer_pid`'s ancestors below the master, parent first, as /proc showed them when the
+    request was read; None when not known (the shell fills it for `worker:ack`/`worker:ping`)."""
 
 
 @dataclass(frozen=True, slots=True)

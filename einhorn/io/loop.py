@@ -106,7 +106,7 @@ class Master:
         self.server = CommandServer(server, self.selector, log, monotonic_and_wall)
         handoff.register(self.server.descriptors)
         for conn in restored:
-            self.server.adopt(socket.socket(fileno=conn.fd), read=conn.unread, output=conn.unsent, conn_id=conn.id)
+            self.server.restore(conn)
 
     # --- main loop ----------------------------------------------------------
 
@@ -116,7 +116,7 @@ class Master:
             if restored:
                 self.feed(self._check_restored_children())
             self.feed([MasterStarted(time.monotonic(), restored=restored)])
-            self.feed(self.server.take_restored_lines())
+            self._serve_requests()  # those buffered when the old image exec'd first
             while self.exit_code is None:
                 self._iterate()
         except BaseException:
@@ -131,7 +131,8 @@ class Master:
         if self.exit_code is not None:
             return
         deadline = next_deadline(self.state)
-        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wakeups = [t for t in (deadline, self.server.next_wakeup()) if t is not None]
+        timeout = max(0.0, min(wakeups) - time.monotonic()) if wakeups else None
         if self.exec_ordered:
             timeout = 0.0  # take in what is already there, then exec (below)
         events: list[Event] = []
@@ -143,6 +144,8 @@ class Master:
                 self.log.error(f"Error while serving an event source:\n{traceback.format_exc()}")
         self.feed(self._reap())
         self.feed(events)
+        self._serve_requests()
+        self.server.tick()
         self.feed(self.server.take_closed())
         if deadline is not None and time.monotonic() >= deadline:
             self.feed([Tick(time.monotonic())])
@@ -166,6 +169,11 @@ class Master:
                 if self._finished():
                     break
             queue.extend(self.server.take_closed())
+
+    def _serve_requests(self) -> None:
+        """This wake-up's share of the command requests, each handled before the next is taken."""
+        for event in self.server.requests():
+            self.feed([event])
 
     def _finished(self) -> bool:
         return self.exit_code is not None

@@ -469,6 +469,99 @@ def test_worker_commands_close_the_connection_without_a_reply(name: str) -> None
     assert replies(effects) == []
 
 
+# --- numbers too long for int() (over 4,300 digits) ---------------------------------------------
+
+HUGE_DIGITS = "1" * 5000
+
+
+def test_set_workers_with_a_5000_digit_count_is_an_invalid_count() -> None:
+    state = up()
+    after, effects = send(state, {"command": "set_workers", "args": [HUGE_DIGITS]})
+    assert effects == [Reply(CONN, f"Invalid count: '{HUGE_DIGITS}'. Must be an integer in [1,1000).")]
+    assert after == replace(state, clock=2.0)
+
+
+@pytest.mark.parametrize("pid", [HUGE_DIGITS, 10**5000], ids=["string", "int"])
+def test_a_worker_ack_with_a_5000_digit_pid_is_logged_and_its_connection_closed(pid: object) -> None:
+    state = up(ack_timer=None)
+    after, effects = send(state, {"command": "worker:ack", "pid": pid})
+    (log,) = [e for e in effects if isinstance(e, Log)]
+    assert log.level is LogLevel.ERROR and log.message.startswith("Invalid worker:ack (no pid)")
+    assert effects[-1] == CloseConnection(CONN)
+    assert after == replace(state, clock=2.0)
+
+
+@pytest.mark.parametrize("pid", [HUGE_DIGITS, 10**5000], ids=["string", "int"])
+def test_a_worker_ping_with_a_5000_digit_pid_is_logged_and_its_connection_closed(pid: object) -> None:
+    state = up(ack_timer=None)
+    after, effects = send(state, {"command": "worker:ping", "pid": pid, "request_id": "r"})
+    (log,) = [e for e in effects if isinstance(e, Log)]
+    assert log.level is LogLevel.ERROR and log.message.startswith("Ping from unknown pid")
+    assert effects[-1] == CloseConnection(CONN)
+    assert after == replace(state, clock=2.0)
+
+
+def test_a_pid_may_have_up_to_18_digits() -> None:
+    state = up(ack_timer=None)
+    for pid in ("9" * 18, 10**18 - 1):
+        _, effects = send(state, {"command": "worker:ack", "pid": pid})
+        assert effects[0] == Log(LogLevel.ERROR, f"Could not find state for PID {10**18 - 1}; ignoring ACK.")
+    for pid in ("1" * 19, 10**18):
+        _, effects = send(state, {"command": "worker:ack", "pid": pid})
+        assert isinstance(effects[0], Log) and effects[0].message.startswith("Invalid worker:ack (no pid)")
+
+
+def test_a_config_value_too_long_to_write_is_refused_with_a_reply() -> None:
+    state = up()
+    after, effects = send(state, {"command": "config", "args": ["..."]}, {"number": 10**5000})
+    (reply,) = replies(effects)
+    assert reply.message == "Invalid value for number: <int too large to show> (must be an integer in [1, 1000])"
+    assert after == replace(state, clock=2.0)
+
+
+# --- who sent an ACK --------------------------------------------------------------------------
+
+
+def ack_from(state: State, pid: int, peer_pid: int | None, ancestors: tuple[int, ...] | None, command: str = "worker:ack") -> list[Effect]:
+    request = {"command": command, "pid": pid, "request_id": "r"}
+    _, effects = step(state, CommandReceived(CONN, request, 2.0, peer_pid=peer_pid, peer_ancestors=ancestors))
+    return effects
+
+
+def unacked() -> State:
+    config = make_config(number=2, ack_timer=None)
+    state, _ = run(initial_state(config), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0), WorkerSpawned(1, 1001, 0.0))
+    return state
+
+
+def warnings(effects: list[Effect]) -> list[str]:
+    return [e.message for e in effects if isinstance(e, Log) and e.level is LogLevel.WARN]
+
+
+@pytest.mark.parametrize(
+    ("peer_pid", "ancestors"),
+    [(1000, ()), (5555, (1000,)), (5555, (4444, 1000)), (None, None), (5555, None)],
+    ids=["the-worker", "its-child", "its-grandchild", "peer-unknown", "ancestry-unknown"],
+)
+@pytest.mark.parametrize("command", ["worker:ack", "worker:ping"])
+def test_an_ack_from_the_worker_or_its_descendant_or_an_unknown_peer_is_taken_quietly(
+    command: str, peer_pid: int | None, ancestors: tuple[int, ...] | None
+) -> None:
+    effects = ack_from(unacked(), 1000, peer_pid, ancestors, command)
+    assert warnings(effects) == []
+    assert effects[-1] == CloseConnection(CONN)
+
+
+@pytest.mark.parametrize("command", ["worker:ack", "worker:ping"])
+def test_an_ack_for_another_workers_pid_is_taken_with_a_warning(command: str) -> None:
+    state = unacked()
+    _, effects = step(state, CommandReceived(CONN, {"command": command, "pid": 1000}, 2.0, peer_pid=1001, peer_ancestors=()))
+    what = "ACK" if command == "worker:ack" else "Ping"
+    assert warnings(effects) == [f"{what} for worker 1000 was sent by process 1001, which is neither that worker nor one of its descendants"]
+    after, _ = step(state, CommandReceived(CONN, {"command": command, "pid": 1000}, 2.0, peer_pid=1001, peer_ancestors=()))
+    assert after.children[1000].acked is (command == "worker:ack")
+
+
 # --- property: every request is answered -----------------------------------------------------
 
 values = st.recursive(
@@ -483,9 +576,12 @@ requests = st.dictionaries(
 ) | st.fixed_dictionaries(
     {
         "command": st.sampled_from(sorted(COMMANDS)),
-        "args": st.lists(st.sampled_from(["1", "3", "0", "TERM", "sigusr1", "--json", "x", "1000"]), max_size=2),
+        "args": st.lists(st.sampled_from(["1", "3", "0", "TERM", "sigusr1", "--json", "x", "1000", HUGE_DIGITS]), max_size=2),
     },
-    optional={"id": st.text(max_size=3) | st.integers(), "pid": st.sampled_from([1000, 1001, 7, "1000"])},
+    optional={
+        "id": st.text(max_size=3) | st.integers(),
+        "pid": st.sampled_from([1000, 1001, 7, "1000", HUGE_DIGITS, 10**5000]),
+    },
 )
 
 

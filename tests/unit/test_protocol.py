@@ -260,3 +260,52 @@ def test_a_yaml_parser_that_cannot_be_loaded_is_a_request_error(monkeypatch: pyt
     with pytest.raises(RequestError, match="cannot load the YAML parser"):
         parse_document("command: ehlo")
     assert parse_document('{"command": "ehlo"}') == {"command": "ehlo"}
+
+
+# integers: no conversion of more digits than Python allows (4,300), either way
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"command": "ehlo", "id": ' + b"1" * 5000 + b"}",
+        b'{"command": "worker:ack", "pid": -' + b"1" * 101 + b"}",
+        b"command: ehlo\nid: " + b"1" * 5000,
+        b"command: ehlo\nid: 0x" + b"f" * 5000,  # 6,000 decimal digits from 5,000 characters
+        b"command: ehlo\nid: 1" + b":59" * 3000,  # sexagesimal: 5,300 digits
+        b"command: ehlo\nid: 0b" + b"1_" * 200,
+    ],
+    ids=["json", "json-negative", "yaml", "yaml-hex", "yaml-sexagesimal", "yaml-binary"],
+)
+@pytest.mark.timeout(5)
+def test_an_integer_of_more_than_100_digits_is_a_request_error(line: bytes) -> None:
+    with pytest.raises(RequestError, match="more than 100 digits"):
+        parse_message(line.replace(b"\n", b"%0A"))
+
+
+def test_an_integer_of_100_digits_is_read() -> None:
+    assert parse_message(b'{"id": -' + b"9" * 100 + b"}") == {"id": -int("9" * 100)}
+    assert parse_message(b"id: 0x" + b"f" * 100) == {"id": int("f" * 100, 16)}
+    assert parse_message(b"id: 1_000") == {"id": 1000}
+
+
+# the master's cap on YAML (a client reading a Ruby master's replies has none)
+
+
+def test_a_yaml_request_over_max_yaml_is_refused_before_parsing() -> None:
+    from einhorn.framing import MAX_YAML, YamlTooLong
+
+    long_yaml = "command: ehlo\nuser: " + "a" * MAX_YAML
+    with pytest.raises(YamlTooLong, match=f"at most {MAX_YAML} characters"):
+        parse_message(wire(long_yaml), max_yaml=MAX_YAML)
+    with pytest.raises(YamlTooLong):
+        parse_document("{number: 3, user: " + "a" * MAX_YAML + "}", max_yaml=MAX_YAML)
+    assert parse_message(wire(long_yaml))["user"] == "a" * MAX_YAML  # no cap unless asked
+    assert parse_message(wire(long_yaml[: MAX_YAML - 1]), max_yaml=MAX_YAML)["command"] == "ehlo"
+
+
+def test_json_may_be_as_long_as_the_line_under_the_yaml_cap() -> None:
+    from einhorn.framing import MAX_YAML
+
+    line = encode_message({"command": "ehlo", "user": "a" * 60_000})
+    assert parse_message(line, max_yaml=MAX_YAML)["user"] == "a" * 60_000

@@ -1,9 +1,14 @@
+import collections
 import os
+import queue
+import select
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,20 +28,68 @@ def worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EINHORN_MASTER_PID", str(os.getppid()))
 
 
+RESET = b"<reset>"
+REFUSAL = b'{"message": "Too many connections (256 open); try again later"}\n'
+
+
+class FakeMaster:
+    """A command socket that treats each connection as a master treats an ACK, or as told.
+
+    Each connection gets the next of `answers`: None (the default once they run
+    out) reads one line and closes without a reply, as every master does;
+    `RESET` closes with the line unread; other bytes are written, and the
+    connection closed without reading, as a master at its connection limit did.
+    """
+
+    def __init__(self, path: str, answers: Sequence[bytes | None] = ()) -> None:
+        self.path = path
+        self.answers = collections.deque(answers)
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        self.connections = 0
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(8)
+        self.listener.settimeout(0.05)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                self.connections += 1
+                answer = self.answers.popleft() if self.answers else None
+                if answer is None:
+                    self.lines.put(receive_lines(connection, 1)[0])
+                elif answer == RESET:
+                    select.select([connection], [], [], 5)  # the line is there, unread
+                else:
+                    connection.sendall(answer)
+
+    def next_line(self) -> bytes:
+        return self.lines.get(timeout=5)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.listener.close()
+
+
 @pytest.fixture
-def command_socket(tmp_path: Path) -> Iterator[tuple[str, socket.socket]]:
-    """A listening command socket; connections wait in its backlog until accepted."""
-    path = str(tmp_path / "einhorn.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-        listener.bind(path)
-        listener.listen(4)
-        yield path, listener
+def command_socket(tmp_path: Path) -> Iterator[tuple[str, FakeMaster]]:
+    """A command socket that takes ACKs as a master does."""
+    master = FakeMaster(str(tmp_path / "einhorn.sock"))
+    yield master.path, master
+    master.close()
 
 
-def receive_one_connection(listener: socket.socket) -> bytes:
-    connection, _ = listener.accept()
-    with connection:
-        return receive_until_closed(connection)
+def receive_one_connection(master: FakeMaster) -> bytes:
+    return master.next_line()
 
 
 def receive_until_closed(connection: socket.socket) -> bytes:
@@ -60,7 +113,7 @@ ACK = {"command": "worker:ack", "pid": os.getpid()}
 
 
 def test_ack_to_an_explicit_path_sends_the_documented_line(
-    command_socket: tuple[str, socket.socket],
+    command_socket: tuple[str, FakeMaster],
 ) -> None:
     path, listener = command_socket
     worker.ack(path)
@@ -70,7 +123,7 @@ def test_ack_to_an_explicit_path_sends_the_documented_line(
 
 
 def test_ack_uses_einhorn_sock_path(
-    command_socket: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+    command_socket: tuple[str, FakeMaster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, listener = command_socket
     monkeypatch.setenv("EINHORN_SOCK_PATH", path)
@@ -95,7 +148,7 @@ def test_ack_and_ping_reuse_einhorn_sock_fd_without_closing_it(
 
 
 def test_an_explicit_path_wins_over_einhorn_sock_fd(
-    command_socket: tuple[str, socket.socket], monkeypatch: pytest.MonkeyPatch
+    command_socket: tuple[str, FakeMaster], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path, listener = command_socket
     monkeypatch.setenv("EINHORN_SOCK_FD", "-1")
@@ -103,7 +156,7 @@ def test_an_explicit_path_wins_over_einhorn_sock_fd(
     assert parse_message(receive_one_connection(listener)) == ACK
 
 
-def test_ping_sends_the_request_id(command_socket: tuple[str, socket.socket]) -> None:
+def test_ping_sends_the_request_id(command_socket: tuple[str, FakeMaster]) -> None:
     path, listener = command_socket
     worker.ping("100% up\n", path)
     assert parse_message(receive_one_connection(listener)) == {
@@ -113,7 +166,7 @@ def test_ping_sends_the_request_id(command_socket: tuple[str, socket.socket]) ->
     }
 
 
-def test_ping_writes_what_yaml_loaders_read_back_exactly(command_socket: tuple[str, socket.socket]) -> None:
+def test_ping_writes_what_yaml_loaders_read_back_exactly(command_socket: tuple[str, FakeMaster]) -> None:
     # The original master reads requests with Ruby's YAML, which refuses JSON's \\u surrogate pairs.
     path, listener = command_socket
     worker.ping("\U0001f600 \x7f\u2028", path)
@@ -124,6 +177,47 @@ def test_ping_writes_what_yaml_loaders_read_back_exactly(command_socket: tuple[s
         "pid": os.getpid(),
         "request_id": "\U0001f600 \x7f\u2028",
     }
+
+
+def test_ack_returns_as_soon_as_the_master_closes_without_a_reply(command_socket: tuple[str, FakeMaster]) -> None:
+    path, master = command_socket
+    start = time.monotonic()
+    worker.ack(path)
+    assert time.monotonic() - start < 1.0 and master.connections == 1  # what the original master does
+
+
+@pytest.mark.parametrize("turned_away", [[REFUSAL], [REFUSAL, REFUSAL, REFUSAL], [RESET], [REFUSAL, RESET]], ids=["refused", "refused-3x", "reset", "both"])
+def test_ack_tries_again_when_the_master_says_try_again_later_or_resets(tmp_path: Path, turned_away: list[bytes]) -> None:
+    master = FakeMaster(str(tmp_path / "s"), turned_away)
+    try:
+        worker.ack(master.path)
+        assert parse_message(master.next_line()) == ACK
+        assert master.connections == len(turned_away) + 1
+    finally:
+        master.close()
+
+
+def test_ack_gives_up_on_a_master_that_keeps_turning_it_away(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker, "RETRY_FOR", 0.5)
+    master = FakeMaster(str(tmp_path / "s"), [REFUSAL] * 100)
+    try:
+        start = time.monotonic()
+        with pytest.raises(ConnectionRefusedError, match="kept turning this away: Too many connections"):
+            worker.ack(master.path)
+        assert time.monotonic() - start < 2.0 and 2 <= master.connections < 20
+    finally:
+        master.close()
+
+
+def test_ack_refused_for_good_raises_with_the_masters_reason(tmp_path: Path) -> None:
+    denied = b'{"message": "Permission denied: only uid 0 (the master\'s user) or root may command this Einhorn"}\n'
+    master = FakeMaster(str(tmp_path / "s"), [denied])
+    try:
+        with pytest.raises(ConnectionRefusedError, match="refused this: Permission denied"):
+            worker.ack(master.path)
+        assert master.connections == 1
+    finally:
+        master.close()
 
 
 def test_ack_without_a_command_socket_is_a_clear_error() -> None:
