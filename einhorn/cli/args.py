@@ -19,6 +19,7 @@ from typing import Literal
 
 from einhorn.cli.settings import Nice, Settings
 from einhorn.core.config import MAX_WORKERS
+from einhorn.core.signals import graceful_signal_problem, normalize_signal
 from einhorn.io.sockets import parse_bind
 
 
@@ -71,6 +72,14 @@ OPTIONS = (
     Option("--seconds", "-s", "N", "Base number of seconds between gradual spin-ups (default 1)", default="1"),
     Option("--verbose", "-v", None, "Make output verbose (can be reconfigured on the fly)", repeat=True),
     Option("--signal-timeout", "-t", "T", "If children do not react to signals after T seconds, escalate to SIGKILL", equals=True),
+    Option(
+        "--graceful-signal",
+        None,
+        "SIG",
+        "The signal that asks a worker to finish and exit (default USR2):\n"
+        "upgrades, dec, die, master SIGINT/SIGUSR2 (TERM, INT, QUIT for most servers)",
+        default="USR2",
+    ),
     Option("--max-unacked", None, "N", "At most N un-ACKed new workers at once during spin-up (default: CPU count)"),
     Option("--max-upgrade-additional", None, "N", "During an upgrade, never run more than number + N workers"),
     Option("--drop-env-var", None, "VAR_NAME", "Delete VAR_NAME from the environment that is restored on upgrade", repeat=True),
@@ -157,6 +166,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
     if args.max_upgrade_additional is not None:
         max_upgrade_additional = _integer(args.max_upgrade_additional, "--max-upgrade-additional", low=0)
     binds = tuple(parse_bind(text) for text in args.bind)
+    graceful_signal = _graceful_signal(args.graceful_signal)
     nice = _nice(args.nice)
     reexec_as = None if args.reexec_as is None else _command_line(args.reexec_as)
     with_state_fd = None if args.with_state_fd is None else _integer(args.with_state_fd, "--with-state-fd", low=0)
@@ -171,6 +181,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         max_unacked=max_unacked,
         max_upgrade_additional=max_upgrade_additional,
         signal_timeout=signal_timeout,
+        graceful_signal=graceful_signal,
         program=tuple(program),
         program_path=_resolve(program[0], environ),
         binds=binds,
@@ -267,6 +278,15 @@ def _ack_mode(text: str) -> float | None:
     if not 0 <= value < 1e9:
         raise UsageError(f"Invalid ack-mode {text!r} (valid modes: FLOAT or manual)")
     return value
+
+
+def _graceful_signal(text: str) -> str:
+    problem = graceful_signal_problem(text)
+    if problem is not None:
+        raise UsageError(f"Invalid value for --graceful-signal: {text!r} ({problem})")
+    bare = normalize_signal(text)
+    assert bare is not None
+    return bare
 
 
 def _nice(text: str | None) -> Nice:

@@ -47,6 +47,8 @@ class Settings:
     max_unacked: int
     max_upgrade_additional: int | None
     signal_timeout: int | None
+    graceful_signal: str
+    """`--graceful-signal`, a bare name ("USR2")."""
 
     # The workers.
     program: tuple[str, ...]
@@ -90,6 +92,7 @@ def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Conf
         max_unacked=settings.max_unacked,
         max_upgrade_additional=settings.max_upgrade_additional,
         signal_timeout=settings.signal_timeout,
+        graceful_signal=settings.graceful_signal,
         einhorn_version=__version__,
         display=Display(
             master_pid=master_pid,
@@ -125,6 +128,7 @@ def worker_launch(
         socket_path=settings.socket_path,
         master_pid=master_pid,
         pdeathsig=settings.kill_children_on_exit and pdeathsig_available(),
+        graceful_signal=settings.graceful_signal,
         prepare_child=prepare_child,
     )
 

@@ -54,8 +54,8 @@ only its own user may use. `einhornsh` talks to it; workers ACK through it.
 ### Seamless upgrades
 
 `einhornsh upgrade` (or SIGHUP) re-execs the master with its state, spawns
-new workers and sends SIGUSR2 to each old worker as a new one ACKs. SIGUSR2
-should be interpreted as a request for a graceful shutdown.
+new workers and sends SIGUSR2 (or the --graceful-signal) to each old worker as
+a new one ACKs. It should be interpreted as a request for a graceful shutdown.
 
 ### ACKs
 

@@ -52,6 +52,9 @@ class Config:
     max_unacked: int = 1
     max_upgrade_additional: int | None = None
     signal_timeout: int | None = None
+    graceful_signal: str = "USR2"
+    """What "finish and exit" is sent as (`--graceful-signal`): upgrade culls, surplus, make-room,
+    `die` without argument, the master's SIGINT/SIGUSR2."""
     einhorn_version: str = ""
     display: Display = Display()
 

@@ -67,6 +67,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "lockfile": shown.lockfile,
             "consecutive_deaths_before_ack": state.deaths_before_ack,
             "signal_timeout": config.signal_timeout,
+            "graceful_signal": config.graceful_signal,
             "preloaded": shown.preloaded,
             "master_pid": shown.master_pid,
             "ack_count": pool.ack_count(state),

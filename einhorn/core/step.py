@@ -156,7 +156,7 @@ def _describe_exit(event: ChildExited) -> str:
 def _on_signal(state: State, event: SignalReceived) -> Outcome:
     match event.signal:
         case "INT" | "USR2":
-            return _shut_down(state, event.signal, "USR2")
+            return _shut_down(state, event.signal, state.config.graceful_signal)
         case "TERM":
             return _shut_down(state, event.signal, "TERM")
         case "QUIT":
@@ -344,7 +344,7 @@ def _cull(state: State) -> Outcome:
 
 
 def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: bool = True) -> Outcome:
-    """USR2 to `victims`, on the master's own initiative, within the availability floor.
+    """The graceful signal to `victims`, on the master's own initiative, within the availability floor.
 
     The floor (spec/README.md, T12): a serving (ACKed, unsignaled) worker is
     stopped only while more than `number` serve (the first serving victims in
@@ -361,7 +361,7 @@ def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: b
         return state, []
     text = note.format(len(pids))
     effects = announce(state, LogLevel.INFO, text) if stream else [Log(LogLevel.INFO, text)]
-    state, more = signal_children(state, "USR2", pids, cause)
+    state, more = signal_children(state, state.config.graceful_signal, pids, cause)
     return state, [*effects, *more]
 
 

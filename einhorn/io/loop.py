@@ -347,7 +347,7 @@ class Master:
                 os.waitpid(pid, 0)
         if self.options.kill_children_on_exit:
             for pid in self.state.children:
-                self._send_signal(pid, "USR2")
+                self._send_signal(pid, self.state.config.graceful_signal)
         signal.set_wakeup_fd(-1)
         with contextlib.suppress(Exception):
             self.server.shutdown()

@@ -35,6 +35,8 @@ class WorkerLaunch:
     socket_path: str
     master_pid: int
     pdeathsig: bool = False
+    graceful_signal: str = "USR2"
+    """`--graceful-signal`: also the parent-death signal of `-k`."""
     prepare_child: Callable[[], None] | None = field(default=None)
     """Runs in the child after fork and before exec (renice); must not raise."""
 
@@ -153,7 +155,7 @@ def become_worker_process(launch: WorkerLaunch) -> None:
         signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     if launch.pdeathsig:
-        set_parent_death_signal(signal.SIGUSR2)
+        set_parent_death_signal(signal.Signals[f"SIG{launch.graceful_signal}"])
         if os.getppid() != launch.master_pid:
             os.write(2, b"Parent process died before we set pdeathsig; cowardly refusing to exec child process.\n")
             os._exit(1)

@@ -40,6 +40,7 @@ def _rich_state() -> State:
         max_unacked=2,
         max_upgrade_additional=1,
         signal_timeout=5,
+        graceful_signal="TERM",
         einhorn_version="1.1.0",
         display=Display(
             command_name="web",
@@ -130,6 +131,7 @@ def test_snapshot_is_the_whole_document() -> None:
             "command_socket_as_fd": True,
             "config": {"backlog": 7, "max_unacked": 2, "max_upgrade_additional": 1, "number": 3, "seconds": 2.0},
             "consecutive_deaths_before_ack": 2,
+            "graceful_signal": "TERM",
             "kill_children_on_exit": True,
             "last_spinup": Timestamp(1004.0),
             "lockfile": "/l",
