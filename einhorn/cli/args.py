@@ -56,7 +56,15 @@ class Option:
 
 
 OPTIONS = (
-    Option("--bind", "-b", "ADDR", "Bind HOST:PORT[,r][,n] and pass the FD to workers (repeatable; port 0 = any)", repeat=True),
+    Option(
+        "--bind",
+        "-b",
+        "ADDR",
+        "Bind HOST:PORT[,r][,n], [V6]:PORT, unix:PATH or adopt systemd[:NAME]'s sockets;\n"
+        "pass the FD to workers (repeatable; port 0 = any; flags: reuseport, v6only,\n"
+        "backlog=N, mode=0660 for UNIX)",
+        repeat=True,
+    ),
     Option("--command-name", "-c", "CMD_NAME", "Set the command name in ps; also names the default socket/pid/lock files"),
     Option("--socket-path", "-d", "PATH", "Where to open the Einhorn command socket"),
     Option("--pidfile", "-e", "PIDFILE", "Where to write out the Einhorn pidfile"),
@@ -91,6 +99,7 @@ OPTIONS = (
         "Unix nice levels of the master and the workers; without WORKER,\n"
         "workers keep the master's level (RENICE_CMD: default /usr/bin/renice)",
     ),
+    Option("--listen-fds", None, None, "Also hand workers systemd's convention: listeners at fds 3, 4, ... with LISTEN_FDS,\nLISTEN_PID and LISTEN_FDNAMES (for servers that support socket activation)"),
     Option("--with-state-fd", None, "STATE", "With file descriptor containing state", internal=True),
     Option("--upgrade-check", None, None, "Check if Einhorn can exec itself and exit with status 0", internal=True),
     Option("--version", None, None, "Show version"),
@@ -167,6 +176,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         max_upgrade_additional = _integer(args.max_upgrade_additional, "--max-upgrade-additional", low=0)
     binds = tuple(parse_bind(text) for text in args.bind)
     graceful_signal = _graceful_signal(args.graceful_signal)
+    if args.listen_fds and args.preload is not None:
+        raise UsageError("--listen-fds does not apply to preloaded (-p) workers: they find their sockets in EINHORN_FD_*")
     nice = _nice(args.nice)
     reexec_as = None if args.reexec_as is None else _command_line(args.reexec_as)
     with_state_fd = None if args.with_state_fd is None else _integer(args.with_state_fd, "--with-state-fd", low=0)
@@ -200,6 +211,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         drop_env=tuple(args.drop_env_var),
         with_state_fd=with_state_fd,
         upgrade_check=args.upgrade_check,
+        listen_fds=args.listen_fds,
     )
 
 

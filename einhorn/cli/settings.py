@@ -77,10 +77,19 @@ class Settings:
     """Set in a re-exec'd master: where the old master's state document is."""
     upgrade_check: bool
 
+    # systemd and containers.
+    listen_fds: bool = False
+    """`--listen-fds`: workers get systemd's convention (listeners at 3, 4, ...; LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)."""
+
     @property
-    def owned_paths(self) -> tuple[str, str]:
-        """The files the master creates (its pidfile, its command socket): removed when it exits."""
-        return self.pidfile, self.socket_path
+    def unix_listener_paths(self) -> tuple[str, ...]:
+        return tuple(spec.path for spec in self.binds if spec.path is not None)
+
+    @property
+    def owned_paths(self) -> tuple[str, ...]:
+        """The files the master creates (its pidfile, its command socket, its UNIX listeners): removed
+        when it exits, and only then (a re-exec keeps them)."""
+        return self.pidfile, self.socket_path, *self.unix_listener_paths
 
 
 def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Config:
@@ -117,6 +126,7 @@ def worker_launch(
     master_pid: int,
     listeners: Sequence[socket.socket],
     prepare_child: Callable[[], None] | None,
+    listener_names: Sequence[str] = (),
 ) -> WorkerLaunch:
     """How to start a worker: each listener with its family as the socket itself says (after a re-exec too)."""
     return WorkerLaunch(

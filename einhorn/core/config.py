@@ -15,12 +15,24 @@ MAX_WORKERS = 1000
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerInfo:
+    """A listening socket as `state` shows it: `AF_INET`/`AF_INET6`/`AF_UNIX` and where it really is."""
+
+    family: str
+    address: str
+    """`127.0.0.1:8080`, `[::1]:8080`, or a UNIX socket's path."""
+    name: str = ""
+    """systemd's name for an adopted socket (`LISTEN_FDNAMES`); "" for a `-b` address."""
+
+
+@dataclass(frozen=True, slots=True)
 class Display:
     """What the core shows about this master but never decides on.
 
     Only the `state` document (`report.snapshot`) and a few reply texts (ehlo's
     greeting, dec's "Run kill PID") read these; `step` does not. `binds` are the
-    `-b` specs as given, `bound_ports` the ports actually bound.
+    `-b` specs as given, `bound_ports` the ports actually bound (None for a UNIX
+    socket), `listeners` every listening socket (a `-b systemd` may adopt several).
     """
 
     master_pid: int = 0
@@ -30,7 +42,8 @@ class Display:
     pidfile: str = ""
     lockfile: str = ""
     binds: tuple[str, ...] = ()
-    bound_ports: tuple[int, ...] = ()
+    bound_ports: tuple[int | None, ...] = ()
+    listeners: tuple[ListenerInfo, ...] = ()
     backlog: int = 100
     command_socket_as_fd: bool = False
     kill_children_on_exit: bool = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from einhorn.core import commands, pool, step
-from einhorn.core.config import Config, Display
+from einhorn.core.config import Config, Display, ListenerInfo
 from einhorn.core.effects import Cause, Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.report import Symbol, Timestamp, snapshot
@@ -48,7 +48,8 @@ def _rich_state() -> State:
             socket_path="/s",
             program=("app", "-x"),
             binds=("0.0.0.0:80,r",),
-            bound_ports=(80,),
+            bound_ports=(80, None),
+            listeners=(ListenerInfo("AF_INET", "0.0.0.0:80"), ListenerInfo("AF_UNIX", "/run/web.sock", "web")),
             backlog=7,
             command_socket_as_fd=True,
             kill_children_on_exit=True,
@@ -90,7 +91,11 @@ def test_snapshot_is_the_whole_document() -> None:
             "ack_mode": {"type": Symbol("manual")},
             "ack_target": 3,
             "bind": ["0.0.0.0:80,r"],
-            "bound_ports": [80],
+            "bound_ports": [80, None],
+            "listeners": [
+                {"family": "AF_INET", "address": "0.0.0.0:80", "name": None},
+                {"family": "AF_UNIX", "address": "/run/web.sock", "name": "web"},
+            ],
             "children": {
                 10: {
                     "acked": True,
