@@ -140,6 +140,8 @@ def worker_launch(
         pdeathsig=settings.kill_children_on_exit and pdeathsig_available(),
         graceful_signal=settings.graceful_signal,
         prepare_child=prepare_child,
+        listen_fds=settings.listen_fds,
+        listener_names=tuple(listener_names) or ("",) * len(listeners),
     )
 
 

@@ -1,0 +1,105 @@
+"""systemd's conventions with systemd's own tools (Debian's `systemd` package): socket activation in
+both directions (`-b systemd`, `--listen-fds`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+
+import pytest
+
+from tests.integration.harness import TAG_VARIABLE, Harness
+from tests.integration.procfs import environ_of, fds_of
+from tests.integration.upgrade_helpers import upgrade
+from tests.integration.waiting import wait_until
+from tests.integration.workers import REPO
+
+HTTP_SERVER = [sys.executable, str(REPO / "example" / "http_server")]
+ACTIVATED_SERVER = [sys.executable, str(REPO / "example" / "activated_server")]
+LISTEN_VARIABLES = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed (Debian's systemd package; .ci/run installs it as root)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def get(port: int) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+    assert data.startswith(b"HTTP/1.0 200"), data
+    return data.partition(b"\r\n\r\n")[2].decode()
+
+
+def _get_once_listening(port: int) -> str | None:
+    try:
+        return get(port)
+    except ConnectionRefusedError:
+        return None
+
+
+def test_socket_activated_by_systemd_socket_activate_serves_and_upgrades(harness: Harness) -> None:
+    activate = tool("systemd-socket-activate")
+    port = free_port()
+    # It execs einhorn in place on the first connection, passing only the variables named by -E.
+    prefix = [activate, "-l", f"127.0.0.1:{port}", "--fdname=web", "-E", TAG_VARIABLE, "-E", "TMPDIR", "-E", "PYTHONPATH"]
+    master = harness.start("-n", "2", "-m", "manual", "-b", "systemd:web", program=HTTP_SERVER, prefix=prefix, wait=False)
+    first = wait_until(lambda: _get_once_listening(port), 10, "systemd-socket-activate listening")
+    master.wait_up()  # the connection that started einhorn was served too
+    assert first.startswith("pid=")
+    shown = master.state()["listeners"]
+    assert shown == [{"family": "AF_INET", "address": f"127.0.0.1:{port}", "name": "web"}]
+    workers = master.wait_workers(2)
+    master.wait_log(r"Adopted web \(fd 3\) from systemd: AF_INET 127.0.0.1:")
+    for pid in workers:
+        env = environ_of(pid)
+        assert not set(LISTEN_VARIABLES) & set(env), env  # taken out: not the workers' to read
+        assert env["EINHORN_FD_0"] == "3"
+    upgrade(master)
+    new = master.wait_workers(2)
+    assert not set(new) & set(workers)
+    assert not set(LISTEN_VARIABLES) & set(environ_of(master.pid))  # the re-exec'd image never saw them
+    assert fds_of(master.pid)[3].startswith("socket:")  # the same fd, through the hand-off registry
+    assert {int(get(port).split()[0].removeprefix("pid=")) for _ in range(20)} <= set(new)
+    os.kill(master.pid, 2)
+    assert master.wait_exit() == 0
+
+
+def test_b_systemd_without_activation_says_why(harness: Harness) -> None:
+    result = harness.run("-d", str(harness.directory / "s"), "-b", "systemd", "--", "sleep", "30")
+    assert result.returncode == 1
+    assert "-b systemd: systemd passed no sockets (LISTEN_PID and LISTEN_FDS are not set" in result.stderr
+
+
+def test_listen_fds_hands_workers_the_systemd_convention(harness: Harness) -> None:
+    master = harness.start(
+        "-n", "2", "-m", "0.2", "--listen-fds", "--graceful-signal", "TERM", "-b", "127.0.0.1:0", "-b", f"unix:{harness.directory}/a.sock",
+        program=ACTIVATED_SERVER, env={"LISTEN_PID": "1", "LISTEN_FDS": "9"}, workers=2,
+    )  # fmt: skip
+    port = master.bound_port()
+    workers = master.wait_workers(2)
+    for pid in workers:
+        env = environ_of(pid)
+        # LISTEN_* are removed by the server as sd_listen_fds(unset_environment) does, but /proc shows what exec got:
+        assert (env["LISTEN_PID"], env["LISTEN_FDS"], env["LISTEN_FDNAMES"]) == (str(pid), "2", "unknown:unknown")
+        assert (env["EINHORN_FD_0"], env["EINHORN_FD_1"], env["EINHORN_FDS"]) == ("3", "4", "3 4")
+        fds = fds_of(pid)
+        assert fds[3].startswith("socket:") and fds[4].startswith("socket:")
+    assert {int(get(port).split()[0].removeprefix("pid=")) for _ in range(40)} <= set(workers)
+    upgrade(master)
+    new = master.wait_workers(2)
+    assert environ_of(new[0])["LISTEN_PID"] == str(new[0])
+    get(port)
