@@ -73,7 +73,13 @@ OPTIONS = (
     Option("--help", "-h", None, "Display this message"),
     Option("--kill-children-on-exit", "-k", None, "If Einhorn exits unexpectedly, gracefully kill all its children"),
     Option("--backlog", "-l", "N", "Connection backlog (default 100)", default="100"),
-    Option("--ack-mode", "-m", "MODE", "FLOAT (seconds until assumed alive, default 1) or manual", default="1"),
+    Option(
+        "--ack-mode",
+        "-m",
+        "MODE",
+        "FLOAT (seconds until assumed alive, default 1), manual, or notify\n(READY=1 on the NOTIFY_SOCKET each worker gets, as systemd's sd_notify)",
+        default="1",
+    ),
     Option("--number", "-n", "N", "Number of copies to spin up (default 1)", default="1"),
     Option("--preload", "-p", "PATH", "Load this Python file or module once, fork (no exec) per worker, call einhorn_main()"),
     Option("--quiet", "-q", None, "Make output quiet (can be reconfigured on the fly)", repeat=True),
@@ -166,7 +172,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
     number = _integer(args.number, "-n/--number", low=1, high=MAX_WORKERS)
     backlog = _integer(args.backlog, "-l/--backlog", low=0)
     seconds = _number(args.seconds, "-s/--seconds")
-    ack_timer = _ack_mode(args.ack_mode)
+    ack_timer, ack_notify = _ack_mode(args.ack_mode)
     signal_timeout = None if args.signal_timeout is None else _integer(args.signal_timeout, "-t/--signal-timeout", low=1)
     max_unacked = os.cpu_count() or 1
     if args.max_unacked is not None:
@@ -212,6 +218,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         with_state_fd=with_state_fd,
         upgrade_check=args.upgrade_check,
         listen_fds=args.listen_fds,
+        ack_notify=ack_notify,
+        supervised=bool(environ.get("NOTIFY_SOCKET")),
+        watchdog_interval=_watchdog_interval(environ),
     )
 
 
@@ -280,16 +289,17 @@ def _number(text: str, flag: str) -> float:
     return value
 
 
-def _ack_mode(text: str) -> float | None:
-    if text == "manual":
-        return None
+def _ack_mode(text: str) -> tuple[float | None, bool]:
+    """The timer-ACK delay (None: ACKs come from the workers), and whether they come as sd_notify READY=1."""
+    if text in ("manual", "notify"):
+        return None, text == "notify"
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not 0 <= value < 1e9:
-        raise UsageError(f"Invalid ack-mode {text!r} (valid modes: FLOAT or manual)")
-    return value
+        raise UsageError(f"Invalid ack-mode {text!r} (valid modes: FLOAT, manual or notify)")
+    return value, False
 
 
 def _graceful_signal(text: str) -> str:
@@ -299,6 +309,14 @@ def _graceful_signal(text: str) -> str:
     bare = normalize_signal(text)
     assert bare is not None
     return bare
+
+
+def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
+    """systemd's watchdog for this process (sd_watchdog_enabled): WATCHDOG_USEC, unless WATCHDOG_PID names another."""
+    usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1_000_000
 
 
 def _nice(text: str | None) -> Nice:

@@ -28,6 +28,7 @@ from einhorn.io.control import RestoredConnection, restored_server
 from einhorn.io.handoff import Descriptor, Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.loop import Master
+from einhorn.io.notify import NotifyServer, supervisor_of
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, listener_address, open_command_socket
 from einhorn.io.spawn import pdeathsig_available, spawn_worker
 
@@ -102,10 +103,13 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
         log.error(str(error))
         activation.close_untaken(log)
         return 1
+    notify: NotifyServer | None = None
     try:
         for spec in settings.binds:
             listeners += open_listeners(spec, settings.backlog, activation, log)
         activation.close_untaken(log)
+        if settings.notify_path is not None:
+            notify = NotifyServer.open(settings.notify_path, log)
         log.info(f"Writing PID to {settings.pidfile}")
         with open(settings.pidfile, "w") as f:
             f.write(str(os.getpid()))
@@ -118,11 +122,14 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
                     os.unlink(listener.path)
             listener.sock.close()
         activation.close_untaken(log)
+        if notify is not None:
+            notify.close()
+            os.unlink(notify.path)
         os.unlink(settings.socket_path)
         return 1
     config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
     state = initial_state(config, settings.verbosity)
-    return _run(state, settings, environ, prepared, log, Handoff(), listeners, server)
+    return _run(state, settings, environ, prepared, log, Handoff(), listeners, server, notify=notify)
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,10 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
     listeners = [_restored_listener(d) for d in handoff.claim(LISTENER)]
     try:
         server, connections = restored_server(handoff)
-    except (ValueError, KeyError, OSError) as error:
+        notify = NotifyServer.restored(handoff, log)
+        if notify is None and settings.notify_path is not None:  # the old image had no -m notify
+            notify = NotifyServer.open(settings.notify_path, log)
+    except (ValueError, KeyError, OSError, SetupError) as error:
         return abandon_workers(settings, log, f"could not adopt the command server: {error}")
     for leftover in handoff.unclaimed():
         log.info(f"Closing descriptor {leftover.fd} ({leftover.kind}) handed over by the old master: nothing here adopts it")
@@ -193,6 +203,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         restored=True,
         connections=connections,
         helpers=restored.helpers,
+        notify=notify,
     )
 
 
@@ -217,6 +228,7 @@ def _run(
     restored: bool = False,
     connections: Sequence[RestoredConnection] = (),
     helpers: Sequence[int] = (),
+    notify: NotifyServer | None = None,
 ) -> int:
     """Serve with these listeners, registered with the hand-off registry so that they survive the next re-exec."""
     handoff.register(lambda: [_listener_descriptor(n, listener) for n, listener in enumerate(listeners)])
@@ -235,7 +247,8 @@ def _run(
         prepare_child=prepared.prepare_child,
         listener_names=[listener.name for listener in listeners],
     )
-    master = Master(state, shell_options(settings, environ, launch, prepared.spawn), server, log, handoff, connections, helpers)
+    options = shell_options(settings, environ, launch, prepared.spawn)
+    master = Master(state, options, server, log, handoff, connections, helpers, notify=notify, supervisor=supervisor_of(environ, log))
     return master.run(restored=restored)
 
 

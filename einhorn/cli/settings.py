@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from einhorn import __version__
 from einhorn.core.config import Config, Display
 from einhorn.io.loop import ShellOptions
+from einhorn.io.notify import notify_socket_path
 from einhorn.io.sockets import BindSpec
 from einhorn.io.spawn import Spawned, WorkerLaunch, pdeathsig_available
 
@@ -80,6 +81,16 @@ class Settings:
     # systemd and containers.
     listen_fds: bool = False
     """`--listen-fds`: workers get systemd's convention (listeners at 3, 4, ...; LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)."""
+    ack_notify: bool = False
+    """`-m notify`: workers ACK with sd_notify's READY=1 on the master's notify socket (`notify_path`)."""
+    supervised: bool = False
+    """`NOTIFY_SOCKET` is in the master's environment: it notifies its supervisor (systemd)."""
+    watchdog_interval: float | None = None
+    """`WATCHDOG_USEC` (for this pid, if `WATCHDOG_PID` says), in seconds."""
+
+    @property
+    def notify_path(self) -> str | None:
+        return notify_socket_path(self.socket_path) if self.ack_notify else None
 
     @property
     def unix_listener_paths(self) -> tuple[str, ...]:
@@ -89,7 +100,8 @@ class Settings:
     def owned_paths(self) -> tuple[str, ...]:
         """The files the master creates (its pidfile, its command socket, its UNIX listeners): removed
         when it exits, and only then (a re-exec keeps them)."""
-        return self.pidfile, self.socket_path, *self.unix_listener_paths
+        notify = () if self.notify_path is None else (self.notify_path,)
+        return self.pidfile, self.socket_path, *notify, *self.unix_listener_paths
 
 
 def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Config:
@@ -97,6 +109,9 @@ def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Conf
     return Config(
         number=settings.number,
         ack_timer=settings.ack_timer,
+        notify_acks=settings.ack_notify,
+        supervised=settings.supervised,
+        watchdog_interval=settings.watchdog_interval,
         seconds=settings.seconds,
         max_unacked=settings.max_unacked,
         max_upgrade_additional=settings.max_upgrade_additional,
@@ -142,6 +157,7 @@ def worker_launch(
         prepare_child=prepare_child,
         listen_fds=settings.listen_fds,
         listener_names=tuple(listener_names) or ("",) * len(listeners),
+        notify_socket=settings.notify_path,
     )
 
 

@@ -61,6 +61,8 @@ class Config:
 
     number: int = 1
     ack_timer: float | None = 1.0
+    notify_acks: bool = False
+    """`-m notify`: with `ack_timer` None, `READY=1` on the notify socket ACKs a worker (as `worker:ack` does)."""
     seconds: float = 1.0
     max_unacked: int = 1
     max_upgrade_additional: int | None = None
@@ -68,12 +70,18 @@ class Config:
     graceful_signal: str = "USR2"
     """What "finish and exit" is sent as (`--graceful-signal`): upgrade culls, surplus, make-room,
     `die` without argument, the master's SIGINT/SIGUSR2."""
+    supervised: bool = False
+    """`NOTIFY_SOCKET` is in the master's environment: tell the supervisor (systemd) how the master is (`notify.py`)."""
+    watchdog_interval: float | None = None
+    """Seconds of systemd's watchdog (`WATCHDOG_USEC`): `WATCHDOG=1` goes out every half of it."""
     einhorn_version: str = ""
     display: Display = Display()
 
     @property
     def ack_mode(self) -> str:
-        return "manual" if self.ack_timer is None else "timer"
+        if self.ack_timer is not None:
+            return "timer"
+        return "notify" if self.notify_acks else "manual"
 
 
 RUNTIME_SETTINGS = ("number", "seconds", "max_unacked", "max_upgrade_additional", "signal_timeout")

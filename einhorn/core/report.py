@@ -36,7 +36,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
     config = state.config
     shown = config.display
     ack_mode: dict[str, object] = (
-        {"type": Symbol("manual")} if config.ack_timer is None else {"type": Symbol("timer"), "timeout": config.ack_timer}
+        {"type": Symbol(config.ack_mode)} if config.ack_timer is None else {"type": Symbol("timer"), "timeout": config.ack_timer}
     )
     return {
         "state": {
@@ -90,4 +90,5 @@ def _child(child: Child, at: Callable[[float | None], Timestamp | None]) -> dict
         "spinup_time": at(child.spinup_at),
         "pinged_at": at(child.pinged_at),
         "pinged_request_id": child.pinged_request_id,
+        "status": child.status,
     }

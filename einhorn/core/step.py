@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar, assert_never
 
-from einhorn.core import pool, upgrade
+from einhorn.core import notify, pool, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
@@ -37,6 +37,7 @@ from einhorn.core.events import (
     Tick,
     UpgradeCheckFailed,
     UpgradeCheckPassed,
+    WorkerNotified,
     WorkerSpawned,
 )
 from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind
@@ -73,10 +74,13 @@ def step(state: State, event: Event) -> Outcome:
             state, effects = upgrade.on_check_failed(state, event)
         case ReexecFailed():
             state, effects = upgrade.on_reexec_failed(state, event)
+        case WorkerNotified():
+            state, effects = notify.on_worker_notified(state, event)
         case _:
             assert_never(event)
     state, more = reconcile(state)
-    return state, [*effects, *more, *_held_notice(previous, state)]
+    state, told = notify.tell_supervisor(previous, state)
+    return state, [*effects, *more, *_held_notice(previous, state), *told]
 
 
 def next_deadline(state: State) -> float | None:
@@ -249,7 +253,8 @@ TIMER_ACKS = Timer(lambda state: _ack_timer_due(state), lambda state, pid: regis
 ESCALATION = Timer(lambda state: _escalation_due(state), lambda state, pid: _escalate(state, pid))
 CHECK_DEADLINE = Timer(lambda state: _check_due(state), lambda state, _: upgrade.fail_overdue_check(state))
 GRADUAL_SPINUP = Timer(lambda state: _spinup_due(state), lambda state, _: _spin_up_gradually(state))
-TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP)
+WATCHDOG = Timer(lambda state: notify.watchdog_due(state), lambda state, subject: notify.ping_watchdog(state, subject))
+TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP, WATCHDOG)
 
 
 def _fire(timer: Timer, state: State) -> Outcome:
@@ -273,6 +278,7 @@ def reconcile(state: State) -> Outcome:
         lambda s: _fire(GRADUAL_SPINUP, s),
         _cull,
         _maybe_exit,
+        lambda s: _fire(WATCHDOG, s),
     )
     for phase in phases:
         state, more = phase(state)
