@@ -106,6 +106,7 @@ OPTIONS = (
         "workers keep the master's level (RENICE_CMD: default /usr/bin/renice)",
     ),
     Option("--listen-fds", None, None, "Also hand workers systemd's convention: listeners at fds 3, 4, ... with LISTEN_FDS,\nLISTEN_PID and LISTEN_FDNAMES (for servers that support socket activation)"),
+    Option("--subreaper", None, None, "Adopt orphaned descendants and reap them quietly (PR_SET_CHILD_SUBREAPER), and treat\nSIGTERM as a graceful shutdown: as when einhorn is PID 1 (a container's init)"),
     Option("--with-state-fd", None, "STATE", "With file descriptor containing state", internal=True),
     Option("--upgrade-check", None, None, "Check if Einhorn can exec itself and exit with status 0", internal=True),
     Option("--version", None, None, "Show version"),
@@ -219,6 +220,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         upgrade_check=args.upgrade_check,
         listen_fds=args.listen_fds,
         ack_notify=ack_notify,
+        subreaper=args.subreaper,
+        reaper=args.subreaper or os.getpid() == 1,
         supervised=bool(environ.get("NOTIFY_SOCKET")),
         watchdog_interval=_watchdog_interval(environ),
     )

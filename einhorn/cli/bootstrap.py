@@ -30,7 +30,7 @@ from einhorn.io.logs import Logger
 from einhorn.io.loop import Master
 from einhorn.io.notify import NotifyServer, supervisor_of
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, listener_address, open_command_socket
-from einhorn.io.spawn import pdeathsig_available, spawn_worker
+from einhorn.io.spawn import become_child_subreaper, pdeathsig_available, spawn_worker
 
 LISTENER = "listener"
 """The hand-off kind of the `-b` listening sockets (in `-b` order)."""
@@ -79,6 +79,11 @@ def prepare(settings: Settings, log: Logger) -> Prepared:
     if nice.worker is not None:
         nice_levels.warn_if_unprivileged(nice.worker, "workers", log)
         prepare_child = nice_levels.worker_hook(nice.worker, nice.renice_cmd, log)
+    if settings.subreaper:
+        try:
+            become_child_subreaper()
+        except (OSError, AttributeError) as error:
+            log.error(f"--subreaper: could not become a child subreaper (PR_SET_CHILD_SUBREAPER): {error}")
     if settings.kill_children_on_exit and not pdeathsig_available():
         log.info("-k: the parent-death signal (PR_SET_PDEATHSIG) is unavailable on this platform: workers get USR2 when the master exits, but not if it is killed")
     if settings.preload is not None:

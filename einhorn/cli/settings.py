@@ -83,6 +83,10 @@ class Settings:
     """`--listen-fds`: workers get systemd's convention (listeners at 3, 4, ...; LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)."""
     ack_notify: bool = False
     """`-m notify`: workers ACK with sd_notify's READY=1 on the master's notify socket (`notify_path`)."""
+    subreaper: bool = False
+    """`--subreaper`: PR_SET_CHILD_SUBREAPER at start."""
+    reaper: bool = False
+    """`--subreaper`, or einhorn is PID 1: orphans are reaped quietly and SIGTERM is graceful (the core's `reaper`)."""
     supervised: bool = False
     """`NOTIFY_SOCKET` is in the master's environment: it notifies its supervisor (systemd)."""
     watchdog_interval: float | None = None
@@ -110,6 +114,7 @@ def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Conf
         number=settings.number,
         ack_timer=settings.ack_timer,
         notify_acks=settings.ack_notify,
+        reaper=settings.reaper,
         supervised=settings.supervised,
         watchdog_interval=settings.watchdog_interval,
         seconds=settings.seconds,

@@ -70,6 +70,9 @@ class Config:
     graceful_signal: str = "USR2"
     """What "finish and exit" is sent as (`--graceful-signal`): upgrade culls, surplus, make-room,
     `die` without argument, the master's SIGINT/SIGUSR2."""
+    reaper: bool = False
+    """PID 1 (a container's init) or `--subreaper`: orphaned descendants are reaped here, quietly, and
+    SIGTERM (a container's stop) is a graceful shutdown, as SIGINT."""
     supervised: bool = False
     """`NOTIFY_SOCKET` is in the master's environment: tell the supervisor (systemd) how the master is (`notify.py`)."""
     watchdog_interval: float | None = None

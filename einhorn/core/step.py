@@ -142,6 +142,8 @@ def _on_spawn_failed(state: State, event: SpawnFailed) -> Outcome:
 def _on_child_exited(state: State, event: ChildExited) -> Outcome:
     child = state.children.get(event.pid)
     if child is None:
+        if state.config.reaper:  # an orphan of some worker's, adopted: nothing to tell
+            return state, [Log(LogLevel.DEBUG, f"Reaped orphaned process {event.pid} ({_describe_exit(event)})")]
         return state, [Log(LogLevel.INFO, f"Reaped unknown process {event.pid} ({_describe_exit(event)}); ignoring")]
     state = replace(state, children=_without(state.children, event.pid))
     extra = ""
@@ -160,6 +162,8 @@ def _describe_exit(event: ChildExited) -> str:
 def _on_signal(state: State, event: SignalReceived) -> Outcome:
     match event.signal:
         case "INT" | "USR2":
+            return _shut_down(state, event.signal, state.config.graceful_signal)
+        case "TERM" if state.config.reaper:  # a container's stop: finish, as SIGINT
             return _shut_down(state, event.signal, state.config.graceful_signal)
         case "TERM":
             return _shut_down(state, event.signal, "TERM")

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import ctypes
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 # glibc reports a failed exec from posix_spawn (since 2.24); elsewhere the fork path does.
 POSIX_SPAWN = hasattr(os, "posix_spawn") and sys.platform.startswith("linux")
 
@@ -265,5 +266,15 @@ def set_parent_death_signal(signum: int) -> None:
 
     libc = _libc if _libc is not None else ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def become_child_subreaper() -> None:
+    """`--subreaper`: orphaned descendants are re-parented to this process (Linux 3.4+); OSError if refused."""
+    import ctypes
+
+    libc = _libc if _libc is not None else ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))

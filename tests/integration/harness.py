@@ -193,7 +193,9 @@ class Harness:
         self.count = 0
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EINHORN_")}
+        # Nor what a supervisor running the tests told their process (systemd's NOTIFY_SOCKET...).
+        supervisor = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EINHORN_") and k not in supervisor}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', os.defpath)}"
         env["TMPDIR"] = str(self.directory)
         env[TAG_VARIABLE] = self.tag

@@ -266,3 +266,17 @@ def test_a_program_that_cannot_be_found() -> None:
 def test_a_bad_bind_is_a_setup_error_naming_it() -> None:
     with pytest.raises(SetupError, match='"nohost"'):
         parse(["-b", "nohost", PROGRAM], ENV)
+
+
+def test_subreaper_makes_a_reaper() -> None:
+    given = settings("--subreaper")
+    assert given.subreaper and given.reaper
+    assert not settings().reaper  # not PID 1 here
+
+
+def test_the_supervisor_and_its_watchdog_come_from_the_environment() -> None:
+    given = parse([PROGRAM], {**ENV, "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "3000000"})
+    assert isinstance(given, Settings) and given.supervised and given.watchdog_interval == 3.0
+    other = parse([PROGRAM], {**ENV, "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"})
+    assert isinstance(other, Settings) and not other.supervised and other.watchdog_interval is None  # another pid's
+    assert settings("-m", "notify").ack_notify and settings("-m", "notify").ack_timer is None

@@ -945,3 +945,17 @@ def test_make_room_uses_the_graceful_signal() -> None:
     state, _ = run(state, ChildExited(1001, 1, None, 5.0), Tick(6.0), WorkerSpawned(2, 1002, 6.0))
     state, effects = run(state, SignalReceived("HUP", 10.0), MasterStarted(10.0, restored=True))
     assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1002, "TERM", Cause.MAKE_ROOM)]
+
+
+# --- PID 1 and --subreaper ------------------------------------------------------------------
+
+
+def test_as_a_reaper_orphans_are_reaped_quietly_and_sigterm_is_graceful() -> None:
+    state = up(make_config(number=2, reaper=True))
+    _, effects = step(state, ChildExited(4242, 0, None, 1.0))
+    assert effects == [debug("Reaped orphaned process 4242 (exit status 0)")]
+    state, effects = step(state, SignalReceived("TERM", 2.0))
+    assert effects[0] == info("Received SIGTERM: sent SIGUSR2 to all children; exiting once they are gone")
+    assert signals(effects) == [(1000, "USR2"), (1001, "USR2")] and state.shutdown_signal == "USR2"
+    _, effects = step(up(make_config(number=1, reaper=True, graceful_signal="QUIT")), SignalReceived("TERM", 2.0))
+    assert signals(effects) == [(1000, "QUIT")]
