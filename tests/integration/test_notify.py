@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import struct
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Harness
+from tests.integration.supervisor import Supervisor
 from tests.integration.upgrade_helpers import upgrade
 from tests.integration.waiting import wait_until
 from tests.integration.workers import REPO
@@ -64,39 +62,6 @@ def test_a_server_that_only_speaks_sd_notify_is_acked_once_it_says_ready(harness
 
 
 # --- the master's own notifications ---------------------------------------------------------
-
-
-class Supervisor:
-    """A test-owned NOTIFY_SOCKET, read promptly by a thread as systemd would: (when, sender pid, fields)."""
-
-    def __init__(self, path: Path) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.sock.settimeout(0.1)
-        self.path = str(path)
-        self.got: list[tuple[float, int, dict[str, str]]] = []
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                data, ancillary, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
-            except TimeoutError:
-                continue
-            pid = next(struct.unpack("3i", payload[:12])[0] for _, kind, payload in ancillary if kind == socket.SCM_CREDENTIALS)
-            fields = dict(line.split("=", 1) for line in data.decode().split("\n"))
-            self.got.append((time.monotonic(), pid, fields))
-
-    def heard(self, key: str, count: int = 1) -> bool:
-        return sum(1 for _, _, f in list(self.got) if key in f) >= count
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
 
 
 @pytest.fixture

@@ -3,15 +3,20 @@ both directions (`-b systemd`, `--listen-fds`)."""
 
 from __future__ import annotations
 
+import configparser
 import os
+import shlex
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 
 import pytest
 
-from tests.integration.harness import TAG_VARIABLE, Harness
+from tests.integration.harness import BIN, TAG_VARIABLE, Harness
 from tests.integration.procfs import environ_of, fds_of
+from tests.integration.supervisor import Supervisor
 from tests.integration.upgrade_helpers import upgrade
 from tests.integration.waiting import wait_until
 from tests.integration.workers import REPO
@@ -103,3 +108,81 @@ def test_listen_fds_hands_workers_the_systemd_convention(harness: Harness) -> No
     new = master.wait_workers(2)
     assert environ_of(new[0])["LISTEN_PID"] == str(new[0])
     get(port)
+
+
+# --- the documented units (docs/systemd/), run as systemd would run them ------------------------------
+
+UNITS = REPO / "docs" / "systemd"
+EXAMPLE = REPO / "example"
+
+
+def unit(name: str, port: int | None = None) -> dict[str, dict[str, str]]:
+    """The unit file as sections of settings, with the documentation's paths made this machine's."""
+    text = (UNITS / name).read_text()
+    text = text.replace("/usr/local/bin/einhorn", str(BIN / "einhorn")).replace("/srv/app/venv/bin/gunicorn", str(BIN / "gunicorn"))
+    text = text.replace("/srv/app", str(EXAMPLE))
+    if port is not None:
+        text = text.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    return {section: dict(parser[section]) for section in parser.sections()}
+
+
+def unit_text(name: str) -> str:
+    return "\n".join(f"[{section}]\n" + "".join(f"{k}={v}\n" for k, v in settings.items()) for section, settings in unit(name).items())
+
+
+def test_the_documented_units_pass_systemd_analyze_verify(harness: Harness) -> None:
+    analyze = tool("systemd-analyze")
+    if not (BIN / "gunicorn").exists():
+        pytest.skip("gunicorn is not installed (the test extra has it)")
+    for name in ("app.socket", "app.service"):
+        (harness.directory / name).write_text(unit_text(name))
+    result = subprocess.run(
+        [analyze, "verify", "./app.socket", "./app.service"], cwd=harness.directory, capture_output=True, text=True, timeout=60
+    )
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_the_documented_service_starts_reloads_and_stops_as_under_systemd(harness: Harness) -> None:
+    """What systemd does with app.socket + app.service, step by step, with systemd's own socket-activate:
+    the socket passed as `web`, NOTIFY_SOCKET and WATCHDOG_USEC set, ExecReload run with $MAINPID,
+    KillSignal sent to the main process only (KillMode=mixed)."""
+    activate = tool("systemd-socket-activate")
+    if not (BIN / "gunicorn").exists():
+        pytest.skip("gunicorn is not installed (the test extra has it)")
+    port = free_port()
+    socket_unit, service = unit("app.socket", port)["Socket"], unit("app.service")["Service"]
+    assert (service["Type"], service["NotifyAccess"], service["KillMode"]) == ("notify", "main", "mixed")
+    supervisor = Supervisor(harness.directory / "notify")
+    try:
+        words = shlex.split(service["ExecStart"])
+        split = words.index("--")
+        options, program = words[1:split], words[split + 1 :]
+        prefix = [
+            activate, "-l", socket_unit["ListenStream"], f"--fdname={socket_unit['FileDescriptorName']}",
+            "-E", TAG_VARIABLE, "-E", "TMPDIR", "-E", f"NOTIFY_SOCKET={supervisor.path}",
+            "-E", f"WATCHDOG_USEC={int(service['WatchdogSec']) * 1_000_000}",
+        ]  # fmt: skip
+        master = harness.start(*options, program=program, prefix=prefix, wait=False)
+        wait_until(lambda: _get_once_listening(port), 10, "the socket unit listening")
+        master.wait_up(30)
+        wait_until(lambda: supervisor.heard("READY"), 30, "READY=1: all 4 workers ACKed")
+        main_pid = master.pid  # systemd-socket-activate exec'd einhorn in place: MAINPID
+        assert len(master.workers()) == 4
+
+        reload = service["ExecReload"].replace("/bin/kill", shutil.which("kill") or "/bin/kill")
+        subprocess.run(["sh", "-c", reload], env={**os.environ, "MAINPID": str(main_pid)}, check=True, timeout=10)
+        wait_until(lambda: supervisor.heard("READY", 2), 60, "READY=1 after the reload")
+        assert master.state()["version"] == 1 and master.pid == main_pid
+        get(port)
+
+        os.kill(main_pid, signal.Signals[service["KillSignal"]])
+        assert master.wait_exit(int(service["TimeoutStopSec"])) == 0
+        wait_until(lambda: supervisor.heard("STOPPING"), 5, "STOPPING=1")
+        said = [next(k for k in ("READY", "RELOADING", "STOPPING") if k in f) for _, _, f in supervisor.got if {"READY", "RELOADING", "STOPPING"} & set(f)]
+        assert said == ["READY", "RELOADING", "READY", "STOPPING"]
+        assert {pid for _, pid, _ in supervisor.got} == {main_pid}
+    finally:
+        supervisor.close()
