@@ -33,7 +33,8 @@ def on_worker_notified(state: State, event: WorkerNotified) -> Outcome:
     child = state.children.get(event.pid)
     fields = event.fields
     if child is None:
-        return state, [Log(LogLevel.INFO, f"Notification from {event.pid}, which is not a worker; ignoring: {_shown(fields)}")]
+        hint = " (from a worker's shell, `systemd-notify --pid=$$ --ready` speaks for the worker)" if "READY" in fields else ""
+        return state, [Log(LogLevel.INFO, f"Notification from {event.pid}, which is not a worker; ignoring: {_shown(fields)}{hint}")]
     effects: list[Effect] = [Log(LogLevel.DEBUG, f"Notification from {event.pid}: {_shown(fields)}")]
     if "STATUS" in fields:
         child = replace(child, status=fields["STATUS"])

@@ -68,7 +68,11 @@ def test_a_notification_from_another_process_is_logged_and_ignored() -> None:
     state = spawned(NOTIFY)
     after, effects = step(state, notified(4242, READY="1"))
     assert after.children == state.children
-    assert effects[0] == Log(LogLevel.INFO, "Notification from 4242, which is not a worker; ignoring: READY=1")
+    assert effects[0] == Log(
+        LogLevel.INFO,
+        "Notification from 4242, which is not a worker; ignoring: READY=1"
+        " (from a worker's shell, `systemd-notify --pid=$$ --ready` speaks for the worker)",
+    )
 
 
 def test_worker_ack_still_works_in_notify_mode() -> None:
