@@ -160,7 +160,7 @@ def test_bug_old_workers_signalled_twice(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_bug_a_cull_forgets_the_graceful_signal(monkeypatch: pytest.MonkeyPatch) -> None:
     """The cull sends USR2 whatever `--graceful-signal` says (as before it existed): T15."""
-    real = step.signal_children
+    real = actions.signal_children
 
     def usr2_always(state: State, signal: str, pids: Sequence[int], cause: Cause, record: bool = True) -> Outcome:
         return real(state, "USR2" if cause is Cause.UPGRADE else signal, pids, cause, record)
