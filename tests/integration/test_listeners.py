@@ -13,7 +13,7 @@ import pytest
 
 from tests.integration.harness import Harness, Master
 from tests.integration.procfs import environ_of
-from tests.integration.upgrade_helpers import upgrade
+from tests.integration.upgrade_helpers import unix_listener_inode, upgrade
 from tests.integration.waiting import wait_until
 from tests.integration.workers import REPO
 
@@ -61,6 +61,7 @@ def test_a_unix_listener_from_stale_file_to_exit(harness: Harness) -> None:
     assert master.state()["bound_ports"] == [None]
     assert stat.S_IMODE(path.lstat().st_mode) == 0o660
     inode = path.lstat().st_ino
+    listening = unix_listener_inode(str(path))
     workers = master.wait_workers(3)
     env = environ_of(workers[0])
     assert (env["EINHORN_FD_FAMILY_0"], env["EINHORN_FDS"]) == ("AF_UNIX", env["EINHORN_FD_0"])
@@ -73,7 +74,7 @@ def test_a_unix_listener_from_stale_file_to_exit(harness: Harness) -> None:
         upgrade(master)
         new = master.wait_workers(3)
         assert all(master.workers()[pid]["version"] == version for pid in new)
-        assert path.lstat().st_ino == inode  # the same file, and the same socket behind it
+        assert path.lstat().st_ino == inode and unix_listener_inode(str(path)) == listening  # the same file and socket
         assert answering_pids(socket.AF_UNIX, str(path), set(new)) == set(new)
 
     os.kill(master.pid, 2)

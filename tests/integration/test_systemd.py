@@ -83,6 +83,26 @@ def test_socket_activated_by_systemd_socket_activate_serves_and_upgrades(harness
     assert master.wait_exit() == 0
 
 
+def test_b_systemd_name_adopts_only_that_socket_and_closes_the_others(harness: Harness) -> None:
+    activate = tool("systemd-socket-activate")
+    web, admin = free_port(), free_port()
+    prefix = [activate, "-l", f"127.0.0.1:{web}", "-l", f"127.0.0.1:{admin}", "--fdname=web:admin", "-E", TAG_VARIABLE, "-E", "TMPDIR"]
+    master = harness.start("-n", "1", "-m", "0.1", "-b", "systemd:admin", program=["sleep", "60"], prefix=prefix, wait=False)
+    wait_until(lambda: _connects(admin), 10, "systemd-socket-activate listening")  # starts einhorn
+    master.wait_up()
+    assert master.state()["listeners"] == [{"family": "AF_INET", "address": f"127.0.0.1:{admin}", "name": "admin"}]
+    master.wait_log(r"Closing fd 3 \(web\) passed by systemd: no -b systemd adopts it")
+    (pid,) = master.wait_workers(1)
+    assert environ_of(pid)["EINHORN_FD_0"] == "4" and 3 not in fds_of(pid)
+    assert not _connects(web)  # closed: nobody holds `web` any more
+
+
+def _connects(port: int) -> bool:
+    with socket.socket() as client:
+        client.settimeout(2)
+        return client.connect_ex(("127.0.0.1", port)) == 0
+
+
 def test_b_systemd_without_activation_says_why(harness: Harness) -> None:
     result = harness.run("-d", str(harness.directory / "s"), "-b", "systemd", "--", "sleep", "30")
     assert result.returncode == 1
