@@ -191,7 +191,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         if notify is None and settings.notify_path is not None:  # the old image had no -m notify
             notify = NotifyServer.open(settings.notify_path, log)
     except (ValueError, KeyError, OSError, SetupError) as error:
-        return abandon_workers(settings, log, f"could not adopt the command server: {error}")
+        return abandon_workers(settings, log, f"could not adopt the command server or the notify socket: {error}")
     for leftover in handoff.unclaimed():
         log.info(f"Closing descriptor {leftover.fd} ({leftover.kind}) handed over by the old master: nothing here adopts it")
         with contextlib.suppress(OSError):

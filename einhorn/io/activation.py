@@ -60,10 +60,12 @@ class Activation:
         return adopted
 
     def close_untaken(self, log: Logger) -> None:
-        """Close the passed sockets no `-b systemd` adopted: they must not leak into workers."""
+        """Close the passed sockets no `-b systemd` adopted: they must not leak into workers. Once: a
+        closed fd number may be reused at once, so it counts as taken from then on."""
         for item in self.passed:
             if item.fd not in self.taken:
                 log.info(f"Closing fd {item.fd} ({item.name}) passed by systemd: no -b systemd adopts it")
+                self.taken.add(item.fd)
                 with contextlib.suppress(OSError):
                     os.close(item.fd)
 

@@ -78,5 +78,9 @@ def test_untaken_sockets_are_closed(listening: list[socket.socket]) -> None:
     activation.close_untaken(Logger(verbosity=2))
     with pytest.raises(OSError):
         os.fstat(fds[1])
+    reused = os.dup(web.fileno())  # the lowest free number: most likely the one just closed
+    activation.close_untaken(Logger(verbosity=2))  # again (an error path): closes nothing
+    os.fstat(reused)
+    os.close(reused)
     assert web.fileno() == fds[0]
     web.close()
