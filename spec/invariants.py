@@ -404,8 +404,8 @@ def _causes(event: Event, after: State, signals: Sequence[SendSignal]) -> list[s
                 problems.append(f"T15: {sig.signal} to {sig.pid} as a shutdown's (respawn {after.respawn}, shutdown signal {after.shutdown_signal})")
             case Cause.ESCALATION if sig.signal != "KILL":
                 problems.append(f"T15: {sig.signal} to {sig.pid} as an escalation")
-            case Cause.UPGRADE | Cause.MAKE_ROOM | Cause.SURPLUS if sig.signal == "KILL":
-                problems.append(f"T15: SIGKILL to {sig.pid} for {sig.cause.value}")
+            case Cause.UPGRADE | Cause.MAKE_ROOM | Cause.SURPLUS if sig.signal != after.config.graceful_signal:
+                problems.append(f"T15: {sig.signal} to {sig.pid} for {sig.cause.value}, not the graceful signal {after.config.graceful_signal}")
     return problems
 
 

@@ -93,6 +93,7 @@ class Scenario:
     signal_timeout: int | None
     ack_timer: float | None
     seconds: float = 1.0
+    graceful_signal: str = "USR2"
 
     def config(self) -> Config:
         return Config(
@@ -102,6 +103,7 @@ class Scenario:
             max_unacked=self.max_unacked,
             max_upgrade_additional=self.max_upgrade_additional,
             signal_timeout=self.signal_timeout,
+            graceful_signal=self.graceful_signal,
             einhorn_version="model",
         )
 
@@ -112,6 +114,7 @@ class Scenario:
         return (
             f"number={self.number} max_unacked={self.max_unacked} max_upgrade_additional={extra}"
             f" signal_timeout={timeout} ack={ack} seconds={self.seconds:g}"
+            + ("" if self.graceful_signal == "USR2" else f" graceful_signal={self.graceful_signal}")
         )
 
 

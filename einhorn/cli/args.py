@@ -19,6 +19,7 @@ from typing import Literal
 
 from einhorn.cli.settings import Nice, Settings
 from einhorn.core.config import MAX_WORKERS
+from einhorn.core.signals import graceful_signal_problem, normalize_signal
 from einhorn.io.sockets import parse_bind
 
 
@@ -55,7 +56,15 @@ class Option:
 
 
 OPTIONS = (
-    Option("--bind", "-b", "ADDR", "Bind HOST:PORT[,r][,n] and pass the FD to workers (repeatable; port 0 = any)", repeat=True),
+    Option(
+        "--bind",
+        "-b",
+        "ADDR",
+        "Bind HOST:PORT[,r][,n], [V6]:PORT, unix:PATH or adopt systemd[:NAME]'s sockets;\n"
+        "pass the FD to workers (repeatable; port 0 = any; flags: reuseport, v6only,\n"
+        "backlog=N, mode=0660 for UNIX)",
+        repeat=True,
+    ),
     Option("--command-name", "-c", "CMD_NAME", "Set the command name in ps; also names the default socket/pid/lock files"),
     Option("--socket-path", "-d", "PATH", "Where to open the Einhorn command socket"),
     Option("--pidfile", "-e", "PIDFILE", "Where to write out the Einhorn pidfile"),
@@ -64,13 +73,27 @@ OPTIONS = (
     Option("--help", "-h", None, "Display this message"),
     Option("--kill-children-on-exit", "-k", None, "If Einhorn exits unexpectedly, gracefully kill all its children"),
     Option("--backlog", "-l", "N", "Connection backlog (default 100)", default="100"),
-    Option("--ack-mode", "-m", "MODE", "FLOAT (seconds until assumed alive, default 1) or manual", default="1"),
+    Option(
+        "--ack-mode",
+        "-m",
+        "MODE",
+        "FLOAT (seconds until assumed alive, default 1), manual, or notify\n(READY=1 on the NOTIFY_SOCKET each worker gets, as systemd's sd_notify)",
+        default="1",
+    ),
     Option("--number", "-n", "N", "Number of copies to spin up (default 1)", default="1"),
     Option("--preload", "-p", "PATH", "Load this Python file or module once, fork (no exec) per worker, call einhorn_main()"),
     Option("--quiet", "-q", None, "Make output quiet (can be reconfigured on the fly)", repeat=True),
     Option("--seconds", "-s", "N", "Base number of seconds between gradual spin-ups (default 1)", default="1"),
     Option("--verbose", "-v", None, "Make output verbose (can be reconfigured on the fly)", repeat=True),
     Option("--signal-timeout", "-t", "T", "If children do not react to signals after T seconds, escalate to SIGKILL", equals=True),
+    Option(
+        "--graceful-signal",
+        None,
+        "SIG",
+        "The signal that asks a worker to finish and exit (default USR2):\n"
+        "upgrades, dec, die, master SIGINT/SIGUSR2 (TERM, INT, QUIT for most servers)",
+        default="USR2",
+    ),
     Option("--max-unacked", None, "N", "At most N un-ACKed new workers at once during spin-up (default: CPU count)"),
     Option("--max-upgrade-additional", None, "N", "During an upgrade, never run more than number + N workers"),
     Option("--drop-env-var", None, "VAR_NAME", "Delete VAR_NAME from the environment that is restored on upgrade", repeat=True),
@@ -82,6 +105,8 @@ OPTIONS = (
         "Unix nice levels of the master and the workers; without WORKER,\n"
         "workers keep the master's level (RENICE_CMD: default /usr/bin/renice)",
     ),
+    Option("--listen-fds", None, None, "Also hand workers systemd's convention: listeners at fds 3, 4, ... with LISTEN_FDS,\nLISTEN_PID and LISTEN_FDNAMES (for servers that support socket activation)"),
+    Option("--subreaper", None, None, "Adopt orphaned descendants and reap them quietly (PR_SET_CHILD_SUBREAPER), and treat\nSIGTERM as a graceful shutdown: as when einhorn is PID 1 (a container's init)"),
     Option("--with-state-fd", None, "STATE", "With file descriptor containing state", internal=True),
     Option("--upgrade-check", None, None, "Check if Einhorn can exec itself and exit with status 0", internal=True),
     Option("--version", None, None, "Show version"),
@@ -148,7 +173,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
     number = _integer(args.number, "-n/--number", low=1, high=MAX_WORKERS)
     backlog = _integer(args.backlog, "-l/--backlog", low=0)
     seconds = _number(args.seconds, "-s/--seconds")
-    ack_timer = _ack_mode(args.ack_mode)
+    ack_timer, ack_notify = _ack_mode(args.ack_mode)
     signal_timeout = None if args.signal_timeout is None else _integer(args.signal_timeout, "-t/--signal-timeout", low=1)
     max_unacked = os.cpu_count() or 1
     if args.max_unacked is not None:
@@ -157,6 +182,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
     if args.max_upgrade_additional is not None:
         max_upgrade_additional = _integer(args.max_upgrade_additional, "--max-upgrade-additional", low=0)
     binds = tuple(parse_bind(text) for text in args.bind)
+    graceful_signal = _graceful_signal(args.graceful_signal)
+    if args.listen_fds and args.preload is not None:
+        raise UsageError("--listen-fds does not apply to preloaded (-p) workers: they find their sockets in EINHORN_FD_*")
     nice = _nice(args.nice)
     reexec_as = None if args.reexec_as is None else _command_line(args.reexec_as)
     with_state_fd = None if args.with_state_fd is None else _integer(args.with_state_fd, "--with-state-fd", low=0)
@@ -171,6 +199,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         max_unacked=max_unacked,
         max_upgrade_additional=max_upgrade_additional,
         signal_timeout=signal_timeout,
+        graceful_signal=graceful_signal,
         program=tuple(program),
         program_path=_resolve(program[0], environ),
         binds=binds,
@@ -189,6 +218,12 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         drop_env=tuple(args.drop_env_var),
         with_state_fd=with_state_fd,
         upgrade_check=args.upgrade_check,
+        listen_fds=args.listen_fds,
+        ack_notify=ack_notify,
+        subreaper=args.subreaper,
+        reaper=args.subreaper or os.getpid() == 1,
+        supervised=bool(environ.get("NOTIFY_SOCKET")),
+        watchdog_interval=_watchdog_interval(environ),
     )
 
 
@@ -257,16 +292,34 @@ def _number(text: str, flag: str) -> float:
     return value
 
 
-def _ack_mode(text: str) -> float | None:
-    if text == "manual":
-        return None
+def _ack_mode(text: str) -> tuple[float | None, bool]:
+    """The timer-ACK delay (None: ACKs come from the workers), and whether they come as sd_notify READY=1."""
+    if text in ("manual", "notify"):
+        return None, text == "notify"
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
     if not 0 <= value < 1e9:
-        raise UsageError(f"Invalid ack-mode {text!r} (valid modes: FLOAT or manual)")
-    return value
+        raise UsageError(f"Invalid ack-mode {text!r} (valid modes: FLOAT, manual or notify)")
+    return value, False
+
+
+def _graceful_signal(text: str) -> str:
+    problem = graceful_signal_problem(text)
+    if problem is not None:
+        raise UsageError(f"Invalid value for --graceful-signal: {text!r} ({problem})")
+    bare = normalize_signal(text)
+    assert bare is not None
+    return bare
+
+
+def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
+    """systemd's watchdog for this process (sd_watchdog_enabled): WATCHDOG_USEC, unless WATCHDOG_PID names another."""
+    usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
+        return None
+    return int(usec) / 1_000_000
 
 
 def _nice(text: str | None) -> Nice:

@@ -19,15 +19,18 @@ from typing import NoReturn
 
 from einhorn import __version__
 from einhorn.cli.settings import Settings, Spawner, core_config, shell_options, worker_launch
+from einhorn.core.config import ListenerInfo
 from einhorn.core.state import State, initial_state
 from einhorn.io import nice as nice_levels
 from einhorn.io import proctitle, reexec, signals
+from einhorn.io.activation import LISTEN_VARIABLES, Activation, passed_sockets, without_listen_variables
 from einhorn.io.control import RestoredConnection, restored_server
 from einhorn.io.handoff import Descriptor, Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.loop import Master
-from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, open_command_socket
-from einhorn.io.spawn import pdeathsig_available, spawn_worker
+from einhorn.io.notify import NotifyServer, supervisor_of
+from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, listener_address, open_command_socket
+from einhorn.io.spawn import become_child_subreaper, pdeathsig_available, spawn_worker
 
 LISTENER = "listener"
 """The hand-off kind of the `-b` listening sockets (in `-b` order)."""
@@ -76,6 +79,11 @@ def prepare(settings: Settings, log: Logger) -> Prepared:
     if nice.worker is not None:
         nice_levels.warn_if_unprivileged(nice.worker, "workers", log)
         prepare_child = nice_levels.worker_hook(nice.worker, nice.renice_cmd, log)
+    if settings.subreaper:
+        try:
+            become_child_subreaper()
+        except (OSError, AttributeError) as error:
+            log.error(f"--subreaper: could not become a child subreaper (PR_SET_CHILD_SUBREAPER): {error}")
     if settings.kill_children_on_exit and not pdeathsig_available():
         log.info("-k: the parent-death signal (PR_SET_PDEATHSIG) is unavailable on this platform: workers get USR2 when the master exits, but not if it is killed")
     if settings.preload is not None:
@@ -89,30 +97,80 @@ def prepare(settings: Settings, log: Logger) -> Prepared:
 
 
 def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared, log: Logger) -> int:
-    listeners: list[socket.socket] = []
+    activation = activation_of(environ)
+    environ = without_listen_variables(environ)
+    for name in LISTEN_VARIABLES:  # as sd_listen_fds(unset_environment=1): read once, by this process only
+        os.environ.pop(name, None)
+    listeners: list[Listener] = []
     try:
         server = open_command_socket(settings.socket_path, settings.lockfile, log)
     except SetupError as error:
         log.error(str(error))
+        activation.close_untaken(log)
         return 1
+    notify: NotifyServer | None = None
     try:
         for spec in settings.binds:
-            log.info(f"Binding to {spec.host}:{spec.port} with flags {_flag_names(spec)}")
-            listeners.append(bind_listener(spec, settings.backlog))
-            log.info(f"Bound {spec.text} on port {bound_port(listeners[-1])}")
+            listeners += open_listeners(spec, settings.backlog, activation, log)
+        activation.close_untaken(log)
+        if settings.notify_path is not None:
+            notify = NotifyServer.open(settings.notify_path, log)
         log.info(f"Writing PID to {settings.pidfile}")
         with open(settings.pidfile, "w") as f:
             f.write(str(os.getpid()))
     except (SetupError, OSError) as error:
         log.error(str(error))
         server.close()
-        for sock in listeners:
-            sock.close()
+        for listener in listeners:
+            if listener.path is not None:  # ours: bound here, never one found live
+                with contextlib.suppress(OSError):
+                    os.unlink(listener.path)
+            listener.sock.close()
+        activation.close_untaken(log)
+        if notify is not None:
+            notify.close()
+            os.unlink(notify.path)
         os.unlink(settings.socket_path)
         return 1
     config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
     state = initial_state(config, settings.verbosity)
-    return _run(state, settings, environ, prepared, log, Handoff(), listeners, server)
+    return _run(state, settings, environ, prepared, log, Handoff(), listeners, server, notify=notify)
+
+
+@dataclass(frozen=True)
+class Listener:
+    sock: socket.socket
+    name: str = ""
+    """systemd's name of an adopted socket (LISTEN_FDNAMES); "" for a `-b` address."""
+    path: str | None = None
+    """The UNIX socket file this master created (it is removed at the master's final exit)."""
+
+
+def activation_of(environ: Mapping[str, str]) -> Activation:
+    """The sockets systemd passed to this very process (`-b systemd`)."""
+    return passed_sockets(environ, os.getpid())
+
+
+def open_listeners(spec: BindSpec, backlog: int, activation: Activation, log: Logger) -> list[Listener]:
+    """The listeners of one `-b`: a bound address, or the sockets systemd passed (`-b systemd[:NAME]`)."""
+    if spec.systemd is not None:
+        adopted = [Listener(sock, name) for sock, name in activation.take(spec)]
+        for listener in adopted:
+            log.info(f"Adopted {listener.name} (fd {listener.sock.fileno()}) from systemd: {_where(listener.sock)}")
+        return adopted
+    if spec.path is not None:
+        log.info(f"Binding to unix:{spec.path} with flags {_flag_names(spec)}")
+        sock = bind_listener(spec, backlog, log)
+        log.info(f"Bound {spec.text} at {spec.path}")
+        return [Listener(sock, path=spec.path)]
+    log.info(f"Binding to {spec.host}:{spec.port} with flags {_flag_names(spec)}")
+    sock = bind_listener(spec, backlog, log)
+    log.info(f"Bound {spec.text} on port {bound_port(sock)}")
+    return [Listener(sock)]
+
+
+def _where(sock: socket.socket) -> str:
+    return f"{sock.family.name} {listener_address(sock)}"
 
 
 def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepared, log: Logger) -> int:
@@ -126,13 +184,14 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
     if note is not None:
         log.info(note)
     handoff = Handoff(restored.descriptors)
-    listeners = [socket.socket(fileno=d.fd) for d in handoff.claim(LISTENER)]
-    for sock in listeners:
-        sock.set_inheritable(True)
+    listeners = [_restored_listener(d) for d in handoff.claim(LISTENER)]
     try:
         server, connections = restored_server(handoff)
-    except (ValueError, KeyError, OSError) as error:
-        return abandon_workers(settings, log, f"could not adopt the command server: {error}")
+        notify = NotifyServer.restored(handoff, log)
+        if notify is None and settings.notify_path is not None:  # the old image had no -m notify
+            notify = NotifyServer.open(settings.notify_path, log)
+    except (ValueError, KeyError, OSError, SetupError) as error:
+        return abandon_workers(settings, log, f"could not adopt the command server or the notify socket: {error}")
     for leftover in handoff.unclaimed():
         log.info(f"Closing descriptor {leftover.fd} ({leftover.kind}) handed over by the old master: nothing here adopts it")
         with contextlib.suppress(OSError):
@@ -149,7 +208,16 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         restored=True,
         connections=connections,
         helpers=restored.helpers,
+        notify=notify,
     )
+
+
+def _restored_listener(descriptor: Descriptor) -> Listener:
+    sock = socket.socket(fileno=descriptor.fd)
+    sock.set_inheritable(True)
+    name = descriptor.data.get("name", "")
+    path = descriptor.data.get("path")
+    return Listener(sock, name if isinstance(name, str) else "", path if isinstance(path, str) else None)
 
 
 def _run(
@@ -159,20 +227,41 @@ def _run(
     prepared: Prepared,
     log: Logger,
     handoff: Handoff,
-    listeners: Sequence[socket.socket],
+    listeners: Sequence[Listener],
     server: socket.socket,
     *,
     restored: bool = False,
     connections: Sequence[RestoredConnection] = (),
     helpers: Sequence[int] = (),
+    notify: NotifyServer | None = None,
 ) -> int:
     """Serve with these listeners, registered with the hand-off registry so that they survive the next re-exec."""
-    handoff.register(lambda: [Descriptor(LISTENER, sock.fileno(), {"index": n}) for n, sock in enumerate(listeners)])
-    shown = replace(state.config.display, bound_ports=tuple(bound_port(sock) for sock in listeners))
+    handoff.register(lambda: [_listener_descriptor(n, listener) for n, listener in enumerate(listeners)])
+    socks = [listener.sock for listener in listeners]
+    shown = replace(
+        state.config.display,
+        bound_ports=tuple(bound_port(sock) for sock in socks),
+        listeners=tuple(ListenerInfo(x.sock.family.name, listener_address(x.sock), x.name) for x in listeners),
+    )
     state = replace(state, config=replace(state.config, display=shown))
-    launch = worker_launch(settings, environ, master_pid=os.getpid(), listeners=listeners, prepare_child=prepared.prepare_child)
-    master = Master(state, shell_options(settings, environ, launch, prepared.spawn), server, log, handoff, connections, helpers)
+    launch = worker_launch(
+        settings,
+        environ,
+        master_pid=os.getpid(),
+        listeners=socks,
+        prepare_child=prepared.prepare_child,
+        listener_names=[listener.name for listener in listeners],
+    )
+    options = shell_options(settings, environ, launch, prepared.spawn)
+    master = Master(state, options, server, log, handoff, connections, helpers, notify=notify, supervisor=supervisor_of(environ, log))
     return master.run(restored=restored)
+
+
+def _listener_descriptor(index: int, listener: Listener) -> Descriptor:
+    data: dict[str, object] = {"index": index, "name": listener.name}
+    if listener.path is not None:
+        data["path"] = listener.path
+    return Descriptor(LISTENER, listener.sock.fileno(), data)
 
 
 def abandon_workers(settings: Settings, log: Logger, error: str) -> int:
@@ -198,4 +287,9 @@ def abandon_workers(settings: Settings, log: Logger, error: str) -> int:
 
 
 def _flag_names(spec: BindSpec) -> list[str]:
-    return [name for name, on in (("so_reuseaddr", spec.reuseaddr), ("o_nonblock", spec.nonblock)) if on]
+    named = [name for name, on in (("so_reuseaddr", spec.reuseaddr), ("o_nonblock", spec.nonblock), ("reuseport", spec.reuseport), ("v6only", spec.v6only)) if on]
+    if spec.backlog is not None:
+        named.append(f"backlog={spec.backlog}")
+    if spec.mode is not None:
+        named.append(f"mode={spec.mode:04o}")
+    return named

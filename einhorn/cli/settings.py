@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from einhorn import __version__
 from einhorn.core.config import Config, Display
 from einhorn.io.loop import ShellOptions
+from einhorn.io.notify import notify_socket_path
 from einhorn.io.sockets import BindSpec
 from einhorn.io.spawn import Spawned, WorkerLaunch, pdeathsig_available
 
@@ -47,6 +48,8 @@ class Settings:
     max_unacked: int
     max_upgrade_additional: int | None
     signal_timeout: int | None
+    graceful_signal: str
+    """`--graceful-signal`, a bare name ("USR2")."""
 
     # The workers.
     program: tuple[str, ...]
@@ -75,10 +78,34 @@ class Settings:
     """Set in a re-exec'd master: where the old master's state document is."""
     upgrade_check: bool
 
+    # systemd and containers.
+    listen_fds: bool = False
+    """`--listen-fds`: workers get systemd's convention (listeners at 3, 4, ...; LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES)."""
+    ack_notify: bool = False
+    """`-m notify`: workers ACK with sd_notify's READY=1 on the master's notify socket (`notify_path`)."""
+    subreaper: bool = False
+    """`--subreaper`: PR_SET_CHILD_SUBREAPER at start."""
+    reaper: bool = False
+    """`--subreaper`, or einhorn is PID 1: orphans are reaped quietly and SIGTERM is graceful (the core's `reaper`)."""
+    supervised: bool = False
+    """`NOTIFY_SOCKET` is in the master's environment: it notifies its supervisor (systemd)."""
+    watchdog_interval: float | None = None
+    """`WATCHDOG_USEC` (for this pid, if `WATCHDOG_PID` says), in seconds."""
+
     @property
-    def owned_paths(self) -> tuple[str, str]:
-        """The files the master creates (its pidfile, its command socket): removed when it exits."""
-        return self.pidfile, self.socket_path
+    def notify_path(self) -> str | None:
+        return notify_socket_path(self.socket_path) if self.ack_notify else None
+
+    @property
+    def unix_listener_paths(self) -> tuple[str, ...]:
+        return tuple(spec.path for spec in self.binds if spec.path is not None)
+
+    @property
+    def owned_paths(self) -> tuple[str, ...]:
+        """The files the master creates (its pidfile, its command socket, its UNIX listeners): removed
+        when it exits, and only then (a re-exec keeps them)."""
+        notify = () if self.notify_path is None else (self.notify_path,)
+        return self.pidfile, self.socket_path, *notify, *self.unix_listener_paths
 
 
 def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Config:
@@ -86,10 +113,15 @@ def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Conf
     return Config(
         number=settings.number,
         ack_timer=settings.ack_timer,
+        notify_acks=settings.ack_notify,
+        reaper=settings.reaper,
+        supervised=settings.supervised,
+        watchdog_interval=settings.watchdog_interval,
         seconds=settings.seconds,
         max_unacked=settings.max_unacked,
         max_upgrade_additional=settings.max_upgrade_additional,
         signal_timeout=settings.signal_timeout,
+        graceful_signal=settings.graceful_signal,
         einhorn_version=__version__,
         display=Display(
             master_pid=master_pid,
@@ -114,6 +146,7 @@ def worker_launch(
     master_pid: int,
     listeners: Sequence[socket.socket],
     prepare_child: Callable[[], None] | None,
+    listener_names: Sequence[str] = (),
 ) -> WorkerLaunch:
     """How to start a worker: each listener with its family as the socket itself says (after a re-exec too)."""
     return WorkerLaunch(
@@ -125,7 +158,11 @@ def worker_launch(
         socket_path=settings.socket_path,
         master_pid=master_pid,
         pdeathsig=settings.kill_children_on_exit and pdeathsig_available(),
+        graceful_signal=settings.graceful_signal,
         prepare_child=prepare_child,
+        listen_fds=settings.listen_fds,
+        listener_names=tuple(listener_names) or ("",) * len(listeners),
+        notify_socket=settings.notify_path,
     )
 
 

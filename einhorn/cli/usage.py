@@ -45,6 +45,10 @@ with SO_REUSEADDR (flags: r/so_reuseaddr, n/o_nonblock); each worker finds the
 file descriptor numbers in EINHORN_FD_0, EINHORN_FD_1, ... (their families in
 EINHORN_FD_FAMILY_0, ...: AF_INET, AF_INET6, AF_UNIX), their count in
 EINHORN_FD_COUNT, and all of them space-separated in EINHORN_FDS (legacy).
+`-b [::1]:0`, `-b unix:/run/app.sock,mode=0660` and `-b systemd[:NAME]` (the
+sockets of a systemd socket unit) work the same; `--listen-fds` also hands
+workers systemd's convention (fds 3, 4, ...; LISTEN_FDS, LISTEN_PID), so that
+servers such as uvicorn, hypercorn and gunicorn run unmodified.
 
 ### Command socket
 
@@ -54,14 +58,23 @@ only its own user may use. `einhornsh` talks to it; workers ACK through it.
 ### Seamless upgrades
 
 `einhornsh upgrade` (or SIGHUP) re-execs the master with its state, spawns
-new workers and sends SIGUSR2 to each old worker as a new one ACKs. SIGUSR2
-should be interpreted as a request for a graceful shutdown.
+new workers and sends SIGUSR2 (or the --graceful-signal) to each old worker as
+a new one ACKs. It should be interpreted as a request for a graceful shutdown.
 
 ### ACKs
 
 With `-m manual` a worker is counted up only once it sends
 {"command":"worker:ack","pid":PID} to the command socket (the Python
-library: `einhorn.worker.ack()`). The default is a timer ACK of 1 second.
+library: `einhorn.worker.ack()`). With `-m notify` a worker is counted up once
+it sends sd_notify's READY=1 to the NOTIFY_SOCKET einhorn gives it. The default
+is a timer ACK of 1 second.
+
+### systemd and containers
+
+With NOTIFY_SOCKET set (a `Type=notify` service), einhorn tells systemd when it
+is ready, reloading and stopping; its pid never changes, so
+`ExecReload=kill -HUP $MAINPID` is a smooth upgrade. As PID 1 (or with
+`--subreaper`) it reaps orphans and treats SIGTERM as a graceful shutdown.
 """
 
 

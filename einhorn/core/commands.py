@@ -260,7 +260,7 @@ def _signal(state: State, request: Request) -> Outcome:
 
 
 def _die(state: State, request: Request) -> Outcome:
-    name = request.args[0] if request.args else "USR2"
+    name = request.args[0] if request.args else state.config.graceful_signal
     signal = normalize_signal(name)
     if signal is None:
         return _reply(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")

@@ -15,12 +15,24 @@ MAX_WORKERS = 1000
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerInfo:
+    """A listening socket as `state` shows it: `AF_INET`/`AF_INET6`/`AF_UNIX` and where it really is."""
+
+    family: str
+    address: str
+    """`127.0.0.1:8080`, `[::1]:8080`, or a UNIX socket's path."""
+    name: str = ""
+    """systemd's name for an adopted socket (`LISTEN_FDNAMES`); "" for a `-b` address."""
+
+
+@dataclass(frozen=True, slots=True)
 class Display:
     """What the core shows about this master but never decides on.
 
     Only the `state` document (`report.snapshot`) and a few reply texts (ehlo's
     greeting, dec's "Run kill PID") read these; `step` does not. `binds` are the
-    `-b` specs as given, `bound_ports` the ports actually bound.
+    `-b` specs as given, `bound_ports` the ports actually bound (None for a UNIX
+    socket), `listeners` every listening socket (a `-b systemd` may adopt several).
     """
 
     master_pid: int = 0
@@ -30,7 +42,8 @@ class Display:
     pidfile: str = ""
     lockfile: str = ""
     binds: tuple[str, ...] = ()
-    bound_ports: tuple[int, ...] = ()
+    bound_ports: tuple[int | None, ...] = ()
+    listeners: tuple[ListenerInfo, ...] = ()
     backlog: int = 100
     command_socket_as_fd: bool = False
     kill_children_on_exit: bool = False
@@ -48,16 +61,30 @@ class Config:
 
     number: int = 1
     ack_timer: float | None = 1.0
+    notify_acks: bool = False
+    """`-m notify`: with `ack_timer` None, `READY=1` on the notify socket ACKs a worker (as `worker:ack` does)."""
     seconds: float = 1.0
     max_unacked: int = 1
     max_upgrade_additional: int | None = None
     signal_timeout: int | None = None
+    graceful_signal: str = "USR2"
+    """What "finish and exit" is sent as (`--graceful-signal`): upgrade culls, surplus, make-room,
+    `die` without argument, the master's SIGINT/SIGUSR2."""
+    reaper: bool = False
+    """PID 1 (a container's init) or `--subreaper`: orphaned descendants are reaped here, quietly, and
+    SIGTERM (a container's stop) is a graceful shutdown, as SIGINT."""
+    supervised: bool = False
+    """`NOTIFY_SOCKET` is in the master's environment: tell the supervisor (systemd) how the master is (`notify.py`)."""
+    watchdog_interval: float | None = None
+    """Seconds of systemd's watchdog (`WATCHDOG_USEC`): `WATCHDOG=1` goes out every half of it."""
     einhorn_version: str = ""
     display: Display = Display()
 
     @property
     def ack_mode(self) -> str:
-        return "manual" if self.ack_timer is None else "timer"
+        if self.ack_timer is not None:
+            return "timer"
+        return "notify" if self.notify_acks else "manual"
 
 
 RUNTIME_SETTINGS = ("number", "seconds", "max_unacked", "max_upgrade_additional", "signal_timeout")

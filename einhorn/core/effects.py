@@ -117,6 +117,13 @@ class AbandonExec:
 
 
 @dataclass(frozen=True, slots=True)
+class NotifySupervisor:
+    """Send these sd_notify fields, one datagram, to the master's own `NOTIFY_SOCKET`."""
+
+    fields: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     code: int
 
@@ -132,5 +139,6 @@ Effect = (
     | StopUpgradeCheck
     | ExecMaster
     | AbandonExec
+    | NotifySupervisor
     | Exit
 )

@@ -126,6 +126,20 @@ class ReexecFailed:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerNotified:
+    """A datagram on the `-m notify` socket (sd_notify(3)): `fields` from process `pid`.
+
+    The shell reads `pid` from the kernel's credentials (SO_PASSCRED), or from
+    `MAINPID=` when the sender is a descendant of that process (`systemd-notify`
+    run by a worker's shell).
+    """
+
+    pid: int
+    fields: Mapping[str, str]
+    now: float
+
+
 Event = (
     MasterStarted
     | Tick
@@ -139,4 +153,5 @@ Event = (
     | UpgradeCheckPassed
     | UpgradeCheckFailed
     | ReexecFailed
+    | WorkerNotified
 )

@@ -36,7 +36,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
     config = state.config
     shown = config.display
     ack_mode: dict[str, object] = (
-        {"type": Symbol("manual")} if config.ack_timer is None else {"type": Symbol("timer"), "timeout": config.ack_timer}
+        {"type": Symbol(config.ack_mode)} if config.ack_timer is None else {"type": Symbol("timer"), "timeout": config.ack_timer}
     )
     return {
         "state": {
@@ -51,6 +51,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "version": state.version,
             "bind": list(shown.binds),
             "bound_ports": list(shown.bound_ports),
+            "listeners": [{"family": x.family, "address": x.address, "name": x.name or None} for x in shown.listeners],
             "cmd": list(shown.program),
             "respawn": state.respawn,
             "upgrading": state.upgrading is not None,
@@ -67,6 +68,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "lockfile": shown.lockfile,
             "consecutive_deaths_before_ack": state.deaths_before_ack,
             "signal_timeout": config.signal_timeout,
+            "graceful_signal": config.graceful_signal,
             "preloaded": shown.preloaded,
             "master_pid": shown.master_pid,
             "ack_count": pool.ack_count(state),
@@ -88,4 +90,5 @@ def _child(child: Child, at: Callable[[float | None], Timestamp | None]) -> dict
         "spinup_time": at(child.spinup_at),
         "pinged_at": at(child.pinged_at),
         "pinged_request_id": child.pinged_request_id,
+        "status": child.status,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 MASTER_SIGNALS: Mapping[str, str] = {
-    "INT": "graceful shutdown: USR2 to every child, stop respawning, exit once all are gone",
+    "INT": "graceful shutdown: the graceful signal (USR2) to every child, stop respawning, exit once all are gone",
     "TERM": "shutdown: TERM to every child, stop respawning, exit once all are gone",
     "QUIT": "QUIT to every child and exit 1 at once, without waiting",
     "HUP": "smooth upgrade: re-exec the master, then replace the workers one for one",
@@ -43,3 +43,17 @@ def normalize_signal(name: str) -> str | None:
     """The bare name of a signal an operator may send, or None."""
     bare = bare_signal(name)
     return bare if bare in OPERATOR_SIGNALS else None
+
+
+NOT_GRACEFUL = frozenset({"KILL", "STOP", "CHLD", "CONT", "TSTP", "TTIN", "TTOU", "URG", "WINCH"})
+"""Signals that cannot mean "finish and exit": uncatchable, or ignored or stopping by default."""
+
+
+def graceful_signal_problem(name: str) -> str | None:
+    """Why `name` cannot be the graceful signal (`--graceful-signal`), or None if it can."""
+    bare = normalize_signal(name)
+    if bare is None:
+        return "not a signal name"
+    if bare in NOT_GRACEFUL:
+        return f"SIG{bare} cannot ask a worker to finish and exit"
+    return None

@@ -71,6 +71,8 @@ class Child:
     pinged_at: float | None = None
     """Monotonic time of the last `worker:ping` (shown as wall-clock time)."""
     pinged_request_id: str | None = None
+    status: str | None = None
+    """The last `STATUS=` the worker sent on the `-m notify` socket (not kept across a re-exec)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,11 @@ class State:
     clock: float = 0.0
     verbosity: int = 1
     exit_code: int | None = None
+    supervisor_ready: bool = False
+    """`READY=1` went to the supervisor once the pool was ACKed (`notify.tell_supervisor`). Not kept
+    across a re-exec: the new image says READY=1 again once its pool is ACKed, which ends the reload."""
+    watchdog_at: float | None = None
+    """When `WATCHDOG=1` last went to the supervisor (not kept across a re-exec: the new image sends at once)."""
 
     @property
     def reexec_purpose(self) -> ReexecPurpose | None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar, assert_never
 
-from einhorn.core import pool, upgrade
+from einhorn.core import notify, pool, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
@@ -37,6 +37,7 @@ from einhorn.core.events import (
     Tick,
     UpgradeCheckFailed,
     UpgradeCheckPassed,
+    WorkerNotified,
     WorkerSpawned,
 )
 from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind
@@ -73,10 +74,13 @@ def step(state: State, event: Event) -> Outcome:
             state, effects = upgrade.on_check_failed(state, event)
         case ReexecFailed():
             state, effects = upgrade.on_reexec_failed(state, event)
+        case WorkerNotified():
+            state, effects = notify.on_worker_notified(state, event)
         case _:
             assert_never(event)
     state, more = reconcile(state)
-    return state, [*effects, *more, *_held_notice(previous, state)]
+    state, told = notify.tell_supervisor(previous, state)
+    return state, [*effects, *more, *_held_notice(previous, state), *told]
 
 
 def next_deadline(state: State) -> float | None:
@@ -138,6 +142,8 @@ def _on_spawn_failed(state: State, event: SpawnFailed) -> Outcome:
 def _on_child_exited(state: State, event: ChildExited) -> Outcome:
     child = state.children.get(event.pid)
     if child is None:
+        if state.config.reaper:  # an orphan of some worker's, adopted: nothing to tell
+            return state, [Log(LogLevel.DEBUG, f"Reaped orphaned process {event.pid} ({_describe_exit(event)})")]
         return state, [Log(LogLevel.INFO, f"Reaped unknown process {event.pid} ({_describe_exit(event)}); ignoring")]
     state = replace(state, children=_without(state.children, event.pid))
     extra = ""
@@ -156,7 +162,9 @@ def _describe_exit(event: ChildExited) -> str:
 def _on_signal(state: State, event: SignalReceived) -> Outcome:
     match event.signal:
         case "INT" | "USR2":
-            return _shut_down(state, event.signal, "USR2")
+            return _shut_down(state, event.signal, state.config.graceful_signal)
+        case "TERM" if state.config.reaper:  # a container's stop: finish, as SIGINT
+            return _shut_down(state, event.signal, state.config.graceful_signal)
         case "TERM":
             return _shut_down(state, event.signal, "TERM")
         case "QUIT":
@@ -249,7 +257,8 @@ TIMER_ACKS = Timer(lambda state: _ack_timer_due(state), lambda state, pid: regis
 ESCALATION = Timer(lambda state: _escalation_due(state), lambda state, pid: _escalate(state, pid))
 CHECK_DEADLINE = Timer(lambda state: _check_due(state), lambda state, _: upgrade.fail_overdue_check(state))
 GRADUAL_SPINUP = Timer(lambda state: _spinup_due(state), lambda state, _: _spin_up_gradually(state))
-TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP)
+WATCHDOG = Timer(lambda state: notify.watchdog_due(state), lambda state, subject: notify.ping_watchdog(state, subject))
+TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP, WATCHDOG)
 
 
 def _fire(timer: Timer, state: State) -> Outcome:
@@ -273,6 +282,7 @@ def reconcile(state: State) -> Outcome:
         lambda s: _fire(GRADUAL_SPINUP, s),
         _cull,
         _maybe_exit,
+        lambda s: _fire(WATCHDOG, s),
     )
     for phase in phases:
         state, more = phase(state)
@@ -344,7 +354,7 @@ def _cull(state: State) -> Outcome:
 
 
 def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: bool = True) -> Outcome:
-    """USR2 to `victims`, on the master's own initiative, within the availability floor.
+    """The graceful signal to `victims`, on the master's own initiative, within the availability floor.
 
     The floor (spec/README.md, T12): a serving (ACKed, unsignaled) worker is
     stopped only while more than `number` serve (the first serving victims in
@@ -361,7 +371,7 @@ def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: b
         return state, []
     text = note.format(len(pids))
     effects = announce(state, LogLevel.INFO, text) if stream else [Log(LogLevel.INFO, text)]
-    state, more = signal_children(state, "USR2", pids, cause)
+    state, more = signal_children(state, state.config.graceful_signal, pids, cause)
     return state, [*effects, *more]
 
 

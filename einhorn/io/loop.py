@@ -27,6 +27,7 @@ from einhorn.core.effects import (
     ExecMaster,
     Exit,
     Log,
+    NotifySupervisor,
     Reply,
     ReplyData,
     SendSignal,
@@ -52,6 +53,7 @@ from einhorn.io import reexec, render, signals
 from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
 from einhorn.io.logs import Logger
+from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, spawn_worker
 
 
@@ -85,6 +87,8 @@ class Master:
         handoff: Handoff,
         restored: Sequence[RestoredConnection] = (),
         helpers: Iterable[int] = (),
+        notify: NotifyServer | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.state = state
         self.options = options
@@ -107,6 +111,13 @@ class Master:
         handoff.register(self.server.descriptors)
         for conn in restored:
             self.server.restore(conn)
+        self.notify = notify
+        """`-m notify`: the workers' sd_notify socket."""
+        if notify is not None:
+            self.selector.register(notify.sock, selectors.EVENT_READ, notify.read)
+            handoff.register(notify.descriptors)
+        self.supervisor = supervisor
+        """The master's own `NOTIFY_SOCKET` (systemd), if it has one."""
 
     # --- main loop ----------------------------------------------------------
 
@@ -203,6 +214,9 @@ class Master:
                 self.exec_ordered = True
             case AbandonExec():
                 self.exec_ordered = False
+            case NotifySupervisor(fields):
+                if self.supervisor is not None:
+                    self.supervisor.send(fields)
             case Exit(code):
                 self.exit_code = code
             case _:
@@ -355,10 +369,13 @@ class Master:
                 os.waitpid(pid, 0)
         if self.options.kill_children_on_exit:
             for pid in self.state.children:
-                self._send_signal(pid, "USR2")
+                self._send_signal(pid, self.state.config.graceful_signal)
         signal.set_wakeup_fd(-1)
         with contextlib.suppress(Exception):
             self.server.shutdown()
+        for closing in (self.notify, self.supervisor):
+            if closing is not None:
+                closing.close()
         for path in self.options.owned_paths:
             with contextlib.suppress(OSError):
                 os.unlink(path)

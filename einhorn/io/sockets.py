@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fcntl
 import ipaddress
@@ -16,8 +17,29 @@ from dataclasses import dataclass
 
 from einhorn.io.logs import Logger
 
-_BIND = re.compile(r"\A(\[[^\]]+\]|[^:\[\]]+):(\d+)((?:,\w+)*)\Z")
-_FLAGS = {"r": "so_reuseaddr", "so_reuseaddr": "so_reuseaddr", "n": "o_nonblock", "o_nonblock": "o_nonblock"}
+_TCP_ADDRESS = re.compile(r"\A(\[[^\]]+\]|[^:\[\]]+):(\d+)\Z")
+_FLAGS = {
+    "r": "so_reuseaddr",
+    "so_reuseaddr": "so_reuseaddr",
+    "n": "o_nonblock",
+    "o_nonblock": "o_nonblock",
+    "reuseport": "reuseport",
+    "v6only": "v6only",
+}
+_VALUE_FLAGS = ("backlog", "mode")
+_KNOWN_FLAGS = {
+    "tcp": ("so_reuseaddr", "o_nonblock", "reuseport", "v6only", "backlog"),
+    "unix": ("o_nonblock", "backlog", "mode"),
+    "systemd": (),
+}
+_KNOWN_TEXT = {
+    "tcp": "r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N",
+    "unix": "n, o_nonblock, backlog=N, mode=OCTAL",
+}
+SYSTEMD = "systemd"
+UNIX_PREFIX = "unix:"
+MAX_UNIX_PATH = 107
+"""Bytes of a UNIX socket path (sun_path holds 108 with its NUL)."""
 
 
 class SetupError(Exception):
@@ -26,40 +48,128 @@ class SetupError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class BindSpec:
+    """One `-b`: a TCP address (`host`, `port`), a UNIX socket (`path`), or systemd's sockets (`systemd`)."""
+
     text: str
     host: str
     port: int
-    reuseaddr: bool
-    nonblock: bool
+    reuseaddr: bool = False
+    nonblock: bool = False
+    reuseport: bool = False
+    v6only: bool = False
+    backlog: int | None = None
+    """`backlog=N`: this listener's, instead of `-l`."""
+    path: str | None = None
+    """A UNIX stream socket's path (absolute)."""
+    mode: int | None = None
+    """`mode=0660`: the UNIX socket file's mode."""
+    systemd: str | None = None
+    """`systemd` (""): adopt every socket systemd passed; `systemd:NAME`: those named NAME."""
+
+    @property
+    def kind(self) -> str:
+        return SYSTEMD if self.systemd is not None else "unix" if self.path is not None else "tcp"
 
 
 def parse_bind(text: str) -> BindSpec:
-    match = _BIND.match(text)
-    if match is None:
-        raise SetupError(f'Invalid value for "{text}": bind address must be of the form address:port[,flags...]')
-    host, port_text, flag_text = match.groups()
-    port = int(port_text)
-    if port > 65535:
-        raise SetupError(f'Invalid value for "{text}": port {port} is out of range')
-    flags = set()
-    for flag in filter(None, flag_text.lower().split(",")):
-        if flag not in _FLAGS:
-            raise SetupError(f'Invalid value for "{text}": unknown bind flag "{flag}" (known: r, so_reuseaddr, n, o_nonblock)')
-        flags.add(_FLAGS[flag])
-    return BindSpec(text, host.strip("[]"), port, "so_reuseaddr" in flags, "o_nonblock" in flags)
+    """`HOST:PORT`, `[V6]:PORT`, `unix:PATH` (or any address with a `/`), `systemd[:NAME]`; then `,flags`."""
+    address, comma, option_text = text.partition(",")
+    options = option_text.split(",") if comma else []
+    form = f'Invalid value for "{text}": bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]'
+    if "" in options:
+        raise SetupError(form)
+    host, port, path, systemd = "", 0, None, None
+    if address == SYSTEMD or address.startswith(SYSTEMD + ":"):
+        systemd = address[len(SYSTEMD) + 1 :]
+        kind = SYSTEMD
+    elif address.startswith(UNIX_PREFIX) or "/" in address:
+        given = address[len(UNIX_PREFIX) :] if address.startswith(UNIX_PREFIX) else address
+        if not given:
+            raise SetupError(f'Invalid value for "{text}": a UNIX socket needs a path')
+        path = os.path.abspath(given)
+        if len(os.fsencode(path)) > MAX_UNIX_PATH:
+            raise SetupError(f'Invalid value for "{text}": the UNIX socket path {path} is longer than {MAX_UNIX_PATH} bytes')
+        kind = "unix"
+    else:
+        match = _TCP_ADDRESS.match(address)
+        if match is None:
+            raise SetupError(form)
+        host, port_text = match.groups()
+        host, port = host.strip("[]"), int(port_text)
+        if port > 65535:
+            raise SetupError(f'Invalid value for "{text}": port {port} is out of range')
+        kind = "tcp"
+    flags: set[str] = set()
+    values: dict[str, int] = {}
+    for option in options:
+        name, equals, value = option.lower().partition("=")
+        flag = name if equals else _FLAGS.get(name, name)
+        if flag not in _KNOWN_FLAGS[kind] or (flag in _VALUE_FLAGS) != bool(equals):
+            if kind == SYSTEMD:
+                raise SetupError(f'Invalid value for "{text}": systemd\'s sockets take no flags (systemd set them up)')
+            raise SetupError(f'Invalid value for "{text}": unknown bind flag "{option.lower()}" (known: {_KNOWN_TEXT[kind]})')
+        if equals:
+            values[flag] = _flag_value(text, flag, value)
+        else:
+            flags.add(flag)
+    return BindSpec(
+        text,
+        host,
+        port,
+        reuseaddr="so_reuseaddr" in flags,
+        nonblock="o_nonblock" in flags,
+        reuseport="reuseport" in flags,
+        v6only="v6only" in flags,
+        backlog=values.get("backlog"),
+        path=path,
+        mode=values.get("mode"),
+        systemd=systemd,
+    )
 
 
-def bind_listener(spec: BindSpec, backlog: int) -> socket.socket:
-    """A bound, listening, inheritable socket: workers get it as EINHORN_FD_n."""
+def _flag_value(text: str, flag: str, value: str) -> int:
+    try:
+        number = int(value, 8 if flag == "mode" else 10)
+    except ValueError:
+        number = -1
+    if flag == "mode" and not 0 <= number <= 0o777:
+        raise SetupError(f'Invalid value for "{text}": mode must be an octal file mode (mode=0660)')
+    if flag == "backlog" and number < 0:
+        raise SetupError(f'Invalid value for "{text}": backlog must be an integer >= 0')
+    return number
+
+
+def bind_listener(spec: BindSpec, backlog: int, log: Logger | None = None) -> socket.socket:
+    """A bound, listening, inheritable socket: workers get it as EINHORN_FD_n. `backlog` is `-l`'s."""
+    if spec.path is not None:
+        sock = _bind_unix(spec, spec.path, spec.backlog if spec.backlog is not None else backlog, log)
+    else:
+        sock = _bind_tcp(spec, spec.backlog if spec.backlog is not None else backlog)
+    sock.setblocking(not spec.nonblock)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_tcp(spec: BindSpec, backlog: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise SetupError(f'Invalid value for "{spec.text}": cannot resolve host {spec.host!r}: {error.strerror}') from None
     family, kind, proto, _, address = infos[0]
-    sock = socket.socket(family, kind, proto)
+    if spec.v6only and family != socket.AF_INET6:
+        raise SetupError(f'Invalid value for "{spec.text}": v6only needs an IPv6 address, and {spec.host} is {family.name}')
+    try:
+        sock = socket.socket(family, kind, proto)
+    except OSError as error:
+        raise SetupError(f"Could not bind {spec.text}: {error.strerror}") from None
     try:
         if spec.reuseaddr:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if spec.reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            # Explicit either way: the kernel's default (net.ipv6.bindv6only) varies between machines.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if spec.v6only else 0)
         sock.bind(address)
         sock.listen(backlog)
     except OSError as error:
@@ -67,9 +177,82 @@ def bind_listener(spec: BindSpec, backlog: int) -> socket.socket:
         if error.errno == errno.EADDRINUSE:
             raise SetupError(address_in_use(spec, port_use(str(address[0]), int(address[1])))) from None
         raise SetupError(f"Could not bind {spec.text}: {error.strerror}") from None
-    sock.setblocking(not spec.nonblock)
-    sock.set_inheritable(True)
     return sock
+
+
+def _bind_unix(spec: BindSpec, path: str, backlog: int, log: Logger | None) -> socket.socket:
+    """Bind `path`, first removing a stale socket file there (one nobody listens on); a live one is an error."""
+    match socket_file_state(path):
+        case SocketFile.LIVE:
+            raise SetupError(f"Could not bind {spec.text}: another process is listening on {path}. Stop it, or bind another path.")
+        case SocketFile.NOT_A_SOCKET:
+            raise SetupError(f"Could not bind {spec.text}: {path} exists and is not a socket. Remove it, or bind another path.")
+        case SocketFile.STALE:
+            if log is not None:
+                log.info(f"Removing the stale socket file {path} (nothing listens on it: left by a process that exited uncleanly)")
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        case SocketFile.ABSENT:
+            pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o777 & ~spec.mode) if spec.mode is not None else None
+    try:
+        sock.bind(path)
+        if spec.mode is not None:
+            os.chmod(path, spec.mode)
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        raise SetupError(f"Could not bind {spec.text}: {error.strerror}") from None
+    finally:
+        if old_umask is not None:
+            os.umask(old_umask)
+    return sock
+
+
+class SocketFile(enum.Enum):
+    ABSENT = "absent"
+    STALE = "stale"
+    """A socket file nothing listens on (connect is refused)."""
+    LIVE = "live"
+    NOT_A_SOCKET = "not a socket"
+
+
+def socket_file_state(path: str) -> SocketFile:
+    """What is at `path`: tells a live UNIX socket from a stale one by connecting to it."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return SocketFile.ABSENT
+    if not stat.S_ISSOCK(mode):
+        return SocketFile.NOT_A_SOCKET
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)  # a listener with a full backlog is live, not a reason to wait
+        try:
+            probe.connect(path)
+        except FileNotFoundError:
+            return SocketFile.ABSENT
+        except ConnectionRefusedError:
+            return SocketFile.STALE
+        except BlockingIOError:
+            return SocketFile.LIVE
+        except OSError as error:
+            if error.errno == errno.EPROTOTYPE:  # a datagram socket: someone else's
+                return SocketFile.LIVE
+            raise SetupError(f"Could not check the socket file {path}: {error.strerror}") from None
+    return SocketFile.LIVE
+
+
+def listener_address(sock: socket.socket) -> str:
+    """Where a listener really is: `127.0.0.1:8080`, `[::1]:8080`, a UNIX path (`@name` if abstract)."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    if sock.family == socket.AF_INET:
+        return f"{name[0]}:{name[1]}"
+    if isinstance(name, bytes):  # abstract namespace
+        return "@" + name[1:].decode(errors="replace")
+    return str(name)
 
 
 # --- who holds a port: read once, on the EADDRINUSE error path only -------------------------------
@@ -192,7 +375,10 @@ def _process_name(pid: int) -> str:
         return "?"
 
 
-def bound_port(sock: socket.socket) -> int:
+def bound_port(sock: socket.socket) -> int | None:
+    """The TCP port a listener is bound to; None for a UNIX socket."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
     return int(sock.getsockname()[1])
 
 
@@ -235,30 +421,22 @@ def open_command_socket(path: str, lockfile: str, log: Logger) -> socket.socket:
 
 
 def _clear_stale_socket(path: str, log: Logger) -> None:
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise SetupError(
-            f"Non-socket file present at Einhorn command socket path {path}. Either remove that file and restart "
-            "Einhorn, or pass a `-d PATH_TO_SOCKET` to change the command socket location."
-        )
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError as error:
-        if error.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise SetupError(f"Could not check the command socket at {path}: {error.strerror}") from None
-    else:
-        raise SetupError(
-            f"Another process (probably another Einhorn) is listening on the Einhorn command socket at {path}. "
-            "If you'd like to run this Einhorn as well, pass a `-d PATH_TO_SOCKET` to change the command socket location."
-        )
-    finally:
-        probe.close()
-    log.info(
-        f"Blowing away old Einhorn command socket at {path}. This likely indicates a previous Einhorn master which exited uncleanly."
-    )
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    match socket_file_state(path):
+        case SocketFile.ABSENT:
+            return
+        case SocketFile.NOT_A_SOCKET:
+            raise SetupError(
+                f"Non-socket file present at Einhorn command socket path {path}. Either remove that file and restart "
+                "Einhorn, or pass a `-d PATH_TO_SOCKET` to change the command socket location."
+            )
+        case SocketFile.LIVE:
+            raise SetupError(
+                f"Another process (probably another Einhorn) is listening on the Einhorn command socket at {path}. "
+                "If you'd like to run this Einhorn as well, pass a `-d PATH_TO_SOCKET` to change the command socket location."
+            )
+        case SocketFile.STALE:
+            log.info(
+                f"Blowing away old Einhorn command socket at {path}. This likely indicates a previous Einhorn master which exited uncleanly."
+            )
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)

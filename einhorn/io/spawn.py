@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import os
 import re
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     import ctypes
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 # glibc reports a failed exec from posix_spawn (since 2.24); elsewhere the fork path does.
 POSIX_SPAWN = hasattr(os, "posix_spawn") and sys.platform.startswith("linux")
 
@@ -35,8 +37,16 @@ class WorkerLaunch:
     socket_path: str
     master_pid: int
     pdeathsig: bool = False
+    graceful_signal: str = "USR2"
+    """`--graceful-signal`: also the parent-death signal of `-k`."""
     prepare_child: Callable[[], None] | None = field(default=None)
     """Runs in the child after fork and before exec (renice); must not raise."""
+    listen_fds: bool = False
+    """`--listen-fds`: the listeners at fds 3, 4, ... with LISTEN_FDS, LISTEN_PID, LISTEN_FDNAMES (systemd's convention)."""
+    listener_names: Sequence[str] = ()
+    """Each listener's name for LISTEN_FDNAMES (systemd's, for adopted sockets); "" for none."""
+    notify_socket: str | None = None
+    """`-m notify`: the master's datagram socket, given to workers as NOTIFY_SOCKET."""
 
 
 EINHORN_VARIABLES = frozenset(
@@ -44,6 +54,13 @@ EINHORN_VARIABLES = frozenset(
 )
 EINHORN_NUMBERED_VARIABLE = re.compile(r"EINHORN_FD_(?:FAMILY_)?[0-9]+")
 """`EINHORN_FD_<n>` and `EINHORN_FD_FAMILY_<n>`, for any n."""
+
+SUPERVISOR_VARIABLES = frozenset(["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"])
+"""What systemd (or another supervisor) tells the master about itself: never a worker's. A worker gets
+its own with `--listen-fds` (LISTEN_*) and `-m notify` (NOTIFY_SOCKET), else none of them."""
+
+LISTEN_FDS_START = 3
+"""SD_LISTEN_FDS_START: where systemd's convention puts the first passed socket."""
 
 
 def is_einhorn_variable(name: str) -> bool:
@@ -53,20 +70,42 @@ def is_einhorn_variable(name: str) -> bool:
     return name in EINHORN_VARIABLES or EINHORN_NUMBERED_VARIABLE.fullmatch(name) is not None
 
 
+def worker_fds(launch: WorkerLaunch, sock_fd: int | None) -> tuple[list[int], int | None]:
+    """The fd numbers the worker finds its listeners and its `-g` socket at: as in the master, or
+    with `--listen-fds` at 3, 4, ... and the `-g` socket right after them (`place_listen_fds`)."""
+    if not launch.listen_fds:
+        return list(launch.listener_fds), sock_fd
+    count = len(launch.listener_fds)
+    placed = list(range(LISTEN_FDS_START, LISTEN_FDS_START + count))
+    return placed, None if sock_fd is None else LISTEN_FDS_START + count
+
+
 def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) -> dict[str, str]:
+    """LISTEN_PID (`--listen-fds`) is the worker's own pid: the forked child adds it (`_exec_child`)."""
     # A name that is empty or holds "=" cannot be passed to a program (execve would misread it).
-    env = {k: v for k, v in launch.environ.items() if k and "=" not in k and not is_einhorn_variable(k)}
+    env = {
+        k: v
+        for k, v in launch.environ.items()
+        if k and "=" not in k and not is_einhorn_variable(k) and k not in SUPERVISOR_VARIABLES
+    }
+    listener_fds, sock_fd = worker_fds(launch, sock_fd)
     env["EINHORN_MASTER_PID"] = str(launch.master_pid)
     env["EINHORN_SOCK_PATH"] = launch.socket_path
-    env["EINHORN_FD_COUNT"] = str(len(launch.listener_fds))
-    for n, (fd, family) in enumerate(zip(launch.listener_fds, launch.listener_families, strict=True)):
+    env["EINHORN_FD_COUNT"] = str(len(listener_fds))
+    for n, (fd, family) in enumerate(zip(listener_fds, launch.listener_families, strict=True)):
         env[f"EINHORN_FD_{n}"] = str(fd)
         env[f"EINHORN_FD_FAMILY_{n}"] = family
     # Legacy (PHP, socketmaster-era clients): "" without listeners, as EINHORN_FD_COUNT is 0.
-    env["EINHORN_FDS"] = " ".join(str(fd) for fd in launch.listener_fds)
+    env["EINHORN_FDS"] = " ".join(str(fd) for fd in listener_fds)
     env["EINHORN_CHILD_INDEX"] = str(index)
     if sock_fd is not None:
         env["EINHORN_SOCK_FD"] = str(sock_fd)
+    if launch.listen_fds:
+        env["LISTEN_FDS"] = str(len(listener_fds))
+        names = list(launch.listener_names) or [""] * len(listener_fds)
+        env["LISTEN_FDNAMES"] = ":".join(name or "unknown" for name in names)
+    if launch.notify_socket is not None:
+        env["NOTIFY_SOCKET"] = launch.notify_socket
     return env
 
 
@@ -109,10 +148,11 @@ def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawn
     comes back through `report_fd`.
     """
     env = worker_environment(launch, index, sock_fd)
-    if not launch.pdeathsig and launch.prepare_child is None and POSIX_SPAWN:
+    if not launch.pdeathsig and launch.prepare_child is None and not launch.listen_fds and POSIX_SPAWN:
         pid = os.posix_spawn(launch.path, list(launch.argv), env, setpgroup=0, setsigdef=RESET_IN_CHILDREN, setsigmask=())
         return Spawned(pid, None)
-    return fork_reporting(lambda report_fd: _exec_child(launch, env, report_fd))
+    passed = [*launch.listener_fds, *([] if sock_fd is None else [sock_fd])]
+    return fork_reporting(lambda report_fd: _exec_child(launch, env, report_fd, passed))
 
 
 def fork_reporting(child: Callable[[int], object]) -> Spawned:
@@ -153,7 +193,7 @@ def become_worker_process(launch: WorkerLaunch) -> None:
         signal.signal(signum, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     if launch.pdeathsig:
-        set_parent_death_signal(signal.SIGUSR2)
+        set_parent_death_signal(signal.Signals[f"SIG{launch.graceful_signal}"])
         if os.getppid() != launch.master_pid:
             os.write(2, b"Parent process died before we set pdeathsig; cowardly refusing to exec child process.\n")
             os._exit(1)
@@ -161,9 +201,12 @@ def become_worker_process(launch: WorkerLaunch) -> None:
         launch.prepare_child()
 
 
-def _exec_child(launch: WorkerLaunch, env: Mapping[str, str], report_fd: int) -> None:
+def _exec_child(launch: WorkerLaunch, env: Mapping[str, str], report_fd: int, passed: Sequence[int]) -> None:
     try:
         become_worker_process(launch)
+        if launch.listen_fds:
+            report_fd = place_listen_fds(passed, report_fd)
+            env = {**env, "LISTEN_PID": str(os.getpid())}
         os.execve(launch.path, list(launch.argv), env)
     except OSError as error:
         os.write(report_fd, f"{error.errno}:{error.strerror}".encode())
@@ -171,6 +214,24 @@ def _exec_child(launch: WorkerLaunch, env: Mapping[str, str], report_fd: int) ->
         os.write(report_fd, f"{errno.EIO}:{error!r}".encode())
     finally:
         os._exit(127)
+
+
+def place_listen_fds(passed: Sequence[int], report_fd: int) -> int:
+    """In the child: `passed` at fds 3, 4, ... (inheritable), their old numbers closed; the report fd moved
+    above them (close-on-exec). Returns the report fd's new number.
+
+    Everything is first copied above the target range, so that a source already inside it (a socket
+    systemd passed at 3, the report pipe at 4) is never overwritten before it is copied.
+    """
+    above = LISTEN_FDS_START + len(passed)
+    copies = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, above) for fd in passed]
+    report = fcntl.fcntl(report_fd, fcntl.F_DUPFD_CLOEXEC, above)
+    for fd in {*passed, report_fd}:
+        os.close(fd)
+    for target, copy in enumerate(copies, start=LISTEN_FDS_START):
+        os.dup2(copy, target)  # inheritable
+        os.close(copy)
+    return report
 
 
 def _read_all(fd: int) -> bytes:
@@ -205,5 +266,15 @@ def set_parent_death_signal(signum: int) -> None:
 
     libc = _libc if _libc is not None else ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+
+
+def become_child_subreaper() -> None:
+    """`--subreaper`: orphaned descendants are re-parented to this process (Linux 3.4+); OSError if refused."""
+    import ctypes
+
+    libc = _libc if _libc is not None else ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))

@@ -169,6 +169,18 @@ class Master:
     def bound_port(self) -> int:
         return int(self.wait_log(r"Bound \S+ on port (\d+)")[0].group(1))
 
+    def wait_up(self, timeout: float = 10.0) -> None:
+        """Wait for the command socket to answer (failing at once if the master exited)."""
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"master exited with {self.proc.returncode}\n{self.log()}")
+            with contextlib.suppress(OSError), self.connect(timeout=1.0):
+                return True
+            return False
+
+        wait_until(up, timeout, "the command socket")
+
 
 class Harness:
     """Starts masters (and one-shot einhorn runs) and cleans up after them, by pid."""
@@ -181,7 +193,9 @@ class Harness:
         self.count = 0
 
     def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EINHORN_")}
+        # Nor what a supervisor running the tests told their process (systemd's NOTIFY_SOCKET...).
+        supervisor = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EINHORN_") and k not in supervisor}
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', os.defpath)}"
         env["TMPDIR"] = str(self.directory)
         env[TAG_VARIABLE] = self.tag
@@ -204,11 +218,16 @@ class Harness:
         acked: bool = True,
         paths: bool = True,
         timeout: float = 10.0,
+        prefix: Sequence[str] = (),
+        wait: bool = True,
     ) -> Master:
-        """Start a master with `options` and `program`; wait for its command socket (and `workers`)."""
+        """Start a master with `options` and `program`; wait for its command socket (and `workers`).
+
+        `prefix` runs einhorn through another program (`systemd-socket-activate ...`); without
+        `wait` the caller waits for the command socket itself (`Master.wait_up`)."""
         directory, sock, pidfile, lockfile = self.paths()
         path_options = ["-d", sock, "-e", pidfile, "-f", lockfile] if paths else []
-        argv = [*EINHORN, *path_options, *options, "--", *program]
+        argv = [*prefix, *EINHORN, *path_options, *options, "--", *program]
         environment = self.environment(env)
         log_path = directory / "stderr.log"
         with open(log_path, "wb") as log_file:
@@ -223,16 +242,8 @@ class Harness:
         lines: list[tuple[float, str]] = []
         master = Master(proc, directory, sock, pidfile, lockfile, environment, lines, LogTail(log_path, lines))
         self.masters.append(master)
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"master exited with {proc.returncode}\n{master.log()}")
-            with contextlib.suppress(OSError), master.connect(timeout=1.0):
-                return True
-            return False
-
-        if paths:
-            wait_until(up, timeout, "the command socket")
+        if paths and wait:
+            master.wait_up(timeout)
         if workers is not None:
             master.wait_workers(workers, acked=acked, timeout=timeout)
         return master

@@ -129,6 +129,7 @@ def test_defaults() -> None:
         max_unacked=os.cpu_count() or 1,
         max_upgrade_additional=None,
         signal_timeout=None,
+        graceful_signal="USR2",
         program=(PROGRAM, "worker-arg"),
         program_path=os.path.abspath(PROGRAM),
         binds=(),
@@ -155,11 +156,12 @@ def test_every_option_reaches_its_setting() -> None:
         "-b", "127.0.0.1:0,r", "--bind", "[::1]:8080", "-c", "web", "-d", "rel.sock", "-e", "/p", "-f", "/l",
         "-g", "-k", "-l", "7", "-m", "manual", "-n", "3", "-p", "app.py", "-s", "0.5", "-t", "4",
         "--max-unacked", "2", "--max-upgrade-additional", "0", "--drop-env-var", "A", "--drop-env-var=B",
-        "--reexec-as", "env X=1 einhorn", "--nice", "-5:3:/bin/renice",
+        "--reexec-as", "env X=1 einhorn", "--nice", "-5:3:/bin/renice", "--graceful-signal", "sigterm",
     ]  # fmt: skip
     result = settings(*given)
     assert (result.number, result.ack_timer, result.seconds, result.signal_timeout) == (3, None, 0.5, 4)
     assert (result.max_unacked, result.max_upgrade_additional) == (2, 0)
+    assert result.graceful_signal == "TERM"
     assert result.binds == (
         BindSpec("127.0.0.1:0,r", "127.0.0.1", 0, reuseaddr=True, nonblock=False),
         BindSpec("[::1]:8080", "::1", 8080, reuseaddr=False, nonblock=False),
@@ -224,8 +226,8 @@ def test_what_to_print_instead_of_running(argv: list[str], request_: str) -> Non
         (["-l", "-1"], "Invalid value for -l/--backlog: '-1' (must be an integer >= 0)"),
         (["-s", "0"], "Invalid value for -s/--seconds: '0' (must be a number of seconds > 0)"),
         (["-s", "nan"], "Invalid value for -s/--seconds: 'nan' (must be a number of seconds > 0)"),
-        (["-m", "auto"], "Invalid ack-mode 'auto' (valid modes: FLOAT or manual)"),
-        (["-m", "-1"], "Invalid ack-mode '-1' (valid modes: FLOAT or manual)"),
+        (["-m", "auto"], "Invalid ack-mode 'auto' (valid modes: FLOAT, manual or notify)"),
+        (["-m", "-1"], "Invalid ack-mode '-1' (valid modes: FLOAT, manual or notify)"),
         (["-t", "0"], "Invalid value for -t/--signal-timeout: '0' (must be an integer >= 1)"),
         (["--max-unacked", "0"], "Invalid value for --max-unacked: '0' (must be an integer >= 1)"),
         (["--max-upgrade-additional", "-1"], "Invalid value for --max-upgrade-additional: '-1' (must be an integer >= 0)"),
@@ -235,6 +237,9 @@ def test_what_to_print_instead_of_running(argv: list[str], request_: str) -> Non
         (["--reexec-as", ""], "--reexec-as needs a command"),
         (["--reexec-as", '"einhorn'], "Invalid value for --reexec-as: '\"einhorn' (No closing quotation)"),
         (["--with-state-fd", "x"], "Invalid value for --with-state-fd: 'x' (must be an integer >= 0)"),
+        (["--graceful-signal", "TERN"], "Invalid value for --graceful-signal: 'TERN' (not a signal name)"),
+        (["--graceful-signal", "KILL"], "Invalid value for --graceful-signal: 'KILL' (SIGKILL cannot ask a worker to finish and exit)"),
+        (["--graceful-signal", "SIGSTOP"], "Invalid value for --graceful-signal: 'SIGSTOP' (SIGSTOP cannot ask a worker to finish and exit)"),
         (["--no-such-option"], "unrecognized arguments: --no-such-option"),
     ],
 )
@@ -261,3 +266,17 @@ def test_a_program_that_cannot_be_found() -> None:
 def test_a_bad_bind_is_a_setup_error_naming_it() -> None:
     with pytest.raises(SetupError, match='"nohost"'):
         parse(["-b", "nohost", PROGRAM], ENV)
+
+
+def test_subreaper_makes_a_reaper() -> None:
+    given = settings("--subreaper")
+    assert given.subreaper and given.reaper
+    assert not settings().reaper  # not PID 1 here
+
+
+def test_the_supervisor_and_its_watchdog_come_from_the_environment() -> None:
+    given = parse([PROGRAM], {**ENV, "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "3000000"})
+    assert isinstance(given, Settings) and given.supervised and given.watchdog_interval == 3.0
+    other = parse([PROGRAM], {**ENV, "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"})
+    assert isinstance(other, Settings) and not other.supervised and other.watchdog_interval is None  # another pid's
+    assert settings("-m", "notify").ack_notify and settings("-m", "notify").ack_timer is None

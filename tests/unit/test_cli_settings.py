@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from einhorn import __version__
-from einhorn.cli.args import parse
+from einhorn.cli.args import UsageError, parse
 from einhorn.cli.settings import Settings, core_config, self_command, shell_options, worker_launch
 from einhorn.core.config import Config, Display
 from einhorn.io.spawn import spawn_worker
@@ -88,3 +88,19 @@ def test_reexec_as_replaces_the_einhorn_command_only() -> None:
     options = shell_options(given, ENV, worker_launch(given, ENV, master_pid=1, listeners=[], prepare_child=None), spawn_worker)
     assert tuple(options.reexec_command) == ("/opt/wrapper", "--flag", "--reexec-as", "/opt/wrapper --flag", "-k")
     assert options.kill_children_on_exit
+
+
+def test_listen_fds_and_the_listener_names_reach_the_worker_launch(listener: socket.socket) -> None:
+    launch = worker_launch(settings("--listen-fds"), ENV, master_pid=42, listeners=[listener], prepare_child=None, listener_names=["web"])
+    assert launch.listen_fds and tuple(launch.listener_names) == ("web",)
+    plain = worker_launch(settings(), ENV, master_pid=42, listeners=[listener], prepare_child=None)
+    assert not plain.listen_fds and tuple(plain.listener_names) == ("",)
+
+
+def test_listen_fds_does_not_apply_to_preloaded_workers() -> None:
+    with pytest.raises(UsageError, match="--listen-fds does not apply to preloaded"):
+        settings("--listen-fds", "-p", "app.py")
+
+
+def test_unix_listeners_are_owned_paths() -> None:
+    assert settings("-e", "/p", "-d", "/s", "-b", "unix:/run/a.sock", "-b", "127.0.0.1:0").owned_paths == ("/p", "/s", "/run/a.sock")

@@ -438,6 +438,7 @@ def test_state_replies_with_the_report() -> None:
         "spinup_time": Timestamp(1_700_000_000.0 - 2.0),  # spawned at 0.0, asked at 2.0
         "pinged_at": None,
         "pinged_request_id": None,
+        "status": None,
     }
     assert state == replace(up(command_name="web"), clock=2.0)
 

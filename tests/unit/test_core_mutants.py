@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from einhorn.core import commands, pool, step
-from einhorn.core.config import Config, Display
+from einhorn.core.config import Config, Display, ListenerInfo
 from einhorn.core.effects import Cause, Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.report import Symbol, Timestamp, snapshot
@@ -40,6 +40,7 @@ def _rich_state() -> State:
         max_unacked=2,
         max_upgrade_additional=1,
         signal_timeout=5,
+        graceful_signal="TERM",
         einhorn_version="1.1.0",
         display=Display(
             command_name="web",
@@ -47,7 +48,8 @@ def _rich_state() -> State:
             socket_path="/s",
             program=("app", "-x"),
             binds=("0.0.0.0:80,r",),
-            bound_ports=(80,),
+            bound_ports=(80, None),
+            listeners=(ListenerInfo("AF_INET", "0.0.0.0:80"), ListenerInfo("AF_UNIX", "/run/web.sock", "web")),
             backlog=7,
             command_socket_as_fd=True,
             kill_children_on_exit=True,
@@ -89,7 +91,11 @@ def test_snapshot_is_the_whole_document() -> None:
             "ack_mode": {"type": Symbol("manual")},
             "ack_target": 3,
             "bind": ["0.0.0.0:80,r"],
-            "bound_ports": [80],
+            "bound_ports": [80, None],
+            "listeners": [
+                {"family": "AF_INET", "address": "0.0.0.0:80", "name": None},
+                {"family": "AF_UNIX", "address": "/run/web.sock", "name": "web"},
+            ],
             "children": {
                 10: {
                     "acked": True,
@@ -97,6 +103,7 @@ def test_snapshot_is_the_whole_document() -> None:
                     "last_signaled_at": Timestamp(1006.0),
                     "pinged_at": Timestamp(1007.0),
                     "pinged_request_id": "r1",
+                    "status": None,
                     "signaled": ["TERM", "USR2"],
                     "spinup_time": Timestamp(1005.0),
                     "type": Symbol("worker"),
@@ -108,6 +115,7 @@ def test_snapshot_is_the_whole_document() -> None:
                     "last_signaled_at": None,
                     "pinged_at": None,
                     "pinged_request_id": None,
+                    "status": None,
                     "signaled": [],
                     "spinup_time": Timestamp(1001.0),
                     "type": Symbol("worker"),
@@ -119,6 +127,7 @@ def test_snapshot_is_the_whole_document() -> None:
                     "last_signaled_at": None,
                     "pinged_at": None,
                     "pinged_request_id": None,
+                    "status": None,
                     "signaled": [],
                     "spinup_time": Timestamp(1002.0),
                     "type": Symbol("worker"),
@@ -130,6 +139,7 @@ def test_snapshot_is_the_whole_document() -> None:
             "command_socket_as_fd": True,
             "config": {"backlog": 7, "max_unacked": 2, "max_upgrade_additional": 1, "number": 3, "seconds": 2.0},
             "consecutive_deaths_before_ack": 2,
+            "graceful_signal": "TERM",
             "kill_children_on_exit": True,
             "last_spinup": Timestamp(1004.0),
             "lockfile": "/l",

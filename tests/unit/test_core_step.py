@@ -909,3 +909,53 @@ def test_random_event_folds_keep_invariants_and_converge(config: Config, script:
     world = play(config, script)
     world.settle(limit=300)
     assert converged(world) is None, converged(world)
+
+
+# --- the graceful signal (--graceful-signal) ------------------------------------------
+
+
+def test_every_finish_and_exit_of_the_master_is_the_graceful_signal() -> None:
+    """Upgrade cull, surplus, `die` without argument, SIGINT and SIGUSR2 send the configured signal."""
+    term = make_config(number=2, graceful_signal="TERM")
+    state = replace(up(term), version=1)
+    new = {pid: Child(pid, 1, pid - 1998, 4.0, acked=True) for pid in (2000, 2001)}
+    state, effects = step(replace(state, children={**state.children, **new}), Tick(5.0))
+    assert signals(effects) == [(1000, "TERM"), (1001, "TERM")]  # the upgrade cull
+
+    state, _ = run(up(make_config(number=3, graceful_signal="QUIT")), command(1, "inc", now=5.0), WorkerSpawned(3, 1003, 5.0))
+    state, effects = step(state, command(1, "dec", now=5.5))
+    assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1003, "QUIT", Cause.SURPLUS)]
+
+    state, effects = step(up(term), command(1, "die", now=1.0))
+    assert signals(effects) == [(1000, "TERM"), (1001, "TERM")] and state.shutdown_signal == "TERM"
+    assert effects[0] == info("Einhorn is going down! Successfully sent TERMs to 2 processes: [1000, 1001]")
+    _, effects = step(up(term), command(1, "die", "USR1", now=1.0))
+    assert signals(effects) == [(1000, "USR1"), (1001, "USR1")]  # a named signal is the operator's
+
+    for received in ("INT", "USR2"):
+        state, effects = step(up(make_config(number=1, graceful_signal="INT")), SignalReceived(received, 5.0))
+        assert effects[0] == info(f"Received SIG{received}: sent SIGINT to all children; exiting once they are gone")
+        assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1000, "INT", Cause.SHUTDOWN)]
+    _, effects = step(up(term), SignalReceived("QUIT", 5.0))
+    assert signals(effects) == [(1000, "QUIT"), (1001, "QUIT")]  # QUIT stays QUIT
+
+
+def test_make_room_uses_the_graceful_signal() -> None:
+    state = up(make_config(number=2, max_upgrade_additional=0, ack_timer=None, graceful_signal="TERM"))
+    state, _ = run(state, ChildExited(1001, 1, None, 5.0), Tick(6.0), WorkerSpawned(2, 1002, 6.0))
+    state, effects = run(state, SignalReceived("HUP", 10.0), MasterStarted(10.0, restored=True))
+    assert [e for e in effects if isinstance(e, SendSignal)] == [SendSignal(1002, "TERM", Cause.MAKE_ROOM)]
+
+
+# --- PID 1 and --subreaper ------------------------------------------------------------------
+
+
+def test_as_a_reaper_orphans_are_reaped_quietly_and_sigterm_is_graceful() -> None:
+    state = up(make_config(number=2, reaper=True))
+    _, effects = step(state, ChildExited(4242, 0, None, 1.0))
+    assert effects == [debug("Reaped orphaned process 4242 (exit status 0)")]
+    state, effects = step(state, SignalReceived("TERM", 2.0))
+    assert effects[0] == info("Received SIGTERM: sent SIGUSR2 to all children; exiting once they are gone")
+    assert signals(effects) == [(1000, "USR2"), (1001, "USR2")] and state.shutdown_signal == "USR2"
+    _, effects = step(up(make_config(number=1, reaper=True, graceful_signal="QUIT")), SignalReceived("TERM", 2.0))
+    assert signals(effects) == [(1000, "QUIT")]

@@ -359,6 +359,10 @@ def test_t15_each_cause_fits_its_step() -> None:
     for cause in (Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS):
         assert "T15" in step_numbers(before, TICK, before, [SendSignal(1, "KILL", cause)])
         assert "T15" not in step_numbers(before, TICK, before, [SendSignal(1, "USR2", cause)])
+    graceful_term = replace(before, config=replace(before.config, graceful_signal="TERM"))
+    for cause in (Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS):  # own decisions use the graceful signal, whichever it is
+        assert "T15" in step_numbers(graceful_term, TICK, graceful_term, [SendSignal(1, "USR2", cause)])
+        assert "T15" not in step_numbers(graceful_term, TICK, graceful_term, [SendSignal(1, "TERM", cause)])
 
 
 def test_census_counts() -> None:

@@ -47,6 +47,7 @@ def _assert_reports(problems: list[str], trace: str, prefix: str) -> None:
         Scenario(1, 1, None, 2, 1.0),
         Scenario(2, 1, 1, None, None),
         Scenario(2, 2, 0, 2, 1.0),
+        Scenario(2, 1, 1, None, None, graceful_signal="TERM"),
     ],
     ids=str,
 )
@@ -155,6 +156,18 @@ def test_bug_old_workers_signalled_twice(monkeypatch: pytest.MonkeyPatch) -> Non
     )
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=8, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T4")
+
+
+def test_bug_a_cull_forgets_the_graceful_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cull sends USR2 whatever `--graceful-signal` says (as before it existed): T15."""
+    real = actions.signal_children
+
+    def usr2_always(state: State, signal: str, pids: Sequence[int], cause: Cause, record: bool = True) -> Outcome:
+        return real(state, "USR2" if cause is Cause.UPGRADE else signal, pids, cause, record)
+
+    monkeypatch.setattr(step, "signal_children", usr2_always)
+    problems, trace = _violation(Scenario(1, 1, None, None, 1.0, graceful_signal="TERM"), replace(SMALL, depth=8, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "T15")
 
 
 def test_bug_index_of_a_live_signaled_child_reused(monkeypatch: pytest.MonkeyPatch) -> None:

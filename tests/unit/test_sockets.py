@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from einhorn.io.sockets import BindSpec, PortUse, SetupError, address_in_use, bind_listener, parse_bind, port_use
+from einhorn.io.sockets import (
+    BindSpec,
+    PortUse,
+    SetupError,
+    SocketFile,
+    address_in_use,
+    bind_listener,
+    listener_address,
+    parse_bind,
+    port_use,
+    socket_file_state,
+)
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
 
@@ -31,23 +44,65 @@ linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /
         ("127.0.0.1:80,r,r", "127.0.0.1", 80, True, False),
     ],
 )
-def test_parse_bind_forms_and_flags(text: str, host: str, port: int, reuseaddr: bool, nonblock: bool) -> None:
+def test_parse_bind_tcp_forms_and_flags(text: str, host: str, port: int, reuseaddr: bool, nonblock: bool) -> None:
     assert parse_bind(text) == BindSpec(text, host, port, reuseaddr, nonblock)
+    assert parse_bind(text).kind == "tcp"
+
+
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [
+        ("[::1]:0,v6only", BindSpec("[::1]:0,v6only", "::1", 0, v6only=True)),
+        ("[::]:80,reuseport,backlog=5", BindSpec("[::]:80,reuseport,backlog=5", "::", 80, reuseport=True, backlog=5)),
+        ("unix:/run/app.sock", BindSpec("unix:/run/app.sock", "", 0, path="/run/app.sock")),
+        ("/run/app.sock,mode=0660", BindSpec("/run/app.sock,mode=0660", "", 0, path="/run/app.sock", mode=0o660)),
+        ("unix:/a/b,n,backlog=0,MODE=600", BindSpec("unix:/a/b,n,backlog=0,MODE=600", "", 0, nonblock=True, backlog=0, path="/a/b", mode=0o600)),
+        ("systemd", BindSpec("systemd", "", 0, systemd="")),
+        ("systemd:web", BindSpec("systemd:web", "", 0, systemd="web")),
+    ],
+)
+def test_parse_bind_ipv6_unix_and_systemd_forms(text: str, spec: BindSpec) -> None:
+    assert parse_bind(text) == spec
+
+
+def test_a_relative_unix_path_is_made_absolute() -> None:
+    assert parse_bind("unix:app.sock").path == os.path.abspath("app.sock")
+    assert parse_bind("./app.sock").kind == "unix"
 
 
 @pytest.mark.parametrize(
     ("text", "why"),
     [
-        ("127.0.0.1", "bind address must be of the form address:port[,flags...]"),
-        ("127.0.0.1:", "bind address must be of the form address:port[,flags...]"),
-        (":80", "bind address must be of the form address:port[,flags...]"),
-        ("127.0.0.1:http", "bind address must be of the form address:port[,flags...]"),
-        ("127.0.0.1:-1", "bind address must be of the form address:port[,flags...]"),
-        ("::1:80", "bind address must be of the form address:port[,flags...]"),  # IPv6 needs its brackets
-        ("127.0.0.1:80,", "bind address must be of the form address:port[,flags...]"),
+        ("unix:", "a UNIX socket needs a path"),
+        ("unix:/a,r", 'unknown bind flag "r" (known: n, o_nonblock, backlog=N, mode=OCTAL)'),
+        ("unix:/a,mode=8", "mode must be an octal file mode (mode=0660)"),
+        ("unix:/a,mode", 'unknown bind flag "mode" (known: n, o_nonblock, backlog=N, mode=OCTAL)'),
+        ("127.0.0.1:80,mode=0600", 'unknown bind flag "mode=0600" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N)'),
+        ("127.0.0.1:80,backlog=x", "backlog must be an integer >= 0"),
+        ("127.0.0.1:80,backlog=-1", "backlog must be an integer >= 0"),
+        ("systemd,n", "systemd's sockets take no flags (systemd set them up)"),
+        ("unix:/" + "x" * 120, "the UNIX socket path /" + "x" * 120 + " is longer than 107 bytes"),
+    ],
+)
+def test_parse_bind_errors_of_the_new_forms(text: str, why: str) -> None:
+    with pytest.raises(SetupError) as raised:
+        parse_bind(text)
+    assert str(raised.value) == f'Invalid value for "{text}": {why}'
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("127.0.0.1", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),
+        ("127.0.0.1:", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),
+        (":80", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),
+        ("127.0.0.1:http", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),
+        ("127.0.0.1:-1", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),
+        ("::1:80", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),  # IPv6 needs its brackets
+        ("127.0.0.1:80,", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),
         ("127.0.0.1:65536", "port 65536 is out of range"),
-        ("127.0.0.1:80,x", 'unknown bind flag "x" (known: r, so_reuseaddr, n, o_nonblock)'),
-        ("127.0.0.1:80,r,reuse", 'unknown bind flag "reuse" (known: r, so_reuseaddr, n, o_nonblock)'),
+        ("127.0.0.1:80,x", 'unknown bind flag "x" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N)'),
+        ("127.0.0.1:80,r,reuse", 'unknown bind flag "reuse" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N)'),
     ],
 )
 def test_parse_bind_errors_name_the_spec_and_say_why(text: str, why: str) -> None:
@@ -168,3 +223,99 @@ def test_without_anything_seen_the_message_still_says_what_usually_holds_a_port(
         f"Could not bind 127.0.0.1:8080: address already in use. {ALIVE} Add ,r (-b 127.0.0.1:8080,r) to reuse a port in TIME_WAIT."
     )
     assert address_in_use(SPEC_R, nothing) == f"Could not bind 127.0.0.1:8080,r: address already in use. {ALIVE}"
+
+
+# --- bind_listener: IPv6, options, UNIX sockets -------------------------------------------------
+
+
+def ipv6_loopback() -> None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as error:
+        pytest.skip(f"no IPv6 loopback here: {error}")
+
+
+def test_an_ipv6_listener_serves_on_its_address() -> None:
+    ipv6_loopback()
+    with bind_listener(parse_bind("[::1]:0"), 10) as sock:
+        assert sock.family == socket.AF_INET6 and sock.get_inheritable()
+        assert listener_address(sock) == f"[::1]:{port(sock)}"
+        with socket.create_connection(("::1", port(sock)), timeout=5):
+            pass
+
+
+@pytest.mark.parametrize(("flags", "reaches_ipv4"), [("", True), (",v6only", False)])
+def test_the_ipv6_wildcard_is_dual_stack_unless_v6only(flags: str, reaches_ipv4: bool) -> None:
+    ipv6_loopback()
+    with bind_listener(parse_bind(f"[::]:0{flags}"), 10) as sock:
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == (0 if reaches_ipv4 else 1)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client:
+            client.settimeout(5)
+            assert client.connect_ex(("127.0.0.1", port(sock))) == (0 if reaches_ipv4 else errno.ECONNREFUSED)
+
+
+def test_v6only_on_an_ipv4_address_is_refused() -> None:
+    with pytest.raises(SetupError, match="v6only needs an IPv6 address, and 127.0.0.1 is AF_INET"):
+        bind_listener(parse_bind("127.0.0.1:0,v6only"), 10)
+
+
+def test_reuseport_lets_two_listeners_share_a_port() -> None:
+    with bind_listener(parse_bind("127.0.0.1:0,reuseport"), 10) as first:
+        assert first.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+        with bind_listener(parse_bind(f"127.0.0.1:{port(first)},reuseport"), 10) as second:
+            assert port(second) == port(first)
+
+
+def accept_queue_limit(sock: socket.socket) -> int:
+    """How many connections the kernel queues before refusing (backlog + 1 on Linux), measured."""
+    clients = []
+    try:
+        for n in range(64):
+            client = socket.socket(socket.AF_UNIX if sock.family == socket.AF_UNIX else sock.family, socket.SOCK_STREAM)
+            client.setblocking(False)
+            clients.append(client)
+            try:
+                client.connect(sock.getsockname())
+            except BlockingIOError:
+                return n
+            except OSError:
+                return n
+        return 64
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_backlog_per_listener_overrides_the_default(tmp_path: Path) -> None:
+    with bind_listener(parse_bind(f"unix:{tmp_path / 'a.sock'},backlog=2"), 50) as sock:
+        assert accept_queue_limit(sock) == 3  # backlog 2 (+1, Linux), not 50
+    with bind_listener(parse_bind(f"unix:{tmp_path / 'b.sock'}"), 4) as sock:
+        assert accept_queue_limit(sock) == 5
+
+
+def test_a_unix_listener_with_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    with bind_listener(parse_bind(f"unix:{path},mode=0640"), 10) as sock:
+        assert sock.family == socket.AF_UNIX and sock.get_inheritable()
+        assert stat.S_ISSOCK(path.lstat().st_mode) and stat.S_IMODE(path.lstat().st_mode) == 0o640
+        assert listener_address(sock) == str(path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+            client.connect(str(path))
+
+
+def test_a_stale_unix_socket_is_removed_and_a_live_one_or_a_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:
+        old.bind(str(path))  # bound, never listening: connect is refused, as after a crash
+    assert socket_file_state(str(path)) is SocketFile.STALE
+    with bind_listener(parse_bind(f"unix:{path}"), 10) as sock:
+        assert socket_file_state(str(path)) is SocketFile.LIVE
+        with pytest.raises(SetupError, match=f"another process is listening on {path}"):
+            bind_listener(parse_bind(f"unix:{path}"), 10)
+        assert sock.getsockname() == str(path)  # the live one is untouched
+    path.unlink()
+    path.write_text("data")
+    with pytest.raises(SetupError, match=f"{path} exists and is not a socket"):
+        bind_listener(parse_bind(f"unix:{path}"), 10)
+    assert path.read_text() == "data"

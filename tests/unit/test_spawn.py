@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from einhorn.io.spawn import WorkerLaunch, is_einhorn_variable, worker_environment
+import fcntl
+import os
+import socket
+from dataclasses import replace
+
+from einhorn.io.spawn import WorkerLaunch, is_einhorn_variable, place_listen_fds, worker_environment, worker_fds
 
 
 def launch(environ: dict[str, str], fds: tuple[int, ...] = (5, 6), families: tuple[str, ...] = ("AF_INET", "AF_INET6")) -> WorkerLaunch:
@@ -66,3 +71,69 @@ def test_names_no_program_could_receive_are_left_out() -> None:
     # would refuse the whole environment (and the fork path's execve would fail) because of them.
     env = worker_environment(launch({"": "empty", "A=B": "c", "KEEP": "1"}), 0, None)
     assert "" not in env and "A=B" not in env and env["KEEP"] == "1"
+
+
+SUPERVISOR = {"LISTEN_PID": "1", "LISTEN_FDS": "2", "LISTEN_FDNAMES": "a:b", "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": "5", "WATCHDOG_PID": "1"}
+
+
+def test_what_systemd_told_the_master_never_reaches_a_worker() -> None:
+    env = worker_environment(launch({**SUPERVISOR, "KEEP": "1"}), 0, None)
+    assert not set(SUPERVISOR) & set(env) and env["KEEP"] == "1"
+
+
+def test_listen_fds_puts_the_listeners_at_3_and_the_command_socket_after_them() -> None:
+    given = replace(launch(SUPERVISOR, fds=(9, 4)), listen_fds=True, listener_names=("web", ""))
+    env = worker_environment(given, 0, 12)
+    assert {k: env[k] for k in ("EINHORN_FD_0", "EINHORN_FD_1", "EINHORN_FDS", "EINHORN_SOCK_FD")} == {
+        "EINHORN_FD_0": "3", "EINHORN_FD_1": "4", "EINHORN_FDS": "3 4", "EINHORN_SOCK_FD": "5",
+    }  # fmt: skip
+    assert (env["LISTEN_FDS"], env["LISTEN_FDNAMES"]) == ("2", "web:unknown")
+    assert "LISTEN_PID" not in env  # the worker's own pid: set in the child
+    assert worker_fds(given, None) == ([3, 4], None)
+
+
+def test_notify_mode_gives_workers_the_masters_notify_socket() -> None:
+    env = worker_environment(replace(launch(SUPERVISOR), notify_socket="/tmp/e.notify"), 0, None)
+    assert env["NOTIFY_SOCKET"] == "/tmp/e.notify" and "WATCHDOG_USEC" not in env
+
+
+def test_place_listen_fds_copes_with_sources_inside_the_target_range() -> None:
+    """In a forked child: 4 -> 3 and 3 -> 4 (a swap), 10 -> 5, and the report pipe, at 5, moved out of the way."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            socks = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+            for sock, name in zip(socks, "abc", strict=True):
+                sock.bind(f"\0einhorn-test-{os.getpid()}-{name}")
+            high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD, 200) for s in socks]
+            pipe = fcntl.fcntl(write_end, fcntl.F_DUPFD_CLOEXEC, 300)
+            os.closerange(3, 200)
+            for fd, target in zip(high, (4, 3, 10), strict=True):
+                os.dup2(fd, target)
+                os.close(fd)
+            os.dup2(pipe, 5, inheritable=False)
+            os.close(pipe)
+            report = place_listen_fds([4, 3, 10], 5)
+            got = [socket.socket(fileno=os.dup(fd)).getsockname() for fd in (3, 4, 5)]
+            expected = [f"\0einhorn-test-{os.getpid()}-{name}".encode() for name in "abc"]
+            inheritable = [os.get_inheritable(fd) for fd in (3, 4, 5, report)]
+            closed = [fd for fd in (10,) if not _is_open(fd)]
+            os.write(report, repr((got == expected, inheritable, report >= 6, closed)).encode())
+        except BaseException as error:  # noqa: BLE001
+            os.write(write_end, repr(error).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe_reader:
+        said = pipe_reader.read()
+    os.waitpid(pid, 0)
+    assert said == repr((True, [True, True, True, False], True, [10])).encode()
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
