@@ -26,7 +26,7 @@ from einhorn.io.control import RestoredConnection, restored_server
 from einhorn.io.handoff import Descriptor, Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.loop import Master
-from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, open_command_socket
+from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, listener_address, open_command_socket
 from einhorn.io.spawn import pdeathsig_available, spawn_worker
 
 LISTENER = "listener"
@@ -101,8 +101,7 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
             listeners.append(bind_listener(spec, settings.backlog))
             log.info(f"Bound {spec.text} on port {bound_port(listeners[-1])}")
         log.info(f"Writing PID to {settings.pidfile}")
-        with open(settings.pidfile, "w") as f:
-            f.write(str(os.getpid()))
+        write_pidfile(settings.pidfile)
     except (SetupError, OSError) as error:
         log.error(str(error))
         server.close()
@@ -113,6 +112,18 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
     config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
     state = initial_state(config, settings.verbosity)
     return _run(state, settings, environ, prepared, log, Handoff(), listeners, server)
+
+
+def write_pidfile(path: str) -> None:
+    """SetupError naming the file if it cannot be written (a full disk fails only on the final flush)."""
+    try:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as error:
+        if os.path.isfile(path):  # left empty or cut short: a reader would take it for a pid
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise SetupError(f"Could not write the pid file {path}: {error.strerror or error} (errno {error.errno})") from None
 
 
 def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepared, log: Logger) -> int:
@@ -168,10 +179,16 @@ def _run(
 ) -> int:
     """Serve with these listeners, registered with the hand-off registry so that they survive the next re-exec."""
     handoff.register(lambda: [Descriptor(LISTENER, sock.fileno(), {"index": n}) for n, sock in enumerate(listeners)])
-    shown = replace(state.config.display, bound_ports=tuple(bound_port(sock) for sock in listeners))
+    shown = replace(
+        state.config.display,
+        bound_ports=tuple(bound_port(sock) for sock in listeners),
+        listener_addresses=tuple(listener_address(sock) for sock in listeners),
+        listener_families=tuple(sock.family.name for sock in listeners),
+    )
     state = replace(state, config=replace(state.config, display=shown))
     launch = worker_launch(settings, environ, master_pid=os.getpid(), listeners=listeners, prepare_child=prepared.prepare_child)
-    master = Master(state, shell_options(settings, environ, launch, prepared.spawn), server, log, handoff, connections, helpers)
+    options = shell_options(settings, environ, launch, prepared.spawn)
+    master = Master(state, options, server, log, handoff, connections, helpers, listeners)
     return master.run(restored=restored)
 
 

@@ -119,6 +119,15 @@ class ReexecFailed:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerHealthChanged:
+    """The `-b` listener `index` stopped accepting connections (a worker shut it down), or accepts again."""
+
+    index: int
+    accepting: bool
+    now: float
+
+
 Event = (
     MasterStarted
     | Tick
@@ -132,4 +141,5 @@ Event = (
     | UpgradeCheckPassed
     | UpgradeCheckFailed
     | ReexecFailed
+    | ListenerHealthChanged
 )

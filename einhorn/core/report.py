@@ -73,6 +73,10 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "ack_target": pool.ack_target(state),
             "missing": max(0, pool.missing_worker_count(state)),
             "pending_spawns": len(state.pending),
+            "listeners": [
+                {"address": address, "family": family, "accepting": n not in shown.stopped_listeners}
+                for n, (address, family) in enumerate(zip(shown.listener_addresses, shown.listener_families, strict=True))
+            ],
         }
     }
 

@@ -48,6 +48,9 @@ def _rich_state() -> State:
             program=("app", "-x"),
             binds=("0.0.0.0:80,r",),
             bound_ports=(80,),
+            listener_addresses=("0.0.0.0:80",),
+            listener_families=("AF_INET",),
+            stopped_listeners=frozenset({0}),
             backlog=7,
             command_socket_as_fd=True,
             kill_children_on_exit=True,
@@ -132,6 +135,7 @@ def test_snapshot_is_the_whole_document() -> None:
             "consecutive_deaths_before_ack": 2,
             "kill_children_on_exit": True,
             "last_spinup": Timestamp(1004.0),
+            "listeners": [{"accepting": False, "address": "0.0.0.0:80", "family": "AF_INET"}],
             "lockfile": "/l",
             "master_pid": 42,
             "missing": 0,
@@ -262,7 +266,7 @@ def test_initial_state_keeps_the_verbosity() -> None:
 
 
 def test_runtime_setting_bounds() -> None:
-    from einhorn.core.config import apply_setting
+    from einhorn.core.config import MAX_DURATION, apply_setting
 
     base = Config()
     assert isinstance(apply_setting(base, "number", 1001), str)
@@ -270,8 +274,10 @@ def test_runtime_setting_bounds() -> None:
     assert apply_setting(base, "max_unacked", 1) == replace(base, max_unacked=1)
     assert isinstance(apply_setting(base, "seconds", True), str)
     assert isinstance(apply_setting(base, "seconds", "2"), str)
-    assert isinstance(apply_setting(base, "seconds", 1e9), str)
-    assert apply_setting(base, "seconds", 999_999_999) == replace(base, seconds=999_999_999.0)
+    assert isinstance(apply_setting(base, "seconds", MAX_DURATION + 0.5), str)
+    assert apply_setting(base, "seconds", MAX_DURATION) == replace(base, seconds=float(MAX_DURATION))
+    assert isinstance(apply_setting(base, "signal_timeout", MAX_DURATION + 1), str)
+    assert apply_setting(base, "signal_timeout", MAX_DURATION) == replace(base, signal_timeout=MAX_DURATION)
     assert apply_setting(base, "nope", 1) == (
         "unknown setting; known settings: number, seconds, max_unacked, max_upgrade_additional, signal_timeout"
     )

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from einhorn.io.sockets import BindSpec, PortUse, SetupError, address_in_use, bind_listener, parse_bind, port_use
+from einhorn.io.sockets import (
+    BindSpec,
+    PortUse,
+    SetupError,
+    accepting,
+    address_in_use,
+    bind_listener,
+    listener_address,
+    parse_bind,
+    port_use,
+)
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/net/tcp")
 
@@ -168,3 +178,46 @@ def test_without_anything_seen_the_message_still_says_what_usually_holds_a_port(
         f"Could not bind 127.0.0.1:8080: address already in use. {ALIVE} Add ,r (-b 127.0.0.1:8080,r) to reuse a port in TIME_WAIT."
     )
     assert address_in_use(SPEC_R, nothing) == f"Could not bind 127.0.0.1:8080,r: address already in use. {ALIVE}"
+
+
+# --- is a listener still accepting? -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", [socket.SHUT_RD, socket.SHUT_RDWR])
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX])
+def test_a_listener_shut_down_through_any_copy_stops_accepting(tmp_path: Path, family: socket.AddressFamily, how: int) -> None:
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    address: str | tuple[str, int] = str(tmp_path / "l.sock") if family == socket.AF_UNIX else ("::1" if family == socket.AF_INET6 else "127.0.0.1", 0)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind(address)
+        sock.listen(8)
+        with socket.socket(family, socket.SOCK_STREAM) as client:
+            client.connect(sock.getsockname())  # a connection waiting in the queue does not count as "stopped"
+            assert accepting(sock)
+        with sock.dup() as copy:
+            copy.shutdown(how)
+        assert not accepting(sock)
+
+
+def test_a_copy_closed_or_shut_for_writing_leaves_the_listener_accepting() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.dup().close()
+        with sock.dup() as copy:
+            copy.shutdown(socket.SHUT_WR)
+        assert accepting(sock)
+
+
+def test_listener_addresses_as_state_shows_them(tmp_path: Path) -> None:
+    with socket.socket() as v4:
+        v4.bind(("127.0.0.1", 0))
+        assert listener_address(v4) == f"127.0.0.1:{v4.getsockname()[1]}"
+    if socket.has_ipv6:
+        with socket.socket(socket.AF_INET6) as v6:
+            v6.bind(("::1", 0))
+            assert listener_address(v6) == f"[::1]:{v6.getsockname()[1]}"
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(str(tmp_path / "u.sock"))
+        assert listener_address(unix) == str(tmp_path / "u.sock")
