@@ -74,14 +74,22 @@ def as_nobody() -> Iterator[OtherUser]:
 
 def nobody(directory: Path) -> OtherUser:
     """`nobody`, with an interpreter and import path it can reach; skips the test with the reason if there is none."""
+    found = find_nobody(directory)
+    if isinstance(found, str):
+        pytest.skip(found)
+    return found
+
+
+def find_nobody(directory: Path) -> OtherUser | str:
+    """`nobody` with an interpreter and import path it can reach, or why there is none (for `bench/soak.py` too)."""
     if os.geteuid() != 0:
-        pytest.skip("switching to another user needs root")
+        return "switching to another user needs root"
     if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+        return "setpriv (util-linux) is not installed"
     try:
         entry = pwd.getpwnam("nobody")
     except KeyError:
-        pytest.skip("there is no user 'nobody'")
+        return "there is no user 'nobody'"
     user = OtherUser(entry.pw_name, entry.pw_uid, entry.pw_gid, sys.executable, str(REPO))
     tried: list[str] = []
     why = _cannot_import(user)
@@ -91,14 +99,14 @@ def nobody(directory: Path) -> OtherUser:
     copy = directory / "readable-einhorn"
     _readable_copy(copy)
     if not _reachable(copy, user):
-        pytest.skip(f"{copy} is not reachable by {user.name}: a parent directory is closed to other users")
+        return f"{copy} is not reachable by {user.name}: a parent directory is closed to other users"
     for python in _interpreters():
         candidate = OtherUser(user.name, user.uid, user.gid, python, str(copy))
         why = _cannot_import(candidate)
         if why is None:
             return candidate
         tried.append(f"{python} with a copy in {copy}: {why}")
-    pytest.skip(f"{user.name} cannot run einhorn here; tried " + "; ".join(tried))
+    return f"{user.name} cannot run einhorn here; tried " + "; ".join(tried)
 
 
 def _cannot_import(user: OtherUser) -> str | None:
