@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -338,7 +339,7 @@ def soak_fuzz(report: Report, lines_wanted: int, big: Sequence[int], huge_lines:
     cheap mutations of them (cut, flipped, spliced, split) again, in one batch, and the master is checked."""
     drawn_per_batch, batch = 20, 250
     with harness() as h:
-        master = h.start("-n", "2", "-m", "0.1", program=["sleep", "3600"], workers=2)
+        master = h.start("-n", "2", "-m", "0.1", program=["sleep", "3600"], workers=2, timeout=30)
         pids = master.wait_workers(2)
         sent = Sent()
         problems: list[str] = []
@@ -428,7 +429,7 @@ def p99(values: Sequence[float]) -> float:
 
 def soak_connections(report: Report, idle_count: int, slow_count: int) -> None:
     with harness() as h:
-        master = h.start("-n", "2", "-m", "0.1", program=["sleep", "3600"], workers=2)
+        master = h.start("-n", "2", "-m", "0.1", program=["sleep", "3600"], workers=2, timeout=30)
         pids = master.wait_workers(2)
         probe = master.connect()
         before = quiescent_fds(master, probe)
@@ -539,10 +540,12 @@ def fault_descriptor_limit(report: Report) -> None:
     with harness() as h:
         master = h.start("-n", "2", *MANUAL, "-b", "127.0.0.1:0", program=SERVE, workers=2, timeout=30)
         pids = master.wait_workers(2)
+        before = len(fds_of(master.pid))
         held = [master.connect(timeout=30) for _ in range(4)]
         waiting: list[Connection] = []
         try:
-            with descriptor_limit(master.pid, len(fds_of(master.pid))):
+            wait_until(lambda: len(fds_of(master.pid)) == before + len(held), 10, "the held connections accepted")
+            with descriptor_limit(master.pid, max(fds_of(master.pid)) + 1):
                 waiting = [master.connect(timeout=30) for _ in range(20)]  # queued in the backlog, not accepted
                 marker = len(master.lines)
                 share = cpu_share(master.pid, 3.0)
@@ -598,7 +601,7 @@ def fault_process_limit(report: Report) -> None:
             report.add("ulimit -u reached (as nobody)", f"skipped: {user}", None)
             return
         with harness() as h:
-            master = h.start("-n", "2", "-m", "0.1", einhorn=user.einhorn(), env=user.environment({}), shared=True, workers=2)
+            master = h.start("-n", "2", "-m", "0.1", einhorn=user.einhorn(), env=user.environment({}), shared=True, workers=2, timeout=30)
             pids = master.wait_workers(2)
             process_limit(user, master.pid, 1)
             final = str(master.command("upgrade", timeout=30)[-1]["message"])
@@ -803,7 +806,7 @@ while True:
 
 def fault_ack_for_another(report: Report) -> None:
     with harness() as h:
-        master = h.start("-n", "2", "-m", "manual", program=[WORKER_PYTHON, "-c", ACK_FOR_A_SIBLING], workers=2, acked=False)
+        master = h.start("-n", "2", "-m", "manual", program=[WORKER_PYTHON, "-c", ACK_FOR_A_SIBLING], workers=2, acked=False, timeout=30)
         with contextlib.suppress(AssertionError):
             wait_until(lambda: sum(1 for w in master.workers().values() if w["acked"]) >= 1, 10, "the sibling ACK")
         acked = sorted(pid for pid, w in master.workers().items() if w["acked"])
@@ -902,7 +905,7 @@ def fault_pid1(report: Report, seconds: float) -> None:
         return
     with harness() as h:
         wrap = ["unshare", "--fork", "--pid", "--mount-proc", "--kill-child", *EINHORN]
-        master = h.start("-n", "2", "-m", "0.1", einhorn=wrap, program=["sh", "-c", ORPHANER])
+        master = h.start("-n", "2", "-m", "0.1", einhorn=wrap, program=["sh", "-c", ORPHANER], timeout=30)
         (einhorn,) = children_of(master.pid)  # unshare's child: PID 1 in the namespace (pids in `state` are the namespace's)
         wait_until(lambda: sum(1 for w in master.workers().values() if w["acked"]) == 2, 10, "2 ACKed workers")
         assert master.state()["master_pid"] == 1
@@ -959,10 +962,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             steps[name]()
         except Exception as error:  # noqa: BLE001 - one broken scenario is a failed row, the others still run
-            report.add(name, f"{type(error).__name__}: {str(error)[:300]}", False)
+            report.add(name, failure(error), False)
     print(report.render())
     print(f"# {time.monotonic() - started:.0f} s; load {os.getloadavg()[0]:.2f} at the end", flush=True)
     return 1 if report.failed else 0
+
+
+def failure(error: Exception) -> str:
+    """What went wrong and where (the innermost frame in bench/ or tests/)."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if "/bench/" in f.filename or "/tests/" in f.filename]
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    return f"{type(error).__name__}{where}: {str(error)[:300]}"
 
 
 def run_faults(report: Report, short: bool) -> None:
@@ -980,8 +990,7 @@ def run_faults(report: Report, short: bool) -> None:
         try:
             fault(report)
         except Exception as error:  # noqa: BLE001 - see main
-            name = getattr(fault, "__name__", "fault")
-            report.add(name, f"{type(error).__name__}: {str(error)[:300]}", False)
+            report.add(getattr(fault, "__name__", "fault"), failure(error), False)
 
 
 if __name__ == "__main__":
