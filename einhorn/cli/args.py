@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from einhorn.cli.settings import Nice, Settings
-from einhorn.core.config import MAX_WORKERS
+from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKERS
 from einhorn.core.signals import graceful_signal_problem, normalize_signal
 from einhorn.io.sockets import parse_bind
 
@@ -174,7 +174,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
     backlog = _integer(args.backlog, "-l/--backlog", low=0)
     seconds = _number(args.seconds, "-s/--seconds")
     ack_timer, ack_notify = _ack_mode(args.ack_mode)
-    signal_timeout = None if args.signal_timeout is None else _integer(args.signal_timeout, "-t/--signal-timeout", low=1)
+    signal_timeout = None
+    if args.signal_timeout is not None:
+        signal_timeout = _whole_seconds(args.signal_timeout, "-t/--signal-timeout")
     max_unacked = os.cpu_count() or 1
     if args.max_unacked is not None:
         max_unacked = _integer(args.max_unacked, "--max-unacked", low=1)
@@ -282,13 +284,23 @@ def _integer(text: str, flag: str, low: int, high: int | None = None) -> int:
     return value
 
 
+def _whole_seconds(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:  # not an integer, or more digits than Python converts
+        value = 0
+    if not 1 <= value <= MAX_DURATION:
+        raise UsageError(f"Invalid value for {flag}: {text!r} (must be an integer number of seconds >= 1 and {DURATION_RANGE})")
+    return value
+
+
 def _number(text: str, flag: str) -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not 0 < value < 1e9:
-        raise UsageError(f"Invalid value for {flag}: {text!r} (must be a number of seconds > 0)")
+    if not 0 < value <= MAX_DURATION:
+        raise UsageError(f"Invalid value for {flag}: {text!r} (must be a number of seconds > 0 and {DURATION_RANGE})")
     return value
 
 
@@ -300,6 +312,8 @@ def _ack_mode(text: str) -> tuple[float | None, bool]:
         value = float(text)
     except ValueError:
         value = float("nan")
+    if value > MAX_DURATION:
+        raise UsageError(f"Invalid ack-mode {text!r} (a timer ACK waits FLOAT seconds, {DURATION_RANGE})")
     if not 0 <= value < 1e9:
         raise UsageError(f"Invalid ack-mode {text!r} (valid modes: FLOAT, manual or notify)")
     return value, False

@@ -116,8 +116,7 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
         if settings.notify_path is not None:
             notify = NotifyServer.open(settings.notify_path, log)
         log.info(f"Writing PID to {settings.pidfile}")
-        with open(settings.pidfile, "w") as f:
-            f.write(str(os.getpid()))
+        write_pidfile(settings.pidfile)
     except (SetupError, OSError) as error:
         log.error(str(error))
         server.close()
@@ -171,6 +170,18 @@ def open_listeners(spec: BindSpec, backlog: int, activation: Activation, log: Lo
 
 def _where(sock: socket.socket) -> str:
     return f"{sock.family.name} {listener_address(sock)}"
+
+
+def write_pidfile(path: str) -> None:
+    """SetupError naming the file if it cannot be written (a full disk fails only on the final flush)."""
+    try:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+    except OSError as error:
+        if os.path.isfile(path):  # left empty or cut short: a reader would take it for a pid
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise SetupError(f"Could not write the pid file {path}: {error.strerror or error} (errno {error.errno})") from None
 
 
 def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepared, log: Logger) -> int:
@@ -253,7 +264,10 @@ def _run(
         listener_names=[listener.name for listener in listeners],
     )
     options = shell_options(settings, environ, launch, prepared.spawn)
-    master = Master(state, options, server, log, handoff, connections, helpers, notify=notify, supervisor=supervisor_of(environ, log))
+    master = Master(
+        state, options, server, log, handoff, connections, helpers,
+        notify=notify, supervisor=supervisor_of(environ, log), listeners=socks,
+    )
     return master.run(restored=restored)
 
 

@@ -13,6 +13,16 @@ UPGRADE_CHECK_TIMEOUT = 30.0
 MAX_WORKERS = 1000
 """Upper bound (inclusive) of `set_workers` and `inc`, as in the original."""
 
+MAX_DURATION = 7 * 24 * 3600
+"""Seconds (one week): the longest duration a setting may name (`-m`, `-s`, `-t`, `config`).
+
+Anything longer is a typo, and no deadline the core computes from one can
+overflow what the shell's wait (select) accepts or what a float holds.
+"""
+
+DURATION_RANGE = f"at most {MAX_DURATION} (one week)"
+"""How the upper bound reads in an error message."""
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerInfo:
@@ -32,7 +42,9 @@ class Display:
     Only the `state` document (`report.snapshot`) and a few reply texts (ehlo's
     greeting, dec's "Run kill PID") read these; `step` does not. `binds` are the
     `-b` specs as given, `bound_ports` the ports actually bound (None for a UNIX
-    socket), `listeners` every listening socket (a `-b systemd` may adopt several).
+    socket), `listeners` every listening socket (a `-b systemd` may adopt several),
+    and `stopped_listeners` the indexes of those the shell saw stop accepting
+    (`ListenerHealthChanged`).
     """
 
     master_pid: int = 0
@@ -44,6 +56,7 @@ class Display:
     binds: tuple[str, ...] = ()
     bound_ports: tuple[int | None, ...] = ()
     listeners: tuple[ListenerInfo, ...] = ()
+    stopped_listeners: frozenset[int] = frozenset()
     backlog: int = 100
     command_socket_as_fd: bool = False
     kill_children_on_exit: bool = False
@@ -108,11 +121,13 @@ def apply_setting(config: Config, name: str, value: object) -> Config | str:
         case "signal_timeout":
             if value is None:
                 return replace(config, signal_timeout=None)
-            count = _int_in(value, 1, None)
-            return "must be an integer >= 1 or null" if count is None else replace(config, signal_timeout=count)
+            count = _int_in(value, 1, MAX_DURATION)
+            if count is None:
+                return f"must be an integer number of seconds >= 1 and {DURATION_RANGE}, or null"
+            return replace(config, signal_timeout=count)
         case "seconds":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
-                return "must be a number of seconds > 0"
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_DURATION:
+                return f"must be a number of seconds > 0 and {DURATION_RANGE}"
             return replace(config, seconds=float(value))
         case _:
             return f"unknown setting; known settings: {', '.join(RUNTIME_SETTINGS)}"

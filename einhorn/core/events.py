@@ -140,6 +140,15 @@ class WorkerNotified:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class ListenerHealthChanged:
+    """The `-b` listener `index` stopped accepting connections (a worker shut it down), or accepts again."""
+
+    index: int
+    accepting: bool
+    now: float
+
+
 Event = (
     MasterStarted
     | Tick
@@ -154,4 +163,5 @@ Event = (
     | UpgradeCheckFailed
     | ReexecFailed
     | WorkerNotified
+    | ListenerHealthChanged
 )

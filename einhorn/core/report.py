@@ -51,7 +51,10 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "version": state.version,
             "bind": list(shown.binds),
             "bound_ports": list(shown.bound_ports),
-            "listeners": [{"family": x.family, "address": x.address, "name": x.name or None} for x in shown.listeners],
+            "listeners": [
+                {"family": x.family, "address": x.address, "name": x.name or None, "accepting": n not in shown.stopped_listeners}
+                for n, x in enumerate(shown.listeners)
+            ],
             "cmd": list(shown.program),
             "respawn": state.respawn,
             "upgrading": state.upgrading is not None,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TypeVar, assert_never
 
-from einhorn.core import notify, pool, upgrade
+from einhorn.core import listeners, notify, pool, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
@@ -29,6 +29,7 @@ from einhorn.core.events import (
     CommandReceived,
     ConnectionClosed,
     Event,
+    ListenerHealthChanged,
     MasterStarted,
     ReexecFailed,
     RequestUnparseable,
@@ -76,6 +77,8 @@ def step(state: State, event: Event) -> Outcome:
             state, effects = upgrade.on_reexec_failed(state, event)
         case WorkerNotified():
             state, effects = notify.on_worker_notified(state, event)
+        case ListenerHealthChanged():
+            state, effects = listeners.on_health_changed(state, event)
         case _:
             assert_never(event)
     state, more = reconcile(state)

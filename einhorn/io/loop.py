@@ -1,9 +1,12 @@
 """The master's event loop: the only caller of `step`, and the performer of its effects.
 
 One selector waits on the signal wakeup socket, the command server and its
-connections, with a timeout taken from `next_deadline`. After every wake-up the
-loop reaps every exited child first (so a signal never targets a recycled pid),
-then feeds the other events, then a `Tick` if the deadline passed.
+connections, with a timeout taken from `next_deadline` (and the next listener
+check), never longer than `MAX_WAIT`. After every wake-up the loop reaps every
+exited child first (so a signal never targets a recycled pid), then feeds the
+other events, then a `Tick` if the deadline passed. Every
+`LISTENER_CHECK_INTERVAL` it asks each `-b` listener whether it still accepts
+and reports a change (`ListenerHealthChanged`).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from einhorn.core.effects import (
 from einhorn.core.events import (
     ChildExited,
     Event,
+    ListenerHealthChanged,
     MasterStarted,
     ReexecFailed,
     SignalReceived,
@@ -49,12 +53,19 @@ from einhorn.core.events import (
 )
 from einhorn.core.state import RequestId, State
 from einhorn.core.step import next_deadline, step
-from einhorn.io import reexec, render, signals
+from einhorn.io import reexec, render, signals, sockets
 from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, spawn_worker
+
+MAX_WAIT = 3600.0
+"""Seconds: the longest single wait in select; a later deadline is reached in several waits
+(select itself refuses timeouts past about 24.8 days)."""
+
+LISTENER_CHECK_INTERVAL = 2.0
+"""Seconds between two checks that the `-b` listeners still accept (`sockets.accepting`)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,29 @@ class ShellOptions:
     spawn: Callable[[WorkerLaunch, int, int | None], Spawned] = field(default=spawn_worker)
 
 
+class ListenerWatch:
+    """Asks each `-b` listener whether it still accepts, every LISTENER_CHECK_INTERVAL; reports changes."""
+
+    def __init__(self, listeners: Sequence[socket.socket], now: float) -> None:
+        self.listeners = listeners
+        self.accepting = [True] * len(listeners)
+        """What was last reported about each (the core starts out believing they all accept)."""
+        self.next_check: float | None = now if listeners else None
+
+    def check(self, now: float) -> list[Event]:
+        """The changes since the last check, if a check is due."""
+        if self.next_check is None or now < self.next_check:
+            return []
+        self.next_check = now + LISTENER_CHECK_INTERVAL
+        events: list[Event] = []
+        for index, sock in enumerate(self.listeners):
+            accepting = sockets.accepting(sock)
+            if accepting != self.accepting[index]:
+                self.accepting[index] = accepting
+                events.append(ListenerHealthChanged(index, accepting, now))
+        return events
+
+
 def monotonic_and_wall() -> tuple[float, float]:
     return time.monotonic(), time.time()
 
@@ -89,6 +123,7 @@ class Master:
         helpers: Iterable[int] = (),
         notify: NotifyServer | None = None,
         supervisor: Supervisor | None = None,
+        listeners: Sequence[socket.socket] = (),
     ) -> None:
         self.state = state
         self.options = options
@@ -102,6 +137,7 @@ class Master:
         """The shell's other processes (state passers, stopped checks): reaped quietly, never events."""
         self.exec_ordered = False
         """`ExecMaster` was ordered: exec at the end of this loop iteration, once everything read is handled."""
+        self.listener_watch = ListenerWatch(listeners, time.monotonic())
         self.selector = selectors.DefaultSelector()
         self.wake_reader, self.wake_writer = socket.socketpair()
         for end in (self.wake_reader, self.wake_writer):
@@ -142,8 +178,7 @@ class Master:
         if self.exit_code is not None:
             return
         deadline = next_deadline(self.state)
-        wakeups = [t for t in (deadline, self.server.next_wakeup()) if t is not None]
-        timeout = max(0.0, min(wakeups) - time.monotonic()) if wakeups else None
+        timeout = select_timeout((deadline, self.server.next_wakeup(), self.listener_watch.next_check), time.monotonic())
         if self.exec_ordered:
             timeout = 0.0  # take in what is already there, then exec (below)
         events: list[Event] = []
@@ -158,6 +193,7 @@ class Master:
         self._serve_requests()
         self.server.tick()
         self.feed(self.server.take_closed())
+        self.feed(self.listener_watch.check(time.monotonic()))
         if deadline is not None and time.monotonic() >= deadline:
             self.feed([Tick(time.monotonic())])
         if self.exec_ordered and self.exit_code is None:
@@ -382,6 +418,14 @@ class Master:
         self.selector.close()
         self.wake_reader.close()
         self.wake_writer.close()
+
+
+def select_timeout(wake_at: Iterable[float | None], now: float) -> float | None:
+    """How long select may wait to wake at the earliest of `wake_at` (None: no wake-up wanted), at most MAX_WAIT."""
+    times = [t for t in wake_at if t is not None]
+    if not times:
+        return None
+    return min(MAX_WAIT, max(0.0, min(times) - now))
 
 
 def _verdict(check: reexec.UpgradeCheck, status: int) -> Event:

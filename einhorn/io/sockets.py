@@ -9,6 +9,7 @@ import fcntl
 import ipaddress
 import os
 import re
+import select
 import socket
 import stat
 import sys
@@ -373,6 +374,26 @@ def _process_name(pid: int) -> str:
             return f.read().strip() or "?"
     except OSError:
         return "?"
+
+
+_HUNG_UP = select.POLLHUP | select.POLLNVAL | getattr(select, "POLLRDHUP", 0)
+
+
+def accepting(sock: socket.socket) -> bool:
+    """Whether a listening socket still takes connections (no system call here allocates a descriptor).
+
+    `shutdown()` of a listening socket, by any process holding it, stops it for
+    every holder. On Linux a TCP listener then drops SO_ACCEPTCONN; a UNIX one
+    keeps it, but polls as hung up (POLLRDHUP), as a shut TCP one does too.
+    """
+    try:
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return False
+    except OSError:
+        pass  # SO_ACCEPTCONN unknown here: the poll still tells
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | _HUNG_UP)
+    return not any(revents & _HUNG_UP for _, revents in poller.poll(0))
 
 
 def bound_port(sock: socket.socket) -> int | None:

@@ -220,14 +220,22 @@ class Harness:
         timeout: float = 10.0,
         prefix: Sequence[str] = (),
         wait: bool = True,
+        einhorn: Sequence[str] = EINHORN,
+        shared: bool = False,
     ) -> Master:
         """Start a master with `options` and `program`; wait for its command socket (and `workers`).
 
         `prefix` runs einhorn through another program (`systemd-socket-activate ...`); without
-        `wait` the caller waits for the command socket itself (`Master.wait_up`)."""
+        `wait` the caller waits for the command socket itself (`Master.wait_up`). `einhorn` is the
+        command that runs einhorn; `shared` opens the master's directory to every user, for a
+        master that runs as another one (`other_user.py`).
+        """
         directory, sock, pidfile, lockfile = self.paths()
+        if shared:
+            self.directory.chmod(0o711)
+            directory.chmod(0o777)
         path_options = ["-d", sock, "-e", pidfile, "-f", lockfile] if paths else []
-        argv = [*prefix, *EINHORN, *path_options, *options, "--", *program]
+        argv = [*prefix, *einhorn, *path_options, *options, "--", *program]
         environment = self.environment(env)
         log_path = directory / "stderr.log"
         with open(log_path, "wb") as log_file:

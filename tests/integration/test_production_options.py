@@ -11,6 +11,7 @@ removes the temp dir, also on failure. Waits poll a condition with a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 
 from einhorn.client import Client
+from tests.integration.other_user import REPO, as_nobody
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl")
 
@@ -249,6 +251,7 @@ def prod_einhorn() -> Iterator[Callable[..., ProdEinhorn]]:
         cwd: Path | None = None,
         python: str = sys.executable,
         shared: bool = False,
+        pythonpath: str = str(REPO),
     ) -> ProdEinhorn:
         directory = Path(tempfile.mkdtemp(prefix="einhorn-prod-"))
         directories.append(str(directory))
@@ -263,13 +266,13 @@ def prod_einhorn() -> Iterator[Callable[..., ProdEinhorn]]:
         log_path = directory / "master.log"
         socket_path = str(directory / "cmd.sock")
         argv = [
-            *wrap, sys.executable, "-m", "einhorn",
+            *wrap, python, "-m", "einhorn",
             "-d", socket_path, "-e", str(directory / "einhorn.pid"), "-f", str(directory / "einhorn.lock"),
             *[option.format(dir=directory) for option in options],
             "--", python, str(directory / "prod_worker.py"), str(reports), *flags,
         ]
         environ = {**os.environ, "TMPDIR": str(directory), **{k: v.format(dir=directory) for k, v in (env or {}).items()}}
-        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), environ.get("PYTHONPATH")]))
+        environ["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, environ.get("PYTHONPATH")]))
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=environ, cwd=cwd or directory)
         einhorn = ProdEinhorn(proc, directory, reports, log_path, socket_path)
@@ -498,15 +501,15 @@ def _nobody_may_lower_nice() -> bool:
     return soft == resource.RLIM_INFINITY or soft > 20
 
 
-@pytest.mark.skipif(os.geteuid() != 0 and shutil.which("setpriv") is None, reason="needs a non-root einhorn")
 @pytest.mark.skipif(_nobody_may_lower_nice(), reason="RLIMIT_NICE lets anyone lower the nice level here")
 def test_negative_nice_as_non_root_warns_and_continues(prod_einhorn: Callable[..., ProdEinhorn]) -> None:
-    wrap = [] if os.geteuid() != 0 else ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
-    python = "/usr/bin/python3" if os.geteuid() == 0 else sys.executable  # ours may sit in root's home
-    if not os.access(python, os.X_OK):
-        pytest.skip(f"no interpreter for an unprivileged worker at {python}")
-    einhorn = prod_einhorn(["--nice", "-5:-6"], wrap=wrap, python=python, shared=True)
-    (report,) = einhorn.wait_reports(1)
+    with contextlib.ExitStack() as stack:
+        if os.geteuid() == 0:  # as root, the master runs as nobody, from what nobody can reach (maybe a copy)
+            user = stack.enter_context(as_nobody())
+            einhorn = prod_einhorn(["--nice", "-5:-6"], wrap=user.wrap(), python=user.python, pythonpath=user.pythonpath, shared=True)
+        else:
+            einhorn = prod_einhorn(["--nice", "-5:-6"], shared=True)
+        (report,) = einhorn.wait_reports(1)
     log = einhorn.log()
     assert "WARNING: --nice asks for level -5 for the master" in log
     assert "WARNING: --nice asks for level -6 for the workers" in log

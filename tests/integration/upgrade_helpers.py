@@ -28,7 +28,14 @@ HOLD_LIMIT_SECONDS = 20
 
 
 def write_wrapper(
-    directory: Path, name: str, *, on_check: str = "", on_exec: str = "", exec_einhorn: bool = True, shell: str = "/bin/sh"
+    directory: Path,
+    name: str,
+    *,
+    on_check: str = "",
+    on_exec: str = "",
+    exec_einhorn: bool = True,
+    shell: str = "/bin/sh",
+    command: Sequence[str] = EINHORN,
 ) -> str:
     """An executable `--reexec-as` script; its path.
 
@@ -36,8 +43,9 @@ def write_wrapper(
     re-exec proper, where `$state_fd` holds the state pipe's fd number and
     `$here` the wrapper's directory. Without `exec_einhorn` the re-exec proper
     ends after `on_exec` (the script exits 0 unless `on_exec` exits first).
+    `command` is how the script runs einhorn.
     """
-    einhorn = shlex.join(EINHORN)
+    einhorn = shlex.join(command)
     path = directory / name
     path.write_text(
         f"""#!{shell}

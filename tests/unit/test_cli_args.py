@@ -13,11 +13,15 @@ import pytest
 from einhorn.cli import args
 from einhorn.cli.args import HELP_COLUMN, OPTION_HELP, OPTIONS, UsageError, parse, split_argv
 from einhorn.cli.settings import Nice, Settings
+from einhorn.core.config import MAX_DURATION
 from einhorn.io.sockets import BindSpec, SetupError
 
 PROGRAM = sys.executable
 """An absolute path to an executable: `parse` resolves the program."""
 ENV = {"PATH": os.defpath}
+WHOLE_SECONDS = "(must be an integer number of seconds >= 1 and at most 604800 (one week))"
+SECONDS = "(must be a number of seconds > 0 and at most 604800 (one week))"
+ACK_SECONDS = "(a timer ACK waits FLOAT seconds, at most 604800 (one week))"
 
 
 def settings(*argv: str) -> Settings:
@@ -200,7 +204,7 @@ def test_nice_levels(text: str, nice: Nice) -> None:
 
 def test_values_that_start_with_a_dash_are_values() -> None:
     assert settings("--nice", "-5").nice == Nice(-5, None)
-    assert usage_error("-t", "-1") == "Invalid value for -t/--signal-timeout: '-1' (must be an integer >= 1)"
+    assert usage_error("-t", "-1") == f"Invalid value for -t/--signal-timeout: '-1' {WHOLE_SECONDS}"
 
 
 def test_the_flags_for_a_reexec_leave_out_the_internal_options() -> None:
@@ -224,11 +228,11 @@ def test_what_to_print_instead_of_running(argv: list[str], request_: str) -> Non
         (["-n", "1001"], "Invalid value for -n/--number: '1001' (must be an integer in [1, 1000])"),
         (["-n", "two"], "Invalid value for -n/--number: 'two' (must be an integer in [1, 1000])"),
         (["-l", "-1"], "Invalid value for -l/--backlog: '-1' (must be an integer >= 0)"),
-        (["-s", "0"], "Invalid value for -s/--seconds: '0' (must be a number of seconds > 0)"),
-        (["-s", "nan"], "Invalid value for -s/--seconds: 'nan' (must be a number of seconds > 0)"),
+        (["-s", "0"], f"Invalid value for -s/--seconds: '0' {SECONDS}"),
+        (["-s", "nan"], f"Invalid value for -s/--seconds: 'nan' {SECONDS}"),
         (["-m", "auto"], "Invalid ack-mode 'auto' (valid modes: FLOAT, manual or notify)"),
         (["-m", "-1"], "Invalid ack-mode '-1' (valid modes: FLOAT, manual or notify)"),
-        (["-t", "0"], "Invalid value for -t/--signal-timeout: '0' (must be an integer >= 1)"),
+        (["-t", "0"], f"Invalid value for -t/--signal-timeout: '0' {WHOLE_SECONDS}"),
         (["--max-unacked", "0"], "Invalid value for --max-unacked: '0' (must be an integer >= 1)"),
         (["--max-upgrade-additional", "-1"], "Invalid value for --max-upgrade-additional: '-1' (must be an integer >= 0)"),
         (["--nice", "x"], "Invalid value for --nice: 'x' (must be MASTER[:WORKER[:RENICE_CMD]] with integer levels)"),
@@ -245,6 +249,30 @@ def test_what_to_print_instead_of_running(argv: list[str], request_: str) -> Non
 )
 def test_usage_errors_say_what_is_wrong(argv: list[str], message: str) -> None:
     assert usage_error(*argv) == message
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-m", "2147484"], f"Invalid ack-mode '2147484' {ACK_SECONDS}"),
+        (["-m", "604800.5"], f"Invalid ack-mode '604800.5' {ACK_SECONDS}"),
+        (["-m", "inf"], f"Invalid ack-mode 'inf' {ACK_SECONDS}"),
+        (["-s", "604801"], f"Invalid value for -s/--seconds: '604801' {SECONDS}"),
+        (["-s", "1e400"], f"Invalid value for -s/--seconds: '1e400' {SECONDS}"),
+        (["-t", "3000000"], f"Invalid value for -t/--signal-timeout: '3000000' {WHOLE_SECONDS}"),
+        (["-t", "9" * 400], f"Invalid value for -t/--signal-timeout: '{'9' * 400}' {WHOLE_SECONDS}"),
+        (["-t", "9" * 5000], f"Invalid value for -t/--signal-timeout: '{'9' * 5000}' {WHOLE_SECONDS}"),
+    ],
+)
+def test_durations_longer_than_a_week_are_refused(argv: list[str], message: str) -> None:
+    """Issue 16, finding 1: `-m 2147484` crashed the master at its first wait (select's timeout overflowed)."""
+    assert usage_error(*argv) == message
+
+
+def test_a_week_is_the_longest_duration_accepted() -> None:
+    week = str(MAX_DURATION)
+    result = settings("-m", week, "-s", week, "-t", week)
+    assert (result.ack_timer, result.seconds, result.signal_timeout) == (MAX_DURATION, MAX_DURATION, MAX_DURATION)
 
 
 def test_an_option_without_its_value() -> None:

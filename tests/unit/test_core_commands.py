@@ -23,6 +23,7 @@ from einhorn.core.step import next_deadline, step
 from tests.unit.fixtures.core_world import make_config, run
 
 CONN = 3
+WHOLE_SECONDS = "(must be an integer number of seconds >= 1 and at most 604800 (one week), or null)"
 
 
 def info(message: str) -> Log:
@@ -345,9 +346,12 @@ def test_config_accepts_null_for_optional_settings() -> None:
         ({"number": 0}, "Invalid value for number: 0 (must be an integer in [1, 1000])"),
         ({"number": "3"}, "Invalid value for number: '3' (must be an integer in [1, 1000])"),
         ({"seconds": 2, "number": True}, "Invalid value for number: True (must be an integer in [1, 1000])"),
-        ({"seconds": 0}, "Invalid value for seconds: 0 (must be a number of seconds > 0)"),
+        ({"seconds": 0}, "Invalid value for seconds: 0 (must be a number of seconds > 0 and at most 604800 (one week))"),
+        ({"seconds": 1e10}, "Invalid value for seconds: 10000000000.0 (must be a number of seconds > 0 and at most 604800 (one week))"),
         ({"max_unacked": 0}, "Invalid value for max_unacked: 0 (must be an integer >= 1)"),
-        ({"signal_timeout": 0}, "Invalid value for signal_timeout: 0 (must be an integer >= 1 or null)"),
+        ({"signal_timeout": 0}, f"Invalid value for signal_timeout: 0 {WHOLE_SECONDS}"),
+        ({"signal_timeout": 3000000}, f"Invalid value for signal_timeout: 3000000 {WHOLE_SECONDS}"),
+        ({"signal_timeout": 10**400}, None),
         ({"max_upgrade_additional": -1}, "Invalid value for max_upgrade_additional: -1 (must be an integer >= 0 or null)"),
         ([1, 2], "Parsed argument is a list, not a hash"),
         ("just a string", "Parsed argument is a str, not a hash"),

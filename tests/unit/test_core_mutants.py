@@ -50,6 +50,7 @@ def _rich_state() -> State:
             binds=("0.0.0.0:80,r",),
             bound_ports=(80, None),
             listeners=(ListenerInfo("AF_INET", "0.0.0.0:80"), ListenerInfo("AF_UNIX", "/run/web.sock", "web")),
+            stopped_listeners=frozenset({0}),
             backlog=7,
             command_socket_as_fd=True,
             kill_children_on_exit=True,
@@ -93,8 +94,8 @@ def test_snapshot_is_the_whole_document() -> None:
             "bind": ["0.0.0.0:80,r"],
             "bound_ports": [80, None],
             "listeners": [
-                {"family": "AF_INET", "address": "0.0.0.0:80", "name": None},
-                {"family": "AF_UNIX", "address": "/run/web.sock", "name": "web"},
+                {"family": "AF_INET", "address": "0.0.0.0:80", "name": None, "accepting": False},
+                {"family": "AF_UNIX", "address": "/run/web.sock", "name": "web", "accepting": True},
             ],
             "children": {
                 10: {
@@ -272,7 +273,7 @@ def test_initial_state_keeps_the_verbosity() -> None:
 
 
 def test_runtime_setting_bounds() -> None:
-    from einhorn.core.config import apply_setting
+    from einhorn.core.config import MAX_DURATION, apply_setting
 
     base = Config()
     assert isinstance(apply_setting(base, "number", 1001), str)
@@ -280,8 +281,10 @@ def test_runtime_setting_bounds() -> None:
     assert apply_setting(base, "max_unacked", 1) == replace(base, max_unacked=1)
     assert isinstance(apply_setting(base, "seconds", True), str)
     assert isinstance(apply_setting(base, "seconds", "2"), str)
-    assert isinstance(apply_setting(base, "seconds", 1e9), str)
-    assert apply_setting(base, "seconds", 999_999_999) == replace(base, seconds=999_999_999.0)
+    assert isinstance(apply_setting(base, "seconds", MAX_DURATION + 0.5), str)
+    assert apply_setting(base, "seconds", MAX_DURATION) == replace(base, seconds=float(MAX_DURATION))
+    assert isinstance(apply_setting(base, "signal_timeout", MAX_DURATION + 1), str)
+    assert apply_setting(base, "signal_timeout", MAX_DURATION) == replace(base, signal_timeout=MAX_DURATION)
     assert apply_setting(base, "nope", 1) == (
         "unknown setting; known settings: number, seconds, max_unacked, max_upgrade_additional, signal_timeout"
     )

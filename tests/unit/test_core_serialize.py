@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from einhorn.core.config import RUNTIME_SETTINGS
+from einhorn.core.config import MAX_DURATION, RUNTIME_SETTINGS
 from einhorn.core.events import MasterStarted
 from einhorn.core.serialize import FORMAT, StateFormatError, from_plain, to_plain
 from einhorn.core.state import (
@@ -73,10 +73,10 @@ reexecs = st.builds(
 runtime_configs = st.builds(
     make_config,
     number=st.integers(1, 1000),
-    seconds=st.floats(min_value=1e-6, max_value=1e8),
+    seconds=st.floats(min_value=1e-6, max_value=MAX_DURATION),
     max_unacked=st.integers(1, 64),
     max_upgrade_additional=st.none() | st.integers(0, 64),
-    signal_timeout=st.none() | st.integers(1, 3600),
+    signal_timeout=st.none() | st.integers(1, MAX_DURATION),
     ack_timer=st.none() | st.floats(0, 60),
 )
 

@@ -17,6 +17,7 @@ from einhorn.io.sockets import (
     PortUse,
     SetupError,
     SocketFile,
+    accepting,
     address_in_use,
     bind_listener,
     listener_address,
@@ -319,3 +320,44 @@ def test_a_stale_unix_socket_is_removed_and_a_live_one_or_a_file_is_refused(tmp_
     with pytest.raises(SetupError, match=f"{path} exists and is not a socket"):
         bind_listener(parse_bind(f"unix:{path}"), 10)
     assert path.read_text() == "data"
+# --- is a listener still accepting? -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", [socket.SHUT_RD, socket.SHUT_RDWR])
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6, socket.AF_UNIX])
+def test_a_listener_shut_down_through_any_copy_stops_accepting(tmp_path: Path, family: socket.AddressFamily, how: int) -> None:
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    address: str | tuple[str, int] = str(tmp_path / "l.sock") if family == socket.AF_UNIX else ("::1" if family == socket.AF_INET6 else "127.0.0.1", 0)
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind(address)
+        sock.listen(8)
+        with socket.socket(family, socket.SOCK_STREAM) as client:
+            client.connect(sock.getsockname())  # a connection waiting in the queue does not count as "stopped"
+            assert accepting(sock)
+        with sock.dup() as copy:
+            copy.shutdown(how)
+        assert not accepting(sock)
+
+
+def test_a_copy_closed_or_shut_for_writing_leaves_the_listener_accepting() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        sock.dup().close()
+        with sock.dup() as copy:
+            copy.shutdown(socket.SHUT_WR)
+        assert accepting(sock)
+
+
+def test_listener_addresses_as_state_shows_them(tmp_path: Path) -> None:
+    with socket.socket() as v4:
+        v4.bind(("127.0.0.1", 0))
+        assert listener_address(v4) == f"127.0.0.1:{v4.getsockname()[1]}"
+    if socket.has_ipv6:
+        with socket.socket(socket.AF_INET6) as v6:
+            v6.bind(("::1", 0))
+            assert listener_address(v6) == f"[::1]:{v6.getsockname()[1]}"
+    with socket.socket(socket.AF_UNIX) as unix:
+        unix.bind(str(tmp_path / "u.sock"))
+        assert listener_address(unix) == str(tmp_path / "u.sock")
