@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from einhorn.core.config import MAX_SPINUP_INTERVAL
+from einhorn.core.config import MAX_SPINUP_INTERVAL, Pacing
 from einhorn.core.state import Child, State
 
 
@@ -68,6 +68,20 @@ def surplus_by_priority(state: State) -> list[Child]:
     """Unsignaled modern workers, the ones to stop first first: un-ACKed, then newest."""
     candidates = unsignaled_modern_workers(state)
     return sorted(candidates, key=lambda c: (c.acked, -c.spinup_at, -c.pid))
+
+
+def paced_by_acks(state: State) -> bool:
+    """Whether a gradual spin-up waits only for un-ACKed slots, not for time: ACK pacing,
+    and no death before ACK since the last ACK (a death brings the interval back)."""
+    return state.config.pacing is Pacing.ACK and state.deaths_before_ack == 0
+
+
+def died_young(state: State, child: Child) -> bool:
+    """Under ACK pacing, an ACKed worker that exits unasked within `seconds` of its start
+    counts as a death before ACK: with nothing but ACKs to wait for, a worker that ACKs at
+    once (`-m 0`) and crashes would otherwise be replaced as fast as the shell can fork."""
+    young = state.clock - child.spinup_at < state.config.seconds
+    return state.config.pacing is Pacing.ACK and young and not child.signaled
 
 
 def spinup_interval(state: State) -> float:

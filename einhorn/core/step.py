@@ -142,8 +142,11 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
     state = replace(state, children=_without(state.children, event.pid))
     extra = ""
     if not child.acked:
-        state = replace(state, deaths_before_ack=state.deaths_before_ack + 1)
         extra = " before it was ACKed"
+    elif pool.died_young(state, child):
+        extra = f" within {state.config.seconds:g}s of its start (counted as a death before ACK)"
+    if extra:
+        state = replace(state, deaths_before_ack=state.deaths_before_ack + 1)
     return state, announce(state, LogLevel.INFO, f"===> Exited worker {event.pid}{extra} ({_describe_exit(event)})")
 
 
@@ -235,12 +238,15 @@ def _check_due(state: State) -> Iterable[tuple[float, int]]:
 
 
 def _spinup_due(state: State) -> Iterable[tuple[float, int]]:
-    """A gradual spin-up: the interval after the last one (none while a re-exec is in progress:
-    a worker started now would be of the old version)."""
+    """A gradual spin-up: paced by ACKs, due now (it waits for nothing but a free un-ACKed
+    slot, which only an event frees); else the interval after the last one. None while a
+    re-exec is in progress: a worker started now would be of the old version."""
     if not state.respawn or state.last_spinup_at is None or state.reexec is not None:
         return ()
     if pool.missing_worker_count(state) <= 0:
         return ()
+    if pool.paced_by_acks(state):
+        return [(state.clock, 0)]
     return [(state.last_spinup_at + pool.spinup_interval(state), 0)]
 
 
@@ -292,19 +298,26 @@ def _first_fill(state: State) -> Outcome:
 
 
 def _spin_up_gradually(state: State) -> Outcome:
-    interval = pool.spinup_interval(state)
+    """Within max_unacked (and max_upgrade_additional): paced by ACKs, every missing worker a
+    free slot allows; paced by the interval, one."""
+    config = state.config
     unacked = pool.unacked_unsignaled_modern_count(state)
-    if unacked >= state.config.max_unacked:
+    room = config.max_unacked - unacked
+    if config.max_upgrade_additional is not None:
+        room = min(room, config.number + config.max_upgrade_additional - pool.total_worker_count(state))
+    if room <= 0:
         return state, []
-    extra = state.config.max_upgrade_additional
-    if extra is not None and pool.total_worker_count(state) >= state.config.number + extra:
-        return state, []
+    if pool.paced_by_acks(state):
+        count = min(room, pool.missing_worker_count(state))
+        what = "a new process" if count == 1 else f"{count} new processes"
+        pace = "paced by ACKs"
+    else:
+        count, what, pace = 1, "a new process", f"spin-up interval {pool.spinup_interval(state):g}s"
     note = Log(
         LogLevel.INFO,
-        f"Launching a new process since there are {unacked} unacked new workers"
-        f" and max_unacked is {state.config.max_unacked} (spin-up interval {interval:g}s)",
+        f"Launching {what} since there are {unacked} unacked new workers and max_unacked is {config.max_unacked} ({pace})",
     )
-    state, effects = spin_up(state, 1)
+    state, effects = spin_up(state, count)
     return state, [note, *effects]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from einhorn.core import commands, pool, step
-from einhorn.core.config import Config, Display
+from einhorn.core.config import Config, Display, Pacing
 from einhorn.core.effects import Cause, Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.report import Symbol, Timestamp, snapshot
@@ -128,7 +128,7 @@ def test_snapshot_is_the_whole_document() -> None:
             "cmd": ["app", "-x"],
             "cmd_name": "web",
             "command_socket_as_fd": True,
-            "config": {"backlog": 7, "max_unacked": 2, "max_upgrade_additional": 1, "number": 3, "seconds": 2.0},
+            "config": {"backlog": 7, "max_unacked": 2, "max_upgrade_additional": 1, "number": 3, "seconds": 2.0, "pacing": "ack"},
             "consecutive_deaths_before_ack": 2,
             "kill_children_on_exit": True,
             "last_spinup": Timestamp(1004.0),
@@ -271,9 +271,13 @@ def test_runtime_setting_bounds() -> None:
     assert isinstance(apply_setting(base, "seconds", True), str)
     assert isinstance(apply_setting(base, "seconds", "2"), str)
     assert isinstance(apply_setting(base, "seconds", 1e9), str)
-    assert apply_setting(base, "seconds", 999_999_999) == replace(base, seconds=999_999_999.0)
+    assert apply_setting(base, "seconds", 999_999_999) == replace(base, seconds=999_999_999.0, pacing=Pacing.INTERVAL)
+    assert apply_setting(base, "pacing", "interval") == replace(base, pacing=Pacing.INTERVAL)
+    assert apply_setting(replace(base, pacing=Pacing.INTERVAL), "pacing", "ack") == base
+    for bad in ("fast", "ACK", None, 1, ["ack"]):
+        assert apply_setting(base, "pacing", bad) == "must be one of ack, interval"
     assert apply_setting(base, "nope", 1) == (
-        "unknown setting; known settings: number, seconds, max_unacked, max_upgrade_additional, signal_timeout"
+        "unknown setting; known settings: number, seconds, max_unacked, max_upgrade_additional, signal_timeout, pacing"
     )
 
 
