@@ -628,6 +628,40 @@ def test_fleet_upgrade_with_small_capacity_still_completes() -> None:
     assert converged(world) is None and world.state.version == 1
 
 
+def upgrade_without_time(config: Config, kind: str) -> World:
+    """An upgrade in a world where spawns start, signaled workers exit and workers ACK, but no time passes."""
+    world = World(state=up(config), base_config=config, live={1000 + i for i in range(config.number)}, now=10.0)
+    world.feed(command(7, kind, now=10.0))
+    world.restore()
+    for _ in range(200):
+        state = world.state
+        signaled = sorted(c.pid for c in state.children.values() if c.signaled)
+        unacked = sorted(c.pid for c in state.children.values() if not c.acked)
+        if state.pending:
+            world.spawn(min(state.pending))
+        elif signaled:
+            world.exit(signaled[0])
+        elif unacked:
+            world.ack(unacked[0])
+        else:
+            break
+    return world
+
+
+@pytest.mark.parametrize("max_upgrade_additional", [None, 1, 2])
+@pytest.mark.parametrize("kind", ["upgrade", "upgrade_fleet"])
+def test_paced_by_acks_every_upgrade_goes_at_the_speed_of_the_workers(kind: str, max_upgrade_additional: int | None) -> None:
+    """Issue 14: smooth or fleet, capped or not, an upgrade needs no time to pass but the workers' own."""
+    config = make_config(number=4, max_unacked=2, ack_timer=None, max_upgrade_additional=max_upgrade_additional)
+    world = upgrade_without_time(config, kind)
+    assert converged(world) is None and world.state.version == 1 and world.state.clock == 10.0
+
+
+def test_under_the_interval_a_smooth_upgrade_waits_for_it() -> None:
+    world = upgrade_without_time(make_config(number=4, max_unacked=2, ack_timer=None, pacing=Pacing.INTERVAL), "upgrade")
+    assert world.state.upgrading is not None and next_deadline(world.state) == 11.0
+
+
 HELD = error(
     "Upgrade held at capacity: number 2 + max_upgrade_additional 0 leaves no room for a new worker,"
     " and stopping an ACKed old worker would leave 1 of 2 serving. Raise max_upgrade_additional (config) to go on."
