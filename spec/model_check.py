@@ -52,6 +52,7 @@ from einhorn.core.events import (
     UpgradeCheckPassed,
     WorkerSpawned,
 )
+from einhorn.core.indexed import Children, PendingSpawns
 from einhorn.core.state import PendingSpawn, ReexecPhase, State, initial_state
 from spec import invariants
 
@@ -345,9 +346,13 @@ def canonical(state: State) -> State:
 
 def _hashable(value: object) -> object:
     """Mappings (children, pending spawns) as sorted item tuples; everything else in State is hashable."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if type(value) in _MAPPINGS:  # (not isinstance: an ABC's check, for every field of every state)
+        assert isinstance(value, Mapping)
+        return tuple(sorted(value.items()))
     return value
+
+
+_MAPPINGS = (Children, PendingSpawns, dict)
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(State))

@@ -71,8 +71,8 @@ def to_plain(state: State) -> dict[str, object]:
     return {
         "format": FORMAT,
         "version": state.version,
-        "children": [_child_to_plain(c) for c in state.children.values()],
-        "pending": [[p.spawn_id, p.index, p.version, p.requested_at] for p in state.pending.values()],
+        "children": [_child_to_plain(state.children[pid]) for pid in sorted(state.children)],
+        "pending": [[p.spawn_id, p.index, p.version, p.requested_at] for _, p in sorted(state.pending.items())],
         "next_spawn_id": state.next_spawn_id,
         "respawn": state.respawn,
         "upgrading": None if state.upgrading is None else state.upgrading.value,

@@ -8,9 +8,9 @@ its rules and invariants in words.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TypeVar, assert_never
+from typing import assert_never
 
 from einhorn.core import pool, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
@@ -42,11 +42,11 @@ from einhorn.core.events import (
 from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind
 
 Outcome = tuple[State, list[Effect]]
-_V = TypeVar("_V")
 
 
 def step(state: State, event: Event) -> Outcome:
-    state = replace(state, clock=max(state.clock, event.now))
+    if event.now > state.clock:
+        state = replace(state, clock=event.now)
     previous = state
     match event:
         case MasterStarted():
@@ -86,8 +86,12 @@ def next_deadline(state: State) -> float | None:
     or before it has already fired, or is blocked until some other event
     changes the state.
     """
-    future = [deadline for timer in TIMERS for deadline, _ in timer.due(state) if deadline > state.clock]
-    return min(future) if future else None
+    future = [_first_after(timer.due(state), state.clock) for timer in TIMERS]
+    return min((deadline for deadline in future if deadline is not None), default=None)
+
+
+def _first_after(due: Iterable[tuple[float, int]], clock: float) -> float | None:
+    return next((deadline for deadline, _ in due if deadline > clock), None)
 
 
 # --- events ---------------------------------------------------------------
@@ -107,11 +111,7 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
         index=pending.index,
         spinup_at=event.now,
     )
-    state = replace(
-        state,
-        pending=_without(state.pending, event.spawn_id),
-        children={**state.children, event.pid: child},
-    )
+    state = replace(state, pending=state.indexed_pending.delete(event.spawn_id), children=state.indexed_children.set(child))
     effects = announce(state, LogLevel.INFO, f"===> Launched {event.pid} (index: {pending.index})")
     if not state.respawn and state.shutdown_signal is not None:
         state, more = signal_children(state, state.shutdown_signal, [event.pid], Cause.SHUTDOWN)
@@ -122,11 +122,7 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
 def _on_spawn_failed(state: State, event: SpawnFailed) -> Outcome:
     if event.spawn_id not in state.pending:
         return state, [Log(LogLevel.ERROR, f"Spawn failure for unknown spawn {event.spawn_id}; ignoring")]
-    state = replace(
-        state,
-        pending=_without(state.pending, event.spawn_id),
-        deaths_before_ack=state.deaths_before_ack + 1,
-    )
+    state = replace(state, pending=state.indexed_pending.delete(event.spawn_id), deaths_before_ack=state.deaths_before_ack + 1)
     return state, [
         Log(
             LogLevel.ERROR,
@@ -139,7 +135,7 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
     child = state.children.get(event.pid)
     if child is None:
         return state, [Log(LogLevel.INFO, f"Reaped unknown process {event.pid} ({_describe_exit(event)}); ignoring")]
-    state = replace(state, children=_without(state.children, event.pid))
+    state = replace(state, children=state.indexed_children.delete(event.pid))
     extra = ""
     if not child.acked:
         extra = " before it was ACKed"
@@ -197,9 +193,11 @@ def _on_connection_closed(state: State, event: ConnectionClosed) -> Outcome:
 @dataclass(frozen=True, slots=True)
 class Timer:
     """A rule that acts when a deadline passes: `due` lists (deadline, subject)
-    pairs, `fire` acts on one subject. Reconcile fires every subject whose
-    deadline is at or before the clock, and `next_deadline` is the earliest
-    later one: the deadline and its action are one definition."""
+    pairs, earliest first, `fire` acts on one subject. Reconcile fires every
+    subject whose deadline is at or before the clock, and `next_deadline` is
+    the earliest later one: the deadline and its action are one definition.
+    (Earliest first, so that both stop at the first later deadline: the ACK
+    and escalation timers read their orders from `Children`.)"""
 
     due: Callable[[State], Iterable[tuple[float, int]]]
     fire: Callable[[State, int], Outcome]
@@ -209,23 +207,19 @@ def _ack_timer_due(state: State) -> Iterable[tuple[float, int]]:
     delay = state.config.ack_timer
     if delay is None:
         return ()
-    return [(c.spinup_at + delay, c.pid) for c in pool.workers(state) if not c.acked]
+    return ((spinup_at + delay, pid) for spinup_at, pid in state.indexed_children.unacked_by_spinup())
 
 
 def _escalation_due(state: State) -> Iterable[tuple[float, int]]:
     timeout = state.config.signal_timeout
     if timeout is None:
         return ()
-    return [
-        (c.last_signaled_at + timeout, c.pid)
-        for c in state.children.values()
-        if c.last_signaled_at is not None and not c.killed
-    ]
+    return ((signaled_at + timeout, pid) for signaled_at, pid in state.indexed_children.escalating_by_signal_time())
 
 
 def _escalate(state: State, pid: int) -> Outcome:
     child = state.children[pid]
-    state = replace(state, children={**state.children, pid: replace(child, killed=True)})
+    state = replace(state, children=state.indexed_children.set(replace(child, killed=True)))
     return state, [
         Log(LogLevel.INFO, f"Child {pid} is still active after {state.config.signal_timeout}s. Sending SIGKILL."),
         SendSignal(pid, "KILL", Cause.ESCALATION),
@@ -260,10 +254,11 @@ TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP)
 
 def _fire(timer: Timer, state: State) -> Outcome:
     effects: list[Effect] = []
-    for deadline, subject in list(timer.due(state)):
-        if deadline <= state.clock:
-            state, more = timer.fire(state, subject)
-            effects += more
+    for deadline, subject in timer.due(state):  # the state it was called with: each `fire` makes a new one
+        if deadline > state.clock:
+            break
+        state, more = timer.fire(state, subject)
+        effects += more
     return state, effects
 
 
@@ -331,25 +326,25 @@ def _cull(state: State) -> Outcome:
         effects += [Reply(s.conn, "Upgrade done", s.request_id) for s in state.upgrade_subscribers]
         state = replace(state, upgrading=None, upgrade_subscribers=())
 
-    old = pool.old_by_priority(state)
+    old = pool.old_count(state)
     if state.upgrading is None and old:
-        state, more = _stop(state, old, Cause.UPGRADE, "Killing off {} old workers.")
+        state, more = _stop(state, pool.old_by_priority(state), Cause.UPGRADE, "Killing off {} old workers.")
         effects += more
     elif state.upgrading is UpgradeKind.SMOOTH:
-        excess = len(old) + acked - target
+        excess = old + acked - target
         if excess > 0:
-            state, more = _stop(state, old[:excess], Cause.UPGRADE, "Smooth upgrade: killing off {} old workers.")
+            state, more = _stop(state, pool.old_by_priority(state, excess), Cause.UPGRADE, "Smooth upgrade: killing off {} old workers.")
             effects += more
 
     room = _room_to_make(state)
     if room > 0:
-        victims = pool.old_by_priority(state)[:room]
+        victims = pool.old_by_priority(state, room)
         state, more = _stop(state, victims, Cause.MAKE_ROOM, "At upgrade capacity: killing off {} old workers to make room.")
         effects += more
 
-    surplus = len(pool.unsignaled_modern_workers(state)) - target
+    surplus = pool.unsignaled_modern_count(state) - target
     if surplus > 0:
-        victims = pool.surplus_by_priority(state)[:surplus]
+        victims = pool.surplus_by_priority(state, surplus)
         note = "Have too many workers at the current version, so killing off {} of them."
         state, more = _stop(state, victims, Cause.SURPLUS, note, stream=False)
         effects += more
@@ -395,8 +390,7 @@ def _room_to_make(state: State) -> int:
         return 0
     if pool.missing_worker_count(state) <= 0 or pool.unacked_unsignaled_modern_count(state) > 0:
         return 0
-    busy = sum(1 for c in pool.workers(state) if not c.signaled) + len(state.pending)
-    return max(0, busy - (state.config.number + extra) + 1)
+    return max(0, pool.busy_count(state) - (state.config.number + extra) + 1)
 
 
 def _held_notice(previous: State, state: State) -> list[Effect]:
@@ -420,7 +414,4 @@ def _maybe_exit(state: State) -> Outcome:
         return state, []
     return replace(state, exit_code=0), [Log(LogLevel.INFO, "All workers gone; exiting"), Exit(0)]
 
-
-def _without(mapping: Mapping[int, _V], key: int) -> dict[int, _V]:
-    return {k: v for k, v in mapping.items() if k != key}
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from einhorn.core import actions, commands, pool, step, upgrade
+from einhorn.core import actions, commands, indexed, pool, step, upgrade
 from einhorn.core.actions import Outcome
 from einhorn.core.config import Pacing
 from einhorn.core.effects import Cause, Log, LogLevel
@@ -100,8 +100,8 @@ def test_bug_smooth_upgrade_culls_before_new_workers_ack(monkeypatch: pytest.Mon
 def _plant_the_old_cull_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 10's rule: old workers are culled oldest first, ACKed or not, with no availability floor."""
 
-    def oldest_first(state: State) -> list[Child]:
-        return sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))
+    def oldest_first(state: State, limit: int | None = None) -> list[Child]:
+        return sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))[:limit]
 
     monkeypatch.setattr(pool, "old_by_priority", oldest_first)
     monkeypatch.setattr(pool, "serving_count", lambda state: 10**6)  # every ACKed worker may go
@@ -151,22 +151,25 @@ def test_bug_ack_does_not_reset_the_death_streak(monkeypatch: pytest.MonkeyPatch
 
 
 def test_bug_old_workers_signalled_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`old_workers` forgets to leave out the ones already signaled: the cull re-sends USR2."""
-    monkeypatch.setattr(
-        pool, "old_workers", lambda state: [c for c in pool.workers(state) if c.version != state.version]
-    )
-    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=8, command_names=("upgrade",)))
+    """The order old workers are stopped in forgets to leave out the ones already signaled
+    (`Children` keeps them in it): the smooth cull re-sends USR2 to one still on its way out."""
+    monkeypatch.setattr(indexed, "_stop_key", lambda child: (child.acked, child.spinup_at, child.pid))
+    problems, trace = _violation(Scenario(2, 2, None, None, None), replace(SMALL, depth=10, failures=0, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T4")
 
 
 def test_bug_index_of_a_live_signaled_child_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`used_indexes` only looks at unsignaled workers, but a signaled one is alive until reaped."""
+    """The free indexes only leave out unsignaled workers', but a signaled one is alive until reaped."""
 
-    def used_indexes(state: State) -> set[int]:
-        used = {c.index for c in state.children.values() if not c.signaled}
-        return used | {p.index for p in state.pending.values()}
+    def free_indexes(state: State, count: int) -> list[int]:
+        used = {c.index for c in state.children.values() if not c.signaled} | {p.index for p in state.pending.values()}
+        found: list[int] = []
+        for _ in range(count):
+            found.append(pool.lowest_free_index(used))
+            used.add(found[-1])
+        return found
 
-    monkeypatch.setattr(pool, "used_indexes", used_indexes)
+    monkeypatch.setattr(pool, "free_indexes", free_indexes)
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=9, command_names=("upgrade",)))
     _assert_reports(problems, trace, "S2")
 
