@@ -3,7 +3,7 @@
 spec/README.md states each of them in words; the numbers here are the ones
 used there. `check_state` checks the safety invariants of one state (S1-S11),
 `check_step` those of one transition (T1-T15), and `converged`/`goal_problem`
-say whether a state has reached the goal of the liveness properties (L1-L3),
+say whether a state has reached the goal of the liveness properties (L1-L4),
 which only an exploration can check (spec/model_check.py does).
 
 Every function returns a list of human-readable violations, empty when all is
@@ -22,9 +22,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from einhorn.core import pool, step
-from einhorn.core.config import MAX_SPINUP_INTERVAL
+from einhorn.core.config import MAX_SPINUP_INTERVAL, Pacing
 from einhorn.core.effects import OWN_INITIATIVE, Cause, Effect, ExecMaster, Exit, SendSignal, SpawnWorker, StartUpgradeCheck
-from einhorn.core.events import CommandReceived, Event, MasterStarted, SignalReceived, UpgradeCheckPassed, WorkerSpawned
+from einhorn.core.events import (
+    ChildExited,
+    CommandReceived,
+    Event,
+    MasterStarted,
+    SignalReceived,
+    UpgradeCheckPassed,
+    WorkerSpawned,
+)
 from einhorn.core.state import ReexecPhase, ReexecPurpose, State, UpgradeKind
 
 # --- independent counts (BEHAVIOR §4 vocabulary) --------------------------
@@ -96,6 +104,21 @@ def expected_spinup_interval(state: State) -> float:
     return min(state.config.seconds * 1.5 ** min(state.deaths_before_ack, 1000), MAX_SPINUP_INTERVAL)
 
 
+def paced_by_acks(state: State) -> bool:
+    """EXTENSIONS §4: ACK pacing, and no death before ACK since the last ACK (which brings the interval back)."""
+    return state.config.pacing is Pacing.ACK and state.deaths_before_ack == 0
+
+
+def spinup_room(state: State) -> int:
+    """How many more workers max_unacked (and max_upgrade_additional) let start now."""
+    counts = census(state)
+    room = state.config.max_unacked - counts.unacked_modern
+    extra = state.config.max_upgrade_additional
+    if extra is not None:
+        room = min(room, state.config.number + extra - counts.total)
+    return room
+
+
 def room_to_make(state: State) -> int:
     """How many old workers the cull must stop so that an upgrade capped by
     max_upgrade_additional can go on (0 when it can go on by itself).
@@ -155,14 +178,20 @@ def check_state(state: State) -> list[str]:
             f" (expected {expected}, at most {MAX_SPINUP_INTERVAL})"
         )
 
-    # S4: a gradual spin-up that waits for time has a timer, at most 30 s after the last spin-up.
+    # S4: a gradual spin-up that waits for time has a timer, at most 30 s after the last spin-up;
+    # paced by ACKs it waits for nothing but a free slot, so no slot is free.
     # (During a re-exec it waits for the re-exec to end, not for time.)
     if state.respawn and state.last_spinup_at is not None and counts.missing > 0 and state.reexec is None:
-        due = state.last_spinup_at + min(interval, MAX_SPINUP_INTERVAL)
-        if state.clock < due:
-            deadline = step.next_deadline(state)
-            if deadline is None or deadline > due:
-                problems.append(f"S4: next spin-up due at {due} but next_deadline is {deadline}")
+        if paced_by_acks(state):
+            room = spinup_room(state)
+            if room > 0:
+                problems.append(f"S4: paced by ACKs, {counts.missing} workers missing and room for {room} more, but none started")
+        else:
+            due = state.last_spinup_at + min(interval, MAX_SPINUP_INTERVAL)
+            if state.clock < due:
+                deadline = step.next_deadline(state)
+                if deadline is None or deadline > due:
+                    problems.append(f"S4: next spin-up due at {due} but next_deadline is {deadline}")
 
     # S5: outside an upgrade, no old worker is left unsignaled.
     if state.upgrading is None and counts.old:
@@ -308,10 +337,17 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
         elif not (pid in after.children and after.children[pid].killed):
             problems.append(f"T5: SIGKILL to child {pid} not recorded")
 
-    # T6: a step that ACKs a worker ends with the death streak reset.
+    # T6: a step that ACKs a worker ends with the death streak reset; one in which a worker
+    # dies before its ACK (or, paced by ACKs, unasked within `seconds` of its start) and none
+    # ACKs ends with a streak.
     acked = _acked_in_step(before, after)
     if acked and after.deaths_before_ack != 0:
         problems.append(f"T6: ACK of {acked} left deaths_before_ack at {after.deaths_before_ack}")
+    if isinstance(event, ChildExited) and event.pid in before.children and not acked and after.deaths_before_ack == 0:
+        dead = before.children[event.pid]
+        young = before.config.pacing is Pacing.ACK and not dead.signaled and after.clock - dead.spinup_at < before.config.seconds
+        if not dead.acked or young:
+            problems.append(f"T6: worker {event.pid} died {'before its ACK' if not dead.acked else 'young'} but the death streak is 0")
 
     # T7/T8: upgrades stop old workers only once replacements are ACKed.
     old_signaled = sorted(
@@ -352,19 +388,23 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
     if spawns and extra is not None and census(after).total > after.config.number + extra:
         problems.append(f"T10: spun up to {census(after).total} workers > number {after.config.number} + {extra}")
 
-    # T11: a gradual spin-up starts one worker, no sooner than the interval, within max_unacked.
+    # T11: a gradual spin-up stays within max_unacked and starts no more than are missing;
+    # paced by the interval (or backing off) it starts one worker, no sooner than the interval.
     first = before.last_spinup_at is None
     fleet = isinstance(event, MasterStarted) and before.reexec_purpose is ReexecPurpose.FLEET_UPGRADE
     if spawns and not first and not fleet:
         assert before.last_spinup_at is not None
-        if len(spawns) > 1:
-            problems.append(f"T11: gradual spin-up started {len(spawns)} workers at once")
-        interval = pool.spinup_interval(after)  # S3 checks it against the rule
-        if after.clock < before.last_spinup_at + interval:
-            problems.append(f"T11: spin-up {after.clock - before.last_spinup_at}s after the last one, interval is {interval}s")
-        unacked = census(after).unacked_modern
-        if unacked > after.config.max_unacked:
-            problems.append(f"T11: {unacked} un-ACKed new workers > max_unacked {after.config.max_unacked}")
+        if not paced_by_acks(after):  # the death streak of the spin-up: nothing after it in the step changes it
+            if len(spawns) > 1:
+                problems.append(f"T11: gradual spin-up started {len(spawns)} workers at once")
+            interval = pool.spinup_interval(after)  # S3 checks it against the rule
+            if after.clock < before.last_spinup_at + interval:
+                problems.append(f"T11: spin-up {after.clock - before.last_spinup_at}s after the last one, interval is {interval}s")
+        counts = census(after)
+        if counts.unacked_modern > after.config.max_unacked:
+            problems.append(f"T11: {counts.unacked_modern} un-ACKed new workers > max_unacked {after.config.max_unacked}")
+        if counts.missing < 0:
+            problems.append(f"T11: spun up {-counts.missing} more workers than were missing")
 
     # T12: the availability floor. On its own initiative the master stops an ACKed
     # worker only if at least min(number, ACKed unsignaled workers before) still serve.

@@ -5,11 +5,12 @@ master): a fake world answers the core's effects and offers, in every state,
 every event of a bounded alphabet; a breadth-first search explores every
 interleaving of them up to a depth, canonicalising and deduplicating states.
 In every reached state it checks the safety invariants of
-`einhorn.core.invariants` (S*, T*), and from every reached state it runs a
+`spec.invariants` (S*, T*), and from every reached state it runs a
 deterministic cooperative world (spawns succeed, workers ACK, signaled workers
 exit, timers fire) and requires the goal (L1-L3) within a bounded number of
-steps. A violation is reported with the shortest event trace to it, replayed
-with real pids and times.
+steps; from every state paced by ACKs it plays ACK rounds and requires the
+pool whole within ceil(K / max_unacked) of them (L4). A violation is reported
+with the shortest event trace to it, replayed with real pids and times.
 
     .venv/bin/python -m spec.model_check            # default bounds, all configurations
     .venv/bin/python -m spec.model_check --help
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 
 from einhorn.core import step as core_step
-from einhorn.core.config import MAX_SPINUP_INTERVAL, Config
+from einhorn.core.config import MAX_SPINUP_INTERVAL, Config, Pacing
 from einhorn.core.effects import (
     AbandonExec,
     Effect,
@@ -51,6 +52,7 @@ from einhorn.core.events import (
     UpgradeCheckPassed,
     WorkerSpawned,
 )
+from einhorn.core.indexed import Children, PendingSpawns
 from einhorn.core.state import PendingSpawn, ReexecPhase, State, initial_state
 from spec import invariants
 
@@ -94,12 +96,14 @@ class Scenario:
     ack_timer: float | None
     seconds: float = 1.0
     graceful_signal: str = "USR2"
+    pacing: Pacing = Pacing.ACK
 
     def config(self) -> Config:
         return Config(
             number=self.number,
             ack_timer=self.ack_timer,
             seconds=self.seconds,
+            pacing=self.pacing,
             max_unacked=self.max_unacked,
             max_upgrade_additional=self.max_upgrade_additional,
             signal_timeout=self.signal_timeout,
@@ -113,7 +117,7 @@ class Scenario:
         timeout = "-" if self.signal_timeout is None else f"{self.signal_timeout}s"
         return (
             f"number={self.number} max_unacked={self.max_unacked} max_upgrade_additional={extra}"
-            f" signal_timeout={timeout} ack={ack} seconds={self.seconds:g}"
+            f" signal_timeout={timeout} ack={ack} seconds={self.seconds:g} pacing={self.pacing.value}"
             + ("" if self.graceful_signal == "USR2" else f" graceful_signal={self.graceful_signal}")
         )
 
@@ -136,8 +140,8 @@ UPGRADE_ALPHABET = ("upgrade", "upgrade_fleet")
 UPGRADE_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
     # Upgrades on top of upgrades whose new workers stay un-ACKed or die before their ACK
     # (issue 10; T12): deeper than the matrix, with only upgrades to choose from.
-    # The report: two ACKed workers, two new ones that never ACK, a second upgrade.
-    (Scenario(2, 2, None, None, None), Bounds(depth=12, failures=0, commands=2, command_names=("upgrade",))),
+    # The report (under the interval, as it was made): two ACKed workers, two new ones that never ACK, a second upgrade.
+    (Scenario(2, 2, None, None, None, pacing=Pacing.INTERVAL), Bounds(depth=12, failures=0, commands=2, command_names=("upgrade",))),
     # Three upgrades, smooth and fleet in any order; a new worker may die before its ACK.
     (Scenario(1, 1, None, None, None), Bounds(depth=13, failures=1, commands=3, command_names=UPGRADE_ALPHABET)),
     # The same within max_upgrade_additional 1, timer ACKs.
@@ -278,12 +282,13 @@ def cooperative_action(state: State) -> Action | None:
 
 def _horizon(config: Config) -> float:
     """Past this many seconds ago, every timestamp compares the same against every deadline."""
-    return max(MAX_SPINUP_INTERVAL, config.ack_timer or 0.0, float(config.signal_timeout or 0)) + 1.0
+    return max(MAX_SPINUP_INTERVAL, config.seconds, config.ack_timer or 0.0, float(config.signal_timeout or 0)) + 1.0
 
 
 def _streak_cap(config: Config) -> int:
-    """The smallest death streak whose back-off is strictly past the cap: longer ones behave alike."""
-    d = 0
+    """The smallest death streak whose back-off is strictly past the cap: longer ones behave alike.
+    (At least 1: a streak of 0 and one of 1 differ under ACK pacing whatever the interval.)"""
+    d = 1
     while config.seconds * 1.5**d <= MAX_SPINUP_INTERVAL:
         d += 1
     return d
@@ -293,7 +298,7 @@ def canonical(state: State) -> State:
     """The representative of `state`'s class: pids 1..n and spawn ids 0..m-1 by
     order, the clock at 0, timestamps relative and clamped at the horizon, the
     current version 1 and every older one 0, the death streak clamped where the
-    back-off saturates. The core's behaviour is the same from both, up to that
+    back-off saturates (never to 0). The core's behaviour is the same from both, up to that
     renaming (it only compares pids, spawn ids and versions, and times against
     deadlines no longer than the horizon)."""
     base = state.clock
@@ -344,9 +349,13 @@ def canonical(state: State) -> State:
 
 def _hashable(value: object) -> object:
     """Mappings (children, pending spawns) as sorted item tuples; everything else in State is hashable."""
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if type(value) in _MAPPINGS:  # (not isinstance: an ABC's check, for every field of every state)
+        assert isinstance(value, Mapping)
+        return tuple(sorted(value.items()))
     return value
+
+
+_MAPPINGS = (Children, PendingSpawns, dict)
 
 
 _STATE_FIELDS = tuple(f.name for f in fields(State))
@@ -379,6 +388,8 @@ class Result:
     transitions: int = 0
     depth: int = 0
     liveness_states: int = 0
+    replacement_states: int = 0
+    """States L4 (replacement within ACK rounds) was checked from."""
     seconds: float = 0.0
     cpu: float = 0.0
     truncated: bool = False
@@ -493,6 +504,8 @@ def explore(scenario: Scenario, bounds: Bounds, stop_at_first: bool = True) -> R
     result.nodes = len(parents)
     reached = {k: states[k] for k in reversed(first_id)}  # deepest first: shallower walks then end sooner
     _check_liveness(result, bounds, reached, lambda k: path(first_id[k]), stop_at_first, memo, states)
+    if not (stop_at_first and result.violations):
+        _check_replacement(result, reached, lambda k: path(first_id[k]), stop_at_first)
     result.seconds, result.cpu = time.monotonic() - started, time.process_time() - cpu
     return result
 
@@ -559,6 +572,90 @@ def _check_liveness(
         for i, skey in enumerate(walk):
             distance[skey] = reached + len(walk) - i
     result.liveness_states = len(distance)
+
+
+def replacement_applies(state: State) -> bool:
+    """Whether L4 speaks of `state`: respawning, paced by ACKs with no death streak, no
+    re-exec or upgrade, no signaled child (so no old worker either: S5)."""
+    return (
+        state.respawn
+        and state.exit_code is None
+        and state.reexec is None
+        and state.upgrading is None
+        and invariants.paced_by_acks(state)
+        and not any(c.signaled for c in state.children.values())
+    )
+
+
+@dataclass(slots=True)
+class Rounds:
+    """What `ack_rounds` played: how many rounds, the actions, the state reached, what went wrong."""
+
+    rounds: int
+    actions: list[Action]
+    state: State
+    problems: list[str]
+
+
+def ack_rounds(state: State, limit: int) -> Rounds:
+    """L4: play ACK rounds from `state` until the pool is whole, at most `limit` rounds.
+
+    A round: every spawn ordered is answered (started), then every un-ACKed
+    worker ACKs: one by one in manual mode, in timer mode by time passing to
+    the timer ACK of the last of them. No other time passes. The problems are
+    a violated invariant, the goal not reached in `limit` rounds, or nothing
+    left to do before the goal.
+    """
+    played = Rounds(0, [], state, [])
+
+    def act(action: Action) -> bool:
+        played.actions.append(action)
+        _, played.state, _, played.problems = _apply(played.state, action)
+        return not played.problems
+
+    while not invariants.converged(played.state):
+        if played.rounds == limit:
+            played.problems = [f"L4: {invariants.goal_problem(played.state)} after {played.rounds} ACK rounds (at most {limit} allowed)"]
+            return played
+        for _ in range(len(played.state.pending)):
+            if not act(("spawned", 0)):
+                return played
+        unacked = sorted(c.pid for c in played.state.children.values() if not c.acked)
+        if not unacked:
+            played.problems = [f"L4: {invariants.goal_problem(played.state)}, and no worker to ACK, no spawn to answer"]
+            return played
+        if played.state.config.ack_timer is None:
+            for pid in unacked:
+                if not act(("ack", sorted(played.state.children).index(pid))):
+                    return played
+        else:
+            last = max(played.state.children[pid].spinup_at for pid in unacked) + played.state.config.ack_timer
+            while played.state.clock < last:  # the deadlines on the way are timer ACKs (no signaled child, no re-exec)
+                if not act(("tick",)):
+                    return played
+        played.rounds += 1
+    return played
+
+
+def rounds_allowed(state: State) -> int:
+    """L4's bound: ceil(K / max_unacked) for the K workers of `number` not serving yet."""
+    waiting = state.config.number - invariants.census(state).ack_count
+    return -(-waiting // state.config.max_unacked)
+
+
+def _check_replacement(result: Result, states: dict[Key, State], path: Callable[[Key], list[Action]], stop_at_first: bool) -> None:
+    """L4 from every reached state it speaks of (`replacement_applies`)."""
+    for key, state in states.items():
+        if not replacement_applies(state):
+            continue
+        result.replacement_states += 1
+        played = ack_rounds(state, rounds_allowed(state))
+        if played.problems:
+            prefix = path(key)
+            violation = Violation(result.scenario, played.problems, prefix + played.actions, cooperative_from=len(prefix))
+            result.violations.append(violation)
+            if stop_at_first:
+                return
 
 
 # --- traces ---------------------------------------------------------------
@@ -699,15 +796,17 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     acks: list[float | None] = [None if a == "manual" else float(a) for a in args.ack]
     extras: list[int | None] = [None if x == "none" else int(x) for x in args.max_upgrade_additional]
     timeouts: list[int | None] = [None if x == "none" else int(x) for x in args.signal_timeout]
-    axes: list[Sequence[object]] = [args.number, args.max_unacked, extras, timeouts, acks]
+    pacings = [Pacing(p) for p in args.pacing]
+    axes: list[Sequence[object]] = [args.number, args.max_unacked, extras, timeouts, acks, pacings]
     combos = list(itertools.product(*axes)) if args.matrix == "full" else all_pairs(axes)
     found = []
-    for number, unacked, extra, timeout, ack in combos:
+    for number, unacked, extra, timeout, ack, pacing in combos:
         assert isinstance(number, int) and isinstance(unacked, int)
         assert extra is None or isinstance(extra, int)
         assert timeout is None or isinstance(timeout, int)
         assert ack is None or isinstance(ack, float)
-        found.append(Scenario(number, unacked, extra, timeout, ack, args.seconds))
+        assert isinstance(pacing, Pacing)
+        found.append(Scenario(number, unacked, extra, timeout, ack, args.seconds, pacing))
     # the biggest first, so that the parallel run ends evenly
     return sorted(found, key=lambda s: (-s.number, -s.max_unacked, str(s)))
 
@@ -745,6 +844,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-upgrade-additional", nargs="+", default=["none", "0", "1"], help="integers or none")
     parser.add_argument("--signal-timeout", nargs="+", default=["none", "2"], help="integers or none")
     parser.add_argument("--ack", nargs="+", default=["1", "manual"], help="timer seconds or manual")
+    parser.add_argument("--pacing", nargs="+", choices=[p.value for p in Pacing], default=[p.value for p in Pacing], help="spin-up pacing (EXTENSIONS §4)")
     parser.add_argument(
         "--matrix",
         choices=["pairs", "full"],
@@ -796,6 +896,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"total: {sum(r.states for r in results)} states, {sum(r.transitions for r in results)} transitions,"
         f" max depth {max((r.depth for r in results), default=0)},"
         f" {sum(r.liveness_states for r in results)} states on cooperative runs,"
+        f" {sum(r.replacement_states for r in results)} replacements in ACK rounds,"
         f" {elapsed:.1f}s wall, {sum(r.cpu for r in results):.1f}s CPU"
     )
     for violation in violations:
@@ -816,7 +917,7 @@ def _report(result: Result) -> None:
     if result.label:
         print(f"{result.label}:")
     print(
-        f"{str(result.scenario):95} {result.states:8} states {result.transitions:9} transitions"
+        f"{str(result.scenario):110} {result.states:7} states {result.transitions:7} transitions"
         f" depth {result.depth:2} {result.seconds:6.1f}s ({result.cpu:.1f}s CPU) {status}{' (truncated)' if result.truncated else ''}",
         flush=True,
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from einhorn.cli.settings import Nice, Settings
-from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKERS
+from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKERS, Pacing
 from einhorn.core.signals import graceful_signal_problem, normalize_signal
 from einhorn.io.sockets import parse_bind
 
@@ -83,7 +83,13 @@ OPTIONS = (
     Option("--number", "-n", "N", "Number of copies to spin up (default 1)", default="1"),
     Option("--preload", "-p", "PATH", "Load this Python file or module once, fork (no exec) per worker, call einhorn_main()"),
     Option("--quiet", "-q", None, "Make output quiet (can be reconfigured on the fly)", repeat=True),
-    Option("--seconds", "-s", "N", "Base number of seconds between gradual spin-ups (default 1)", default="1"),
+    Option(
+        "--seconds",
+        "-s",
+        "N",
+        "Spin up one worker per N seconds, as the original (default: as soon as\n"
+        "workers ACK; after a death before ACK, every 1 s x 1.5^deaths)",
+    ),
     Option("--verbose", "-v", None, "Make output verbose (can be reconfigured on the fly)", repeat=True),
     Option("--signal-timeout", "-t", "T", "If children do not react to signals after T seconds, escalate to SIGKILL", equals=True),
     Option(
@@ -172,7 +178,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
 
     number = _integer(args.number, "-n/--number", low=1, high=MAX_WORKERS)
     backlog = _integer(args.backlog, "-l/--backlog", low=0)
-    seconds = _number(args.seconds, "-s/--seconds")
+    seconds = 1.0 if args.seconds is None else _number(args.seconds, "-s/--seconds")
     ack_timer, ack_notify = _ack_mode(args.ack_mode)
     signal_timeout = None
     if args.signal_timeout is not None:
@@ -198,6 +204,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         number=number,
         ack_timer=ack_timer,
         seconds=seconds,
+        pacing=Pacing.ACK if args.seconds is None else Pacing.INTERVAL,
         max_unacked=max_unacked,
         max_upgrade_additional=max_upgrade_additional,
         signal_timeout=signal_timeout,

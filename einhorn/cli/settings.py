@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from einhorn import __version__
-from einhorn.core.config import Config, Display
+from einhorn.core.config import Config, Display, Pacing
 from einhorn.io.loop import ShellOptions
 from einhorn.io.notify import notify_socket_path
 from einhorn.io.sockets import BindSpec
@@ -39,12 +39,14 @@ class Nice:
 class Settings:
     """Everything the command line says, validated."""
 
-    # The core's policy; number, seconds, max_unacked, max_upgrade_additional and signal_timeout
+    # The core's policy; number, seconds, pacing, max_unacked, max_upgrade_additional and signal_timeout
     # may then change at run time (and travel across a re-exec in the state document).
     number: int
     ack_timer: float | None
     """Seconds until a worker counts as ACKed (`-m FLOAT`), or None for `-m manual`."""
     seconds: float
+    pacing: Pacing
+    """INTERVAL when `-s` was given: the original's one spin-up per interval; else ACK (EXTENSIONS §4)."""
     max_unacked: int
     max_upgrade_additional: int | None
     signal_timeout: int | None
@@ -118,6 +120,7 @@ def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Conf
         supervised=settings.supervised,
         watchdog_interval=settings.watchdog_interval,
         seconds=settings.seconds,
+        pacing=settings.pacing,
         max_unacked=settings.max_unacked,
         max_upgrade_additional=settings.max_upgrade_additional,
         signal_timeout=settings.signal_timeout,

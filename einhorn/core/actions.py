@@ -22,7 +22,7 @@ def announce(state: State, level: LogLevel, message: str) -> list[Effect]:
 def signal_children(state: State, signal: str, pids: Sequence[int], cause: Cause, record: bool = True) -> Outcome:
     """Send `signal` to each of `pids` (known children only) for `cause`, recording it when `record`."""
     effects: list[Effect] = announce(state, LogLevel.INFO, f"Sending {signal} to [{', '.join(map(str, pids))}]")
-    children = dict(state.children)
+    children = state.indexed_children
     for pid in pids:
         child = children.get(pid)
         if child is None:
@@ -37,7 +37,7 @@ def signal_children(state: State, signal: str, pids: Sequence[int], cause: Cause
                         f"It may be slow to spin down, or it may be swallowing {signal}s.",
                     )
                 )
-            children[pid] = replace(child, signaled=child.signaled | {signal}, last_signaled_at=state.clock)
+            children = children.set(replace(child, signaled=child.signaled | {signal}, last_signaled_at=state.clock))
         effects.append(SendSignal(pid, signal, cause))
     return replace(state, children=children), effects
 
@@ -46,11 +46,7 @@ def register_ack(state: State, pid: int) -> Outcome:
     child = state.children[pid]
     streak = state.deaths_before_ack
     extra = f", breaking the streak of {streak} consecutive unacked workers dying" if streak else ""
-    state = replace(
-        state,
-        children={**state.children, pid: replace(child, acked=True)},
-        deaths_before_ack=0,
-    )
+    state = replace(state, children=state.indexed_children.set(replace(child, acked=True)), deaths_before_ack=0)
     message = f"Up to {pool.ack_count(state)} / {pool.ack_target(state)} {state.config.ack_mode} ACKs{extra}"
     return state, [Log(LogLevel.INFO, message)]
 
@@ -58,13 +54,10 @@ def register_ack(state: State, pid: int) -> Outcome:
 def spin_up(state: State, count: int) -> Outcome:
     """Order `count` new workers of the current version at the lowest free indexes."""
     effects: list[Effect] = []
-    pending = dict(state.pending)
-    used = pool.used_indexes(state)
+    pending = state.indexed_pending
     spawn_id = state.next_spawn_id
-    for _ in range(count):
-        index = pool.lowest_free_index(used)
-        used.add(index)
-        pending[spawn_id] = PendingSpawn(spawn_id, index, state.version, state.clock)
+    for index in pool.free_indexes(state, count):
+        pending = pending.set(PendingSpawn(spawn_id, index, state.version, state.clock))
         effects.append(SpawnWorker(spawn_id, index, state.version))
         spawn_id += 1
     if count > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, replace
 
 MAX_SPINUP_INTERVAL = 30.0
@@ -33,6 +34,16 @@ class ListenerInfo:
     """`127.0.0.1:8080`, `[::1]:8080`, or a UNIX socket's path."""
     name: str = ""
     """systemd's name for an adopted socket (`LISTEN_FDNAMES`); "" for a `-b` address."""
+
+
+class Pacing(enum.StrEnum):
+    """How spin-ups after the first fill are paced (EXTENSIONS §4, spec/README.md §4 rule 5)."""
+
+    ACK = "ack"
+    """The default: a new worker starts as soon as fewer than `max_unacked` are un-ACKed,
+    with no fixed interval; a death before ACK brings back the interval until the next ACK."""
+    INTERVAL = "interval"
+    """The original's rule, kept for those who pass `-s`: one spin-up per interval."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,7 @@ class Config:
     `ack_timer` is the timer-ACK delay in seconds, or None for manual ACKs.
     `einhorn_version` is shown, but also in a message `step` writes ("Upgraded
     successfully to ..."); everything else that is only shown is in `display`.
+    `pacing` is INTERVAL when `-s` was given (or `seconds` set with `config`), else ACK.
     """
 
     number: int = 1
@@ -77,6 +89,7 @@ class Config:
     notify_acks: bool = False
     """`-m notify`: with `ack_timer` None, `READY=1` on the notify socket ACKs a worker (as `worker:ack` does)."""
     seconds: float = 1.0
+    pacing: Pacing = Pacing.ACK
     max_unacked: int = 1
     max_upgrade_additional: int | None = None
     signal_timeout: int | None = None
@@ -100,8 +113,11 @@ class Config:
         return "notify" if self.notify_acks else "manual"
 
 
-RUNTIME_SETTINGS = ("number", "seconds", "max_unacked", "max_upgrade_additional", "signal_timeout")
-"""Settings an operator may change while running (`config`, and `inc`/`dec`/`set_workers` for number)."""
+RUNTIME_SETTINGS = ("number", "seconds", "max_unacked", "max_upgrade_additional", "signal_timeout", "pacing")
+"""Settings an operator may change while running (`config`, and `inc`/`dec`/`set_workers` for number).
+
+Setting `seconds` is an explicit choice of the interval, as `-s` is: it also sets
+`pacing` to INTERVAL (`pacing: ack` in the same or a later `config` goes back)."""
 
 
 def apply_setting(config: Config, name: str, value: object) -> Config | str:
@@ -128,7 +144,11 @@ def apply_setting(config: Config, name: str, value: object) -> Config | str:
         case "seconds":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_DURATION:
                 return f"must be a number of seconds > 0 and {DURATION_RANGE}"
-            return replace(config, seconds=float(value))
+            return replace(config, seconds=float(value), pacing=Pacing.INTERVAL)
+        case "pacing":
+            if not isinstance(value, str) or value not in tuple(Pacing):
+                return f"must be one of {', '.join(p.value for p in Pacing)}"
+            return replace(config, pacing=Pacing(value))
         case _:
             return f"unknown setting; known settings: {', '.join(RUNTIME_SETTINGS)}"
 

@@ -11,13 +11,20 @@ Vocabulary (BEHAVIOR §4):
 
 from __future__ import annotations
 
+import heapq
+import itertools
+import math
 from collections.abc import Iterable
 
-from einhorn.core.config import MAX_SPINUP_INTERVAL
+from einhorn.core.config import MAX_SPINUP_INTERVAL, Pacing
 from einhorn.core.state import Child, State
+
+# Every count below is read from the indexes `State.children` and `State.pending`
+# keep (einhorn/core/indexed.py): no query that a step makes scans the pool.
 
 
 def workers(state: State) -> list[Child]:
+    """Every worker, by pid (a scan: for commands and tests, not for the scheduling pass)."""
     return sorted(state.children.values(), key=lambda c: c.pid)
 
 
@@ -33,41 +40,75 @@ def old_workers(state: State) -> list[Child]:
     return [c for c in workers(state) if c.version != state.version and not c.signaled]
 
 
-def old_by_priority(state: State) -> list[Child]:
-    """Old workers, the ones to stop first first: un-ACKed (they serve nothing), then the oldest."""
-    return sorted(old_workers(state), key=lambda c: (c.acked, c.spinup_at, c.pid))
+def old_count(state: State) -> int:
+    children = state.indexed_children
+    return children.count(signaled=False) - children.count(state.version, signaled=False)
+
+
+def old_by_priority(state: State, limit: int | None = None) -> list[Child]:
+    """Old workers, the ones to stop first first: un-ACKed (they serve nothing), then the oldest.
+    The first `limit` of them (all with None), without looking at the others."""
+    children = state.indexed_children
+    orders = [children.unsignaled_by_priority(v) for v in children.unsignaled_versions() if v != state.version]
+    keys = heapq.merge(*orders) if len(orders) > 1 else iter(orders[0] if orders else ())
+    return [children[pid] for _, _, pid in itertools.islice(keys, limit)]
 
 
 def serving_count(state: State) -> int:
-    return sum(1 for c in workers(state) if c.acked and not c.signaled)
+    return state.indexed_children.count(signaled=False, acked=True)
 
 
 def unacked_unsignaled_modern_count(state: State) -> int:
-    live = sum(1 for c in unsignaled_modern_workers(state) if not c.acked)
-    return live + sum(1 for p in state.pending.values() if p.version == state.version)
+    live = state.indexed_children.count(state.version, signaled=False, acked=False)
+    return live + state.indexed_pending.count(state.version)
 
 
 def ack_count(state: State) -> int:
-    return sum(1 for c in unsignaled_modern_workers(state) if c.acked)
+    return state.indexed_children.count(state.version, signaled=False, acked=True)
 
 
 def ack_target(state: State) -> int:
     return state.config.number
 
 
+def unsignaled_modern_count(state: State) -> int:
+    return state.indexed_children.count(state.version, signaled=False)
+
+
 def total_worker_count(state: State) -> int:
-    return len(workers(state)) + len(state.pending)
+    return len(state.children) + len(state.pending)
+
+
+def busy_count(state: State) -> int:
+    """Unsignaled workers plus spawns in flight: the slots no exit in progress will free."""
+    return state.indexed_children.count(signaled=False) + len(state.pending)
 
 
 def missing_worker_count(state: State) -> int:
-    modern_pending = sum(1 for p in state.pending.values() if p.version == state.version)
-    return state.config.number - len(modern_workers(state)) - modern_pending
+    modern = state.indexed_children.count(state.version) + state.indexed_pending.count(state.version)
+    return state.config.number - modern
 
 
-def surplus_by_priority(state: State) -> list[Child]:
-    """Unsignaled modern workers, the ones to stop first first: un-ACKed, then newest."""
-    candidates = unsignaled_modern_workers(state)
-    return sorted(candidates, key=lambda c: (c.acked, -c.spinup_at, -c.pid))
+def surplus_by_priority(state: State, limit: int | None = None) -> list[Child]:
+    """Unsignaled modern workers, the ones to stop first first: un-ACKed, then newest (the first `limit`)."""
+    order = list(state.indexed_children.unsignaled_by_priority(state.version))  # (acked, spinup_at, pid)
+    split = state.indexed_children.unsignaled_by_priority(state.version).rank((True, -math.inf, -1))  # the un-ACKed first
+    keys = itertools.chain(reversed(order[:split]), reversed(order[split:]))
+    return [state.children[pid] for _, _, pid in itertools.islice(keys, limit)]
+
+
+def paced_by_acks(state: State) -> bool:
+    """Whether a gradual spin-up waits only for un-ACKed slots, not for time: ACK pacing,
+    and no death before ACK since the last ACK (a death brings the interval back)."""
+    return state.config.pacing is Pacing.ACK and state.deaths_before_ack == 0
+
+
+def died_young(state: State, child: Child) -> bool:
+    """Under ACK pacing, an ACKed worker that exits unasked within `seconds` of its start
+    counts as a death before ACK: with nothing but ACKs to wait for, a worker that ACKs at
+    once (`-m 0`) and crashes would otherwise be replaced as fast as the shell can fork."""
+    young = state.clock - child.spinup_at < state.config.seconds
+    return state.config.pacing is Pacing.ACK and young and not child.signaled
 
 
 def spinup_interval(state: State) -> float:
@@ -83,6 +124,38 @@ def spinup_interval(state: State) -> float:
 def used_indexes(state: State) -> set[int]:
     used = {c.index for c in state.children.values()}
     return used | {p.index for p in state.pending.values()}
+
+
+def free_indexes(state: State, count: int) -> list[int]:
+    """The `count` lowest indexes no live worker (signaled or not) or pending spawn uses.
+
+    A binary search over the two sorted index sequences: below x, x - used(x)
+    are free, where used(x) counts the indexes in use below x (they are
+    distinct: S2). In a state where they are not (hand-made, or restored from a
+    broken document) the indexes found are still unused, but maybe not the lowest.
+    """
+    children, pending = state.indexed_children.indexes(), state.indexed_pending.indexes()
+
+    def used_below(x: int) -> int:
+        return children.rank(x) + pending.rank(x)
+
+    found: list[int] = []
+    for nth in range(1, count + 1):
+        low, high = 0, len(children) + len(pending) + nth  # free(high) >= nth
+        while low < high:  # the least x with nth free indexes below x + 1
+            middle = (low + high) // 2
+            if middle + 1 - used_below(middle + 1) >= nth:
+                high = middle
+            else:
+                low = middle + 1
+        found.append(low)
+    if any(used_below(x + 1) != used_below(x) for x in found):
+        used = used_indexes(state)
+        found = []
+        for _ in range(count):
+            found.append(lowest_free_index(used))
+            used.add(found[-1])
+    return found
 
 
 def lowest_free_index(used: Iterable[int]) -> int:

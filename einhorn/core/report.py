@@ -45,6 +45,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
                 "number": config.number,
                 "backlog": shown.backlog,
                 "seconds": config.seconds,
+                "pacing": config.pacing.value,
                 "max_unacked": config.max_unacked,
                 "max_upgrade_additional": config.max_upgrade_additional,
             },

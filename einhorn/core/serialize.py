@@ -13,8 +13,9 @@ format 0 or 1 document is translated first (`_from_format_1`).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
-from einhorn.core.config import RUNTIME_SETTINGS, Config, apply_setting
+from einhorn.core.config import RUNTIME_SETTINGS, Config, Pacing, apply_setting
 from einhorn.core.state import (
     Child,
     PendingSpawn,
@@ -70,8 +71,8 @@ def to_plain(state: State) -> dict[str, object]:
     return {
         "format": FORMAT,
         "version": state.version,
-        "children": [_child_to_plain(c) for c in state.children.values()],
-        "pending": [[p.spawn_id, p.index, p.version, p.requested_at] for p in state.pending.values()],
+        "children": [_child_to_plain(state.children[pid]) for pid in sorted(state.children)],
+        "pending": [[p.spawn_id, p.index, p.version, p.requested_at] for _, p in sorted(state.pending.items())],
         "next_spawn_id": state.next_spawn_id,
         "respawn": state.respawn,
         "upgrading": None if state.upgrading is None else state.upgrading.value,
@@ -83,8 +84,12 @@ def to_plain(state: State) -> dict[str, object]:
         "last_spinup_at": state.last_spinup_at,
         "clock": state.clock,
         "verbosity": state.verbosity,
-        "settings": {name: getattr(state.config, name) for name in RUNTIME_SETTINGS},
+        "settings": {name: _plain_setting(getattr(state.config, name)) for name in RUNTIME_SETTINGS},
     }
+
+
+def _plain_setting(value: object) -> object:
+    return value.value if isinstance(value, Pacing) else value
 
 
 def _subscribers_to_plain(subscribers: tuple[Subscriber, ...]) -> list[list[object]]:
@@ -140,12 +145,8 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
             int(_num(p[0])): PendingSpawn(int(_num(p[0])), int(_num(p[1])), int(_num(p[2])), float(_num(p[3])))
             for p in (_list(x) for x in _list(doc["pending"]))
         }
-        for name, value in _mapping(doc["settings"]).items():
-            updated = apply_setting(config, str(name), value)
-            if isinstance(updated, str):
-                notes.append(f"ignored setting {name!r}={value!r}: {updated}")
-            else:
-                config = updated
+        config, setting_notes = _restore_settings(config, _mapping(doc["settings"]))
+        notes += setting_notes
         state = State(
             config=config,
             version=int(_num(doc["version"])),
@@ -166,6 +167,26 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
     except (KeyError, IndexError, TypeError, ValueError) as error:
         raise StateFormatError(f"malformed state document: {error}") from error
     return state, notes
+
+
+def _restore_settings(config: Config, settings: Mapping[object, object]) -> tuple[Config, list[str]]:
+    """The runtime settings of the document over the command line's.
+
+    Restoring `seconds` is not a choice of the interval (`apply_setting` makes
+    it one): the pacing is the document's, or the command line's when the
+    document has none (a master from before pacing was a setting).
+    """
+    notes: list[str] = []
+    pacing = config.pacing
+    for name, value in settings.items():
+        updated = apply_setting(config, str(name), value)
+        if isinstance(updated, str):
+            notes.append(f"ignored setting {name!r}={value!r}: {updated}")
+        else:
+            config = updated
+        if name == "pacing" and not isinstance(updated, str):
+            pacing = config.pacing
+    return replace(config, pacing=pacing), notes
 
 
 def _from_format_1(data: Mapping[object, object]) -> tuple[dict[object, object], list[str]]:

@@ -15,6 +15,13 @@ shell answers with `WorkerSpawned` (the pending spawn becomes a `Child`) or
 count as workers everywhere a count decides whether to start more, so a spawn
 in flight is never duplicated.
 
+`children` and `pending` are persistent, indexed mappings
+(`indexed.Children`, `indexed.PendingSpawns`): a transition that touches one
+worker changes one path of a trie and the counts and orders the pool reads,
+and shares the rest with the state before, so that a step costs the same at
+16 and at 1000 workers. Any mapping is accepted on construction (and indexed
+then); read and write them through `indexed_children` / `indexed_pending`.
+
 A re-exec has the same shape (spec/upgrades.md): the core records a `Reexec`
 in phase CHECKING with a deadline and orders `StartUpgradeCheck`; the shell
 answers `UpgradeCheckPassed` or `UpgradeCheckFailed`. On a pass the phase
@@ -31,6 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from einhorn.core.config import Config
+from einhorn.core.indexed import Children, PendingSpawns
 
 
 class UpgradeKind(enum.Enum):
@@ -111,8 +119,10 @@ class Reexec:
 class State:
     config: Config
     version: int = 0
-    children: Mapping[int, Child] = field(default_factory=dict)
-    pending: Mapping[int, PendingSpawn] = field(default_factory=dict)
+    children: Mapping[int, Child] = field(default_factory=Children.empty)
+    """Any mapping pid -> Child on construction; always a `Children` after it (`indexed_children`)."""
+    pending: Mapping[int, PendingSpawn] = field(default_factory=PendingSpawns.empty)
+    """Any mapping spawn id -> PendingSpawn on construction; always a `PendingSpawns` after it."""
     next_spawn_id: int = 0
     respawn: bool = True
     upgrading: UpgradeKind | None = None
@@ -130,6 +140,26 @@ class State:
     across a re-exec: the new image says READY=1 again once its pool is ACKed, which ends the reload."""
     watchdog_at: float | None = None
     """When `WATCHDOG=1` last went to the supervisor (not kept across a re-exec: the new image sends at once)."""
+
+    def __post_init__(self) -> None:
+        # A plain mapping (a test, the model checker, a restore) is indexed once here;
+        # the core itself only ever passes on what `Children.set` and `.delete` return.
+        if type(self.children) is not Children:  # (not isinstance: an ABC's check costs a step's worth)
+            object.__setattr__(self, "children", Children.of(self.children))
+        if type(self.pending) is not PendingSpawns:
+            object.__setattr__(self, "pending", PendingSpawns.of(self.pending))
+
+    @property
+    def indexed_children(self) -> Children:
+        children = self.children
+        assert type(children) is Children
+        return children
+
+    @property
+    def indexed_pending(self) -> PendingSpawns:
+        pending = self.pending
+        assert type(pending) is PendingSpawns
+        return pending
 
     @property
     def reexec_purpose(self) -> ReexecPurpose | None:

@@ -8,9 +8,9 @@ its rules and invariants in words.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TypeVar, assert_never
+from typing import assert_never
 
 from einhorn.core import listeners, notify, pool, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
@@ -44,11 +44,11 @@ from einhorn.core.events import (
 from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind
 
 Outcome = tuple[State, list[Effect]]
-_V = TypeVar("_V")
 
 
 def step(state: State, event: Event) -> Outcome:
-    state = replace(state, clock=max(state.clock, event.now))
+    if event.now > state.clock:
+        state = replace(state, clock=event.now)
     previous = state
     match event:
         case MasterStarted():
@@ -93,8 +93,12 @@ def next_deadline(state: State) -> float | None:
     or before it has already fired, or is blocked until some other event
     changes the state.
     """
-    future = [deadline for timer in TIMERS for deadline, _ in timer.due(state) if deadline > state.clock]
-    return min(future) if future else None
+    future = [_first_after(timer.due(state), state.clock) for timer in TIMERS]
+    return min((deadline for deadline in future if deadline is not None), default=None)
+
+
+def _first_after(due: Iterable[tuple[float, int]], clock: float) -> float | None:
+    return next((deadline for deadline, _ in due if deadline > clock), None)
 
 
 # --- events ---------------------------------------------------------------
@@ -114,11 +118,7 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
         index=pending.index,
         spinup_at=event.now,
     )
-    state = replace(
-        state,
-        pending=_without(state.pending, event.spawn_id),
-        children={**state.children, event.pid: child},
-    )
+    state = replace(state, pending=state.indexed_pending.delete(event.spawn_id), children=state.indexed_children.set(child))
     effects = announce(state, LogLevel.INFO, f"===> Launched {event.pid} (index: {pending.index})")
     if not state.respawn and state.shutdown_signal is not None:
         state, more = signal_children(state, state.shutdown_signal, [event.pid], Cause.SHUTDOWN)
@@ -129,11 +129,7 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
 def _on_spawn_failed(state: State, event: SpawnFailed) -> Outcome:
     if event.spawn_id not in state.pending:
         return state, [Log(LogLevel.ERROR, f"Spawn failure for unknown spawn {event.spawn_id}; ignoring")]
-    state = replace(
-        state,
-        pending=_without(state.pending, event.spawn_id),
-        deaths_before_ack=state.deaths_before_ack + 1,
-    )
+    state = replace(state, pending=state.indexed_pending.delete(event.spawn_id), deaths_before_ack=state.deaths_before_ack + 1)
     return state, [
         Log(
             LogLevel.ERROR,
@@ -148,11 +144,14 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
         if state.config.reaper:  # an orphan of some worker's, adopted: nothing to tell
             return state, [Log(LogLevel.DEBUG, f"Reaped orphaned process {event.pid} ({_describe_exit(event)})")]
         return state, [Log(LogLevel.INFO, f"Reaped unknown process {event.pid} ({_describe_exit(event)}); ignoring")]
-    state = replace(state, children=_without(state.children, event.pid))
+    state = replace(state, children=state.indexed_children.delete(event.pid))
     extra = ""
     if not child.acked:
-        state = replace(state, deaths_before_ack=state.deaths_before_ack + 1)
         extra = " before it was ACKed"
+    elif pool.died_young(state, child):
+        extra = f" within {state.config.seconds:g}s of its start (counted as a death before ACK)"
+    if extra:
+        state = replace(state, deaths_before_ack=state.deaths_before_ack + 1)
     return state, announce(state, LogLevel.INFO, f"===> Exited worker {event.pid}{extra} ({_describe_exit(event)})")
 
 
@@ -205,9 +204,11 @@ def _on_connection_closed(state: State, event: ConnectionClosed) -> Outcome:
 @dataclass(frozen=True, slots=True)
 class Timer:
     """A rule that acts when a deadline passes: `due` lists (deadline, subject)
-    pairs, `fire` acts on one subject. Reconcile fires every subject whose
-    deadline is at or before the clock, and `next_deadline` is the earliest
-    later one: the deadline and its action are one definition."""
+    pairs, earliest first, `fire` acts on one subject. Reconcile fires every
+    subject whose deadline is at or before the clock, and `next_deadline` is
+    the earliest later one: the deadline and its action are one definition.
+    (Earliest first, so that both stop at the first later deadline: the ACK
+    and escalation timers read their orders from `Children`.)"""
 
     due: Callable[[State], Iterable[tuple[float, int]]]
     fire: Callable[[State, int], Outcome]
@@ -217,23 +218,19 @@ def _ack_timer_due(state: State) -> Iterable[tuple[float, int]]:
     delay = state.config.ack_timer
     if delay is None:
         return ()
-    return [(c.spinup_at + delay, c.pid) for c in pool.workers(state) if not c.acked]
+    return ((spinup_at + delay, pid) for spinup_at, pid in state.indexed_children.unacked_by_spinup())
 
 
 def _escalation_due(state: State) -> Iterable[tuple[float, int]]:
     timeout = state.config.signal_timeout
     if timeout is None:
         return ()
-    return [
-        (c.last_signaled_at + timeout, c.pid)
-        for c in state.children.values()
-        if c.last_signaled_at is not None and not c.killed
-    ]
+    return ((signaled_at + timeout, pid) for signaled_at, pid in state.indexed_children.escalating_by_signal_time())
 
 
 def _escalate(state: State, pid: int) -> Outcome:
     child = state.children[pid]
-    state = replace(state, children={**state.children, pid: replace(child, killed=True)})
+    state = replace(state, children=state.indexed_children.set(replace(child, killed=True)))
     return state, [
         Log(LogLevel.INFO, f"Child {pid} is still active after {state.config.signal_timeout}s. Sending SIGKILL."),
         SendSignal(pid, "KILL", Cause.ESCALATION),
@@ -246,12 +243,15 @@ def _check_due(state: State) -> Iterable[tuple[float, int]]:
 
 
 def _spinup_due(state: State) -> Iterable[tuple[float, int]]:
-    """A gradual spin-up: the interval after the last one (none while a re-exec is in progress:
-    a worker started now would be of the old version)."""
+    """A gradual spin-up: paced by ACKs, due now (it waits for nothing but a free un-ACKed
+    slot, which only an event frees); else the interval after the last one. None while a
+    re-exec is in progress: a worker started now would be of the old version."""
     if not state.respawn or state.last_spinup_at is None or state.reexec is not None:
         return ()
     if pool.missing_worker_count(state) <= 0:
         return ()
+    if pool.paced_by_acks(state):
+        return [(state.clock, 0)]
     return [(state.last_spinup_at + pool.spinup_interval(state), 0)]
 
 
@@ -266,10 +266,11 @@ TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP, WATCHDOG)
 
 def _fire(timer: Timer, state: State) -> Outcome:
     effects: list[Effect] = []
-    for deadline, subject in list(timer.due(state)):
-        if deadline <= state.clock:
-            state, more = timer.fire(state, subject)
-            effects += more
+    for deadline, subject in timer.due(state):  # the state it was called with: each `fire` makes a new one
+        if deadline > state.clock:
+            break
+        state, more = timer.fire(state, subject)
+        effects += more
     return state, effects
 
 
@@ -305,19 +306,26 @@ def _first_fill(state: State) -> Outcome:
 
 
 def _spin_up_gradually(state: State) -> Outcome:
-    interval = pool.spinup_interval(state)
+    """Within max_unacked (and max_upgrade_additional): paced by ACKs, every missing worker a
+    free slot allows; paced by the interval, one."""
+    config = state.config
     unacked = pool.unacked_unsignaled_modern_count(state)
-    if unacked >= state.config.max_unacked:
+    room = config.max_unacked - unacked
+    if config.max_upgrade_additional is not None:
+        room = min(room, config.number + config.max_upgrade_additional - pool.total_worker_count(state))
+    if room <= 0:
         return state, []
-    extra = state.config.max_upgrade_additional
-    if extra is not None and pool.total_worker_count(state) >= state.config.number + extra:
-        return state, []
+    if pool.paced_by_acks(state):
+        count = min(room, pool.missing_worker_count(state))
+        what = "a new process" if count == 1 else f"{count} new processes"
+        pace = "paced by ACKs"
+    else:
+        count, what, pace = 1, "a new process", f"spin-up interval {pool.spinup_interval(state):g}s"
     note = Log(
         LogLevel.INFO,
-        f"Launching a new process since there are {unacked} unacked new workers"
-        f" and max_unacked is {state.config.max_unacked} (spin-up interval {interval:g}s)",
+        f"Launching {what} since there are {unacked} unacked new workers and max_unacked is {config.max_unacked} ({pace})",
     )
-    state, effects = spin_up(state, 1)
+    state, effects = spin_up(state, count)
     return state, [note, *effects]
 
 
@@ -331,25 +339,25 @@ def _cull(state: State) -> Outcome:
         effects += [Reply(s.conn, "Upgrade done", s.request_id) for s in state.upgrade_subscribers]
         state = replace(state, upgrading=None, upgrade_subscribers=())
 
-    old = pool.old_by_priority(state)
+    old = pool.old_count(state)
     if state.upgrading is None and old:
-        state, more = _stop(state, old, Cause.UPGRADE, "Killing off {} old workers.")
+        state, more = _stop(state, pool.old_by_priority(state), Cause.UPGRADE, "Killing off {} old workers.")
         effects += more
     elif state.upgrading is UpgradeKind.SMOOTH:
-        excess = len(old) + acked - target
+        excess = old + acked - target
         if excess > 0:
-            state, more = _stop(state, old[:excess], Cause.UPGRADE, "Smooth upgrade: killing off {} old workers.")
+            state, more = _stop(state, pool.old_by_priority(state, excess), Cause.UPGRADE, "Smooth upgrade: killing off {} old workers.")
             effects += more
 
     room = _room_to_make(state)
     if room > 0:
-        victims = pool.old_by_priority(state)[:room]
+        victims = pool.old_by_priority(state, room)
         state, more = _stop(state, victims, Cause.MAKE_ROOM, "At upgrade capacity: killing off {} old workers to make room.")
         effects += more
 
-    surplus = len(pool.unsignaled_modern_workers(state)) - target
+    surplus = pool.unsignaled_modern_count(state) - target
     if surplus > 0:
-        victims = pool.surplus_by_priority(state)[:surplus]
+        victims = pool.surplus_by_priority(state, surplus)
         note = "Have too many workers at the current version, so killing off {} of them."
         state, more = _stop(state, victims, Cause.SURPLUS, note, stream=False)
         effects += more
@@ -395,8 +403,7 @@ def _room_to_make(state: State) -> int:
         return 0
     if pool.missing_worker_count(state) <= 0 or pool.unacked_unsignaled_modern_count(state) > 0:
         return 0
-    busy = sum(1 for c in pool.workers(state) if not c.signaled) + len(state.pending)
-    return max(0, busy - (state.config.number + extra) + 1)
+    return max(0, pool.busy_count(state) - (state.config.number + extra) + 1)
 
 
 def _held_notice(previous: State, state: State) -> list[Effect]:
@@ -420,7 +427,4 @@ def _maybe_exit(state: State) -> Outcome:
         return state, []
     return replace(state, exit_code=0), [Log(LogLevel.INFO, "All workers gone; exiting"), Exit(0)]
 
-
-def _without(mapping: Mapping[int, _V], key: int) -> dict[int, _V]:
-    return {k: v for k, v in mapping.items() if k != key}
 

@@ -77,6 +77,44 @@ def test_a_crash_loop_backs_off_and_costs_little_cpu(harness: Harness) -> None:
     assert cpu < 0.1 * wall, f"the master used {cpu:.2f}s of CPU in {wall:.1f}s while its worker crash-looped"
 
 
+@pytest.mark.timeout(40)
+def test_by_default_a_crash_loop_backs_off_as_with_s(harness: Harness) -> None:
+    """No `-s`: spin-ups are paced by ACKs, but workers that die before their ACK bring back
+    the interval min(1 s x 1.5^d, 30) (EXTENSIONS §4), exactly as the original rule."""
+    master = harness.start("-n", "1", "-m", "5", program=["false"])
+    master.wait_log(r"===> Launched", count=4, timeout=20)  # 0, 1.5, 3.75, 7.1 s
+    launches = [t for t, _ in master.timed_lines(r"===> Launched")]
+    gaps = [b - a for a, b in zip(launches, launches[1:], strict=False)]
+    expected = [1.5, 2.25, 3.375][: len(gaps)]
+    for k, want in enumerate(expected):
+        assert gaps[k] >= want - 0.2 and launches[k + 1] - launches[0] >= sum(expected[: k + 1]) - 0.1, (gaps, expected)
+    logged = [float(m.group(1)) for _, m in master.timed_lines(r"spin-up interval ([\d.]+)s")]
+    assert logged[:3] == pytest.approx([1.5, 2.25, 3.375], rel=1e-3)
+    assert "paced by ACKs" not in master.log()
+    assert master.state()["config"]["pacing"] == "ack"  # type: ignore[index]
+
+
+def test_by_default_killed_workers_are_all_replaced_at_once_within_max_unacked(harness: Harness) -> None:
+    """Paced by ACKs: three workers killed together are replaced without waiting for one another's ACKs."""
+    master = harness.start("-n", "4", "-m", "manual", "--max-unacked", "3", "-b", "127.0.0.1:0", program=[TIME_SERVER], workers=4)
+    up_at = time.monotonic()  # every worker started before this
+    # Older than `seconds`: a worker killed younger counts as a death before ACK (a crash loop's guard).
+    wait_until(lambda: time.monotonic() - up_at > 1.0, 5, "the workers to be older than 1 s")
+    victims = sorted(master.children())[:3]
+    mark = len(master.log().splitlines())
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    after = master.wait_workers(4)
+    assert not set(victims) & set(after)
+    lines = master.log().splitlines()[mark:]
+    launched = [i for i, line in enumerate(lines) if "===> Launched" in line]
+    acked = [i for i, line in enumerate(lines) if "manual ACKs" in line]
+    assert len(launched) == 3 and len(acked) == 3
+    assert max(launched) < min(acked), "\n".join(lines)  # all three start before the first of them ACKs
+    assert sum("(paced by ACKs)" in line for line in lines) >= 1 and "spin-up interval" not in "\n".join(lines)
+    assert "counted as a death" not in "\n".join(lines)
+
+
 def test_a_worker_that_cannot_be_exec_ed_is_logged_and_retried(harness: Harness) -> None:
     # Executable, so it passes the start-up check, but exec fails (ENOENT: no such interpreter).
     program = harness.directory / "broken"

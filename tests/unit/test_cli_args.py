@@ -13,7 +13,7 @@ import pytest
 from einhorn.cli import args
 from einhorn.cli.args import HELP_COLUMN, OPTION_HELP, OPTIONS, UsageError, parse, split_argv
 from einhorn.cli.settings import Nice, Settings
-from einhorn.core.config import MAX_DURATION
+from einhorn.core.config import MAX_DURATION, Pacing
 from einhorn.io.sockets import BindSpec, SetupError
 
 PROGRAM = sys.executable
@@ -130,6 +130,7 @@ def test_defaults() -> None:
         number=1,
         ack_timer=1.0,
         seconds=1.0,
+        pacing=Pacing.ACK,
         max_unacked=os.cpu_count() or 1,
         max_upgrade_additional=None,
         signal_timeout=None,
@@ -164,6 +165,7 @@ def test_every_option_reaches_its_setting() -> None:
     ]  # fmt: skip
     result = settings(*given)
     assert (result.number, result.ack_timer, result.seconds, result.signal_timeout) == (3, None, 0.5, 4)
+    assert result.pacing is Pacing.INTERVAL
     assert (result.max_unacked, result.max_upgrade_additional) == (2, 0)
     assert result.graceful_signal == "TERM"
     assert result.binds == (

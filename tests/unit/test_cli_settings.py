@@ -12,7 +12,7 @@ import pytest
 from einhorn import __version__
 from einhorn.cli.args import UsageError, parse
 from einhorn.cli.settings import Settings, core_config, self_command, shell_options, worker_launch
-from einhorn.core.config import Config, Display
+from einhorn.core.config import Config, Display, Pacing
 from einhorn.io.spawn import spawn_worker
 
 ENV = {"PATH": os.defpath, "KEEP": "1", "DROP": "2"}
@@ -39,6 +39,7 @@ def test_the_core_gets_the_policy_and_what_it_shows() -> None:
         number=3,
         ack_timer=None,
         seconds=2.0,
+        pacing=Pacing.INTERVAL,  # -s given
         max_unacked=2,
         max_upgrade_additional=1,
         signal_timeout=5,

@@ -15,7 +15,19 @@ from hypothesis import strategies as st
 
 from einhorn.core import pool
 from einhorn.core.commands import COMMANDS, ConfigDocumentError, help_text
-from einhorn.core.effects import Cause, CloseConnection, Effect, Log, LogLevel, Reply, ReplyData, SendSignal, StartUpgradeCheck
+from einhorn.core.config import Pacing
+from einhorn.core.effects import (
+    Cause,
+    CloseConnection,
+    Effect,
+    Log,
+    LogLevel,
+    Reply,
+    ReplyData,
+    SendSignal,
+    SpawnWorker,
+    StartUpgradeCheck,
+)
 from einhorn.core.events import CommandReceived, MasterStarted, Tick, WorkerSpawned
 from einhorn.core.report import Symbol, Timestamp
 from einhorn.core.state import ReexecPurpose, State, Subscriber, initial_state
@@ -328,6 +340,21 @@ def test_config_merges_a_valid_mapping() -> None:
     assert next_deadline(state) == 2.5  # one worker missing; the next spin-up paced by the new seconds
 
 
+def test_config_seconds_chooses_the_interval_and_pacing_ack_goes_back() -> None:
+    """Setting `seconds` at run time is an explicit choice of the interval, as `-s` is (EXTENSIONS §4)."""
+    state = up(number=2, max_unacked=2)
+    assert state.config.pacing is Pacing.ACK
+    state, _ = send(state, config_request(), document={"seconds": 4})
+    assert state.config.pacing is Pacing.INTERVAL and state.config.seconds == 4.0
+    grown, effects = send(state, {"command": "set_workers", "args": ["4"]})
+    assert not [e for e in effects if isinstance(e, SpawnWorker)] and next_deadline(grown) == 4.0  # last spin-up at 0 + 4 s
+    state, effects = send(state, config_request(), document={"pacing": "ack"})
+    assert effects[0] == info("Successfully merged in config: {pacing: 'ack'}")
+    assert state.config.pacing is Pacing.ACK and state.config.seconds == 4.0
+    grown, effects = send(state, {"command": "set_workers", "args": ["4"]})
+    assert len([e for e in effects if isinstance(e, SpawnWorker)]) == 2 and next_deadline(grown) is None  # both slots at once
+
+
 def test_config_accepts_null_for_optional_settings() -> None:
     state = up(max_upgrade_additional=2, signal_timeout=5)
     state, _ = send(state, config_request(), document={"max_upgrade_additional": None, "signal_timeout": None})
@@ -340,7 +367,7 @@ def test_config_accepts_null_for_optional_settings() -> None:
         (
             {"bogus": 1},
             "Unknown config setting: 'bogus'. Known settings: number, seconds, max_unacked, "
-            "max_upgrade_additional, signal_timeout",
+            "max_upgrade_additional, signal_timeout, pacing",
         ),
         ({"ack_mode": "manual"}, None),
         ({"number": 0}, "Invalid value for number: 0 (must be an integer in [1, 1000])"),
@@ -429,7 +456,7 @@ def test_state_replies_with_the_report() -> None:
     assert {"children", "config", "version", "respawn", "upgrading", "ack_mode", "cmd_name", "verbosity"} <= set(report)
     assert report["cmd_name"] == "web" and report["version"] == 0 and report["respawn"] is True
     assert report["ack_mode"] == {"type": Symbol("timer"), "timeout": 1.0}
-    assert report["config"] == {"number": 2, "backlog": 100, "seconds": 1.0, "max_unacked": 1, "max_upgrade_additional": None}
+    assert report["config"] == {"number": 2, "backlog": 100, "seconds": 1.0, "pacing": "ack", "max_unacked": 1, "max_upgrade_additional": None}
     children = report["children"]
     assert isinstance(children, dict) and sorted(children) == [1000, 1001]
     assert children[1000] == {

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from einhorn.core import commands, pool, step
-from einhorn.core.config import Config, Display, ListenerInfo
+from einhorn.core.config import Config, Display, ListenerInfo, Pacing
 from einhorn.core.effects import Cause, Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.report import Symbol, Timestamp, snapshot
@@ -138,7 +138,7 @@ def test_snapshot_is_the_whole_document() -> None:
             "cmd": ["app", "-x"],
             "cmd_name": "web",
             "command_socket_as_fd": True,
-            "config": {"backlog": 7, "max_unacked": 2, "max_upgrade_additional": 1, "number": 3, "seconds": 2.0},
+            "config": {"backlog": 7, "max_unacked": 2, "max_upgrade_additional": 1, "number": 3, "seconds": 2.0, "pacing": "ack"},
             "consecutive_deaths_before_ack": 2,
             "graceful_signal": "TERM",
             "kill_children_on_exit": True,
@@ -282,11 +282,15 @@ def test_runtime_setting_bounds() -> None:
     assert isinstance(apply_setting(base, "seconds", True), str)
     assert isinstance(apply_setting(base, "seconds", "2"), str)
     assert isinstance(apply_setting(base, "seconds", MAX_DURATION + 0.5), str)
-    assert apply_setting(base, "seconds", MAX_DURATION) == replace(base, seconds=float(MAX_DURATION))
+    assert apply_setting(base, "seconds", MAX_DURATION) == replace(base, seconds=float(MAX_DURATION), pacing=Pacing.INTERVAL)
     assert isinstance(apply_setting(base, "signal_timeout", MAX_DURATION + 1), str)
     assert apply_setting(base, "signal_timeout", MAX_DURATION) == replace(base, signal_timeout=MAX_DURATION)
+    assert apply_setting(base, "pacing", "interval") == replace(base, pacing=Pacing.INTERVAL)
+    assert apply_setting(replace(base, pacing=Pacing.INTERVAL), "pacing", "ack") == base
+    for bad in ("fast", "ACK", None, 1, ["ack"]):
+        assert apply_setting(base, "pacing", bad) == "must be one of ack, interval"
     assert apply_setting(base, "nope", 1) == (
-        "unknown setting; known settings: number, seconds, max_unacked, max_upgrade_additional, signal_timeout"
+        "unknown setting; known settings: number, seconds, max_unacked, max_upgrade_additional, signal_timeout, pacing"
     )
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from einhorn.core.config import MAX_DURATION, RUNTIME_SETTINGS
+from einhorn.core.config import MAX_DURATION, RUNTIME_SETTINGS, Pacing
 from einhorn.core.events import MasterStarted
 from einhorn.core.serialize import FORMAT, StateFormatError, from_plain, to_plain
 from einhorn.core.state import (
@@ -74,6 +74,7 @@ runtime_configs = st.builds(
     make_config,
     number=st.integers(1, 1000),
     seconds=st.floats(min_value=1e-6, max_value=MAX_DURATION),
+    pacing=st.sampled_from(Pacing),
     max_unacked=st.integers(1, 64),
     max_upgrade_additional=st.none() | st.integers(0, 64),
     signal_timeout=st.none() | st.integers(1, MAX_DURATION),
@@ -175,8 +176,37 @@ def test_document_shape() -> None:
             "max_unacked": 1,
             "max_upgrade_additional": None,
             "signal_timeout": None,
+            "pacing": "ack",
         },
     }
+
+
+@pytest.mark.parametrize("pacing", list(Pacing))
+def test_the_pacing_travels_across_a_re_exec_and_a_restored_seconds_does_not_change_it(pacing: Pacing) -> None:
+    """Restoring `seconds` is not an operator choosing the interval (as `config {seconds: N}` is)."""
+    state = initial_state(make_config(seconds=2.0, pacing=pacing))
+    restored, notes = from_plain(to_plain(state), make_config(pacing=Pacing.ACK if pacing is Pacing.INTERVAL else Pacing.INTERVAL))
+    assert notes == [] and restored.config.pacing is pacing and restored.config.seconds == 2.0
+
+
+@pytest.mark.parametrize("pacing", list(Pacing))
+def test_a_document_from_before_the_pacing_keeps_the_command_lines(pacing: Pacing) -> None:
+    document = to_plain(initial_state(make_config(seconds=3.0)))
+    settings = document["settings"]
+    assert isinstance(settings, dict)
+    del settings["pacing"]
+    restored, notes = from_plain(document, make_config(pacing=pacing))
+    assert notes == [] and restored.config.pacing is pacing and restored.config.seconds == 3.0
+
+
+def test_an_unknown_pacing_in_the_document_is_ignored_with_a_note() -> None:
+    document = to_plain(initial_state(make_config()))
+    settings = document["settings"]
+    assert isinstance(settings, dict)
+    settings["pacing"] = "fast"
+    restored, notes = from_plain(document, make_config(pacing=Pacing.INTERVAL))
+    assert notes == ["ignored setting 'pacing'='fast': must be one of ack, interval"]
+    assert restored.config.pacing is Pacing.INTERVAL
 
 
 # --- older documents ------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from einhorn.core import pool
-from einhorn.core.config import MAX_SPINUP_INTERVAL, Config
+from einhorn.core.config import MAX_SPINUP_INTERVAL, Config, Pacing
 from einhorn.core.effects import CloseConnection, Log, LogLevel, SendSignal, SpawnWorker
 from einhorn.core.events import CommandReceived, SignalReceived, SpawnFailed, Tick
 from einhorn.core.state import Child, ReexecPhase
@@ -30,6 +30,7 @@ machine_configs = st.builds(
     number=st.integers(1, 4),
     ack_timer=st.sampled_from([None, 0.0, 1.0, 2.5]),
     seconds=st.sampled_from([0.5, 1.0, 3.0]),
+    pacing=st.sampled_from(Pacing),
     max_unacked=st.integers(1, 3),
     max_upgrade_additional=st.sampled_from([None, 0, 1, 2]),
     signal_timeout=st.sampled_from([None, 2, 30]),
@@ -220,15 +221,20 @@ class CoreMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.running())
     @rule(
-        setting=st.sampled_from(["max_unacked", "max_upgrade_additional", "seconds", "signal_timeout"]),
+        setting=st.sampled_from(["max_unacked", "max_upgrade_additional", "seconds", "signal_timeout", "pacing"]),
         value=st.integers(0, 3),
     )
     def config(self, setting: str, value: int) -> None:
         document: dict[str, object] = {setting: None if value == 0 and setting != "max_unacked" else value}
         if setting == "seconds":
             document = {"seconds": 0.5 * (value + 1)}
+        pacing = list(Pacing)[value % 2]
+        if setting == "pacing":
+            document = {"pacing": pacing.value}
         self.say(f"operator: config {document}")
         self.world.feed(CommandReceived(CONN, {"command": "config", "args": ["..."]}, self.world.now, document=document))
+        if setting in ("seconds", "pacing"):  # setting the interval chooses it
+            assert self.world.state.config.pacing is (Pacing.INTERVAL if setting == "seconds" else pacing)
 
     @precondition(lambda self: not self.running())
     @rule()

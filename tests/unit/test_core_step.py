@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from einhorn.core import pool
-from einhorn.core.config import Config
+from einhorn.core.config import Config, Pacing
 from einhorn.core.effects import (
     Cause,
     CloseConnection,
@@ -87,6 +87,11 @@ def gradual(unacked: int, max_unacked: int, interval: str) -> Log:
     )
 
 
+def by_acks(unacked: int, max_unacked: int, count: int = 1) -> Log:
+    what = "a new process" if count == 1 else f"{count} new processes"
+    return info(f"Launching {what} since there are {unacked} unacked new workers and max_unacked is {max_unacked} (paced by ACKs)")
+
+
 # --- replenish ------------------------------------------------------------------
 
 
@@ -110,7 +115,7 @@ def test_pending_spawns_are_not_duplicated_by_later_events() -> None:
 
 
 def test_gradual_spin_up_is_paced_by_the_interval() -> None:
-    state = up(make_config(number=3, seconds=2.0, max_unacked=3))
+    state = up(make_config(number=3, seconds=2.0, max_unacked=3, pacing=Pacing.INTERVAL))
     state, effects = step(state, ChildExited(1000, 0, None, 1.5))
     assert effects == [info("===> Exited worker 1000 (exit status 0)")]
     assert next_deadline(state) == 2.0  # last spin-up at 0.0 + 2s
@@ -125,8 +130,9 @@ def test_gradual_spin_up_is_paced_by_the_interval() -> None:
     assert effects == [gradual(1, 3, "2"), SpawnWorker(4, 1, 0)]
 
 
-def test_max_unacked_gates_gradual_spin_up() -> None:
-    state = up(make_config(number=3, max_unacked=1))
+@pytest.mark.parametrize("pacing", list(Pacing))
+def test_max_unacked_gates_gradual_spin_up(pacing: Pacing) -> None:
+    state = up(make_config(number=3, max_unacked=1, pacing=pacing))
     state, effects = step(state, ChildExited(1000, 0, None, 5.0))
     assert spawns(effects) == [SpawnWorker(3, 0, 0)]
     # The interval has passed, but the pending spawn counts as an un-ACKed worker.
@@ -134,7 +140,87 @@ def test_max_unacked_gates_gradual_spin_up() -> None:
     assert effects == [info("===> Exited worker 1001 (exit status 0)"), info("===> Launched 2000 (index: 0)")]
     assert next_deadline(state) == 8.0  # the timer ACK of 2000
     state, effects = step(state, Tick(8.0))
-    assert effects == [info("Up to 2 / 3 timer ACKs"), gradual(0, 1, "1"), SpawnWorker(4, 1, 0)]
+    launch = gradual(0, 1, "1") if pacing is Pacing.INTERVAL else by_acks(0, 1)
+    assert effects == [info("Up to 2 / 3 timer ACKs"), launch, SpawnWorker(4, 1, 0)]
+
+
+def test_paced_by_acks_every_free_slot_fills_at_once_and_each_ack_frees_one() -> None:
+    """EXTENSIONS §4: no interval; the un-ACKed slots (max_unacked) are the only gate."""
+    state = up(make_config(number=4, max_unacked=2, ack_timer=None))
+    state, effects = run(state, ChildExited(1000, 137, None, 5.0), ChildExited(1001, 137, None, 5.0))
+    assert effects == [
+        info("===> Exited worker 1000 (exit status 137)"),
+        by_acks(0, 2),
+        SpawnWorker(4, 0, 0),
+        info("===> Exited worker 1001 (exit status 137)"),
+        by_acks(1, 2),
+        SpawnWorker(5, 1, 0),
+    ]
+    state, effects = step(state, ChildExited(1002, 137, None, 5.0))
+    assert spawns(effects) == [] and next_deadline(state) is None  # both slots taken: it waits for an ACK, not for time
+    state, _ = run(state, WorkerSpawned(4, 2000, 5.1), WorkerSpawned(5, 2001, 5.1))
+    state, effects = step(state, command(9, "worker:ack", pid=2000, now=5.2))
+    assert spawns(effects) == [SpawnWorker(6, 2, 0)] and by_acks(1, 2) in effects
+    assert state.clock == 5.2 and state.deaths_before_ack == 0
+
+
+def test_paced_by_acks_several_missing_start_together_when_slots_allow() -> None:
+    state = up(make_config(number=2, max_unacked=4, ack_timer=None))
+    state, effects = step(state, command(1, "set_workers", "5", now=3.0))
+    assert by_acks(0, 4, count=3) in effects and spawns(effects) == [SpawnWorker(2, 2, 0), SpawnWorker(3, 3, 0), SpawnWorker(4, 4, 0)]
+
+
+def test_paced_by_acks_a_death_before_ack_brings_the_interval_back_until_the_next_ack() -> None:
+    state = up(make_config(number=3, max_unacked=3, ack_timer=None))
+    state, _ = run(state, ChildExited(1000, 1, None, 5.0), WorkerSpawned(3, 2000, 5.0))
+    state, effects = step(state, ChildExited(2000, 1, None, 5.5))  # the replacement dies before its ACK
+    assert effects == [info("===> Exited worker 2000 before it was ACKed (exit status 1)")]
+    assert state.deaths_before_ack == 1 and next_deadline(state) == 5.0 + 1.5  # the interval, from the last spin-up
+    state, effects = step(state, ChildExited(1001, 137, None, 6.0))  # another one goes: still backing off
+    assert spawns(effects) == []
+    state, effects = step(state, Tick(6.5))
+    assert effects == [gradual(0, 3, "1.5"), SpawnWorker(4, 0, 0)]
+    state, effects = run(state, WorkerSpawned(4, 2001, 6.5), command(9, "worker:ack", pid=2001, now=6.6))
+    assert by_acks(0, 3) in effects and spawns(effects) == [SpawnWorker(5, 1, 0)]  # the ACK ends the streak
+    assert state.deaths_before_ack == 0
+
+
+@pytest.mark.parametrize("pacing", list(Pacing))
+def test_a_crash_loop_backs_off_the_same_under_either_pacing(pacing: Pacing) -> None:
+    """Workers that die before their ACK: one spin-up per min(seconds x 1.5^d, 30), both pacings."""
+    state, _ = run(initial_state(make_config(pacing=pacing, seconds=2.0)), MasterStarted(0.0))
+    times = []
+    for spawn_id in range(12):
+        pid = 1000 + spawn_id
+        state, _ = run(state, WorkerSpawned(spawn_id, pid, state.clock), ChildExited(pid, 1, None, state.clock + 0.1))
+        assert state.deaths_before_ack == spawn_id + 1 and not state.pending
+        deadline = next_deadline(state)
+        assert deadline is not None
+        state, effects = step(state, Tick(deadline))
+        assert spawns(effects) == [SpawnWorker(spawn_id + 1, 0, 0)]
+        times.append(deadline)
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert gaps == [min(2.0 * 1.5**d, 30.0) for d in range(2, 13)]
+
+
+def test_paced_by_acks_a_worker_that_acks_at_once_and_crashes_still_backs_off() -> None:
+    """-m 0: every worker is ACKed as it starts; one that dies within `seconds` counts as a death."""
+    state, _ = run(initial_state(make_config(ack_timer=0.0)), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0))
+    assert state.children[1000].acked
+    state, effects = step(state, ChildExited(1000, 1, None, 0.2))
+    assert effects == [info("===> Exited worker 1000 within 1s of its start (counted as a death before ACK) (exit status 1)")]
+    assert state.deaths_before_ack == 1 and spawns(effects) == [] and next_deadline(state) == 1.5
+    state, effects = run(state, Tick(1.5), WorkerSpawned(1, 1001, 1.5))
+    assert state.deaths_before_ack == 0  # its instant ACK ends the streak: each crash costs 1.5 s, not nothing
+    state, effects = step(state, ChildExited(1001, 1, None, 2.6))  # lived past `seconds`: replaced at once
+    assert spawns(effects) == [SpawnWorker(2, 0, 0)]
+
+
+def test_under_the_interval_a_worker_that_acks_at_once_and_crashes_is_no_death() -> None:
+    """The original rule, exactly: only a death before ACK counts."""
+    config = make_config(ack_timer=0.0, pacing=Pacing.INTERVAL)
+    state, _ = run(initial_state(config), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0), ChildExited(1000, 1, None, 0.2))
+    assert state.deaths_before_ack == 0 and next_deadline(state) == 1.0
 
 
 def test_spawn_result_for_an_unknown_spawn_is_logged() -> None:
@@ -150,8 +236,9 @@ def test_spawn_result_for_an_unknown_spawn_is_logged() -> None:
 # --- deaths before ACK -------------------------------------------------------------
 
 
-def test_deaths_before_ack_back_off_and_an_ack_breaks_the_streak() -> None:
-    state, _ = run(initial_state(make_config()), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0))
+@pytest.mark.parametrize("pacing", list(Pacing))
+def test_deaths_before_ack_back_off_and_an_ack_breaks_the_streak(pacing: Pacing) -> None:
+    state, _ = run(initial_state(make_config(pacing=pacing)), MasterStarted(0.0), WorkerSpawned(0, 1000, 0.0))
     state, effects = step(state, ChildExited(1000, 1, None, 0.5))
     assert effects == [info("===> Exited worker 1000 before it was ACKed (exit status 1)")]
     assert state.deaths_before_ack == 1 and next_deadline(state) == 1.5
@@ -296,7 +383,7 @@ def test_old_workers_get_usr2_when_no_upgrade_is_in_progress() -> None:
 def test_old_acked_workers_outside_an_upgrade_go_only_as_new_ones_serve() -> None:
     """The availability floor holds there too (no reachable state needs it: an upgrade ends
     with `number` new workers ACKed; a hand-made one does)."""
-    state = replace(up(make_config(number=2)), version=1)
+    state = replace(up(make_config(number=2, pacing=Pacing.INTERVAL)), version=1)
     state, effects = step(state, Tick(5.0))
     assert effects == [gradual(0, 1, "1"), SpawnWorker(2, 2, 1)]  # 0 and 1 are still held by the old workers
     state, effects = run(state, WorkerSpawned(2, 2000, 5.0), Tick(6.0))
@@ -382,7 +469,7 @@ def test_surplus_after_set_workers_stops_several() -> None:
 
 def test_smooth_upgrade_with_max_upgrade_additional() -> None:
     """The whole conversation of a smooth upgrade; the fleet never exceeds number + 1."""
-    state = up(make_config(number=2, max_upgrade_additional=1))
+    state = up(make_config(number=2, max_upgrade_additional=1, pacing=Pacing.INTERVAL))
     state, effects = step(state, command(7, "upgrade", id="u1", now=10.0))
     assert effects == [
         Reply(7, "Upgrading smoothly, as commanded", "u1", wait=True),
@@ -441,6 +528,27 @@ def test_smooth_upgrade_with_max_upgrade_additional() -> None:
         SendSignal(1001, "USR2", Cause.UPGRADE),
     ]
     assert state.upgrading is None and state.upgrade_subscribers == ()
+
+
+def test_paced_by_acks_a_smooth_upgrade_goes_at_the_speed_of_the_acks() -> None:
+    """Issue 14: max_unacked new workers at once, one old worker stopped per new ACK, no timer in between."""
+    config = make_config(number=4, max_unacked=2, ack_timer=None)
+    state = up(config)
+    state, effects = run(state, command(7, "upgrade", now=10.0), MasterStarted(10.0, restored=True))
+    assert spawns(effects) == [SpawnWorker(4, 4, 1), SpawnWorker(5, 5, 1)]
+    pids = iter(range(2000, 2100))
+    acks = 0
+    while state.upgrading is not None:
+        assert next_deadline(state) is None  # nothing waits for time
+        for spawn_id in sorted(state.pending):
+            state, _ = step(state, WorkerSpawned(spawn_id, next(pids), 10.0))
+        unacked = sorted(c.pid for c in pool.modern_workers(state) if not c.acked)
+        old_before = len(pool.old_workers(state))
+        state, effects = step(state, command(9, "worker:ack", pid=unacked[0], now=10.0))
+        acks += 1
+        assert len(pool.old_workers(state)) == old_before - 1  # one old worker goes per new ACK
+        assert pool.serving_count(state) >= 4
+    assert acks == 4 and state.clock == 10.0
 
 
 def test_smooth_upgrade_signals_old_workers_one_for_one_as_new_ones_ack() -> None:
@@ -518,6 +626,40 @@ def test_fleet_upgrade_with_small_capacity_still_completes() -> None:
     world.restore()
     world.settle(200)
     assert converged(world) is None and world.state.version == 1
+
+
+def upgrade_without_time(config: Config, kind: str) -> World:
+    """An upgrade in a world where spawns start, signaled workers exit and workers ACK, but no time passes."""
+    world = World(state=up(config), base_config=config, live={1000 + i for i in range(config.number)}, now=10.0)
+    world.feed(command(7, kind, now=10.0))
+    world.restore()
+    for _ in range(200):
+        state = world.state
+        signaled = sorted(c.pid for c in state.children.values() if c.signaled)
+        unacked = sorted(c.pid for c in state.children.values() if not c.acked)
+        if state.pending:
+            world.spawn(min(state.pending))
+        elif signaled:
+            world.exit(signaled[0])
+        elif unacked:
+            world.ack(unacked[0])
+        else:
+            break
+    return world
+
+
+@pytest.mark.parametrize("max_upgrade_additional", [None, 1, 2])
+@pytest.mark.parametrize("kind", ["upgrade", "upgrade_fleet"])
+def test_paced_by_acks_every_upgrade_goes_at_the_speed_of_the_workers(kind: str, max_upgrade_additional: int | None) -> None:
+    """Issue 14: smooth or fleet, capped or not, an upgrade needs no time to pass but the workers' own."""
+    config = make_config(number=4, max_unacked=2, ack_timer=None, max_upgrade_additional=max_upgrade_additional)
+    world = upgrade_without_time(config, kind)
+    assert converged(world) is None and world.state.version == 1 and world.state.clock == 10.0
+
+
+def test_under_the_interval_a_smooth_upgrade_waits_for_it() -> None:
+    world = upgrade_without_time(make_config(number=4, max_unacked=2, ack_timer=None, pacing=Pacing.INTERVAL), "upgrade")
+    assert world.state.upgrading is not None and next_deadline(world.state) == 11.0
 
 
 HELD = error(
@@ -625,7 +767,7 @@ def failed_upgrade(config: Config) -> State:
 def test_a_second_upgrade_stops_the_first_ones_unacked_workers_not_the_serving_ones() -> None:
     """Issue 10: counting the un-ACKed workers of the failed version as old made the second
     upgrade stop both ACKed workers (the oldest) while no new one served."""
-    state = failed_upgrade(make_config(number=2, max_unacked=2, ack_timer=None))
+    state = failed_upgrade(make_config(number=2, max_unacked=2, ack_timer=None, pacing=Pacing.INTERVAL))
     state, effects = run(state, SignalReceived("HUP", 14.0), MasterStarted(14.0, restored=True))
     assert effects == [
         info("Reloading einhorn master (smooth_upgrade)..."),
@@ -880,7 +1022,7 @@ def test_next_deadline_is_none_when_idle() -> None:
 
 
 def test_next_deadline_is_the_earliest_of_ack_spinup_and_signal_timeout() -> None:
-    state = up(make_config(number=3, signal_timeout=10, seconds=4.0, max_unacked=3))
+    state = up(make_config(number=3, signal_timeout=10, seconds=4.0, max_unacked=3, pacing=Pacing.INTERVAL))
     state, _ = run(state, command(1, "dec", now=5.0))  # surplus 1002 signaled at 5.0 -> KILL due at 15.0
     assert next_deadline(state) == 15.0
     # Back to 3: the signaled 1002 still counts as modern, so nothing is missing yet.

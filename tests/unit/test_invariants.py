@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from einhorn.core import pool, step
-from einhorn.core.config import Config
+from einhorn.core.config import Config, Pacing
 from einhorn.core.effects import Cause, Effect, Exit, SendSignal, SpawnWorker
 from einhorn.core.events import (
     ChildExited,
@@ -83,7 +83,7 @@ def test_s3_spinup_interval_capped_and_exact(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_s4_a_waiting_spinup_has_a_timer(monkeypatch: pytest.MonkeyPatch) -> None:
-    waiting = make(number=1, clock=0.5, last_spinup_at=0.0)
+    waiting = make(number=1, clock=0.5, last_spinup_at=0.0, pacing=Pacing.INTERVAL)
     assert step.next_deadline(waiting) == 1.0
     assert "S4" not in numbers(check_state(waiting))
     monkeypatch.setattr(step, "next_deadline", lambda state: None)
@@ -92,6 +92,23 @@ def test_s4_a_waiting_spinup_has_a_timer(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "S4" in numbers(check_state(waiting))
     assert "S4" not in numbers(check_state(replace(waiting, respawn=False, shutdown_signal="USR2")))
     assert "S4" not in numbers(check_state(replace(waiting, clock=1.0)))
+
+
+def test_s4_paced_by_acks_no_missing_worker_waits_for_a_free_slot() -> None:
+    waiting = make(worker(1, index=0), number=3, max_unacked=2, clock=0.5, last_spinup_at=0.0)
+    assert numbers(check_state(waiting)) == {"S4"}
+    assert check_state(waiting)[0] == "S4: paced by ACKs, 2 workers missing and room for 2 more, but none started"
+    one_on_its_way = replace(waiting, pending={0: PendingSpawn(0, 1, 0, 0.5)}, next_spawn_id=1)
+    assert "S4" in numbers(check_state(one_on_its_way))  # room for one more
+    full = replace(one_on_its_way, children={**waiting.children, 2: worker(2, index=2, acked=False)})
+    assert "S4" not in numbers(check_state(full))  # 2 un-ACKed: max_unacked
+    capped = replace(waiting, config=replace(waiting.config, max_upgrade_additional=0, number=2))
+    assert "S4" in numbers(check_state(capped))
+    assert "S4" not in numbers(check_state(replace(capped, pending={0: PendingSpawn(0, 1, 0, 0.5)}, next_spawn_id=1)))
+    # a death streak brings the interval back: then it waits for its timer
+    backing_off = replace(waiting, deaths_before_ack=1)
+    assert "S4" not in numbers(check_state(backing_off))
+    assert "S4" not in numbers(check_state(replace(waiting, reexec=Reexec(ReexecPurpose.RELOAD, (), 0, 9.0))))
 
 
 def test_s5_old_workers_outside_an_upgrade() -> None:
@@ -324,14 +341,14 @@ def test_t10_spinups_respect_max_upgrade_additional() -> None:
 
 
 def test_t11_gradual_spinups_one_at_a_time_after_the_interval_within_max_unacked() -> None:
-    before = make(worker(1, index=0), number=3, max_unacked=1, clock=1.0, last_spinup_at=0.0)
+    before = make(worker(1, index=0), number=3, max_unacked=1, clock=1.0, last_spinup_at=0.0, pacing=Pacing.INTERVAL)
     one = replace(before, pending={0: PendingSpawn(0, 1, 0, 1.0)}, next_spawn_id=1, last_spinup_at=1.0)
     assert check_step(before, Tick(1.0), one, [SpawnWorker(0, 1, 0)]) == []
     two = replace(one, pending={**one.pending, 1: PendingSpawn(1, 2, 0, 1.0)}, next_spawn_id=2)
     assert "T11" in step_numbers(before, Tick(1.0), two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
     early = replace(before, clock=0.5)
     assert "T11" in step_numbers(early, Tick(0.5), replace(one, clock=0.5), [SpawnWorker(0, 1, 0)])
-    busy = make(worker(1, index=0, acked=False), number=3, max_unacked=1, clock=1.0, last_spinup_at=0.0)
+    busy = make(worker(1, index=0, acked=False), number=3, max_unacked=1, clock=1.0, last_spinup_at=0.0, pacing=Pacing.INTERVAL)
     busy_after = replace(busy, pending={0: PendingSpawn(0, 1, 0, 1.0)}, next_spawn_id=1, last_spinup_at=1.0)
     assert "T11" in step_numbers(busy, Tick(1.0), busy_after, [SpawnWorker(0, 1, 0)])
     first = replace(before, last_spinup_at=None)
@@ -341,6 +358,40 @@ def test_t11_gradual_spinups_one_at_a_time_after_the_interval_within_max_unacked
     assert "T11" not in step_numbers(fleet, restored, two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
     smooth = replace(before, reexec=Reexec(ReexecPurpose.SMOOTH_UPGRADE, (), 0, 0.0, ReexecPhase.EXECUTING))
     assert "T11" in step_numbers(smooth, restored, two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
+
+
+def test_t11_paced_by_acks_several_at_once_at_any_time_within_max_unacked() -> None:
+    before = make(worker(1, index=0), number=4, max_unacked=2, clock=0.25, last_spinup_at=0.0)
+    two = replace(
+        before, pending={0: PendingSpawn(0, 1, 0, 0.25), 1: PendingSpawn(1, 2, 0, 0.25)}, next_spawn_id=2, last_spinup_at=0.25
+    )
+    assert check_step(before, Tick(0.25), two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)]) == []
+    three = replace(two, pending={**two.pending, 2: PendingSpawn(2, 3, 0, 0.25)}, next_spawn_id=3)
+    problems = check_step(before, Tick(0.25), three, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0), SpawnWorker(2, 3, 0)])
+    assert problems == ["T11: 3 un-ACKed new workers > max_unacked 2"]
+    roomy = replace(three, config=replace(three.config, max_unacked=5))
+    four = replace(roomy, pending={**three.pending, 3: PendingSpawn(3, 4, 0, 0.25)}, next_spawn_id=4)
+    effects = [SpawnWorker(i, i + 1, 0) for i in range(4)]
+    assert check_step(replace(before, config=roomy.config), Tick(0.25), four, effects) == ["T11: spun up 1 more workers than were missing"]
+    # with a death streak after the step, the interval rule applies again
+    backing_off = replace(two, deaths_before_ack=1)
+    assert "T11" in step_numbers(before, Tick(0.25), backing_off, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
+
+
+def test_t6_a_death_before_ack_or_young_under_ack_pacing_leaves_a_streak() -> None:
+    before = make(worker(1, acked=False), worker(2, spinup_at=0.0), number=2, clock=0.5)
+    gone = replace(before, children={2: before.children[2]})
+    exited = ChildExited(1, 1, None, 0.5)
+    assert "T6" in step_numbers(before, exited, gone, [])
+    assert "T6" not in step_numbers(before, exited, replace(gone, deaths_before_ack=1), [])
+    young = ChildExited(2, 1, None, 0.5)
+    left = replace(before, children={1: before.children[1]})
+    assert "T6" in step_numbers(before, young, left, [])  # ACKed, but 0.5 s after its start: seconds is 1
+    assert "T6" not in step_numbers(replace(before, clock=1.0), replace(young, now=1.0), replace(left, clock=1.0), [])
+    interval = replace(before, config=replace(before.config, pacing=Pacing.INTERVAL))
+    assert "T6" not in step_numbers(interval, young, replace(left, config=interval.config), [])
+    told = replace(before, children={**before.children, 2: replace(before.children[2], signaled=frozenset({"USR2"}))})
+    assert "T6" not in step_numbers(told, young, left, [])
 
 
 # --- helpers and the liveness goal ---------------------------------------------------
@@ -563,11 +614,11 @@ def test_l2_accepts_only_an_upgrade_the_floor_holds_at_its_capacity_cap() -> Non
 
 
 def test_t11_messages() -> None:
-    before = make(worker(1, index=0), number=3, max_unacked=5, clock=1.0, last_spinup_at=0.0)
+    before = make(worker(1, index=0), number=3, max_unacked=5, clock=1.0, last_spinup_at=0.0, pacing=Pacing.INTERVAL)
     two = replace(before, pending={0: PendingSpawn(0, 1, 0, 1.0), 1: PendingSpawn(1, 2, 0, 1.0)}, next_spawn_id=2)
     problems = check_step(before, Tick(1.0), two, [SpawnWorker(0, 1, 0), SpawnWorker(1, 2, 0)])
     assert problems == ["T11: gradual spin-up started 2 workers at once"]
-    early = make(worker(1, index=0), number=3, max_unacked=5, clock=0.75, last_spinup_at=0.25)
+    early = make(worker(1, index=0), number=3, max_unacked=5, clock=0.75, last_spinup_at=0.25, pacing=Pacing.INTERVAL)
     one = replace(early, pending={0: PendingSpawn(0, 1, 0, 0.75)}, next_spawn_id=1, last_spinup_at=0.75)
     problems = check_step(early, Tick(0.75), one, [SpawnWorker(0, 1, 0)])
     assert problems == ["T11: spin-up 0.5s after the last one, interval is 1.0s"]

@@ -14,8 +14,9 @@ from dataclasses import replace
 
 import pytest
 
-from einhorn.core import actions, commands, pool, step, upgrade
+from einhorn.core import actions, commands, indexed, pool, step, upgrade
 from einhorn.core.actions import Outcome
+from einhorn.core.config import Pacing
 from einhorn.core.effects import Cause, Log, LogLevel
 from einhorn.core.events import UpgradeCheckPassed
 from einhorn.core.state import Child, State
@@ -100,8 +101,8 @@ def test_bug_smooth_upgrade_culls_before_new_workers_ack(monkeypatch: pytest.Mon
 def _plant_the_old_cull_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """Issue 10's rule: old workers are culled oldest first, ACKed or not, with no availability floor."""
 
-    def oldest_first(state: State) -> list[Child]:
-        return sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))
+    def oldest_first(state: State, limit: int | None = None) -> list[Child]:
+        return sorted(pool.old_workers(state), key=lambda c: (c.spinup_at, c.pid))[:limit]
 
     monkeypatch.setattr(pool, "old_by_priority", oldest_first)
     monkeypatch.setattr(pool, "serving_count", lambda state: 10**6)  # every ACKed worker may go
@@ -111,7 +112,8 @@ def test_bug_a_second_upgrade_stops_the_serving_workers(monkeypatch: pytest.Monk
     """With the old rule a second upgrade stops the workers that serve instead of the first
     upgrade's new ones that never ACKed."""
     _plant_the_old_cull_rule(monkeypatch)
-    problems, trace = _violation(Scenario(2, 2, None, None, None), Bounds(depth=10, failures=0, commands=2, command_names=("upgrade",)))
+    report = Scenario(2, 2, None, None, None, pacing=Pacing.INTERVAL)  # the pacing of the report
+    problems, trace = _violation(report, Bounds(depth=10, failures=0, commands=2, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T12")
     assert problems == ["T12: stopped ACKed workers [1] on its own initiative, leaving 0 serving < min(number 2, 1 serving before)"]
     lines = trace.splitlines()
@@ -150,11 +152,10 @@ def test_bug_ack_does_not_reset_the_death_streak(monkeypatch: pytest.MonkeyPatch
 
 
 def test_bug_old_workers_signalled_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`old_workers` forgets to leave out the ones already signaled: the cull re-sends USR2."""
-    monkeypatch.setattr(
-        pool, "old_workers", lambda state: [c for c in pool.workers(state) if c.version != state.version]
-    )
-    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=8, command_names=("upgrade",)))
+    """The order old workers are stopped in forgets to leave out the ones already signaled
+    (`Children` keeps them in it): the smooth cull re-sends USR2 to one still on its way out."""
+    monkeypatch.setattr(indexed, "_stop_key", lambda child: (child.acked, child.spinup_at, child.pid))
+    problems, trace = _violation(Scenario(2, 2, None, None, None), replace(SMALL, depth=10, failures=0, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T4")
 
 
@@ -171,13 +172,17 @@ def test_bug_a_cull_forgets_the_graceful_signal(monkeypatch: pytest.MonkeyPatch)
 
 
 def test_bug_index_of_a_live_signaled_child_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`used_indexes` only looks at unsignaled workers, but a signaled one is alive until reaped."""
+    """The free indexes only leave out unsignaled workers', but a signaled one is alive until reaped."""
 
-    def used_indexes(state: State) -> set[int]:
-        used = {c.index for c in state.children.values() if not c.signaled}
-        return used | {p.index for p in state.pending.values()}
+    def free_indexes(state: State, count: int) -> list[int]:
+        used = {c.index for c in state.children.values() if not c.signaled} | {p.index for p in state.pending.values()}
+        found: list[int] = []
+        for _ in range(count):
+            found.append(pool.lowest_free_index(used))
+            used.add(found[-1])
+        return found
 
-    monkeypatch.setattr(pool, "used_indexes", used_indexes)
+    monkeypatch.setattr(pool, "free_indexes", free_indexes)
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=9, command_names=("upgrade",)))
     _assert_reports(problems, trace, "S2")
 
@@ -241,6 +246,60 @@ def test_liveness_is_checked_without_the_safety_net(monkeypatch: pytest.MonkeyPa
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), SMALL)
     assert problems[0].startswith("stuck") and ": L" in problems[0], problems
     assert "cooperative world" in trace
+
+
+# --- planted bugs in the pacing (EXTENSIONS §4) --------------------------------------------------
+
+
+def test_bug_paced_by_the_interval_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core ignores ACK pacing: a missing worker waits for the interval although a slot is free."""
+    monkeypatch.setattr(pool, "paced_by_acks", lambda state: False)
+    problems, trace = _violation(Scenario(2, 1, None, None, None), SMALL)
+    _assert_reports(problems, trace, "S4")
+    assert "paced by ACKs" in problems[0] and "pacing=ack" in trace
+
+
+def _plant_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paced by ACKs, but only one new worker per spin-up however many slots are free."""
+    original = actions.spin_up
+    monkeypatch.setattr(step, "spin_up", lambda state, count: original(state, min(count, 1)))
+
+
+GROW = Bounds(depth=6, failures=0, commands=1, command_names=("set_workers_3",))
+"""From 1 worker to 3: two go missing in one step."""
+
+
+def test_bug_one_spin_up_at_a_time_although_slots_are_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    _plant_one_at_a_time(monkeypatch)
+    problems, trace = _violation(Scenario(1, 2, None, None, None), GROW)
+    _assert_reports(problems, trace, "S4")
+    assert "operator runs `set_workers 3`" in trace
+
+
+def test_the_ack_rounds_catch_a_slow_replacement_without_the_safety_net(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bug with S4 silenced: L4, K = 2 missing with max_unacked 2 take 2 ACK rounds, not 1."""
+    _plant_one_at_a_time(monkeypatch)
+    check_state = invariants.check_state
+    monkeypatch.setattr(invariants, "check_state", lambda state: [p for p in check_state(state) if not p.startswith("S4")])
+    problems, trace = _violation(Scenario(1, 2, None, None, None), GROW)
+    assert problems[0].startswith("L4: ") and "after 1 ACK rounds (at most 1 allowed)" in problems[0], problems
+    assert "cooperative world" in trace and "operator runs `set_workers 3`" in trace, trace
+
+
+def test_bug_a_worker_that_acks_and_crashes_at_once_is_no_death(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Paced by ACKs, a crash right after the ACK must count, or a `-m 0` crash loop respawns unthrottled."""
+    monkeypatch.setattr(pool, "died_young", lambda state, child: False)
+    problems, trace = _violation(Scenario(1, 1, None, None, None), SMALL)
+    _assert_reports(problems, trace, "T6")
+    assert "died young but the death streak is 0" in problems[0]
+
+
+def test_the_interval_pacing_is_explored_too() -> None:
+    """Under the interval, L4 does not apply, and the original's one-per-interval rule holds (T11)."""
+    result = explore(Scenario(2, 2, None, None, None, pacing=Pacing.INTERVAL), Bounds(depth=6, failures=1, commands=1))
+    assert not result.violations and result.replacement_states == 0
+    ack = explore(Scenario(2, 2, None, None, None), Bounds(depth=6, failures=1, commands=1))
+    assert not ack.violations and ack.replacement_states > 0
 
 
 # --- planted bugs in the re-exec lifecycle (spec/upgrades.md) -----------------------------------

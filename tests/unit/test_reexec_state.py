@@ -5,6 +5,9 @@ writes them (`core`: the serialized core state, `shell`: the descriptors that
 survive the exec). `format_2.json` is the current format, byte for byte what
 `to_plain` produces: if this test fails because the document changed, bump
 `serialize.FORMAT` and keep the old file as a fixture of an older format.
+(`settings` is open: each key is validated on its own and an unknown one is
+ignored with a note, so a new runtime setting, like `pacing`, joins the
+fixture without a new format.)
 `format_1.json` and `format_0.json` are older formats (format 1: child kinds
 with the state passer among the children, wall-clock ping times, the re-exec
 as two flat keys, a fixed shell document; format 0: no `format` key and fewer
