@@ -508,10 +508,10 @@ def soak_flood(report: Report, short: bool) -> None:
     if not flood.exists():
         report.add("flood: one client writing without reading", "bench/flood.py not in this tree (the control-plane branch adds it)", None)
         return
-    argv = [sys.executable, str(flood), *(["--short"] if short else [])]
+    argv = [sys.executable, str(flood), *(["--seconds", "3"] if short else [])]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
     last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
-    report.add("flood: bench/flood.py" + (" --short" if short else ""), f"exit {result.returncode}: {last}", result.returncode == 0)
+    report.add("flood: bench/flood.py" + (" --seconds 3" if short else ""), f"exit {result.returncode}: {last}", result.returncode == 0)
 
 
 # --- 4. faults --------------------------------------------------------------------------------------
@@ -905,12 +905,12 @@ def fault_pid1(report: Report, seconds: float) -> None:
         return
     with harness() as h:
         wrap = ["unshare", "--fork", "--pid", "--mount-proc", "--kill-child", *EINHORN]
-        master = h.start("-n", "2", "-m", "0.1", einhorn=wrap, program=["sh", "-c", ORPHANER], timeout=30)
+        master = h.start("-v", "-n", "2", "-m", "0.1", einhorn=wrap, program=["sh", "-c", ORPHANER], timeout=30)
         (einhorn,) = children_of(master.pid)  # unshare's child: PID 1 in the namespace (pids in `state` are the namespace's)
         wait_until(lambda: sum(1 for w in master.workers().values() if w["acked"]) == 2, 10, "2 ACKed workers")
         assert master.state()["master_pid"] == 1
         time.sleep(seconds)  # the orphans pile up meanwhile: this is the soak
-        reaped = len(master.timed_lines(r"Reaped unknown process"))
+        reaped = len(master.timed_lines(r"Reaped (?:unknown|orphaned) process"))  # as PID 1: orphans, at DEBUG
         try:
             wait_until(lambda: not zombies_of(einhorn), 2.0, "no zombie under PID 1")
             left = 0

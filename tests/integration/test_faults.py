@@ -98,13 +98,13 @@ def test_a_listener_a_worker_shut_down_is_warned_about_and_shown_in_state(harnes
     port = master.bound_port()
     pids = master.children()
     wait_ready(harness.directory, pids)
-    assert master.state()["listeners"] == [{"address": f"127.0.0.1:{port}", "family": "AF_INET", "accepting": True}]
+    assert master.state()["listeners"] == [{"family": "AF_INET", "address": f"127.0.0.1:{port}", "name": None, "accepting": True}]
     socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
     os.kill(pids[0], signal.SIGHUP)
     warning = rf"WARNING: Listener 0 \(127\.0\.0\.1:{port}\) stopped accepting connections"
     master.wait_log(warning)
-    assert master.state()["listeners"] == [{"address": f"127.0.0.1:{port}", "family": "AF_INET", "accepting": False}]
+    assert master.state()["listeners"] == [{"family": "AF_INET", "address": f"127.0.0.1:{port}", "name": None, "accepting": False}]
     assert ":accepting: false" in master.message("state")  # the Ruby clients' YAML shows it too
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5)

@@ -57,7 +57,7 @@ def test_a_unix_listener_from_stale_file_to_exit(harness: Harness) -> None:
         crashed.bind(str(path))  # a socket file nobody listens on: what a killed server leaves
     master = harness.start("-n", "3", "-m", "manual", "-b", f"unix:{path},mode=0660", program=HTTP_SERVER, workers=3)
     master.wait_log(f"Removing the stale socket file {path}")
-    assert listeners(master) == [{"family": "AF_UNIX", "address": str(path), "name": None}]
+    assert listeners(master) == [{"family": "AF_UNIX", "address": str(path), "name": None, "accepting": True}]
     assert master.state()["bound_ports"] == [None]
     assert stat.S_IMODE(path.lstat().st_mode) == 0o660
     inode = path.lstat().st_ino

@@ -120,4 +120,4 @@ def test_five_upgrades_under_load_fail_no_request_and_leave_no_old_server(harnes
     else:
         assert failed == [], failed[:5]
     assert len(answers) >= 100
-    assert set(by_version) == {str(v) for v in range(1, UPGRADES + 2)}
+    assert set(by_version) - {"None"} == {str(v) for v in range(1, UPGRADES + 2)}  # "None": a failed request, checked above

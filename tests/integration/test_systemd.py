@@ -66,7 +66,7 @@ def test_socket_activated_by_systemd_socket_activate_serves_and_upgrades(harness
     master.wait_up()  # the connection that started einhorn was served too
     assert first.startswith("pid=")
     shown = master.state()["listeners"]
-    assert shown == [{"family": "AF_INET", "address": f"127.0.0.1:{port}", "name": "web"}]
+    assert shown == [{"family": "AF_INET", "address": f"127.0.0.1:{port}", "name": "web", "accepting": True}]
     workers = master.wait_workers(2)
     master.wait_log(r"Adopted web \(fd 3\) from systemd: AF_INET 127.0.0.1:")
     for pid in workers:
@@ -90,7 +90,7 @@ def test_b_systemd_name_adopts_only_that_socket_and_closes_the_others(harness: H
     master = harness.start("-n", "1", "-m", "0.1", "-b", "systemd:admin", program=["sleep", "60"], prefix=prefix, wait=False)
     wait_until(lambda: _connects(admin), 10, "systemd-socket-activate listening")  # starts einhorn
     master.wait_up()
-    assert master.state()["listeners"] == [{"family": "AF_INET", "address": f"127.0.0.1:{admin}", "name": "admin"}]
+    assert master.state()["listeners"] == [{"family": "AF_INET", "address": f"127.0.0.1:{admin}", "name": "admin", "accepting": True}]
     master.wait_log(r"Closing fd 3 \(web\) passed by systemd: no -b systemd adopts it")
     (pid,) = master.wait_workers(1)
     assert environ_of(pid)["EINHORN_FD_0"] == "4" and 3 not in fds_of(pid)
