@@ -51,6 +51,7 @@ def listeners(master: Master) -> list[dict[str, object]]:
     return shown
 
 
+@pytest.mark.timeout(120)
 def test_a_unix_listener_from_stale_file_to_exit(harness: Harness) -> None:
     path = harness.directory / "app.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as crashed:

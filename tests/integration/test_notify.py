@@ -72,7 +72,7 @@ def supervisor(harness: Harness) -> Iterator[Supervisor]:
 
 
 def test_the_master_tells_its_supervisor_ready_reloading_ready_stopping(harness: Harness, supervisor: Supervisor) -> None:
-    env = {"NOTIFY_SOCKET": supervisor.path, "WATCHDOG_USEC": "1000000"}
+    env = {"NOTIFY_SOCKET": supervisor.path, "WATCHDOG_USEC": "2000000"}
     master = harness.start("-n", "2", "-m", "0.3", program=["sleep", "60"], env=env, workers=2)
     wait_until(lambda: supervisor.heard("READY"), 10, "READY=1")
     before = time.monotonic()
@@ -94,6 +94,6 @@ def test_the_master_tells_its_supervisor_ready_reloading_ready_stopping(harness:
     assert ready[0]["STATUS"] == "2/2 workers ACKed, version 0" and ready[1]["STATUS"] == "2/2 workers ACKed, version 1"
 
     pings = [t for t, _, f in got if f == {"WATCHDOG": "1"}]
-    assert len(pings) >= 3
+    assert len(pings) >= 2
     gaps = [b - a for a, b in zip(pings, pings[1:], strict=False)]
-    assert max(gaps) < 1.0, gaps  # every half of WATCHDOG_USEC; a gap of a whole one would be a kill, re-exec included
+    assert max(gaps) < 2.0, gaps  # every half of WATCHDOG_USEC; a gap of a whole one would be a kill, re-exec included

@@ -165,6 +165,7 @@ def test_the_documented_units_pass_systemd_analyze_verify(harness: Harness) -> N
     assert (result.returncode, result.stdout + result.stderr) == (0, "")
 
 
+@pytest.mark.timeout(180)
 def test_the_documented_service_starts_reloads_and_stops_as_under_systemd(harness: Harness) -> None:
     """What systemd does with app.socket + app.service, step by step, with systemd's own socket-activate:
     the socket passed as `web`, NOTIFY_SOCKET and WATCHDOG_USEC set, ExecReload run with $MAINPID,

@@ -134,3 +134,25 @@ def test_the_watchdog_pings_at_half_its_interval_while_the_loop_runs() -> None:
 def test_a_ready_from_an_unsupervised_config_is_never_sent_even_with_the_watchdog() -> None:
     state, effects = run(initial_state(make_config(number=1, watchdog_interval=4.0)), MasterStarted(0.0))
     assert told(effects) == [] and next_deadline(state) is None
+
+
+def test_the_exact_effects_of_a_ready_and_of_a_stranger() -> None:
+    state, effects = step(spawned(NOTIFY), notified(1000, READY="1", STATUS="warming up"))
+    assert effects[:2] == [
+        Log(LogLevel.DEBUG, "Notification from 1000: READY=1 STATUS=warming up"),
+        Log(LogLevel.INFO, "Up to 1 / 2 notify ACKs"),
+    ]
+    _, effects = step(spawned({"number": 1, "ack_timer": 2.0}, 1), notified(1000, READY="1"))
+    assert effects[:2] == [
+        Log(LogLevel.DEBUG, "Notification from 1000: READY=1"),
+        Log(LogLevel.DEBUG, "READY=1 from 1000 in timer ACK mode; ignoring"),
+    ]
+    _, effects = step(state, notified(4242, STATUS="x"))
+    assert effects[0] == Log(LogLevel.INFO, "Notification from 4242, which is not a worker; ignoring: STATUS=x")
+
+
+def test_a_status_line_change_alone_is_told() -> None:
+    state, _ = run(spawned(SUPERVISED, 1), command(9, "worker:ack", pid=1000, now=1.0))
+    assert state.supervisor_ready
+    _, effects = step(state, command(9, "inc", now=2.0))
+    assert told(effects) == [(("STATUS", "1/2 workers ACKed, version 0"),)]
