@@ -7,10 +7,11 @@ stamping each line with the monotonic time it appeared.
 
 Clean-up never relies on names: the environment of every master carries a
 unique tag, which all its descendants inherit, and teardown SIGKILLs each
-process that holds the tag, by pid, then reaps it. The test process makes
-itself a child subreaper (Linux; the `child_subreaper` fixture in conftest.py),
-so workers orphaned by a master that exited become its children and are reaped
-here rather than left as zombies.
+process that holds the tag or runs in the harness's directory (a preloaded
+worker's /proc environ no longer shows the tag), by pid, then reaps it. The
+test process makes itself a child subreaper (Linux; the `child_subreaper`
+fixture in conftest.py), so workers orphaned by a master that exited become
+its children and are reaped here rather than left as zombies.
 
 Tests wait on conditions (`wait_until`), never on fixed sleeps.
 """
@@ -32,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.procfs import alive, all_pids, children_of, environ_of, kill_and_reap, reap_orphans
+from tests.integration.procfs import alive, all_pids, children_of, cwd_of, environ_of, kill_and_reap, reap_orphans
 from tests.integration.waiting import wait_until
 from tests.integration.wire import Connection, frame
 
@@ -271,8 +272,15 @@ class Harness:
         )
 
     def leftovers(self) -> list[int]:
-        """Live processes started by this harness."""
-        return tagged_pids(self.tag)
+        """Live processes started by this harness: they carry its tag, or run in its directory.
+
+        The directory matters for preloaded (`-p`) workers: forked from a master whose
+        setproctitle rewrote the memory that /proc/PID/environ shows, they have no tag there.
+        """
+        inside = str(self.directory) + os.sep
+        me = os.getpid()
+        in_directory = [pid for pid in all_pids() if pid != me and (cwd_of(pid) or "").startswith(inside) and alive(pid)]
+        return sorted({*tagged_pids(self.tag), *in_directory})
 
     def clean_up(self) -> None:
         for master in self.masters:  # first, so that nothing new is spawned

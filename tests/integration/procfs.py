@@ -84,6 +84,13 @@ def environ_of(pid: int) -> dict[str, str]:
     return {key: value for key, _, value in pairs}
 
 
+def cwd_of(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return None
+
+
 def fds_of(pid: int) -> dict[int, str]:
     """Open descriptors of `pid` and what they point at."""
     fds: dict[int, str] = {}

@@ -1,5 +1,6 @@
 import io
 import json
+import platform
 import socketserver
 import sys
 import tempfile
@@ -14,6 +15,7 @@ import pytest
 from einhorn.einhornsh import default_socket_path, main, split_command_sequence
 from einhorn.framing import encode_message
 from einhorn.protocol import parse_message
+from tests.integration.waiting import wait_until
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 GREETING = "Welcome fake! You are speaking to a test double.\n"
@@ -273,6 +275,27 @@ def test_split_command_sequence_ignores_quoted_and_escaped_semicolons() -> None:
 # Interactive
 
 
+WAITING_FOR_INPUT = {"x86_64": {0, 7, 23, 270, 271}, "aarch64": {63, 72, 73}}
+"""Syscall numbers of read, poll, select, pselect6 and ppoll, by machine (/proc/PID/syscall)."""
+
+
+def wait_until_waiting_for_input(pid: int, timeout: float = 10.0) -> None:
+    """Until `pid` sleeps in a read, select or poll: readline waiting for the next key (Linux)."""
+    waiting = WAITING_FOR_INPUT.get(platform.machine())
+    if waiting is None or not sys.platform.startswith("linux"):
+        return  # nothing to look at: the ^C may come early, as it always could
+
+    def blocked() -> bool:
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                first = f.read().split()[0]
+        except (OSError, IndexError):
+            return False
+        return first.isdigit() and int(first) in waiting
+
+    wait_until(blocked, timeout, f"einhornsh {pid} to wait for input", interval=0.005)
+
+
 @contextmanager
 def spawned_einhornsh(socket_path: Path, home: Path) -> Iterator[pexpect.spawn]:
     inputrc = home / "inputrc"
@@ -315,8 +338,10 @@ def test_interactive_ctrl_c_clears_the_line_and_ctrl_d_leaves(
     with spawned_einhornsh(socket_path, tmp_path) as child:
         child.expect_exact("> ")
         child.send("dec")
-        # Once readline echoes, it waits in select(), where ^C interrupts it.
         child.expect_exact("dec")
+        # Only a ^C that comes while readline waits in select() interrupts it; one that
+        # lands after the echo but before that select stays pending until the next key.
+        wait_until_waiting_for_input(child.pid)
         child.sendintr()
         child.expect_exact("> ")
         child.sendline("inc")
