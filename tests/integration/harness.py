@@ -69,6 +69,7 @@ class Master:
     # log
 
     def log(self) -> str:
+        self.tail.catch_up()
         return "".join(line for _, line in list(self.lines))
 
     def wait_log(self, pattern: str, timeout: float = 10.0, count: int = 1) -> list[re.Match[str]]:
@@ -85,6 +86,7 @@ class Master:
             raise AssertionError(f"{error}\n--- master log ---\n{self.log()}") from None
 
     def timed_lines(self, pattern: str) -> list[tuple[float, re.Match[str]]]:
+        self.tail.catch_up()
         regex = re.compile(pattern)
         return [(t, m) for t, line in list(self.lines) if (m := regex.search(line))]
 
@@ -303,28 +305,40 @@ class LogTail:
 
     The master writes straight to the file (its workers share that stderr), so no pipe
     can block anyone; polling the file every 5 ms gives the times the backoff test measures.
+    `catch_up` reads what the thread has not read yet, so that the log of a master that
+    has exited is whole when a test looks at it.
     """
 
     def __init__(self, path: Path, lines: list[tuple[float, str]]) -> None:
         self.path = path
         self.lines = lines
+        self.file = open(path, "rb")  # closed by stop()
+        self.partial = b""
+        self.lock = threading.Lock()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
 
+    def catch_up(self) -> bool:
+        """Take in every complete line written so far; whether there was anything new."""
+        with self.lock:
+            if self.file.closed:
+                return False
+            chunk = self.file.read()
+            if not chunk:
+                return False
+            self.partial += chunk
+            *complete, self.partial = self.partial.split(b"\n")
+            now = time.monotonic()
+            self.lines.extend((now, line.decode(errors="replace") + "\n") for line in complete)
+            return True
+
     def _follow(self) -> None:
-        partial = b""
-        with open(self.path, "rb") as f:
-            while True:
-                chunk = f.read()
-                if chunk:
-                    partial += chunk
-                    *complete, partial = partial.split(b"\n")
-                    now = time.monotonic()
-                    self.lines.extend((now, line.decode(errors="replace") + "\n") for line in complete)
-                elif self.stopping.wait(0.005):
-                    return
+        while self.catch_up() or not self.stopping.wait(0.005):
+            pass
 
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(timeout=5)
+        with self.lock:
+            self.file.close()

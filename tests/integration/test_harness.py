@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
-from tests.integration.harness import TAG_VARIABLE, Harness
+from tests.integration.harness import TAG_VARIABLE, Harness, LogTail
 from tests.integration.procfs import alive, environ_of, kill_and_reap
 
 PRELOADED = """
@@ -35,3 +36,21 @@ def test_clean_up_stops_preloaded_workers_whose_environ_shows_no_tag() -> None:
         assert workers and not any(alive(pid) for pid in workers)
     finally:
         kill_and_reap([pid for pid in workers if alive(pid)])
+
+
+def test_the_log_read_right_after_a_write_has_every_complete_line(tmp_path: Path) -> None:
+    """`Master.log()` right after the master exited missed its last lines when the tail thread had
+    not polled yet (test_master_signal_is_forwarded... failed once under load)."""
+    path = tmp_path / "stderr.log"
+    path.write_bytes(b"")
+    lines: list[tuple[float, str]] = []
+    tail = LogTail(path, lines)
+    try:
+        tail.stopping.set()  # the thread may be anywhere in its 5 ms poll: take it out of the picture
+        tail.thread.join(timeout=5)
+        with open(path, "ab") as f:
+            f.write(b"All workers gone; exiting\nhalf a li")
+        tail.catch_up()
+        assert [text for _, text in lines] == ["All workers gone; exiting\n"]
+    finally:
+        tail.stop()

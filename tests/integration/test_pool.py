@@ -334,11 +334,21 @@ def test_pidfile_is_written_and_removed(harness: Harness) -> None:
     assert not os.path.exists(master.socket_path)
 
 
+def accepts_connections(path: str) -> bool:
+    """The socket file exists from bind() on, but takes connections only from listen() on."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def test_command_name_names_the_default_files(harness: Harness) -> None:
     master = harness.start("-c", "demo", "-n", "1", *FAST, paths=False)
     tmp = harness.directory  # the master's $TMPDIR
-    wait_until(lambda: (tmp / "einhorn-demo.sock").exists(), 10, "the default command socket")
     master.socket_path = str(tmp / "einhorn-demo.sock")
+    wait_until(lambda: accepts_connections(master.socket_path), 10, "the default command socket")  # bound, then listening
     master.wait_workers(1)
     assert (tmp / "einhorn-demo.pid").read_text() == str(master.pid)
     assert (tmp / "einhorn-demo.lock").exists()

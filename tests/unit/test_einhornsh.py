@@ -1,6 +1,7 @@
 import io
 import json
 import platform
+import signal
 import socketserver
 import sys
 import tempfile
@@ -296,6 +297,13 @@ def wait_until_waiting_for_input(pid: int, timeout: float = 10.0) -> None:
     wait_until(blocked, timeout, f"einhornsh {pid} to wait for input", interval=0.005)
 
 
+def _default_sigint() -> None:
+    """A ^C must reach einhornsh as KeyboardInterrupt, whatever the test run inherited: a shell
+    script's background job (`pytest &`, CI) starts with SIGINT ignored, Python keeps it so, and
+    the ^C test then timed out every time."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextmanager
 def spawned_einhornsh(socket_path: Path, home: Path) -> Iterator[pexpect.spawn]:
     inputrc = home / "inputrc"
@@ -307,6 +315,7 @@ def spawned_einhornsh(socket_path: Path, home: Path) -> Iterator[pexpect.spawn]:
         env={"HOME": str(home), "TERM": "dumb", "INPUTRC": str(inputrc), "USER": "alice"},
         encoding="utf-8",
         timeout=10,
+        preexec_fn=_default_sigint,
     )
     try:
         yield child
