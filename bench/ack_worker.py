@@ -1,7 +1,7 @@
 """Benchmark worker: stdlib only, so the same file runs under any Einhorn master.
 
-    python ack_worker.py ack   TAG   # ACK at once, then idle until SIGUSR2/SIGTERM
-    python ack_worker.py serve TAG   # ACK at once, then answer one line per connection on EINHORN_FD_0
+    python ack_worker.py ack   TAG [BOOT]  # ACK at once (or after BOOT seconds), then idle until SIGUSR2/SIGTERM
+    python ack_worker.py serve TAG [BOOT]  # the same, then answer one line per connection on EINHORN_FD_0
 
 TAG is ignored; the benchmark puts its temp dir there so that it can recognise
 (and kill) exactly its own workers by their command line.
@@ -12,6 +12,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 stopping = False
 
@@ -53,6 +54,8 @@ def serve() -> None:
 
 def main() -> None:
     mode = sys.argv[1] if len(sys.argv) > 1 else "ack"
+    if len(sys.argv) > 3:
+        time.sleep(float(sys.argv[3]))  # a worker that takes this long to boot
     ack()
     if mode == "serve":
         serve()

@@ -37,6 +37,11 @@ class WorkerLaunch:
     pdeathsig: bool = False
     prepare_child: Callable[[], None] | None = field(default=None)
     """Runs in the child after fork and before exec (renice); must not raise."""
+    shared_environ: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    """What every worker's environment starts from (`worker_environment`), made once, not once per worker."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shared_environ", _shared_environment(self))
 
 
 EINHORN_VARIABLES = frozenset(
@@ -54,6 +59,14 @@ def is_einhorn_variable(name: str) -> bool:
 
 
 def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) -> dict[str, str]:
+    env = dict(launch.shared_environ)
+    env["EINHORN_CHILD_INDEX"] = str(index)
+    if sock_fd is not None:
+        env["EINHORN_SOCK_FD"] = str(sock_fd)
+    return env
+
+
+def _shared_environment(launch: WorkerLaunch) -> dict[str, str]:
     # A name that is empty or holds "=" cannot be passed to a program (execve would misread it).
     env = {k: v for k, v in launch.environ.items() if k and "=" not in k and not is_einhorn_variable(k)}
     env["EINHORN_MASTER_PID"] = str(launch.master_pid)
@@ -64,9 +77,6 @@ def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) ->
         env[f"EINHORN_FD_FAMILY_{n}"] = family
     # Legacy (PHP, socketmaster-era clients): "" without listeners, as EINHORN_FD_COUNT is 0.
     env["EINHORN_FDS"] = " ".join(str(fd) for fd in launch.listener_fds)
-    env["EINHORN_CHILD_INDEX"] = str(index)
-    if sock_fd is not None:
-        env["EINHORN_SOCK_FD"] = str(sock_fd)
     return env
 
 
