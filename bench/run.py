@@ -1,7 +1,7 @@
-"""Einhorn master benchmarks: cold start, upgrades, command latency, idle resources, respawn.
+"""Einhorn master benchmarks: cold start, upgrades, command latency, idle resources, respawn, the pool (issue 14).
 
     .venv/bin/python bench/run.py [--impl python|ruby|both] [--quick] [--only NAME ...]
-                                  [--ruby-einhorn /tmp/einhorn-ruby/bin/einhorn]
+                                  [--ruby-einhorn /tmp/einhorn-ruby/bin/einhorn] [--einhorn PATH]
 
 Prints one table per benchmark. Not part of the test suite. See bench/README.md.
 """
@@ -193,7 +193,8 @@ def bench_upgrade(impls: Sequence[Impl], quick: bool) -> Table:
     sizes = (8,) if quick else (8, 32)
     table = Table(
         "2. Upgrade: send `upgrade` / `upgrade_fleet` -> `Upgrade done`",
-        "seconds (1 run each; smooth upgrades spin up one worker per -s interval = default 1 s, as in the original);\n"
+        "seconds (1 run each; default flags: the original spins up one new worker per -s interval = 1 s,\n"
+        "einhorn as fast as they ACK, max_unacked = CPUs at a time);\n"
         "re-exec phase = until the re-exec'd master says `Starting ... upgrade` (upgrade check + state passing + exec + restore);\n"
         "failed = client connections that failed during the upgrade (2 threads connect/read/close on the bound port)",
     )
