@@ -1,8 +1,8 @@
 """Benchmark worker: stdlib only, so the same file runs under any Einhorn master.
 
-    python ack_worker.py ack   TAG   # ACK at once, then idle until SIGUSR2/SIGTERM
-    python ack_worker.py serve TAG   # ACK at once, then answer one line per connection on EINHORN_FD_0
-    python ack_worker.py go    TAG   # ACK once the file TAG/go exists (all at the same instant), then idle
+    python ack_worker.py ack   TAG [BOOT]  # ACK at once (or after BOOT seconds), then idle until SIGUSR2/SIGTERM
+    python ack_worker.py serve TAG [BOOT]  # the same, then answer one line per connection on EINHORN_FD_0
+    python ack_worker.py go    TAG         # ACK once the file TAG/go exists (all at the same instant), then idle
 
 TAG is ignored; the benchmark puts its temp dir there so that it can recognise
 (and kill) exactly its own workers by their command line.
@@ -59,6 +59,8 @@ def main() -> None:
         go = os.path.join(sys.argv[2], "go")
         while not os.path.exists(go) and not stopping:
             time.sleep(0.005)
+    elif len(sys.argv) > 3:
+        time.sleep(float(sys.argv[3]))  # a worker that takes this long to boot
     ack()
     if mode == "serve":
         serve()

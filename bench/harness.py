@@ -147,9 +147,24 @@ class CommandClient:
 
 
 class Master:
-    """`einhorn -n N -m manual -b 127.0.0.1:0 -- python ack_worker.py MODE TAG` in its own temp dir."""
+    """`einhorn -n N -m manual -b 127.0.0.1:0 -- python ack_worker.py MODE TAG [BOOT]` in its own temp dir.
 
-    def __init__(self, impl: Impl, number: int, mode: str = "ack", worker_python: str | None = None) -> None:
+    With `sleep=True` the workers are `sleep` (started as DIR/sleep, a symlink, so that
+    their command line names this run's temp dir too) with timer ACKs after `ack` seconds.
+    `options` are passed before the program.
+    """
+
+    def __init__(
+        self,
+        impl: Impl,
+        number: int,
+        mode: str = "ack",
+        worker_python: str | None = None,
+        boot: float = 0.0,
+        sleep: bool = False,
+        ack: str = "manual",
+        options: Sequence[str] = (),
+    ) -> None:
         self.impl = impl
         self.number = number
         self.dir = tempfile.mkdtemp(prefix="einhorn-bench-")
@@ -157,16 +172,23 @@ class Master:
         self.lines: list[tuple[float, str]] = []
         self.cond = threading.Condition()
         self.worker_pids: set[int] = set()
+        self.ack_mode = "manual" if ack == "manual" else "timer"
         python = worker_python or default_worker_python()
+        if sleep:
+            os.symlink(shutil.which("sleep") or "/bin/sleep", os.path.join(self.dir, "sleep"))
+            program = [os.path.join(self.dir, "sleep"), "100000"]
+        else:
+            program = [python, "-I", "-S", str(WORKER), mode, self.dir, *([f"{boot:g}"] if boot else [])]
         self.argv = [
             *impl.argv,
             "-d", self.socket_path,
             "-e", os.path.join(self.dir, "einhorn.pid"),
             "-f", os.path.join(self.dir, "einhorn.lock"),
             "-n", str(number),
-            "-m", "manual",
+            "-m", ack,
             "-b", "127.0.0.1:0",
-            "--", python, "-I", "-S", str(WORKER), mode, self.dir,
+            *options,
+            "--", *program,
         ]  # fmt: skip
         env = dict(os.environ)
         env.update(impl.env)
@@ -224,8 +246,8 @@ class Master:
                 self.cond.wait(left)
 
     def wait_all_acked(self, start: int = 0, timeout: float = 120.0) -> float:
-        """Time at which the master logged `Up to N / N manual ACKs` (both implementations log it)."""
-        _, when, _ = self.wait_log(rf"Up to {self.number} / {self.number} manual ACKs", start, timeout)
+        """Time at which the master logged `Up to N / N manual ACKs` (or timer ACKs; both implementations log it)."""
+        _, when, _ = self.wait_log(rf"Up to {self.number} / {self.number} {self.ack_mode} ACKs", start, timeout)
         return when
 
     def launched_all(self) -> float:
@@ -261,7 +283,7 @@ class Master:
             except OSError:
                 continue
             ppid = int(raw[raw.rindex(")") + 2 :].split()[1])
-            if ppid == self.pid and str(WORKER) in _cmdline(int(entry.name)):
+            if ppid == self.pid and self.dir in _cmdline(int(entry.name)):
                 kids.append(int(entry.name))
         return kids
 

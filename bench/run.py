@@ -1,7 +1,7 @@
-"""Einhorn master benchmarks: cold start, upgrades, command latency, idle resources, respawn.
+"""Einhorn master benchmarks: cold start, upgrades, command latency, idle resources, respawn, the pool (issue 14).
 
     .venv/bin/python bench/run.py [--impl python|ruby|both] [--quick] [--only NAME ...]
-                                  [--ruby-einhorn /tmp/einhorn-ruby/bin/einhorn]
+                                  [--ruby-einhorn /tmp/einhorn-ruby/bin/einhorn] [--einhorn PATH]
 
 Prints one table per benchmark. Not part of the test suite. See bench/README.md.
 """
@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +38,8 @@ class Table:
     rows: dict[str, dict[str, str]] = field(default_factory=dict)
     numeric: dict[str, dict[str, float]] = field(default_factory=dict)
     lower_is_better: dict[str, bool] = field(default_factory=dict)
+    ours_over_theirs: bool = False
+    """The ratio column as python/ruby (the issue's way: below 1 means we are faster) rather than ruby/python."""
 
     def put(self, metric: str, impl: str, value: float | None, fmt: str = "{:.3f}", text: str | None = None, lower_better: bool = True) -> None:
         self.rows.setdefault(metric, {})[impl] = text if text is not None else ("n/a" if value is None else fmt.format(value))
@@ -48,14 +51,17 @@ class Table:
         header = ["metric", *impls]
         both = "python" in impls and "ruby" in impls
         if both:
-            header.append("ruby/python")
+            header.append("python/ruby" if self.ours_over_theirs else "ruby/python")
         body = []
         for metric, values in self.rows.items():
             row: list[str] = [metric, *(values.get(i, "-") for i in impls)]
             if both:
                 nums = self.numeric.get(metric, {})
                 p, r = nums.get("python"), nums.get("ruby")
-                row.append(f"{r / p:.2f}x" if p and r is not None and self.lower_is_better[metric] else "")
+                ratio = ""
+                if p and r and self.lower_is_better[metric]:
+                    ratio = f"{p / r:.2f}" if self.ours_over_theirs else f"{r / p:.2f}x"
+                row.append(ratio)
             body.append(row)
         widths = [max(len(str(r[c])) for r in [header, *body]) for c in range(len(header))]
 
@@ -187,7 +193,8 @@ def bench_upgrade(impls: Sequence[Impl], quick: bool) -> Table:
     sizes = (8,) if quick else (8, 32)
     table = Table(
         "2. Upgrade: send `upgrade` / `upgrade_fleet` -> `Upgrade done`",
-        "seconds (1 run each; smooth upgrades spin up one worker per -s interval = default 1 s, as in the original);\n"
+        "seconds (1 run each; default flags: the original spins up one new worker per -s interval = 1 s,\n"
+        "einhorn as fast as they ACK, max_unacked = CPUs at a time);\n"
         "re-exec phase = until the re-exec'd master says `Starting ... upgrade` (upgrade check + state passing + exec + restore);\n"
         "failed = client connections that failed during the upgrade (2 threads connect/read/close on the bound port)",
     )
@@ -324,6 +331,178 @@ def bench_respawn(impls: Sequence[Impl], quick: bool) -> Table:
     return table
 
 
+# --- 6. the pool at the speed of the workers (issue 14) ---------------------------------------
+
+
+def bench_pool(impls: Sequence[Impl], quick: bool) -> Table:
+    """Every row of issue 14's table, each measured for every implementation in turn, with default flags."""
+    table = Table(
+        "6. The pool at the speed of the workers (issue 14): default flags unless said",
+        "seconds unless said; `python/ruby` below 1 means einhorn is faster. Workers: bench/ack_worker.py (manual ACK,\n"
+        "after BOOT seconds), or `sleep` with timer ACKs. The master's own pacing is all that differs.",
+        ours_over_theirs=True,
+    )
+    _upgrades_at_boot(impls, table, 16, 0.2)
+    _killed_at_once(impls, table, quick)
+    _killed_among_1000(impls, table, quick)
+    _cold_start_1000(impls, table, quick)
+    _state_with_1000(impls, table, quick)
+    _idle_16(impls, table, quick)
+    _core_step(impls, table, quick)
+    return table
+
+
+def _upgrades_at_boot(impls: Sequence[Impl], table: Table, n: int, boot: float) -> None:
+    for command, label in (("upgrade", "smooth"), ("upgrade_fleet", "fleet")):
+        for impl in impls:
+            with Master(impl, n, mode="serve", boot=boot) as master:
+                master.wait_all_acked(timeout=60)
+                load = Load(master.port())
+                load.start()
+                time.sleep(0.3)
+                _, elapsed = timed_upgrade(master, impl, command, timeout=120)
+                time.sleep(0.3)
+                load.stop()
+            failed = sum(load.failures.values())
+            log(f"{label} upgrade N={n} boot {boot:g}s {impl.name}: {elapsed:.2f}s, {failed} of {failed + load.ok} failed")
+            table.put(f"{label} upgrade, N={n}, worker boot {boot:g} s", impl.name, elapsed, fmt="{:.2f}")
+            table.put(f"{label} upgrade: failed / total requests", impl.name, failed, text=f"{failed} / {failed + load.ok}", lower_better=False)
+
+
+def _killed_at_once(impls: Sequence[Impl], table: Table, quick: bool) -> None:
+    n, killed, repeat = 8, 4, 1 if quick else 3
+    samples: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    for _ in range(repeat):
+        for impl in impls:
+            with Master(impl, n) as master:
+                master.wait_all_acked()
+                time.sleep(1.2)  # older than -s (1 s): a worker killed younger counts as a crash (EXTENSIONS §4)
+                victims = sorted(master.live_workers())[:killed]
+                mark = master.mark()
+                t0 = time.monotonic()
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
+                samples[impl.name].append(master.wait_all_acked(start=mark, timeout=60) - t0)
+            log(f"{killed} of {n} killed at once, {impl.name}: {samples[impl.name][-1]:.3f}s")
+    for impl in impls:
+        table.put(f"{killed} of {n} workers killed at once -> all replaced and ACKed (median of {repeat})", impl.name, median(samples[impl.name]))
+
+
+def _killed_among_1000(impls: Sequence[Impl], table: Table, quick: bool) -> None:
+    n, killed = (1000, 20) if quick else (1000, 100)
+    for impl in impls:
+        with Master(impl, n, sleep=True, ack="1") as master:
+            master.wait_all_acked(timeout=120)
+            time.sleep(1.2)
+            victims = sorted(master.live_workers())[:killed]
+            mark = master.mark()
+            t0 = time.monotonic()
+            for pid in victims:
+                os.kill(pid, signal.SIGKILL)
+            elapsed = master.wait_all_acked(start=mark, timeout=600) - t0
+        log(f"{killed} of {n} sleep workers killed, {impl.name}: {elapsed:.1f}s")
+        table.put(f"{n} `sleep` workers (-m 1), {killed} killed at once -> all replaced", impl.name, elapsed, fmt="{:.1f}")
+
+
+def _direct_spawns(n: int) -> float:
+    """Exec of a Python script to its exit, after it posix_spawned `n` `sleep`s (then killed here)."""
+    directory = tempfile.mkdtemp(prefix="einhorn-bench-")
+    try:
+        sleeper = os.path.join(directory, "sleep")
+        os.symlink(shutil.which("sleep") or "/bin/sleep", sleeper)
+        pids_file = os.path.join(directory, "pids")
+        script = (
+            f"import os\npids = [os.posix_spawn({sleeper!r}, [{sleeper!r}, '100000'], os.environ) for _ in range({n})]\n"
+            f"open({pids_file!r}, 'w').write(' '.join(map(str, pids)))"
+        )
+        t0 = time.monotonic()
+        try:
+            # The sleeps inherit no pipe of ours (they would hold it open): output goes nowhere, the pids to a file.
+            subprocess.run([sys.executable, "-I", "-S", "-c", script], stdout=subprocess.DEVNULL, check=True, timeout=120)
+            return time.monotonic() - t0
+        finally:
+            _kill_by_command_line(directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _kill_by_command_line(directory: str) -> None:
+    """SIGKILL every process whose command line names `directory` (this run's own temp dir)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read()
+        except OSError:
+            continue
+        if directory.encode() in command:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+
+
+def _cold_start_1000(impls: Sequence[Impl], table: Table, quick: bool) -> None:
+    n, repeat = 1000, 1 if quick else 3
+    times: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    direct: list[float] = []
+    for _ in range(repeat):
+        direct.append(_direct_spawns(n))
+        for impl in impls:
+            with Master(impl, n, sleep=True, ack="0") as master:
+                times[impl.name].append(master.wait_all_acked(timeout=120) - master.t_exec)
+            log(f"cold start {n} sleep workers, {impl.name}: {times[impl.name][-1]:.3f}s (direct {direct[-1]:.3f}s)")
+    for impl in impls:
+        table.put(f"cold start, {n} `sleep` workers (-m 0): exec -> all ACKed (median of {repeat})", impl.name, median(times[impl.name]))
+        table.put(f"  the same / a Python script's {n} posix_spawns ({median(direct):.3f} s)", impl.name, median(times[impl.name]) / median(direct), fmt="{:.2f}", lower_better=False)
+
+
+def _state_with_1000(impls: Sequence[Impl], table: Table, quick: bool) -> None:
+    n, count = 1000, 50 if quick else 200
+    for impl in impls:
+        with Master(impl, n, sleep=True, ack="0") as master:
+            master.wait_all_acked(timeout=120)
+            time.sleep(0.5)
+            forms = [("YAML", None), ("JSON", ["--json"])] if impl.name == "python" else [("YAML", None)]
+            for form, args in forms:
+                client = master.client()
+                for _ in range(5):
+                    client.request("state", args)
+                samples = []
+                for _ in range(count):
+                    t = time.perf_counter()
+                    client.request("state", args)
+                    samples.append(time.perf_counter() - t)
+                client.close()
+                log(f"state {form} with {n} workers, {impl.name}: median {median(samples) * 1000:.2f} ms, p99 {p99(samples) * 1000:.2f} ms")
+                table.put(f"`state` ({form}) round trip with {n} workers, median (ms)", impl.name, median(samples) * 1000, fmt="{:.2f}")
+                table.put(f"`state` ({form}) round trip with {n} workers, p99 (ms)", impl.name, p99(samples) * 1000, fmt="{:.2f}")
+
+
+def _idle_16(impls: Sequence[Impl], table: Table, quick: bool) -> None:
+    window = 2.0 if quick else 5.0
+    for impl in impls:
+        with Master(impl, 16) as master:
+            master.wait_all_acked()
+            time.sleep(1.0)
+            c0 = cpu_seconds(master.pid)
+            time.sleep(window)
+            cpu = cpu_seconds(master.pid) - c0
+            rss = rss_kib(master.pid)
+        log(f"idle 16 workers, {impl.name}: {rss / 1024:.1f} MiB, {cpu * 1000:.0f} ms CPU")
+        table.put("master RSS idle, N=16 (MiB)", impl.name, rss / 1024, fmt="{:.1f}")
+        table.put(f"master CPU idle over {window:g} s, N=16 (ms)", impl.name, cpu * 1000, fmt="{:.0f}", lower_better=False)
+
+
+def _core_step(impls: Sequence[Impl], table: Table, quick: bool) -> None:
+    """bench/core_step.py: the real `step` of this repository (so only for the python column)."""
+    if not any(impl.name == "python" for impl in impls):
+        return
+    import core_step
+
+    for rate in (core_step.measure(n, 0.5 if quick else 2.0) for n in core_step.SIZES):
+        table.put(f"core `step`, {rate.number} workers: events/s (CPU)", "python", rate.step_only, fmt="{:,.0f}", lower_better=False)
+
+
 BENCHMARKS: dict[str, Callable[[Sequence[Impl], bool], Table]] = {
     "cold": bench_cold_start,
     "upgrade": bench_upgrade,
@@ -331,6 +510,7 @@ BENCHMARKS: dict[str, Callable[[Sequence[Impl], bool], Table]] = {
     "latency": bench_latency,
     "resources": bench_resources,
     "respawn": bench_respawn,
+    "pool": bench_pool,
 }
 
 

@@ -12,7 +12,7 @@ A leaf: this module imports only the standard library and nothing of einhorn.
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 MAX_DEPTH = 64
 MAX_NODES = 10_000
@@ -65,7 +65,7 @@ def encode_message(message: Mapping[str, object], *, compact: bool = False) -> b
     return escape(yaml_safe_json(message, compact=compact)).encode("utf-8") + b"\n"
 
 
-def yaml_safe_json(value: object, *, compact: bool = False) -> str:
+def yaml_safe_json(value: object, *, compact: bool = False, default: Callable[[object], object] | None = None) -> str:
     """``value`` as JSON that YAML loaders (Ruby's Psych, Go's yaml.v2, PyYAML) read back exactly.
 
     Characters outside the Basic Multilingual Plane stay as they are: JSON's
@@ -74,7 +74,7 @@ def yaml_safe_json(value: object, *, compact: bool = False) -> str:
     (JSON and YAML alike); a lone surrogate, from bytes that were not UTF-8 and
     so have no UTF-8 form, becomes U+FFFD.
     """
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":") if compact else None)
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":") if compact else None, default=default)
     if text.isascii() and "\x7f" not in text:  # JSON escaped the rest of ASCII's controls
         return text
     return _NOT_YAML_PRINTABLE.sub(_yaml_escape, text)

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -150,7 +147,9 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     """The parser of the options before the program (`split_argv`); errors raise UsageError."""
-    p = _Parser(prog="einhorn", add_help=False)
+    # A fixed width: argparse would ask shutil for the terminal's (and with shutil come bz2, lzma
+    # and zlib, for the master's whole life); einhorn prints its own usage text anyway.
+    p = _Parser(prog="einhorn", add_help=False, formatter_class=lambda prog: argparse.HelpFormatter(prog, width=80))
     for option in OPTIONS:
         default: list[str] | str | int | bool | None
         if option.takes_value:
@@ -198,7 +197,7 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
     with_state_fd = None if args.with_state_fd is None else _integer(args.with_state_fd, "--with-state-fd", low=0)
 
     name = args.command_name
-    tmp = tempfile.gettempdir()
+    tmp = _temp_dir()
     suffix = f"-{name}" if name else ""
     return Settings(
         number=number,
@@ -361,6 +360,8 @@ def _nice(text: str | None) -> Nice:
 
 
 def _command_line(text: str) -> tuple[str, ...]:
+    import shlex  # only with --reexec-as
+
     try:
         words = tuple(shlex.split(text))
     except ValueError as error:  # an unbalanced quote
@@ -371,8 +372,41 @@ def _command_line(text: str) -> tuple[str, ...]:
 
 
 def _resolve(program: str, environ: Mapping[str, str]) -> str:
-    found = shutil.which(program, path=environ.get("PATH", os.defpath))
+    found = _which(program, environ.get("PATH", os.defpath))
     if found is None:
         where = "" if "/" in program else " in PATH"
         raise UsageError(f"Could not find {program}{where} (or it is not executable)")
     return os.path.abspath(found)
+
+
+# `shutil.which` and `tempfile.gettempdir`, as they are on POSIX, without importing either:
+# they bring in shutil, tempfile, random, bz2, lzma and zlib, a megabyte the master would
+# keep for the rest of its life (issue 14).
+
+
+def _which(program: str, path: str) -> str | None:
+    def runnable(candidate: str) -> bool:
+        return os.path.exists(candidate) and os.access(candidate, os.X_OK) and not os.path.isdir(candidate)
+
+    if os.path.dirname(program):
+        return program if runnable(program) else None
+    seen = set()
+    for directory in path.split(os.pathsep):
+        if directory in seen:
+            continue
+        seen.add(directory)
+        candidate = os.path.join(directory, program)
+        if runnable(candidate):
+            return candidate
+    return None
+
+
+def _temp_dir() -> str:
+    """The first of $TMPDIR, $TEMP, $TMP, /tmp, /var/tmp, /usr/tmp and the working directory one can write into."""
+    named = [value for value in (os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")) if value]
+    for directory in [*named, "/tmp", "/var/tmp", "/usr/tmp", os.getcwd()]:
+        if directory != os.curdir:
+            directory = os.path.abspath(directory)
+        if os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK):
+            return directory
+    raise UsageError("No usable temporary directory found (set TMPDIR)")

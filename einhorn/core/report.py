@@ -8,7 +8,6 @@ string and an ISO-8601 string.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from einhorn.core import pool
@@ -40,7 +39,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
     )
     return {
         "state": {
-            "children": {pid: _child(child, at) for pid, child in sorted(state.children.items())},
+            "children": {pid: _child(state.children[pid], wall_offset) for pid in sorted(state.children)},
             "config": {
                 "number": config.number,
                 "backlog": shown.backlog,
@@ -83,16 +82,21 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
     }
 
 
-def _child(child: Child, at: Callable[[float | None], Timestamp | None]) -> dict[str, object]:
+_WORKER = Symbol("worker")
+
+
+def _child(child: Child, wall_offset: float) -> dict[str, object]:
+    # (Written out rather than through `at`: this runs once per worker per `state`.)
+    signaled_at, pinged_at = child.last_signaled_at, child.pinged_at
     return {
-        "type": Symbol("worker"),
+        "type": _WORKER,
         "version": child.version,
         "acked": child.acked,
-        "signaled": sorted(child.signaled),
-        "last_signaled_at": at(child.last_signaled_at),
+        "signaled": sorted(child.signaled) if child.signaled else [],
+        "last_signaled_at": None if signaled_at is None else Timestamp(signaled_at + wall_offset),
         "index": child.index,
-        "spinup_time": at(child.spinup_at),
-        "pinged_at": at(child.pinged_at),
+        "spinup_time": Timestamp(child.spinup_at + wall_offset),
+        "pinged_at": None if pinged_at is None else Timestamp(pinged_at + wall_offset),
         "pinged_request_id": child.pinged_request_id,
         "status": child.status,
     }

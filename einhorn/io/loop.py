@@ -17,7 +17,6 @@ import selectors
 import signal
 import socket
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from einhorn.core.events import (
 )
 from einhorn.core.state import RequestId, State
 from einhorn.core.step import next_deadline, step
-from einhorn.io import reexec, render, signals, sockets
+from einhorn.io import reexec, signals, sockets
 from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
 from einhorn.io.logs import Logger
@@ -167,7 +166,7 @@ class Master:
             while self.exit_code is None:
                 self._iterate()
         except BaseException:
-            self.log.error(f"Master crashed:\n{traceback.format_exc()}")
+            self.log.error(f"Master crashed:\n{_traceback()}")
             self.exit_code = 1 if self.exit_code is None else self.exit_code
         finally:
             self._clean_up()
@@ -187,7 +186,7 @@ class Master:
             try:
                 events += callback()
             except Exception:  # noqa: BLE001 - one bad connection must not stop the master
-                self.log.error(f"Error while serving an event source:\n{traceback.format_exc()}")
+                self.log.error(f"Error while serving an event source:\n{_traceback()}")
         self.feed(self._reap())
         self.feed(events)
         self._serve_requests()
@@ -208,7 +207,7 @@ class Master:
             try:
                 self.state, effects = step(self.state, event)
             except Exception:  # noqa: BLE001 - a core bug: keep the previous state, keep running
-                self.log.error(f"Bug while handling {event!r}; state unchanged:\n{traceback.format_exc()}")
+                self.log.error(f"Bug while handling {event!r}; state unchanged:\n{_traceback()}")
                 continue
             self.log.verbosity = self.state.verbosity
             for effect in effects:
@@ -238,6 +237,8 @@ class Master:
             case Reply(conn, message, request_id, wait):
                 self.server.send(conn, _envelope(message, request_id, wait))
             case ReplyData(conn, data, as_json, request_id):
+                from einhorn.io import render  # at the first `state`: an idle master need not hold it (issue 14)
+
                 text = render.to_json(data) if as_json else render.to_ruby_yaml(data)
                 self.server.send(conn, _envelope(text, request_id, False))
             case CloseConnection(conn):
@@ -426,6 +427,12 @@ def select_timeout(wake_at: Iterable[float | None], now: float) -> float | None:
     if not times:
         return None
     return min(MAX_WAIT, max(0.0, min(times) - now))
+
+
+def _traceback() -> str:
+    import traceback  # only when something went wrong: an idle master need not hold it
+
+    return traceback.format_exc()
 
 
 def _verdict(check: reexec.UpgradeCheck, status: int) -> Event:

@@ -47,6 +47,11 @@ class WorkerLaunch:
     """Each listener's name for LISTEN_FDNAMES (systemd's, for adopted sockets); "" for none."""
     notify_socket: str | None = None
     """`-m notify`: the master's datagram socket, given to workers as NOTIFY_SOCKET."""
+    shared_environ: Mapping[str, str] = field(init=False, repr=False, compare=False)
+    """What every worker's environment starts from (`worker_environment`), made once, not once per worker."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shared_environ", _shared_environment(self))
 
 
 EINHORN_VARIABLES = frozenset(
@@ -82,13 +87,23 @@ def worker_fds(launch: WorkerLaunch, sock_fd: int | None) -> tuple[list[int], in
 
 def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) -> dict[str, str]:
     """LISTEN_PID (`--listen-fds`) is the worker's own pid: the forked child adds it (`_exec_child`)."""
+    env = dict(launch.shared_environ)
+    env["EINHORN_CHILD_INDEX"] = str(index)
+    _, placed_sock_fd = worker_fds(launch, sock_fd)
+    if placed_sock_fd is not None:
+        env["EINHORN_SOCK_FD"] = str(placed_sock_fd)
+    return env
+
+
+def _shared_environment(launch: WorkerLaunch) -> dict[str, str]:
+    """Every worker's environment but its index and `-g` socket."""
     # A name that is empty or holds "=" cannot be passed to a program (execve would misread it).
     env = {
         k: v
         for k, v in launch.environ.items()
         if k and "=" not in k and not is_einhorn_variable(k) and k not in SUPERVISOR_VARIABLES
     }
-    listener_fds, sock_fd = worker_fds(launch, sock_fd)
+    listener_fds, _ = worker_fds(launch, None)
     env["EINHORN_MASTER_PID"] = str(launch.master_pid)
     env["EINHORN_SOCK_PATH"] = launch.socket_path
     env["EINHORN_FD_COUNT"] = str(len(listener_fds))
@@ -97,9 +112,6 @@ def worker_environment(launch: WorkerLaunch, index: int, sock_fd: int | None) ->
         env[f"EINHORN_FD_FAMILY_{n}"] = family
     # Legacy (PHP, socketmaster-era clients): "" without listeners, as EINHORN_FD_COUNT is 0.
     env["EINHORN_FDS"] = " ".join(str(fd) for fd in listener_fds)
-    env["EINHORN_CHILD_INDEX"] = str(index)
-    if sock_fd is not None:
-        env["EINHORN_SOCK_FD"] = str(sock_fd)
     if launch.listen_fds:
         env["LISTEN_FDS"] = str(len(listener_fds))
         names = list(launch.listener_names) or [""] * len(listener_fds)

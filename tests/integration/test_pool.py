@@ -389,3 +389,22 @@ def test_the_spin_up_interval_is_capped_at_30s(capped_crash_loop: Master) -> Non
     assert 29.5 <= second - first <= 32, second - first
     master.wait_log(r"spin-up interval 30s\)")
     assert master.state()["consecutive_deaths_before_ack"] >= 1  # type: ignore[operator]
+
+
+STARTUP_ONLY = ("logging", "threading", "shutil", "tempfile", "random", "bz2", "lzma", "traceback", "datetime", "yaml", "einhorn.io.render")
+"""Modules an idle master has no use for (issue 14: each costs it memory for its whole life)."""
+
+
+def imported(log: str) -> set[str]:
+    """The modules `python -X importtime` (PYTHONPROFILEIMPORTTIME) reported in `log`."""
+    return {line.rsplit("|", 1)[1].strip() for line in log.splitlines() if line.startswith("import time:") and "|" in line}
+
+
+def test_an_idle_master_loads_only_what_it_uses(harness: Harness) -> None:
+    master = harness.start("-n", "2", *FAST, env={"PYTHONPROFILEIMPORTTIME": "1"})  # no `state` to wait for them
+    master.wait_log(r"Up to 2 / 2 timer ACKs")
+    loaded = imported(master.log())
+    assert {"einhorn.io.loop", "einhorn.core.step", "einhorn.core.indexed"} <= loaded  # the report is read right
+    assert not loaded & set(STARTUP_ONLY), sorted(loaded & set(STARTUP_ONLY))
+    assert master.state()["respawn"] is True  # the first `state` brings in its renderer, and only then
+    master.wait_log(r"\| +einhorn\.io\.render$")

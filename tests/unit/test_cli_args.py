@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -310,3 +311,31 @@ def test_the_supervisor_and_its_watchdog_come_from_the_environment() -> None:
     other = parse([PROGRAM], {**ENV, "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"})
     assert isinstance(other, Settings) and not other.supervised and other.watchdog_interval is None  # another pid's
     assert settings("-m", "notify").ack_notify and settings("-m", "notify").ack_timer is None
+
+
+# --- what the master does without shutil and tempfile (issue 14: they would cost its memory) ---------
+
+
+@pytest.mark.parametrize("program", ["sh", "python3", "no-such-program-here", "/bin/sh", "./missing", "/etc", "/etc/passwd"])
+def test_which_finds_what_shutil_which_finds(program: str, tmp_path: Path) -> None:
+    import shutil
+
+    path = os.pathsep.join([str(tmp_path), "/usr/bin", "/bin", "/usr/bin", os.environ.get("PATH", os.defpath)])
+    assert args._which(program, path) == shutil.which(program, path=path)
+
+
+@pytest.mark.parametrize("variable", [None, "TMPDIR", "TEMP", "TMP"])
+def test_temp_dir_is_what_tempfile_gettempdir_says(variable: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("TMPDIR", "TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    if variable is not None:
+        monkeypatch.setenv(variable, str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir remembers its answer
+    assert args._temp_dir() == tempfile.gettempdir()
+
+
+def test_temp_dir_skips_a_directory_that_does_not_exist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "gone"))
+    monkeypatch.setenv("TEMP", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert args._temp_dir() == tempfile.gettempdir() == str(tmp_path)
