@@ -2,7 +2,7 @@
 
 spec/README.md states each of them in words; the numbers here are the ones
 used there. `check_state` checks the safety invariants of one state (S1-S11),
-`check_step` those of one transition (T1-T15), and `converged`/`goal_problem`
+`check_step` those of one transition (T1-T16), and `converged`/`goal_problem`
 say whether a state has reached the goal of the liveness properties (L1-L4),
 which only an exploration can check (spec/model_check.py does).
 
@@ -23,7 +23,17 @@ from dataclasses import dataclass
 
 from einhorn.core import pool, step
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Pacing
-from einhorn.core.effects import OWN_INITIATIVE, Cause, Effect, ExecMaster, Exit, SendSignal, SpawnWorker, StartUpgradeCheck
+from einhorn.core.effects import (
+    OWN_INITIATIVE,
+    Cause,
+    Effect,
+    ExecMaster,
+    Exit,
+    NotifySupervisor,
+    SendSignal,
+    SpawnWorker,
+    StartUpgradeCheck,
+)
 from einhorn.core.events import (
     ChildExited,
     CommandReceived,
@@ -277,7 +287,7 @@ def _acked_in_step(before: State, after: State) -> list[int]:
 
 
 def check_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
-    """Safety invariants T1-T15 of one transition `before --event--> after` with `effects`."""
+    """Safety invariants T1-T16 of one transition `before --event--> after` with `effects`."""
     problems: list[str] = []
     signals = [e for e in effects if isinstance(e, SendSignal)]
     spawns = [e for e in effects if isinstance(e, SpawnWorker)]
@@ -425,7 +435,46 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
                 f"T12: stopped ACKed workers {stopped} on its own initiative, leaving {left} serving"
                 f" < min(number {after.config.number}, {serving_before} serving before)"
             )
-    return problems + _causes(event, after, signals) + check_lifecycle_step(before, event, after, effects)
+    return problems + _causes(event, after, signals) + check_lifecycle_step(before, event, after, effects) + _told(before, after, effects)
+
+
+def _told(before: State, after: State, effects: Sequence[Effect]) -> list[str]:
+    """T16: what the supervisor hears fits the step (EXTENSIONS §5).
+
+    Nothing unless supervised; at most one datagram a step, with STATUS in it;
+    READY=1 only with no re-exec or upgrade in progress after the step, and
+    the pool fully ACKed unless it ends a reload systemd heard of (done or
+    failed, READY=1 ends it whatever the pool); RELOADING=1 only on the step one starts, with
+    MONOTONIC_USEC the clock in microseconds; STOPPING=1 only on the step
+    respawning turns off.
+    """
+    told = [dict(e.fields) for e in effects if isinstance(e, NotifySupervisor) and dict(e.fields) != {"WATCHDOG": "1"}]
+    if not told:
+        return []
+    if not after.config.supervised:
+        return [f"T16: told the supervisor {told} without one"]
+    problems: list[str] = []
+    if len(told) > 1:
+        problems.append(f"T16: {len(told)} datagrams to the supervisor in one step: {told}")
+    fields = told[0]
+    if "STATUS" not in fields:
+        problems.append(f"T16: no STATUS in {fields}")
+
+    def reloading(state: State) -> bool:
+        return state.reexec is not None or state.upgrading is not None
+
+    counts = census(after)
+    reload_ended = before.supervisor_ready and reloading(before) and not reloading(after)
+    if "READY" in fields and (not after.respawn or reloading(after) or (counts.ack_count < after.config.number and not reload_ended)):
+        problems.append(f"T16: READY=1 with {counts.ack_count} of {after.config.number} ACKed, reloading {reloading(after)}")
+    if "RELOADING" in fields:
+        if reloading(before) or not reloading(after):
+            problems.append("T16: RELOADING=1 but no re-exec or upgrade started in this step")
+        if fields.get("MONOTONIC_USEC") != str(int(after.clock * 1_000_000)):
+            problems.append(f"T16: RELOADING=1 with MONOTONIC_USEC {fields.get('MONOTONIC_USEC')}, the clock is {after.clock}")
+    if "STOPPING" in fields and not (before.respawn and not after.respawn):
+        problems.append("T16: STOPPING=1 but the shutdown did not begin in this step")
+    return problems
 
 
 def _causes(event: Event, after: State, signals: Sequence[SendSignal]) -> list[str]:

@@ -50,6 +50,7 @@ from einhorn.core.events import (
     Tick,
     UpgradeCheckFailed,
     UpgradeCheckPassed,
+    WorkerNotified,
     WorkerSpawned,
 )
 from einhorn.core.indexed import Children, PendingSpawns
@@ -97,6 +98,10 @@ class Scenario:
     seconds: float = 1.0
     graceful_signal: str = "USR2"
     pacing: Pacing = Pacing.ACK
+    notify: bool = False
+    """`-m notify` (with `ack_timer` None): a worker's ACK is its READY=1 (`WorkerNotified`)."""
+    supervised: bool = False
+    """NOTIFY_SOCKET set: the core tells its supervisor (T16)."""
 
     def config(self) -> Config:
         return Config(
@@ -108,6 +113,8 @@ class Scenario:
             max_upgrade_additional=self.max_upgrade_additional,
             signal_timeout=self.signal_timeout,
             graceful_signal=self.graceful_signal,
+            notify_acks=self.notify,
+            supervised=self.supervised,
             einhorn_version="model",
         )
 
@@ -119,6 +126,8 @@ class Scenario:
             f"number={self.number} max_unacked={self.max_unacked} max_upgrade_additional={extra}"
             f" signal_timeout={timeout} ack={ack} seconds={self.seconds:g} pacing={self.pacing.value}"
             + ("" if self.graceful_signal == "USR2" else f" graceful_signal={self.graceful_signal}")
+            + (" notify" if self.notify else "")
+            + (" supervised" if self.supervised else "")
         )
 
 
@@ -194,6 +203,8 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
                 return ChildExited(child.pid, None, 9, now)
             return ChildExited(child.pid, 0 if child.signaled else 1, None, now)
         case ("ack", rank):
+            if state.config.notify_acks:
+                return WorkerNotified(_pid_at(state, rank), {"READY": "1"}, now)
             return CommandReceived(CONN, {"command": "worker:ack", "pid": _pid_at(state, rank)}, now)
         case ("tick",):
             deadline = core_step.next_deadline(state)
@@ -344,6 +355,7 @@ def canonical(state: State) -> State:
         deaths_before_ack=min(state.deaths_before_ack, _streak_cap(state.config)),
         last_spinup_at=opt(state.last_spinup_at),
         clock=0.0,
+        watchdog_at=opt(state.watchdog_at),
     )
 
 

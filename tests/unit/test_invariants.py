@@ -10,7 +10,7 @@ import pytest
 
 from einhorn.core import pool, step
 from einhorn.core.config import Config, Pacing
-from einhorn.core.effects import Cause, Effect, Exit, SendSignal, SpawnWorker
+from einhorn.core.effects import Cause, Effect, Exit, NotifySupervisor, SendSignal, SpawnWorker
 from einhorn.core.events import (
     ChildExited,
     CommandReceived,
@@ -638,3 +638,23 @@ def test_t4_leaves_an_escalation_after_die_kill_to_t5() -> None:
     before = make(dead_man, respawn=False, shutdown_signal="KILL", clock=2.0, signal_timeout=2)
     after = replace(before, children={1: replace(dead_man, killed=True)})
     assert check_step(before, Tick(2.0), after, [SendSignal(1, "KILL", Cause.ESCALATION)]) == []
+
+
+def test_t16_what_the_supervisor_hears_fits_the_step() -> None:
+    ready = NotifySupervisor((("READY", "1"), ("STATUS", "x")))
+    full = make(worker(1), supervised=True)
+    assert "T16" not in step_numbers(full, TICK, full, [ready])
+    alone = replace(full, config=replace(full.config, supervised=False))
+    assert "T16" in step_numbers(alone, TICK, alone, [ready])  # no supervisor
+    assert "T16" in step_numbers(full, TICK, full, [NotifySupervisor((("READY", "1"),))])  # no STATUS
+    empty = make(worker(1, acked=False), supervised=True)
+    assert "T16" in step_numbers(empty, TICK, empty, [ready])  # the pool is not ACKed
+    upgrading = replace(full, upgrading=UpgradeKind.SMOOTH)
+    assert "T16" in step_numbers(full, TICK, upgrading, [ready])  # still reloading
+    reloading = NotifySupervisor((("RELOADING", "1"), ("MONOTONIC_USEC", "0"), ("STATUS", "x")))
+    assert "T16" not in step_numbers(full, TICK, upgrading, [reloading])
+    assert "T16" in step_numbers(upgrading, TICK, upgrading, [reloading])  # nothing started in this step
+    stopping = NotifySupervisor((("STOPPING", "1"), ("STATUS", "x")))
+    assert "T16" not in step_numbers(full, TICK, replace(full, respawn=False), [stopping])
+    assert "T16" in step_numbers(full, TICK, full, [stopping])
+    assert "T16" not in step_numbers(full, TICK, full, [NotifySupervisor((("WATCHDOG", "1"),))])

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import pytest
 
-from einhorn.core import actions, commands, indexed, pool, step, upgrade
+from einhorn.core import actions, commands, indexed, notify, pool, step, upgrade
 from einhorn.core.actions import Outcome
 from einhorn.core.config import Pacing
 from einhorn.core.effects import Cause, Log, LogLevel
@@ -49,6 +49,8 @@ def _assert_reports(problems: list[str], trace: str, prefix: str) -> None:
         Scenario(2, 1, 1, None, None),
         Scenario(2, 2, 0, 2, 1.0),
         Scenario(2, 1, 1, None, None, graceful_signal="TERM"),
+        Scenario(2, 1, None, None, None, notify=True, supervised=True),
+        Scenario(1, 1, 0, None, 1.0, supervised=True),
     ],
     ids=str,
 )
@@ -169,6 +171,13 @@ def test_bug_a_cull_forgets_the_graceful_signal(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(step, "signal_children", usr2_always)
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0, graceful_signal="TERM"), replace(SMALL, depth=8, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T15")
+
+
+def test_bug_ready_told_while_an_upgrade_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor hears READY=1 as soon as the pool is full, an upgrade in progress or not: T16."""
+    monkeypatch.setattr(notify, "_reloading", lambda state: False)
+    problems, trace = _violation(Scenario(1, 1, None, None, None, notify=True, supervised=True), replace(SMALL, depth=8, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "T16")
 
 
 def test_bug_index_of_a_live_signaled_child_reused(monkeypatch: pytest.MonkeyPatch) -> None:
