@@ -8,7 +8,9 @@ The command lines are the documented ones; only the test's plumbing is added (a 
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -37,6 +39,8 @@ class Recipe:
     """The server, when it stops, closes connections it accepted but has not read a request from yet
     (uvicorn's and hypercorn's rule for idle connections: the client sees EOF or a reset, no answer). Those, and
     only those, may fail, rarely; docs/servers.md says so."""
+    go_source: Path | None = None
+    """A Go program: built with Debian's golang-go (`.ci/run` installs it) into the test's directory first."""
 
 
 RECIPES = {
@@ -63,10 +67,30 @@ RECIPES = {
         ("--listen-fds", "-m", "notify", "--graceful-signal", "TERM"),
         (sys.executable, str(REPO / "example" / "activated_server")),
     ),
+    # the Go net/http server of docs/servers.md, standard library only: the same conventions
+    "go_net_http": Recipe(
+        ("--listen-fds", "-m", "notify", "--graceful-signal", "TERM"),
+        (),
+        go_source=REPO / "example" / "go_server" / "main.go",
+    ),
 }
 
 
-def program(recipe: Recipe) -> list[str]:
+def built_go_program(source: Path, directory: Path) -> list[str]:
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain (Debian's golang-go; .ci/run installs it as root)")
+    output = directory / "go-server"
+    env = {**os.environ, "GO111MODULE": "off", "GOCACHE": str(directory / "go-cache"), "GOPATH": str(directory / "go-path")}
+    env.pop("GOFLAGS", None)
+    built = subprocess.run([go, "build", "-o", str(output), str(source)], env=env, capture_output=True, text=True, timeout=180)
+    assert built.returncode == 0, built.stderr
+    return [str(output)]
+
+
+def program(recipe: Recipe, directory: Path) -> list[str]:
+    if recipe.go_source is not None:
+        return built_go_program(recipe.go_source, directory)
     first, *rest = recipe.program
     if "/" in first:
         return [first, *rest]
@@ -92,7 +116,7 @@ def test_five_upgrades_under_load_fail_no_request_and_leave_no_old_server(harnes
     wrapper = write_wrapper(here, "versioned", on_exec='APP_VERSION=$(cat "$here/version"); export APP_VERSION')
     master = harness.start(
         "-n", "2", "-b", "127.0.0.1:0,r", *recipe.einhorn, "--reexec-as", wrapper,
-        program=program(recipe), env={"APP_VERSION": "1"}, workers=2, timeout=30,
+        program=program(recipe, here), env={"APP_VERSION": "1"}, workers=2, timeout=30,
     )  # fmt: skip
     load = Load(bound_port(master), request=REQUEST, threads=3, limit_seconds=200.0, pause=0.01)
     load.start()
