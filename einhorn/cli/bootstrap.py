@@ -138,6 +138,8 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
 
 @dataclass(frozen=True)
 class Listener:
+    """A listening socket the master hands to its workers."""
+
     sock: socket.socket
     name: str = ""
     """systemd's name of an adopted socket (LISTEN_FDNAMES); "" for a `-b` address."""

@@ -359,6 +359,8 @@ def _foreign_sender(request: Request, pid: int, what: str) -> list[Effect]:
 
 @dataclass(frozen=True, slots=True)
 class Command:
+    """One command of the command socket: its handler and its `help` line."""
+
     handler: Handler
     description: str
 

@@ -19,6 +19,8 @@ class LogLevel(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class Log:
+    """Write one line to the master's log."""
+
     level: LogLevel
     message: str
 
@@ -84,6 +86,8 @@ class ReplyData:
 
 @dataclass(frozen=True, slots=True)
 class CloseConnection:
+    """Close command connection `conn` once its replies are written."""
+
     conn: int
 
 
@@ -125,6 +129,8 @@ class NotifySupervisor:
 
 @dataclass(frozen=True, slots=True)
 class Exit:
+    """End the master with this exit status."""
+
     code: int
 
 

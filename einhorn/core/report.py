@@ -16,6 +16,8 @@ from einhorn.core.state import Child, State
 
 @dataclass(frozen=True, slots=True)
 class Symbol:
+    """A Ruby symbol in `state` (`:name` in YAML, the bare name in JSON)."""
+
     name: str
 
 

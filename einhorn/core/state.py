@@ -85,6 +85,8 @@ class Child:
 
 @dataclass(frozen=True, slots=True)
 class PendingSpawn:
+    """A worker ordered (`SpawnWorker`) whose pid is not known yet."""
+
     spawn_id: int
     index: int
     version: int
@@ -117,6 +119,8 @@ class Reexec:
 
 @dataclass(frozen=True, slots=True)
 class State:
+    """Everything the master knows: the pool, its settings, the upgrade in progress, the clients waiting."""
+
     config: Config
     version: int = 0
     children: Mapping[int, Child] = field(default_factory=Children.empty)

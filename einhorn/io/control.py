@@ -92,6 +92,8 @@ class Role(enum.Enum):
 
 @dataclass(slots=True, eq=False)
 class Connection:
+    """One client of the command socket: its socket, buffers and requests."""
+
     id: int
     sock: socket.socket
     reader: framing.LineBuffer

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Descriptor:
+    """One descriptor that survives a re-exec, with what its owner needs to adopt it."""
+
     kind: str
     """Who adopts it in the new image: "listener", "command_server", "connection", ..."""
     fd: int

@@ -31,6 +31,8 @@ from einhorn.io.logs import Logger
 
 @dataclass(frozen=True, slots=True)
 class Restored:
+    """What a re-exec'd master read from its predecessor."""
+
     state: State
     notes: list[str]
     descriptors: list[Descriptor]
