@@ -522,10 +522,11 @@ def test_timeout_gives_up_on_a_stream_that_never_ends_and_exits_1(
 
 @pytest.mark.usefixtures("fake_master", "non_tty_stdin")
 def test_timeout_bounds_a_whole_sequence(socket_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    # Each `slow` takes 0.4 s: the third is still running when 1 s in all has passed.
+    # Each `slow` takes 0.4 s: with 1 s for each command all three would be done; 1 s in all
+    # cannot see the third (done at 1.2 s at the earliest).
     assert run("-d", str(socket_path), "--timeout", "1", "-e", "slow; slow; slow") == 1
     output = capsys.readouterr()
-    assert output.out == "slowly\nslowly\n"
+    assert output.out in ("", "slowly\n", "slowly\nslowly\n")
     assert "waiting for 'slow': 'slow' goes on in the master" in output.err
 
 
