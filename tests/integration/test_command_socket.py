@@ -345,7 +345,7 @@ def test_missing_unknown_and_badly_typed_commands(harness: Harness) -> None:
         "request_id": "x",
     }
     unknown = str(one(master, {"command": "frobnicate"})["message"])
-    assert unknown.startswith('Unrecognized command: "frobnicate"\n\nconfig: ')
+    assert unknown.startswith('Unrecognized command: "frobnicate"\n\nabort_upgrade: ')
     assert [line.split(":")[0] for line in unknown.strip().split("\n")[2:]] == HELP_COMMANDS
     assert str(one(master, {"command": 5})["message"]).startswith("Unrecognized command: 5")
     assert one(master, {"command": "signal", "args": "USR1"})["message"] == "Args must be an array"
