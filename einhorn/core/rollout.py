@@ -78,6 +78,11 @@ def begin(state: State, kind: UpgradeKind, options: UpgradeOptions | None, launc
     else:
         note = f"Starting {kind.value} upgrade from version {state.version}..."
     version = next_version(state)
+    superseded = state.rollout
+    if superseded is not None and superseded.phase is RolloutPhase.CANARY:  # its canaries go: it never becomes current
+        why = f"superseded by the upgrade to version {version}"
+        generations = tuple(replace(g, rolled_back_because=why) if g.version == superseded.version else g for g in state.generations)
+        state = replace(state, generations=generations)
     current = state.generation(state.version)
     spec = launch if launch is not None else (None if current is None else current.launch)
     if spec is not None:
