@@ -549,13 +549,14 @@ def check_rollout_step(before: State, event: Event, after: State, effects: Seque
         finishing = rollout.phase is RolloutPhase.FINISHING and rollout.options.rolls_back_on_failure
         if finishing and dead.version == rollout.version and not dead.acked and not (ended or counted):
             problems.append(f"T20: new worker {event.pid} died before its ACK, neither counted nor rolled back")
-    # T19: an upgrade that ends tells each of its requesters once: done, or rolled back and failed.
+    # T19: an upgrade rolled back tells each of its requesters once (per request) that it failed.
     if before.rollout is not None and after.rollout is None:
         replies = [e for e in effects if isinstance(e, Reply) and not e.wait]
         rolled = before.rollout.version in rolled_back(after)
         for subscriber in before.upgrade_subscribers:
             mine = [r for r in replies if r.conn == subscriber.conn and r.request_id == subscriber.request_id]
-            if rolled and not (len(mine) == 1 and mine[0].failed and mine[0].message.startswith("Upgrade rolled back: ")):
+            told = len(mine) == before.upgrade_subscribers.count(subscriber)
+            if rolled and not (told and all(r.failed and r.message.startswith("Upgrade rolled back: ") for r in mine)):
                 problems.append(f"T19: requester {subscriber} of the rolled-back upgrade was told {mine}")
     return problems
 

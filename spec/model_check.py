@@ -93,6 +93,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "SIGQUIT": ("signal", "QUIT"),
     "SIGUSR2": ("signal", "USR2"),
 }
+TAGGED = frozenset({"upgrade_canary", "upgrade_fleet_canary", "upgrade_timeout", "abort_upgrade"})
+"""Requests sent with an id: their requester hears how the upgrade ends (T19)."""
 DEFAULT_COMMANDS = ("inc", "dec", "upgrade", "upgrade_fleet", "die", "SIGHUP", "SIGQUIT")
 
 
@@ -256,6 +258,8 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             request: dict[str, object] = {"command": spec[1]}
             if len(spec) > 2:
                 request["args"] = list(spec[2:])
+            if name in TAGGED:
+                request["id"] = name
             return CommandReceived(CONN, request, now)
     raise ValueError(f"unknown action {action!r}")
 
