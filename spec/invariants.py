@@ -271,7 +271,7 @@ def check_state(state: State) -> list[str]:
 
 
 def check_generations(state: State) -> list[str]:
-    """S12-S15: generations and the rollout (spec/README.md §7)."""
+    """S12-S16: generations and the rollout (spec/README.md §4, "Generations, canaries and rollbacks")."""
     problems: list[str] = []
     versions = [g.version for g in state.generations]
     rollout = state.rollout

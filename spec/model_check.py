@@ -162,7 +162,7 @@ DEFAULTS = Bounds()
 UPGRADE_ALPHABET = ("upgrade", "upgrade_fleet")
 
 ROLLOUT_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
-    # Canaries (issue 12; spec/README.md §7): a canary that ACKs and bakes, or dies before its ACK or
+    # Canaries (issue 12; spec/README.md §4, "Generations, canaries and rollbacks"): a canary that ACKs and bakes, or dies before its ACK or
     # during the bake, or never ACKs until the timeout; an old worker that dies meanwhile.
     (Scenario(2, 1, None, 2, None), Bounds(depth=12, failures=1, commands=1, command_names=("upgrade_canary",))),
     # abort_upgrade at any point of a canary upgrade, and a new upgrade during the canary or its bake.

@@ -1,4 +1,4 @@
-"""Generations, canaries and rollbacks: how an upgrade goes from one generation to the next (spec/README.md §7).
+"""Generations, canaries and rollbacks: how an upgrade goes from one generation to the next (spec/README.md §4, "Generations, canaries and rollbacks").
 
 1. `record_generation` (the first start, `MasterStarted`): generation 0 gets the
    image's launch spec.

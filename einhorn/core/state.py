@@ -32,7 +32,7 @@ decided here, never in the shell.
 
 Every upgrade (and the first start) records a `Generation`: the version and
 the `LaunchSpec` its workers are started from, as the master image that
-created it measured it (spec/README.md §7). A worker is always spawned from
+created it measured it (spec/README.md §4, "Generations, canaries and rollbacks"). A worker is always spawned from
 its own generation's spec. An upgrade is a `Rollout` from the `previous`
 generation to a new one: an optional canary phase (K new workers beside the
 old pool, ACKed and baked), then a smooth or fleet upgrade; a failure, a

@@ -1,4 +1,4 @@
-"""Canary upgrades and rollbacks with real processes (issue 12; EXTENSIONS §3, spec/README.md §7).
+"""Canary upgrades and rollbacks with real processes (issue 12; EXTENSIONS §3, spec/README.md §4, "Generations, canaries and rollbacks").
 
 A deploy in the symlinked-release layout: `releases/<name>/release` says what a
 worker started in that directory does (`RELEASE_WORKER`): `good` is

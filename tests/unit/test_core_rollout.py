@@ -1,4 +1,4 @@
-"""Generations, canaries, rollbacks (einhorn/core/rollout.py, spec/README.md §7): exact effects, rule by rule.
+"""Generations, canaries, rollbacks (einhorn/core/rollout.py, spec/README.md §4, "Generations, canaries and rollbacks"): exact effects, rule by rule.
 
 Every step goes through the fake world of core_world.py, which checks every
 invariant after it; each image has its own launch spec (`release(n)`).

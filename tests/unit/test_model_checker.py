@@ -367,7 +367,7 @@ def test_bug_an_own_decision_passed_off_as_an_operators_order(monkeypatch: pytes
     _assert_reports(problems, trace, "T15")
 
 
-# --- generations, canaries, rollbacks (spec/README.md §7) -----------------------------------------
+# --- generations, canaries, rollbacks (spec/README.md §4, "Generations, canaries and rollbacks") -----------------------------------------
 
 CANARY = Scenario(2, 1, None, None, None)
 CANARY_BOUNDS = Bounds(depth=9, failures=1, commands=1, command_names=("upgrade_canary",))
