@@ -78,13 +78,22 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "ack_target": pool.ack_target(state),
             "missing": max(0, pool.missing_worker_count(state)),
             "pending_spawns": len(state.pending),
-            "generations": [_generation(state, g) for g in state.generations],
+            "generations": _generations(state),
             "rollout": None if state.rollout is None else _rollout(state.rollout, wall_offset),
         }
     }
 
 
-def _generation(state: State, generation: Generation) -> dict[str, object]:
+def _generations(state: State) -> list[dict[str, object]]:
+    if not state.generations:
+        return []
+    pids: dict[int, list[int]] = {}
+    for pid in sorted(state.children):  # one pass, whatever the number of generations
+        pids.setdefault(state.children[pid].version, []).append(pid)
+    return [_generation(state, g, pids.get(g.version, [])) for g in state.generations]
+
+
+def _generation(state: State, generation: Generation, workers: list[int]) -> dict[str, object]:
     launch = generation.launch
     version = generation.version
     return {
@@ -96,7 +105,7 @@ def _generation(state: State, generation: Generation) -> dict[str, object]:
         "environment_variables": len(launch.environ),
         "graceful_signal": launch.graceful_signal,
         "rolled_back_because": generation.rolled_back_because,
-        "workers": sorted(c.pid for c in state.children.values() if c.version == version),
+        "workers": workers,
         "pending_spawns": state.indexed_pending.count(version),
     }
 

@@ -12,6 +12,7 @@ from einhorn.core import rollout
 from einhorn.core.commands import upgrade_options
 from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SendSignal, SpawnWorker, StopUpgradeCheck
 from einhorn.core.events import ChildExited
+from einhorn.core.report import Timestamp, snapshot
 from einhorn.core.state import Generation, RolloutPhase, UpgradeKind, UpgradeOptions
 from einhorn.core.step import next_deadline
 from einhorn.io.loop import _envelope
@@ -356,3 +357,23 @@ def test_failed_is_in_the_envelope_only_for_requests_with_an_id() -> None:
 def _exited(world: World, pid: int, code: int | None, signal: int | None = None) -> ChildExited:
     return ChildExited(pid, code, signal, world.now)
 
+
+
+def test_state_shows_each_generation_its_workers_and_the_rollout() -> None:
+    world = pool()
+    upgraded(world, "--canary", "1", "--bake", "5", "--timeout", "60")
+    world.spawn(min(world.state.pending))
+    document = snapshot(world.state, wall_offset=1000.0)["state"]
+    assert isinstance(document, dict)
+    old, new = document["generations"]
+    assert old == {
+        "version": 0, "current": True, "argv": ["./server"], "path": "/srv/releases/0/server", "cwd": "/srv/releases/0",
+        "environment_variables": 1, "graceful_signal": "USR2", "rolled_back_because": None,
+        "workers": old_pids(world), "pending_spawns": 0,
+    }  # fmt: skip
+    assert new["cwd"] == "/srv/releases/1" and new["current"] is False and new["workers"] == [canary_pid(world)]
+    assert document["rollout"] == {
+        "version": 1, "previous": 0, "kind": "smooth", "phase": "canary", "canary": 1, "bake": 5.0, "timeout": 60.0,
+        "started_at": Timestamp(1000.0), "deadline": Timestamp(1060.0), "canaries_started": 1, "canaries_acked": 0,
+        "bake_until": None, "new_deaths_before_ack": 0, "last_death": None,
+    }  # fmt: skip
