@@ -896,7 +896,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         assert timeout is None or isinstance(timeout, int)
         assert ack is None or isinstance(ack, float)
         assert isinstance(pacing, Pacing)
-        found.append(Scenario(number, unacked, extra, timeout, ack, args.seconds, pacing))
+        found.append(Scenario(number, unacked, extra, timeout, ack, args.seconds, pacing=pacing))
     # the biggest first, so that the parallel run ends evenly
     return sorted(found, key=lambda s: (-s.number, -s.max_unacked, str(s)))
 

@@ -9,6 +9,7 @@ replays (spec/README.md lists the invariants by number).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
@@ -478,3 +479,14 @@ def test_bug_a_rollback_keeps_the_new_version_current(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(rollout, "rollback", stubborn)
     _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "S13")
+
+
+def test_the_matrix_explores_both_pacings_with_the_default_graceful_signal() -> None:
+    """The pacing axis once landed in `graceful_signal` (positional): every run paced by ACKs, sending SIGack."""
+    args = argparse.Namespace(
+        number=[1, 2, 3], max_unacked=[1, 2], max_upgrade_additional=["none", "0", "1"], signal_timeout=["none", "2"],
+        ack=["1", "manual"], pacing=["ack", "interval"], matrix="pairs", seconds=1.0,
+    )  # fmt: skip
+    found = model_check.scenarios(args)
+    assert {s.pacing for s in found} == set(Pacing)
+    assert {s.graceful_signal for s in found} == {"USR2"}
