@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from tests.integration.harness import Harness, Master
@@ -140,11 +139,10 @@ def test_a_release_that_is_not_up_within_the_timeout_is_rolled_back(harness: Har
     master = deploy.start("A")
     old = acked_pids(master)
     deploy.point_at("S")
-    started = time.monotonic()
     replies = master.command("upgrade_fleet", "--canary", "1", "--bake", "1", "--timeout", "3", timeout=30)
     answer = final(replies)
     assert answer["message"] == "Upgrade rolled back: not done within --timeout 3s" and answer["failed"] is True, replies
-    assert time.monotonic() - started < 3 + 2.5  # the re-exec, then the 3 s
+    assert not any(m.startswith("Canary 1/1 ACKed") for m in messages(replies))  # rolled back before its ACK at 5 s
     assert acked_pids(master) == old
     wait_until(lambda: sorted(master.workers()) == old, what="the slow canary stopped")
 
