@@ -2,7 +2,7 @@
 
 spec/README.md states each of them in words; the numbers here are the ones
 used there. `check_state` checks the safety invariants of one state (S1-S11),
-`check_step` those of one transition (T1-T16), and `converged`/`goal_problem`
+`check_step` those of one transition (T1-T20), and `converged`/`goal_problem`
 say whether a state has reached the goal of the liveness properties (L1-L4),
 which only an exploration can check (spec/model_check.py does).
 
@@ -30,6 +30,7 @@ from einhorn.core.effects import (
     ExecMaster,
     Exit,
     NotifySupervisor,
+    Reply,
     SendSignal,
     SpawnWorker,
     StartUpgradeCheck,
@@ -43,7 +44,8 @@ from einhorn.core.events import (
     UpgradeCheckPassed,
     WorkerSpawned,
 )
-from einhorn.core.state import ReexecPhase, ReexecPurpose, State, UpgradeKind
+from einhorn.core.rollout import CRASH_LOOP_DEATHS
+from einhorn.core.state import ReexecPhase, ReexecPurpose, RolloutPhase, State, UpgradeKind
 
 # --- independent counts (BEHAVIOR §4 vocabulary) --------------------------
 
@@ -55,7 +57,7 @@ class Census:
     workers: int
     """Every worker process, signaled or not."""
     old: tuple[int, ...]
-    """Pids of unsignaled workers of an earlier version."""
+    """Pids of unsignaled workers of another version, but for the canaries of a rollout in its canary phase."""
     unsignaled_modern: int
     ack_count: int
     """ACKed, unsignaled, modern workers."""
@@ -73,14 +75,27 @@ class Census:
     """Un-ACKed, unsignaled workers of an earlier version: old ones that serve nothing."""
 
 
+def canary_version(state: State) -> int | None:
+    """The new generation while its canaries run beside the old pool (neither modern nor old)."""
+    rollout = state.rollout
+    return rollout.version if rollout is not None and rollout.phase is RolloutPhase.CANARY else None
+
+
+def rolled_back(state: State) -> set[int]:
+    return {g.version for g in state.generations if g.rolled_back_because is not None}
+
+
 def census(state: State) -> Census:
     workers = modern = unsignaled_modern = acked = unacked = unsignaled = serving = old_unacked = 0
     old: list[int] = []
+    canary = canary_version(state)
     for child in state.children.values():
         workers += 1
         if not child.signaled:
             unsignaled += 1
             serving += child.acked
+        if child.version == canary:
+            continue
         if child.version != state.version:
             if not child.signaled:
                 old.append(child.pid)
@@ -203,9 +218,12 @@ def check_state(state: State) -> list[str]:
                 if deadline is None or deadline > due:
                     problems.append(f"S4: next spin-up due at {due} but next_deadline is {deadline}")
 
-    # S5: outside an upgrade, no old worker is left unsignaled.
-    if state.upgrading is None and counts.old:
-        problems.append(f"S5: no upgrade in progress but old workers {list(counts.old)} unsignaled")
+    # S5: outside an upgrade, no old worker is left unsignaled, but ACKed ones the availability
+    # floor keeps while no more than `number` serve (after a rollback, until replacements ACK).
+    held = counts.serving <= number
+    left = [pid for pid in counts.old if not (held and state.children[pid].acked)]
+    if state.upgrading is None and left:
+        problems.append(f"S5: no upgrade in progress but old workers {left} unsignaled")
 
     # S6: an upgrade in progress is not already complete.
     if state.upgrading is not None and counts.ack_count >= number:
@@ -249,6 +267,58 @@ def check_state(state: State) -> list[str]:
             deadline = step.next_deadline(state)
             if deadline is None or deadline > reexec.deadline:
                 problems.append(f"S11: upgrade check due by {reexec.deadline} but next_deadline is {deadline}")
+    return problems + check_generations(state)
+
+
+def check_generations(state: State) -> list[str]:
+    """S12-S16: generations and the rollout (spec/README.md §4, "Generations, canaries and rollbacks")."""
+    problems: list[str] = []
+    versions = [g.version for g in state.generations]
+    rollout = state.rollout
+    # S12: one generation per version, in order; the current one and a rollout's two are known.
+    if versions != sorted(set(versions)):
+        problems.append(f"S12: generations {versions} are not one per version, in order")
+    if versions:
+        needed = {state.version} if rollout is None else {state.version, rollout.version, rollout.previous}
+        unknown = sorted(needed - set(versions))
+        if unknown:
+            problems.append(f"S12: no generation for versions {unknown} (generations {versions})")
+    # S13: the rollout's phase fits the pool: canaries beside the previous generation, or a normal
+    # upgrade to the new one; a rolled-back generation is never current again, nor a rollout's target.
+    if rollout is not None:
+        if rollout.phase is RolloutPhase.CANARY and (state.upgrading is not None or state.version != rollout.previous):
+            problems.append(f"S13: canary phase with upgrading {state.upgrading} at version {state.version} (previous {rollout.previous})")
+        if rollout.phase is RolloutPhase.FINISHING and (state.upgrading is not rollout.kind or state.version != rollout.version):
+            problems.append(f"S13: finishing phase with upgrading {state.upgrading} at version {state.version} (new {rollout.version})")
+        if rollout.version in rolled_back(state):
+            problems.append(f"S13: a rollout to the rolled-back generation {rollout.version}")
+    if state.version in rolled_back(state):
+        problems.append(f"S13: the rolled-back generation {state.version} is current")
+    # S14: after a rollback, every live worker belongs to the previous generation but those on their way
+    # out (signaled) and ACKed ones the availability floor keeps until replacements ACK (serving <= number).
+    if state.upgrading is None and rollout is None and state.respawn:
+        counts = census(state)
+        for child in state.children.values():
+            if child.version in rolled_back(state) and not child.signaled:
+                if not child.acked or counts.serving > state.config.number:
+                    problems.append(
+                        f"S14: worker {child.pid} of the rolled-back generation {child.version} is left"
+                        f" ({'ACKed' if child.acked else 'un-ACKed'}, {counts.serving} serving of {state.config.number})"
+                    )
+    # S16: with automatic rollback, the new generation never reaches CRASH_LOOP_DEATHS deaths before ACK.
+    if rollout is not None and rollout.new_deaths >= CRASH_LOOP_DEATHS:
+        problems.append(f"S16: rollout to {rollout.version} goes on after {rollout.new_deaths} new workers died before ACK")
+    # S15: an upgrade ends, done or rolled back, within its timeout; the timeout and the bake are armed.
+    if rollout is not None and state.respawn:
+        for what, due in (("timeout", rollout.deadline), ("bake", rollout.bake_until if rollout.phase is RolloutPhase.CANARY else None)):
+            if due is None:
+                continue
+            if due <= state.clock:
+                problems.append(f"S15: rollout to {rollout.version} still in progress at {state.clock}, past its {what} at {due}")
+            else:
+                deadline = step.next_deadline(state)
+                if deadline is None or deadline > due:
+                    problems.append(f"S15: the {what} is due at {due} but next_deadline is {deadline}")
     return problems
 
 
@@ -257,15 +327,15 @@ def _bookkeeping(state: State) -> list[str]:
     for pid, child in state.children.items():
         if child.pid != pid:
             problems.append(f"S9: child recorded under pid {pid} has pid {child.pid}")
-        if child.version > state.version:
-            problems.append(f"S9: child {pid} has version {child.version} > current {state.version}")
+        if child.version > state.version and child.version != canary_version(state) and child.version not in rolled_back(state):
+            problems.append(f"S9: child {pid} has version {child.version} > current {state.version}, not a canary or rolled back")
         if child.killed and child.last_signaled_at is None:
             problems.append(f"S9: child {pid} was SIGKILLed without having been signaled")
     for spawn_id, spawn in state.pending.items():
         if spawn.spawn_id != spawn_id or spawn_id >= state.next_spawn_id:
             problems.append(f"S9: pending spawn {spawn_id} inconsistent (next_spawn_id {state.next_spawn_id})")
-        if spawn.version > state.version:
-            problems.append(f"S9: pending spawn {spawn_id} has version {spawn.version} > current {state.version}")
+        if spawn.version > state.version and spawn.version != canary_version(state) and spawn.version not in rolled_back(state):
+            problems.append(f"S9: pending spawn {spawn_id} has version {spawn.version} > current {state.version}, not a canary or rolled back")
     if state.deaths_before_ack < 0:
         problems.append(f"S9: deaths_before_ack is {state.deaths_before_ack}")
     if not state.respawn and state.shutdown_signal is None:
@@ -313,8 +383,8 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
             problems.append(f"T3: spawn id {order.spawn_id} reused")
         elif pending is None or (pending.index, pending.version) != (order.index, order.version):
             problems.append(f"T3: spawn {order.spawn_id} not recorded as pending")
-        if order.version != after.version:
-            problems.append(f"T3: spawn {order.spawn_id} at version {order.version}, current is {after.version}")
+        if order.version not in (after.version, canary_version(after)):
+            problems.append(f"T3: spawn {order.spawn_id} at version {order.version}, current is {after.version} (no canary of it)")
     if spawns:
         new_ids = {order.spawn_id for order in spawns}
         used = {c.index for c in after.children.values()}
@@ -349,11 +419,12 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
 
     # T6: a step that ACKs a worker ends with the death streak reset; one in which a worker
     # dies before its ACK (or, paced by ACKs, unasked within `seconds` of its start) and none
-    # ACKs ends with a streak.
+    # ACKs ends with a streak, unless it rolled an upgrade back (the streak was the new generation's).
     acked = _acked_in_step(before, after)
     if acked and after.deaths_before_ack != 0:
         problems.append(f"T6: ACK of {acked} left deaths_before_ack at {after.deaths_before_ack}")
-    if isinstance(event, ChildExited) and event.pid in before.children and not acked and after.deaths_before_ack == 0:
+    rolls_back = rolled_back(after) - rolled_back(before)
+    if isinstance(event, ChildExited) and event.pid in before.children and not acked and not rolls_back and after.deaths_before_ack == 0:
         dead = before.children[event.pid]
         young = before.config.pacing is Pacing.ACK and not dead.signaled and after.clock - dead.spinup_at < before.config.seconds
         if not dead.acked or young:
@@ -371,7 +442,10 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
     if old_signaled and not _made_room(after):
         counts = census(after)
         number = after.config.number
-        smooth = UpgradeKind.SMOOTH in (before.upgrading, after.upgrading)
+        # (A canary upgrade on top of an unfinished one makes that one's generation the pool, with no
+        # upgrade in progress: its older workers are then old, stopped within the availability floor.)
+        canary_begins = after.rollout is not None and after.rollout.phase is RolloutPhase.CANARY and before.rollout != after.rollout
+        smooth = UpgradeKind.SMOOTH in (before.upgrading, after.upgrading) and not canary_begins
         if smooth and len(counts.old) + counts.ack_count < number:
             problems.append(
                 f"T7: smooth upgrade stopped old workers {old_signaled}, leaving {len(counts.old)} old"
@@ -402,6 +476,8 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
     # paced by the interval (or backing off) it starts one worker, no sooner than the interval.
     first = before.last_spinup_at is None
     fleet = isinstance(event, MasterStarted) and before.reexec_purpose is ReexecPurpose.FLEET_UPGRADE
+    fleet = fleet or (before.rollout is not None and before.rollout.phase is RolloutPhase.CANARY and after.upgrading is UpgradeKind.FLEET)
+    spawns = [order for order in spawns if order.version == after.version]  # (not the canaries beside the pool)
     if spawns and not first and not fleet:
         assert before.last_spinup_at is not None
         if not paced_by_acks(after):  # the death streak of the spin-up: nothing after it in the step changes it
@@ -435,7 +511,54 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
                 f"T12: stopped ACKed workers {stopped} on its own initiative, leaving {left} serving"
                 f" < min(number {after.config.number}, {serving_before} serving before)"
             )
-    return problems + _causes(event, after, signals) + check_lifecycle_step(before, event, after, effects) + _told(before, after, effects)
+    return (
+        problems
+        + _causes(event, after, signals)
+        + check_lifecycle_step(before, event, after, effects)
+        + _told(before, after, effects)
+        + check_rollout_step(before, event, after, effects)
+    )
+
+
+def check_rollout_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
+    """T17-T20: spawns from their own generation, rollbacks that spare the previous generation, their
+    replies, and what rolls back."""
+    problems: list[str] = []
+    # T17: a worker is spawned from its own generation's spec, and a rolled-back generation never again.
+    for spawn in (e for e in effects if isinstance(e, SpawnWorker)):
+        generation = after.generation(spawn.version)
+        if spawn.version in rolled_back(before) | rolled_back(after):
+            problems.append(f"T17: spawn #{spawn.spawn_id} of the rolled-back generation {spawn.version}")
+        if after.generations and (generation is None or spawn.launch != generation.launch):
+            problems.append(f"T17: spawn #{spawn.spawn_id} (version {spawn.version}) not from its generation's spec")
+    # T18: a rollback stops only workers of a rolled-back generation: never one of the generation
+    # current after the step (the previous one), so never an ACKed old worker.
+    for sig in (e for e in effects if isinstance(e, SendSignal) and e.cause is Cause.ROLLBACK):
+        child = before.children.get(sig.pid) or after.children.get(sig.pid)
+        if child is None or child.version not in rolled_back(after) or child.version == after.version:
+            problems.append(f"T18: {sig.signal} to {sig.pid} for a rollback, not a worker of a rolled-back generation")
+    # T20: a canary that exits rolls its upgrade back; so does, with automatic rollback, the
+    # CRASH_LOOP_DEATHS-th death before ACK of the new generation (each one counts).
+    rollout = before.rollout
+    if isinstance(event, ChildExited) and rollout is not None and before.respawn and event.pid in before.children:
+        dead = before.children[event.pid]
+        ended = rollout.version in rolled_back(after)
+        if dead.version == rollout.version and rollout.phase is RolloutPhase.CANARY and not ended:
+            problems.append(f"T20: canary {event.pid} exited but the upgrade to {rollout.version} was not rolled back")
+        counted = after.rollout is not None and after.rollout.new_deaths == rollout.new_deaths + 1
+        finishing = rollout.phase is RolloutPhase.FINISHING and rollout.options.rolls_back_on_failure
+        if finishing and dead.version == rollout.version and not dead.acked and not (ended or counted):
+            problems.append(f"T20: new worker {event.pid} died before its ACK, neither counted nor rolled back")
+    # T19: an upgrade rolled back tells each of its requesters once (per request) that it failed.
+    if before.rollout is not None and after.rollout is None:
+        replies = [e for e in effects if isinstance(e, Reply) and not e.wait]
+        rolled = before.rollout.version in rolled_back(after)
+        for subscriber in before.upgrade_subscribers:
+            mine = [r for r in replies if r.conn == subscriber.conn and r.request_id == subscriber.request_id]
+            told = len(mine) == before.upgrade_subscribers.count(subscriber)
+            if rolled and not (told and all(r.failed and r.message.startswith("Upgrade rolled back: ") for r in mine)):
+                problems.append(f"T19: requester {subscriber} of the rolled-back upgrade was told {mine}")
+    return problems
 
 
 def _told(before: State, after: State, effects: Sequence[Effect]) -> list[str]:
@@ -493,7 +616,7 @@ def _causes(event: Event, after: State, signals: Sequence[SendSignal]) -> list[s
                 problems.append(f"T15: {sig.signal} to {sig.pid} as a shutdown's (respawn {after.respawn}, shutdown signal {after.shutdown_signal})")
             case Cause.ESCALATION if sig.signal != "KILL":
                 problems.append(f"T15: {sig.signal} to {sig.pid} as an escalation")
-            case Cause.UPGRADE | Cause.MAKE_ROOM | Cause.SURPLUS if sig.signal != after.config.graceful_signal:
+            case Cause.UPGRADE | Cause.MAKE_ROOM | Cause.SURPLUS | Cause.ROLLBACK if sig.signal != after.config.graceful_signal:
                 problems.append(f"T15: {sig.signal} to {sig.pid} for {sig.cause.value}, not the graceful signal {after.config.graceful_signal}")
     return problems
 
@@ -548,6 +671,8 @@ def goal_problem(state: State) -> str | None:
         return None if state.exit_code is not None else "L3: respawning is off but the master has not exited"
     if state.reexec_purpose is not None:
         return f"L2: re-exec ({state.reexec_purpose.value}) still in progress"
+    if state.rollout is not None and state.rollout.phase is RolloutPhase.CANARY:
+        return f"L2: canary of version {state.rollout.version} still in progress"
     counts = census(state)
     if state.upgrading is not None and held_at_capacity(state):
         return None

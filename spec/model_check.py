@@ -54,7 +54,7 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.indexed import Children, PendingSpawns
-from einhorn.core.state import PendingSpawn, ReexecPhase, State, initial_state
+from einhorn.core.state import Generation, LaunchSpec, PendingSpawn, ReexecPhase, State, initial_state
 from spec import invariants
 
 CONN = 7
@@ -62,6 +62,15 @@ CONN = 7
 
 IDLE_STEP = 0.5
 """Seconds a "time passes" step moves the clock (when no deadline comes sooner)."""
+
+
+def release(name: str) -> LaunchSpec:
+    """A master image's launch spec, in its own release directory."""
+    return LaunchSpec(("./server",), f"/srv/releases/{name}/server", f"/srv/releases/{name}", (), "USR2")
+
+
+NEW_IMAGE = release("new")
+"""What every re-exec'd image measures: canonical states rename generations' specs by their role (`canonical`)."""
 
 COMMANDS: dict[str, tuple[str, ...]] = {
     # name -> ("command", command, *args) or ("signal", SIGNAME)
@@ -72,6 +81,10 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "upgrade": ("command", "upgrade"),
     "upgrade_fleet": ("command", "upgrade_fleet"),
     "reload": ("command", "reload"),
+    "upgrade_canary": ("command", "upgrade", "--canary", "1", "--bake", "2", "--timeout", "6"),
+    "upgrade_fleet_canary": ("command", "upgrade_fleet", "--canary", "1", "--bake", "1"),
+    "upgrade_timeout": ("command", "upgrade", "--timeout", "20"),
+    "abort_upgrade": ("command", "abort_upgrade"),
     "die": ("command", "die"),
     "die_term": ("command", "die", "TERM"),
     "SIGHUP": ("signal", "HUP"),
@@ -80,6 +93,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "SIGQUIT": ("signal", "QUIT"),
     "SIGUSR2": ("signal", "USR2"),
 }
+TAGGED = frozenset({"upgrade_canary", "upgrade_fleet_canary", "upgrade_timeout", "abort_upgrade"})
+"""Requests sent with an id: their requester hears how the upgrade ends (T19)."""
 DEFAULT_COMMANDS = ("inc", "dec", "upgrade", "upgrade_fleet", "die", "SIGHUP", "SIGQUIT")
 
 
@@ -145,6 +160,19 @@ class Bounds:
 DEFAULTS = Bounds()
 
 UPGRADE_ALPHABET = ("upgrade", "upgrade_fleet")
+
+ROLLOUT_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
+    # Canaries (issue 12; spec/README.md §4, "Generations, canaries and rollbacks"): a canary that ACKs and bakes, or dies before its ACK or
+    # during the bake, or never ACKs until the timeout; an old worker that dies meanwhile.
+    (Scenario(2, 1, None, 2, None), Bounds(depth=12, failures=1, commands=1, command_names=("upgrade_canary",))),
+    # abort_upgrade at any point of a canary upgrade, and a new upgrade during the canary or its bake.
+    (Scenario(2, 1, None, None, None), Bounds(depth=11, failures=0, commands=2, command_names=("upgrade_canary", "abort_upgrade", "upgrade"))),
+    # A fleet canary within max_upgrade_additional 1, timer ACKs, aborted or not.
+    (Scenario(2, 2, 1, None, 1.0), Bounds(depth=11, failures=1, commands=2, command_names=("upgrade_fleet_canary", "abort_upgrade"))),
+    # A new generation that crash-loops (three deaths before ACK) is rolled back.
+    (Scenario(1, 1, None, None, 1.0), Bounds(depth=10, failures=3, commands=1, command_names=("upgrade_timeout",))),
+)
+"""Runs added to the configuration matrix by default (`--chains`), after the upgrade chains."""
 
 UPGRADE_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
     # Upgrades on top of upgrades whose new workers stay un-ACKed or die before their ACK
@@ -219,7 +247,7 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             assert state.reexec is not None
             return UpgradeCheckFailed(state.reexec.check_id, "exited with status 1 (model)", now)
         case ("reexec_ok",):
-            return MasterStarted(now, restored=True)
+            return MasterStarted(now, restored=True, launch=NEW_IMAGE)
         case ("reexec_failed",):
             return ReexecFailed("could not exec (model)", now)
         case ("command", name):
@@ -230,6 +258,8 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             request: dict[str, object] = {"command": spec[1]}
             if len(spec) > 2:
                 request["args"] = list(spec[2:])
+            if name in TAGGED:
+                request["id"] = name
             return CommandReceived(CONN, request, now)
     raise ValueError(f"unknown action {action!r}")
 
@@ -291,9 +321,13 @@ def cooperative_action(state: State) -> Action | None:
     return None
 
 
-def _horizon(config: Config) -> float:
+def _horizon(state: State) -> float:
     """Past this many seconds ago, every timestamp compares the same against every deadline."""
-    return max(MAX_SPINUP_INTERVAL, config.seconds, config.ack_timer or 0.0, float(config.signal_timeout or 0)) + 1.0
+    config, rollout = state.config, state.rollout
+    spans = [MAX_SPINUP_INTERVAL, config.seconds, config.ack_timer or 0.0, float(config.signal_timeout or 0)]
+    if rollout is not None:
+        spans += [rollout.options.bake, rollout.options.timeout or 0.0]
+    return max(spans) + 1.0
 
 
 def _streak_cap(config: Config) -> int:
@@ -308,12 +342,14 @@ def _streak_cap(config: Config) -> int:
 def canonical(state: State) -> State:
     """The representative of `state`'s class: pids 1..n and spawn ids 0..m-1 by
     order, the clock at 0, timestamps relative and clamped at the horizon, the
-    current version 1 and every older one 0, the death streak clamped where the
-    back-off saturates (never to 0). The core's behaviour is the same from both, up to that
-    renaming (it only compares pids, spawn ids and versions, and times against
+    versions renamed by their role (current 2, a canary's 3, a rollout's previous 1, a
+    rolled-back one -1, any other 0, in that order but for the rolled-back), each generation's
+    spec by its version, the death streak clamped where the back-off saturates (never to 0).
+    The core's behaviour is the same from both, up to that renaming (it only compares pids,
+    spawn ids and versions, takes a new version above all, and compares times against
     deadlines no longer than the horizon)."""
     base = state.clock
-    floor = -_horizon(state.config)
+    floor = -_horizon(state)
 
     def t(value: float) -> float:
         return max(value - base, floor)
@@ -321,8 +357,31 @@ def canonical(state: State) -> State:
     def opt(value: float | None) -> float | None:
         return None if value is None else t(value)
 
+    rollout = state.rollout
+    rolled_back = invariants.rolled_back(state)
+    new, previous = (None, None) if rollout is None else (rollout.version, rollout.previous)
+
     def v(version: int) -> int:
-        return 1 if version == state.version else 0
+        if version == state.version:
+            return 2
+        if version == new:
+            return 3
+        if version == previous:
+            return 1
+        return -1 if version in rolled_back else 0
+
+    generations = {
+        v(g.version): Generation(v(g.version), release(f"v{v(g.version)}"), g.rolled_back_because and "rolled back")
+        for g in state.generations
+    }
+    if rollout is not None:
+        rollout = replace(
+            rollout,
+            version=v(rollout.version),
+            previous=v(rollout.previous),
+            started_at=t(rollout.started_at),
+            bake_until=opt(rollout.bake_until),
+        )
 
     pids = {pid: i + 1 for i, pid in enumerate(sorted(state.children))}
     children = {
@@ -346,7 +405,9 @@ def canonical(state: State) -> State:
     }
     return replace(
         state,
-        version=1,
+        version=2,
+        generations=tuple(generations[cv] for cv in sorted(generations)),
+        rollout=rollout,
         children=children,
         pending=pending,
         next_spawn_id=len(pending),
@@ -414,7 +475,7 @@ Key = tuple[object, ...]
 
 
 def _start(scenario: Scenario) -> tuple[State, list[Effect]]:
-    return core_step.step(initial_state(scenario.config()), MasterStarted(0.0))
+    return core_step.step(initial_state(scenario.config()), MasterStarted(0.0, launch=release("first")))
 
 
 def _apply(state: State, action: Action) -> tuple[Event, State, list[Effect], list[str]]:
@@ -588,14 +649,24 @@ def _check_liveness(
 
 def replacement_applies(state: State) -> bool:
     """Whether L4 speaks of `state`: respawning, paced by ACKs with no death streak, no
-    re-exec or upgrade, no signaled child (so no old worker either: S5)."""
+    re-exec or upgrade (nor canary), no signaled child (so no old worker either: S5)."""
     return (
         state.respawn
         and state.exit_code is None
         and state.reexec is None
         and state.upgrading is None
+        and state.rollout is None
+        and not _rolled_back_left(state)
         and invariants.paced_by_acks(state)
         and not any(c.signaled for c in state.children.values())
+    )
+
+
+def _rolled_back_left(state: State) -> bool:
+    """Workers or spawns of a rolled-back generation are left: they go once they exit, which no ACK round plays."""
+    rolled_back = invariants.rolled_back(state)
+    return any(c.version in rolled_back for c in state.children.values()) or any(
+        p.version in rolled_back for p in state.pending.values()
     )
 
 
@@ -724,6 +795,13 @@ def describe_state(state: State) -> str:
         extra.append("respawn off")
     if state.deaths_before_ack:
         extra.append(f"deaths={state.deaths_before_ack}")
+    rollout = state.rollout
+    if rollout is not None:
+        bake = "" if rollout.bake_until is None else f", baking until t={rollout.bake_until:g}"
+        extra.append(f"rollout v{rollout.previous}->v{rollout.version} {rollout.phase.value}{bake}, {rollout.new_deaths} new deaths")
+    rolled = sorted(invariants.rolled_back(state))
+    if rolled:
+        extra.append(f"rolled back: {', '.join(f'v{v}' for v in rolled)}")
     return f"n={state.config.number} v{state.version} [{', '.join(parts) or 'no workers'}]" + (
         f" ({'; '.join(extra)})" if extra else ""
     )
@@ -818,7 +896,7 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         assert timeout is None or isinstance(timeout, int)
         assert ack is None or isinstance(ack, float)
         assert isinstance(pacing, Pacing)
-        found.append(Scenario(number, unacked, extra, timeout, ack, args.seconds, pacing))
+        found.append(Scenario(number, unacked, extra, timeout, ack, args.seconds, pacing=pacing))
     # the biggest first, so that the parallel run ends evenly
     return sorted(found, key=lambda s: (-s.number, -s.max_unacked, str(s)))
 
@@ -870,7 +948,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--chains",
         choices=["yes", "no", "only"],
         default="yes",
-        help="also (or only) run the upgrade chains: a few deeper runs with only upgrades in the alphabet (default %(default)s)",
+        help="also (or only) run the upgrade and rollout chains: a few deeper runs with only upgrades (canaries, aborts) in the alphabet (default %(default)s)",
     )
     args = parser.parse_args(argv)
     names = tuple(n for n in args.alphabet.split(",") if n)
@@ -881,13 +959,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs: list[Job] = [] if args.chains == "only" else [(s, bounds, "") for s in scenarios(args)]
     matrix = len(jobs)
     if args.chains != "no":
-        chains = [(s, replace(b, liveness_steps=bounds.liveness_steps)) for s, b in UPGRADE_CHAINS]
+        chains = [(s, replace(b, liveness_steps=bounds.liveness_steps)) for s, b in (*UPGRADE_CHAINS, *ROLLOUT_CHAINS)]
         jobs += [(s, b, _chain_label(b)) for s, b in chains]
     jobs.sort(key=lambda job: (-job[0].number, -job[0].max_unacked))  # the biggest first, to end evenly
     print(
         f"model check: {matrix} configurations, depth {bounds.depth}, failures {bounds.failures},"
         f" commands {bounds.commands} from [{', '.join(names)}], liveness within {bounds.liveness_steps} steps;"
-        f" {len(jobs) - matrix} upgrade chains",
+        f" {len(jobs) - matrix} upgrade and rollout chains",
         flush=True,
     )
     started = time.monotonic()

@@ -51,14 +51,18 @@ def register_ack(state: State, pid: int) -> Outcome:
     return state, [Log(LogLevel.INFO, message)]
 
 
-def spin_up(state: State, count: int) -> Outcome:
-    """Order `count` new workers of the current version at the lowest free indexes."""
+def spin_up(state: State, count: int, version: int | None = None) -> Outcome:
+    """Order `count` new workers of generation `version` (the current one by default) at the lowest
+    free indexes, each from that generation's launch spec."""
+    version = state.version if version is None else version
+    generation = state.generation(version)
+    launch = None if generation is None else generation.launch
     effects: list[Effect] = []
     pending = state.indexed_pending
     spawn_id = state.next_spawn_id
     for index in pool.free_indexes(state, count):
-        pending = pending.set(PendingSpawn(spawn_id, index, state.version, state.clock))
-        effects.append(SpawnWorker(spawn_id, index, state.version))
+        pending = pending.set(PendingSpawn(spawn_id, index, version, state.clock))
+        effects.append(SpawnWorker(spawn_id, index, version, launch))
         spawn_id += 1
     if count > 0:
         state = replace(state, pending=pending, next_spawn_id=spawn_id, last_spinup_at=state.clock)

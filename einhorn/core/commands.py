@@ -8,16 +8,26 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from einhorn.core import pool
+from einhorn.core import pool, rollout
 from einhorn.core.actions import register_ack, signal_children
-from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
-from einhorn.core.effects import Cause, CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
+from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
+from einhorn.core.effects import (
+    AbandonExec,
+    Cause,
+    CloseConnection,
+    Effect,
+    Log,
+    LogLevel,
+    Reply,
+    ReplyData,
+    StopUpgradeCheck,
+)
 from einhorn.core.events import CommandReceived
 from einhorn.core.report import snapshot
 from einhorn.core.signals import bare_signal
 from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here
-from einhorn.core.state import ReexecPurpose, RequestId, State, Subscriber
-from einhorn.core.upgrade import start_reexec
+from einhorn.core.state import ReexecPhase, ReexecPurpose, RequestId, State, Subscriber, UpgradeOptions
+from einhorn.core.upgrade import end_failed, start_reexec
 
 Outcome = tuple[State, list[Effect]]
 
@@ -46,15 +56,15 @@ def handle_command(state: State, event: CommandReceived) -> Outcome:
     request_id = _request_id(raw)
     command = raw.get("command")
     if command is None or command is False:
-        return state, [Reply(event.conn, 'No "command" parameter provided; not sure what you want me to do.', request_id)]
+        return state, [Reply(event.conn, 'No "command" parameter provided; not sure what you want me to do.', request_id, failed=True)]
     if not isinstance(command, str) or command not in COMMANDS:
         text = f"Unrecognized command: {_inspect(command)}\n\n{_command_descriptions()}\n"
-        return state, [Reply(event.conn, text, request_id)]
+        return state, [Reply(event.conn, text, request_id, failed=True)]
     args = raw.get("args")
     if args is not None:
         problem = _args_problem(args)
         if problem is not None:
-            return state, [Reply(event.conn, problem, request_id)]
+            return state, [Reply(event.conn, problem, request_id, failed=True)]
     request = Request(
         conn=event.conn,
         command=command,
@@ -116,6 +126,11 @@ def _reply(state: State, request: Request, text: str) -> Outcome:
     return state, [Reply(request.conn, text, request.request_id)]
 
 
+def _refuse(state: State, request: Request, text: str) -> Outcome:
+    """A final reply saying the request failed (invalid arguments, a refusal)."""
+    return state, [Reply(request.conn, text, request.request_id, failed=True)]
+
+
 def _signal_summary(signal: str, pids: Sequence[int]) -> str:
     return f"Successfully sent {signal}s to {len(pids)} processes: [{', '.join(str(p) for p in pids)}]"
 
@@ -165,11 +180,79 @@ def _reload(state: State, request: Request) -> Outcome:
 
 def _upgrade(purpose: ReexecPurpose, announcement: str) -> Handler:
     def handler(state: State, request: Request) -> Outcome:
-        state, effects = start_reexec(state, purpose, _subscriber(request))
+        options = upgrade_options(request.args or (), state.config.max_upgrade_additional)
+        if isinstance(options, str):
+            return _refuse(state, request, f"Invalid upgrade arguments: {options}")
+        state, effects = start_reexec(state, purpose, _subscriber(request), options)
         more = request.request_id is not None  # `wait` only where progress can follow (a subscriber)
         return state, [Reply(request.conn, announcement, request.request_id, wait=more), *effects]
 
     return handler
+
+
+UPGRADE_USAGE = "upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS]"
+
+
+def upgrade_options(args: Sequence[str], max_upgrade_additional: int | None) -> UpgradeOptions | None | str:
+    """`--canary K --bake SECONDS --timeout SECONDS` (or `--name=value`); None without any; else what is wrong."""
+    values: dict[str, str] = {}
+    items = list(args)
+    while items:
+        arg = items.pop(0)
+        name, equals, value = arg.partition("=")
+        if name not in ("--canary", "--bake", "--timeout"):
+            return f"unknown argument {arg!r} (usage: {UPGRADE_USAGE})"
+        if not equals:
+            if not items:
+                return f"{name} needs a value"
+            value = items.pop(0)
+        values[name] = value
+    if not values:
+        return None
+    canary = _parse_int(values.get("--canary", "0"))
+    if canary is None or not 0 <= canary <= MAX_WORKERS:
+        return f"--canary must be an integer in [0, {MAX_WORKERS}], not {values['--canary']!r}"
+    if max_upgrade_additional is not None and canary > max_upgrade_additional:
+        return f"--canary {canary} is more than max_upgrade_additional {max_upgrade_additional} allows beside the pool"
+    bake = _parse_seconds(values.get("--bake", "0"))
+    if bake is None:
+        return f"--bake must be a number of seconds >= 0 and {DURATION_RANGE}, not {values['--bake']!r}"
+    if bake and not canary:
+        return "--bake needs --canary"
+    timeout = None
+    if "--timeout" in values:
+        timeout = _parse_seconds(values["--timeout"])
+        if timeout is None or timeout == 0:
+            return f"--timeout must be a number of seconds > 0 and {DURATION_RANGE}, not {values['--timeout']!r}"
+        if timeout <= bake:
+            return f"--timeout {timeout:g} must be longer than --bake {bake:g}"
+    return UpgradeOptions(canary=canary, bake=bake, timeout=timeout)
+
+
+def _parse_seconds(text: str) -> float | None:
+    try:
+        value = float(text) if len(text) <= 32 else None
+    except ValueError:
+        return None
+    if value is None or not 0 <= value <= MAX_DURATION:  # (NaN fails both comparisons)
+        return None
+    return value
+
+
+def _abort_upgrade(state: State, request: Request) -> Outcome:
+    """Roll back the upgrade in progress by hand; an upgrade still in its re-exec is abandoned."""
+    why = "aborted by abort_upgrade"
+    reexec = state.reexec
+    if reexec is not None and reexec.purpose is not ReexecPurpose.RELOAD:
+        withdraw: Effect = StopUpgradeCheck(reexec.check_id) if reexec.phase is ReexecPhase.CHECKING else AbandonExec()
+        state, effects = end_failed(state, why)
+        return state, [withdraw, *effects, Reply(request.conn, "Upgrade aborted before its re-exec", request.request_id)]
+    current = state.rollout
+    if current is None:
+        return _refuse(state, request, "No upgrade in progress to abort")
+    state, effects = rollout.rollback(state, why)
+    text = f"Rolling back the upgrade to version {current.version}: version {current.previous} is current again"
+    return state, [*effects, Reply(request.conn, text, request.request_id)]
 
 
 def _subscriber(request: Request) -> Subscriber | None:
@@ -184,7 +267,7 @@ def _set_number(state: State, number: int) -> State:
 def _inc(state: State, request: Request) -> Outcome:
     old = state.config.number
     if old >= MAX_WORKERS:
-        return _reply(state, request, f"Can't increase number of workers (already at {old}).")
+        return _refuse(state, request, f"Can't increase number of workers (already at {old}).")
     text = f"Incrementing number of workers from {old} -> {old + 1}"
     return _set_number(state, old + 1), [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
 
@@ -196,18 +279,18 @@ def _dec(state: State, request: Request) -> Outcome:
             f"Can't decrease number of workers (already at {old}).  "
             f"Run kill {state.config.display.master_pid} if you really want to kill einhorn."
         )
-        return _reply(state, request, text)
+        return _refuse(state, request, text)
     text = f"Decrementing number of workers from {old} -> {old - 1}"
     return _set_number(state, old - 1), [Log(LogLevel.INFO, text), Reply(request.conn, text, request.request_id)]
 
 
 def _set_workers(state: State, request: Request) -> Outcome:
     if not request.args:
-        return _reply(state, request, "No args provided")
+        return _refuse(state, request, "No args provided")
     arg = request.args[0]
     count = _parse_int(arg)
     if count is None or not 1 <= count <= MAX_WORKERS:
-        return _reply(state, request, f"Invalid count: '{arg}'. Must be an integer in [1,{MAX_WORKERS}).")
+        return _refuse(state, request, f"Invalid count: '{arg}'. Must be an integer in [1,{MAX_WORKERS}).")
     old = state.config.number
     if count == old:
         return _reply(state, request, f"Number of workers is already {old}")
@@ -243,12 +326,12 @@ def _louder(state: State, request: Request) -> Outcome:
 
 def _signal(state: State, request: Request) -> Outcome:
     if not request.args:
-        return _reply(state, request, "No args provided")
+        return _refuse(state, request, "No args provided")
     signals: list[str] = []
     for name in request.args:
         signal = normalize_signal(name)
         if signal is None:
-            return _reply(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
+            return _refuse(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
         signals.append(signal)
     pids = _worker_pids(state)
     effects: list[Effect] = []
@@ -263,7 +346,7 @@ def _die(state: State, request: Request) -> Outcome:
     name = request.args[0] if request.args else state.config.graceful_signal
     signal = normalize_signal(name)
     if signal is None:
-        return _reply(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
+        return _refuse(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
     pids = _worker_pids(state)
     state = replace(state, respawn=False, shutdown_signal=signal)
     state, effects = signal_children(state, signal, pids, Cause.OPERATOR)
@@ -274,19 +357,19 @@ def _die(state: State, request: Request) -> Outcome:
 def _config(state: State, request: Request) -> Outcome:
     document = request.document
     if not request.args:
-        return _reply(state, request, "Must pass in a YAML-encoded hash")
+        return _refuse(state, request, "Must pass in a YAML-encoded hash")
     if isinstance(document, ConfigDocumentError):
-        return _reply(state, request, f"Could not parse argument. Must be a YAML-encoded hash ({document.reason})")
+        return _refuse(state, request, f"Could not parse argument. Must be a YAML-encoded hash ({document.reason})")
     if not isinstance(document, Mapping):
-        return _reply(state, request, f"Parsed argument is a {type(document).__name__}, not a hash")
+        return _refuse(state, request, f"Parsed argument is a {type(document).__name__}, not a hash")
     config = state.config
     for key, value in document.items():
         if key not in RUNTIME_SETTINGS:
             known = ", ".join(RUNTIME_SETTINGS)
-            return _reply(state, request, f"Unknown config setting: {_show(key)}. Known settings: {known}")
+            return _refuse(state, request, f"Unknown config setting: {_show(key)}. Known settings: {known}")
         updated = apply_setting(config, str(key), value)
         if isinstance(updated, str):
-            return _reply(state, request, f"Invalid value for {key}: {_show(value)} ({updated})")
+            return _refuse(state, request, f"Invalid value for {key}: {_show(value)} ({updated})")
         config = updated
     merged = ", ".join(f"{k}: {_show(v)}" for k, v in document.items())
     text = f"Successfully merged in config: {{{merged}}}"
@@ -382,6 +465,10 @@ COMMANDS: Mapping[str, Command] = {
     "upgrade_fleet": Command(
         _upgrade(ReexecPurpose.FLEET_UPGRADE, "Upgrading fleet, as commanded"),
         "Upgrade all Einhorn workers a fleet at a time. This causes Einhorn to reload its own code as well.",
+    ),
+    "abort_upgrade": Command(
+        _abort_upgrade,
+        "Roll back the upgrade in progress: its new workers are stopped and the previous version is current again",
     ),
     "signal": Command(_signal, "Send one or more signals to all workers (args: SIG1 [SIG2 ...])"),
     "die": Command(

@@ -6,7 +6,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from einhorn.core.state import RequestId
+from einhorn.core.state import LaunchSpec, RequestId
 
 
 class LogLevel(enum.IntEnum):
@@ -27,11 +27,13 @@ class Log:
 
 @dataclass(frozen=True, slots=True)
 class SpawnWorker:
-    """Start a worker with this index; answer `WorkerSpawned` or `SpawnFailed`."""
+    """Start a worker with this index from generation `version`'s `launch` spec; answer `WorkerSpawned` or `SpawnFailed`."""
 
     spawn_id: int
     index: int
     version: int
+    launch: LaunchSpec | None = None
+    """None only where the core knows no generation (a state made by hand): the shell's own spec."""
 
 
 class Cause(enum.Enum):
@@ -49,9 +51,11 @@ class Cause(enum.Enum):
     """More workers at the current version than `number`."""
     ESCALATION = "escalation"
     """SIGKILL: still alive `-t` seconds after the last signal."""
+    ROLLBACK = "rollback"
+    """A worker of a rolled-back generation stopped (a failed canary, a crash loop, a timeout, `abort_upgrade`)."""
 
 
-OWN_INITIATIVE = frozenset({Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS, Cause.ESCALATION})
+OWN_INITIATIVE = frozenset({Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS, Cause.ESCALATION, Cause.ROLLBACK})
 """The master's own decisions; the others carry out an order (spec/README.md §5)."""
 
 
@@ -72,6 +76,9 @@ class Reply:
     message: str
     request_id: RequestId | None = None
     wait: bool = False
+    failed: bool = False
+    """The request failed (unknown command, invalid arguments, an error, an upgrade that failed or was
+    rolled back): the envelope says `"failed": true` when the request had an id."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from einhorn.core.state import LaunchSpec
+
 
 @dataclass(frozen=True, slots=True)
 class MasterStarted:
@@ -16,6 +18,9 @@ class MasterStarted:
 
     now: float
     restored: bool = False
+    launch: LaunchSpec | None = None
+    """How this image starts workers (argv, physical cwd, environment, graceful signal), as the shell
+    measured it: the first generation's spec, or the new one's after an upgrade's re-exec."""
 
 
 @dataclass(frozen=True, slots=True)

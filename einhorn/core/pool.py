@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable
 
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Pacing
-from einhorn.core.state import Child, State
+from einhorn.core.state import Child, RolloutPhase, State
 
 # Every count below is read from the indexes `State.children` and `State.pending`
 # keep (einhorn/core/indexed.py): no query that a step makes scans the pool.
@@ -36,20 +36,29 @@ def unsignaled_modern_workers(state: State) -> list[Child]:
     return [c for c in modern_workers(state) if not c.signaled]
 
 
+def candidate(state: State) -> int | None:
+    """The new generation while its canaries run beside the old pool: neither modern nor old."""
+    rollout = state.rollout
+    return rollout.version if rollout is not None and rollout.phase is RolloutPhase.CANARY else None
+
+
 def old_workers(state: State) -> list[Child]:
-    return [c for c in workers(state) if c.version != state.version and not c.signaled]
+    return [c for c in workers(state) if c.version not in (state.version, candidate(state)) and not c.signaled]
 
 
 def old_count(state: State) -> int:
     children = state.indexed_children
-    return children.count(signaled=False) - children.count(state.version, signaled=False)
+    canaries = candidate(state)
+    beside = 0 if canaries is None else children.count(canaries, signaled=False)
+    return children.count(signaled=False) - children.count(state.version, signaled=False) - beside
 
 
 def old_by_priority(state: State, limit: int | None = None) -> list[Child]:
     """Old workers, the ones to stop first first: un-ACKed (they serve nothing), then the oldest.
     The first `limit` of them (all with None), without looking at the others."""
     children = state.indexed_children
-    orders = [children.unsignaled_by_priority(v) for v in children.unsignaled_versions() if v != state.version]
+    kept = (state.version, candidate(state))
+    orders = [children.unsignaled_by_priority(v) for v in children.unsignaled_versions() if v not in kept]
     keys = heapq.merge(*orders) if len(orders) > 1 else iter(orders[0] if orders else ())
     return [children[pid] for _, _, pid in itertools.islice(keys, limit)]
 

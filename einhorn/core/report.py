@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from einhorn.core import pool
-from einhorn.core.state import Child, State
+from einhorn.core.state import Child, Generation, Rollout, State
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,56 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "ack_target": pool.ack_target(state),
             "missing": max(0, pool.missing_worker_count(state)),
             "pending_spawns": len(state.pending),
+            "generations": _generations(state),
+            "rollout": None if state.rollout is None else _rollout(state.rollout, wall_offset),
         }
+    }
+
+
+def _generations(state: State) -> list[dict[str, object]]:
+    if not state.generations:
+        return []
+    pids: dict[int, list[int]] = {}
+    for pid in sorted(state.children):  # one pass, whatever the number of generations
+        pids.setdefault(state.children[pid].version, []).append(pid)
+    return [_generation(state, g, pids.get(g.version, [])) for g in state.generations]
+
+
+def _generation(state: State, generation: Generation, workers: list[int]) -> dict[str, object]:
+    launch = generation.launch
+    version = generation.version
+    return {
+        "version": version,
+        "current": version == state.version,
+        "argv": list(launch.argv),
+        "path": launch.path,
+        "cwd": launch.cwd,
+        "environment_variables": len(launch.environ),
+        "graceful_signal": launch.graceful_signal,
+        "rolled_back_because": generation.rolled_back_because,
+        "workers": workers,
+        "pending_spawns": state.indexed_pending.count(version),
+    }
+
+
+def _rollout(rollout: Rollout, wall_offset: float) -> dict[str, object]:
+    options = rollout.options
+    deadline, bake_until = rollout.deadline, rollout.bake_until
+    return {
+        "version": rollout.version,
+        "previous": rollout.previous,
+        "kind": rollout.kind.value,
+        "phase": rollout.phase.value,
+        "canary": options.canary,
+        "bake": options.bake,
+        "timeout": options.timeout,
+        "started_at": Timestamp(rollout.started_at + wall_offset),
+        "deadline": None if deadline is None else Timestamp(deadline + wall_offset),
+        "canaries_started": rollout.canaries_started,
+        "canaries_acked": rollout.canaries_acked,
+        "bake_until": None if bake_until is None else Timestamp(bake_until + wall_offset),
+        "new_deaths_before_ack": rollout.new_deaths,
+        "last_death": rollout.last_death or None,
     }
 
 

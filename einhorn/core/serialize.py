@@ -5,9 +5,12 @@ missing keys with defaults and dropping unknown ones, and says which in its note
 Runtime-changeable settings (`inc`, `set_workers`, `config`) travel in the
 document and override the command line of the new master.
 
-Format 2 (this one) has no child kinds (the state passer is the shell's, not a
-child), one `reexec` record with its phase, and monotonic ping times. A
-format 0 or 1 document is translated first (`_from_format_1`).
+Format 3 (this one) adds the generations (each with its launch spec), the
+rollout in progress and the upgrade options of a re-exec; a format 2 document
+has none (the new image records the current generation from its own spec).
+Format 2 has no child kinds (the state passer is the shell's, not a child), one
+`reexec` record with its phase, and monotonic ping times. A format 0 or 1
+document is translated first (`_from_format_1`).
 """
 
 from __future__ import annotations
@@ -18,17 +21,22 @@ from dataclasses import replace
 from einhorn.core.config import RUNTIME_SETTINGS, Config, Pacing, apply_setting
 from einhorn.core.state import (
     Child,
+    Generation,
+    LaunchSpec,
     PendingSpawn,
     Reexec,
     ReexecPhase,
     ReexecPurpose,
     RequestId,
+    Rollout,
+    RolloutPhase,
     State,
     Subscriber,
     UpgradeKind,
+    UpgradeOptions,
 )
 
-FORMAT = 2
+FORMAT = 3
 
 _DEFAULTS: Mapping[str, object] = {
     "format": FORMAT,
@@ -47,6 +55,8 @@ _DEFAULTS: Mapping[str, object] = {
     "clock": 0.0,
     "verbosity": 1,
     "settings": {},
+    "generations": [],
+    "rollout": None,
 }
 
 _CHILD_DEFAULTS: Mapping[str, object] = {
@@ -85,6 +95,41 @@ def to_plain(state: State) -> dict[str, object]:
         "clock": state.clock,
         "verbosity": state.verbosity,
         "settings": {name: _plain_setting(getattr(state.config, name)) for name in RUNTIME_SETTINGS},
+        "generations": [_generation_to_plain(g) for g in state.generations],
+        "rollout": None if state.rollout is None else _rollout_to_plain(state.rollout),
+    }
+
+
+def _generation_to_plain(generation: Generation) -> dict[str, object]:
+    launch = generation.launch
+    return {
+        "version": generation.version,
+        "argv": list(launch.argv),
+        "path": launch.path,
+        "cwd": launch.cwd,
+        "environ": dict(launch.environ),
+        "graceful_signal": launch.graceful_signal,
+        "rolled_back_because": generation.rolled_back_because,
+    }
+
+
+def _options_to_plain(options: UpgradeOptions) -> dict[str, object]:
+    return {"canary": options.canary, "bake": options.bake, "timeout": options.timeout}
+
+
+def _rollout_to_plain(rollout: Rollout) -> dict[str, object]:
+    return {
+        "version": rollout.version,
+        "previous": rollout.previous,
+        "kind": rollout.kind.value,
+        "options": _options_to_plain(rollout.options),
+        "started_at": rollout.started_at,
+        "phase": rollout.phase.value,
+        "canaries_started": rollout.canaries_started,
+        "canaries_acked": rollout.canaries_acked,
+        "bake_until": rollout.bake_until,
+        "new_deaths": rollout.new_deaths,
+        "last_death": rollout.last_death,
     }
 
 
@@ -103,6 +148,7 @@ def _reexec_to_plain(reexec: Reexec) -> dict[str, object]:
         "check_id": reexec.check_id,
         "deadline": reexec.deadline,
         "phase": reexec.phase.value,
+        "options": None if reexec.options is None else _options_to_plain(reexec.options),
     }
 
 
@@ -130,9 +176,12 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
     if given != FORMAT:
         notes.append(f"format {given!r} restored by format {FORMAT}")
     try:
-        if given is None or (isinstance(given, int) and not isinstance(given, bool) and given < FORMAT):
+        older = given is None or (isinstance(given, int) and not isinstance(given, bool) and given < FORMAT)
+        if given is None or (older and isinstance(given, int) and given < 2):
             data, translated = _from_format_1(data)
             notes += translated
+        if older:  # before format 3: no generations yet (the new image records the current one), no rollout
+            data = {"generations": [], "rollout": None, **data}
         doc, normalized = _normalize(data, _DEFAULTS, "state")
         notes += normalized
         children: dict[int, Child] = {}
@@ -163,6 +212,8 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
             last_spinup_at=_optional_float(doc["last_spinup_at"]),
             clock=float(_num(doc["clock"])),
             verbosity=int(_num(doc["verbosity"])),
+            generations=tuple(_generation_from_plain(_mapping(g)) for g in _list(doc["generations"])),
+            rollout=None if doc["rollout"] is None else _rollout_from_plain(_mapping(doc["rollout"])),
         )
     except (KeyError, IndexError, TypeError, ValueError) as error:
         raise StateFormatError(f"malformed state document: {error}") from error
@@ -250,12 +301,51 @@ def _child_from_plain(doc: Mapping[str, object]) -> Child:
 
 
 def _reexec_from_plain(doc: Mapping[object, object]) -> Reexec:
+    options = doc.get("options")  # (absent from format 2)
     return Reexec(
         purpose=ReexecPurpose(doc["purpose"]),
         subscribers=_subscribers(doc["subscribers"]),
         check_id=int(_num(doc["check_id"])),
         deadline=float(_num(doc["deadline"])),
         phase=ReexecPhase(doc["phase"]),
+        options=None if options is None else _options_from_plain(_mapping(options)),
+    )
+
+
+def _generation_from_plain(doc: Mapping[object, object]) -> Generation:
+    environ = _mapping(doc["environ"])
+    launch = LaunchSpec(
+        argv=tuple(str(a) for a in _list(doc["argv"])),
+        path=str(doc["path"]),
+        cwd=str(doc["cwd"]),
+        environ=tuple(sorted((str(k), str(v)) for k, v in environ.items())),
+        graceful_signal=str(doc["graceful_signal"]),
+    )
+    because = doc.get("rolled_back_because")
+    return Generation(int(_num(doc["version"])), launch, None if because is None else str(because))
+
+
+def _options_from_plain(doc: Mapping[object, object]) -> UpgradeOptions:
+    return UpgradeOptions(
+        canary=int(_num(doc["canary"])),
+        bake=float(_num(doc["bake"])),
+        timeout=_optional_float(doc["timeout"]),
+    )
+
+
+def _rollout_from_plain(doc: Mapping[object, object]) -> Rollout:
+    return Rollout(
+        version=int(_num(doc["version"])),
+        previous=int(_num(doc["previous"])),
+        kind=UpgradeKind(doc["kind"]),
+        options=_options_from_plain(_mapping(doc["options"])),
+        started_at=float(_num(doc["started_at"])),
+        phase=RolloutPhase(doc["phase"]),
+        canaries_started=int(_num(doc["canaries_started"])),
+        canaries_acked=int(_num(doc["canaries_acked"])),
+        bake_until=_optional_float(doc["bake_until"]),
+        new_deaths=int(_num(doc["new_deaths"])),
+        last_death=str(doc["last_death"]),
     )
 
 

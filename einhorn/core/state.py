@@ -29,6 +29,15 @@ becomes EXECUTING and the core orders `ExecMaster`; the new image answers
 `MasterStarted(restored=True)`, a failed exec `ReexecFailed`. Shutting down
 abandons a re-exec in either phase, and the deadline fails it: both are
 decided here, never in the shell.
+
+Every upgrade (and the first start) records a `Generation`: the version and
+the `LaunchSpec` its workers are started from, as the master image that
+created it measured it (spec/README.md §4, "Generations, canaries and rollbacks"). A worker is always spawned from
+its own generation's spec. An upgrade is a `Rollout` from the `previous`
+generation to a new one: an optional canary phase (K new workers beside the
+old pool, ACKed and baked), then a smooth or fleet upgrade; a failure, a
+crash loop of the new generation, its timeout or `abort_upgrade` roll it
+back (einhorn/core/rollout.py).
 """
 
 from __future__ import annotations
@@ -61,6 +70,75 @@ class ReexecPhase(enum.Enum):
     """`StartUpgradeCheck` ordered; its verdict is due by `Reexec.deadline`."""
     EXECUTING = "executing"
     """The check passed and `ExecMaster` is ordered; `MasterStarted(restored)` or `ReexecFailed` ends it."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchSpec:
+    """How a generation's workers are started, as the master image that created it measured it."""
+
+    argv: tuple[str, ...]
+    path: str
+    """`argv[0]` resolved to an absolute path by that image."""
+    cwd: str
+    """That image's physical working directory (a `--reexec-as` wrapper that `cd`s into a symlinked
+    `current/` pins the release directory here)."""
+    environ: tuple[tuple[str, str], ...]
+    """That image's environment for workers, sorted by name."""
+    graceful_signal: str
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    version: int
+    launch: LaunchSpec
+    rolled_back_because: str | None = None
+    """Why it was rolled back; a rolled-back generation is never spawned again."""
+
+
+class RolloutPhase(enum.Enum):
+    CANARY = "canary"
+    """`UpgradeOptions.canary` workers of the new generation beside the old pool: they must ACK, then live through the bake."""
+    FINISHING = "finishing"
+    """A normal smooth or fleet upgrade to the new generation (`State.upgrading`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UpgradeOptions:
+    """`upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS]` (and `upgrade_fleet`)."""
+
+    canary: int = 0
+    bake: float = 0.0
+    timeout: float | None = None
+
+    @property
+    def rolls_back_on_failure(self) -> bool:
+        """Opt-in: a plain upgrade behaves as the original's (it retries a crashing new version for ever)."""
+        return self.canary > 0 or self.timeout is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """An upgrade from generation `previous` to generation `version`, until it is done or rolled back."""
+
+    version: int
+    previous: int
+    kind: UpgradeKind
+    options: UpgradeOptions
+    started_at: float
+    phase: RolloutPhase
+    canaries_started: int = 0
+    canaries_acked: int = 0
+    bake_until: float | None = None
+    """Set once every canary ACKed: the canary phase ends then, if none died."""
+    new_deaths: int = 0
+    """Workers of the new generation that died before their ACK (its crash-loop streak)."""
+    last_death: str = ""
+    """How the last of them ended (`exit status 1`)."""
+
+    @property
+    def deadline(self) -> float | None:
+        timeout = self.options.timeout
+        return None if timeout is None else self.started_at + timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +193,8 @@ class Reexec:
     deadline: float
     """When the upgrade check must have passed (monotonic); past it, the re-exec fails."""
     phase: ReexecPhase = ReexecPhase.CHECKING
+    options: UpgradeOptions | None = None
+    """The upgrade's options (None: a reload, a signal, or no options given)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +224,10 @@ class State:
     across a re-exec: the new image says READY=1 again once its pool is ACKed, which ends the reload."""
     watchdog_at: float | None = None
     """When `WATCHDOG=1` last went to the supervisor (not kept across a re-exec: the new image sends at once)."""
+    generations: tuple[Generation, ...] = ()
+    """By version: the current one, a rollout's two, and every one that still has workers (or is newest)."""
+    rollout: Rollout | None = None
+    """The upgrade in progress since its new generation was created (after the re-exec)."""
 
     def __post_init__(self) -> None:
         # A plain mapping (a test, the model checker, a restore) is indexed once here;
@@ -164,6 +248,9 @@ class State:
         pending = self.pending
         assert type(pending) is PendingSpawns
         return pending
+
+    def generation(self, version: int) -> Generation | None:
+        return next((g for g in self.generations if g.version == version), None)
 
     @property
     def reexec_purpose(self) -> ReexecPurpose | None:

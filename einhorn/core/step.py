@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import assert_never
 
-from einhorn.core import listeners, notify, pool, upgrade
+from einhorn.core import listeners, notify, pool, rollout, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
@@ -105,7 +105,9 @@ def _first_after(due: Iterable[tuple[float, int]], clock: float) -> float | None
 
 
 def _on_started(state: State, event: MasterStarted) -> Outcome:
-    return upgrade.on_restored(state) if event.restored else (state, [])
+    if event.restored:
+        return upgrade.on_restored(state, event.launch)
+    return rollout.record_generation(state, event.launch), []
 
 
 def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
@@ -129,13 +131,16 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
 def _on_spawn_failed(state: State, event: SpawnFailed) -> Outcome:
     if event.spawn_id not in state.pending:
         return state, [Log(LogLevel.ERROR, f"Spawn failure for unknown spawn {event.spawn_id}; ignoring")]
+    pending = state.pending[event.spawn_id]
     state = replace(state, pending=state.indexed_pending.delete(event.spawn_id), deaths_before_ack=state.deaths_before_ack + 1)
-    return state, [
+    effects: list[Effect] = [
         Log(
             LogLevel.ERROR,
             f"Could not spawn worker: {event.reason}; will retry in {pool.spinup_interval(state):g}s",
         )
     ]
+    state, more = rollout.on_worker_lost(state, pending.version, 0, False, True, event.reason)
+    return state, effects + more
 
 
 def _on_child_exited(state: State, event: ChildExited) -> Outcome:
@@ -152,7 +157,10 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
         extra = f" within {state.config.seconds:g}s of its start (counted as a death before ACK)"
     if extra:
         state = replace(state, deaths_before_ack=state.deaths_before_ack + 1)
-    return state, announce(state, LogLevel.INFO, f"===> Exited worker {event.pid}{extra} ({_describe_exit(event)})")
+    how = _describe_exit(event)
+    effects = announce(state, LogLevel.INFO, f"===> Exited worker {event.pid}{extra} ({how})")
+    state, more = rollout.on_worker_lost(state, child.version, child.pid, child.acked, bool(extra), how)
+    return state, effects + more
 
 
 def _describe_exit(event: ChildExited) -> str:
@@ -261,7 +269,9 @@ ESCALATION = Timer(lambda state: _escalation_due(state), lambda state, pid: _esc
 CHECK_DEADLINE = Timer(lambda state: _check_due(state), lambda state, _: upgrade.fail_overdue_check(state))
 GRADUAL_SPINUP = Timer(lambda state: _spinup_due(state), lambda state, _: _spin_up_gradually(state))
 WATCHDOG = Timer(lambda state: notify.watchdog_due(state), lambda state, subject: notify.ping_watchdog(state, subject))
-TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP, WATCHDOG)
+ROLLOUT_TIMEOUT = Timer(lambda state: rollout.timeout_due(state), lambda state, _: rollout.time_out(state))
+BAKE = Timer(lambda state: rollout.bake_due(state), lambda state, _: rollout.promote(state))
+TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, ROLLOUT_TIMEOUT, BAKE, GRADUAL_SPINUP, WATCHDOG)
 
 
 def _fire(timer: Timer, state: State) -> Outcome:
@@ -281,12 +291,16 @@ def reconcile(state: State) -> Outcome:
         lambda s: _fire(TIMER_ACKS, s),
         lambda s: _fire(ESCALATION, s),
         lambda s: _fire(CHECK_DEADLINE, s),
+        lambda s: _fire(ROLLOUT_TIMEOUT, s),
         upgrade.abandon_when_shutting_down,
         _first_fill,
+        rollout.advance,
+        lambda s: _fire(BAKE, s),
         lambda s: _fire(GRADUAL_SPINUP, s),
         _cull,
         _maybe_exit,
         lambda s: _fire(WATCHDOG, s),
+        rollout.prune,
     )
     for phase in phases:
         state, more = phase(state)
@@ -337,11 +351,17 @@ def _cull(state: State) -> Outcome:
         version = f"version {state.version} (Einhorn {state.config.einhorn_version})"
         effects += announce(state, LogLevel.INFO, f"Upgraded successfully to {version}.")
         effects += [Reply(s.conn, "Upgrade done", s.request_id) for s in state.upgrade_subscribers]
-        state = replace(state, upgrading=None, upgrade_subscribers=())
+        state = replace(state, upgrading=None, upgrade_subscribers=(), rollout=None)
 
     old = pool.old_count(state)
     if state.upgrading is None and old:
-        state, more = _stop(state, pool.old_by_priority(state), Cause.UPGRADE, "Killing off {} old workers.")
+        victims = pool.old_by_priority(state)
+        rolled_back = rollout.rolled_back_versions(state)
+        note = "Rolling back: stopping {} workers of a rolled-back generation."
+        state, more = _stop(state, [c for c in victims if c.version in rolled_back], Cause.ROLLBACK, note)
+        effects += more
+        rest = [c for c in victims if c.version not in rolled_back]
+        state, more = _stop(state, rest, Cause.UPGRADE, "Killing off {} old workers.")
         effects += more
     elif state.upgrading is UpgradeKind.SMOOTH:
         excess = old + acked - target

@@ -10,7 +10,8 @@ One re-exec, from the request to its end (spec/upgrades.md):
    deadline passing (`CHECK_DEADLINE`), ends the re-exec with an error.
 3. `on_restored` (the new image's `MasterStarted(restored=True)`): spawns the
    old image had in flight are failed, then a reload says "Reload done" and an
-   upgrade bumps the version and starts replacing workers (`upgrade_workers`).
+   upgrade records the new generation with the new image's launch spec and
+   starts the rollout to it (`rollout.begin`: a canary, or replacing workers).
    `on_reexec_failed`: the exec itself failed; the old image keeps running.
 
 Shutting down abandons a re-exec in either phase (`abandon_when_shutting_down`,
@@ -22,8 +23,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from einhorn.core import pool
-from einhorn.core.actions import announce, spin_up
+from einhorn.core import rollout
+from einhorn.core.actions import announce
 from einhorn.core.config import UPGRADE_CHECK_TIMEOUT
 from einhorn.core.effects import (
     AbandonExec,
@@ -36,15 +37,27 @@ from einhorn.core.effects import (
     StopUpgradeCheck,
 )
 from einhorn.core.events import ReexecFailed, UpgradeCheckFailed, UpgradeCheckPassed
-from einhorn.core.state import Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind
+from einhorn.core.state import (
+    LaunchSpec,
+    Reexec,
+    ReexecPhase,
+    ReexecPurpose,
+    State,
+    Subscriber,
+    UpgradeKind,
+    UpgradeOptions,
+)
 
 Outcome = tuple[State, list[Effect]]
 
 
-def start_reexec(state: State, purpose: ReexecPurpose, subscriber: Subscriber | None) -> Outcome:
+def start_reexec(
+    state: State, purpose: ReexecPurpose, subscriber: Subscriber | None, options: UpgradeOptions | None = None
+) -> Outcome:
+    """`options` go with the re-exec to the new image (a request joining one in progress keeps the first's)."""
     if not state.respawn:
         message = "Not reloading einhorn because we're exiting"
-        replies = [Reply(subscriber.conn, message, subscriber.request_id)] if subscriber else []
+        replies = [Reply(subscriber.conn, message, subscriber.request_id, failed=True)] if subscriber else []
         return state, [Log(LogLevel.INFO, message), *replies]
     joining = (subscriber,) if subscriber else ()
     if state.reexec is not None:
@@ -53,7 +66,7 @@ def start_reexec(state: State, purpose: ReexecPurpose, subscriber: Subscriber | 
             Log(LogLevel.INFO, f"A re-exec ({state.reexec.purpose.value}) is already in progress")
         ]
     check_id = state.next_check_id
-    reexec = Reexec(purpose, joining, check_id, deadline=state.clock + UPGRADE_CHECK_TIMEOUT)
+    reexec = Reexec(purpose, joining, check_id, deadline=state.clock + UPGRADE_CHECK_TIMEOUT, options=options)
     state = replace(state, reexec=reexec, next_check_id=check_id + 1)
     return state, [*announce(state, LogLevel.INFO, f"Reloading einhorn master ({purpose.value})..."), StartUpgradeCheck(check_id)]
 
@@ -92,7 +105,7 @@ def end_failed(state: State, reason: str) -> Outcome:
     what = "reload" if state.reexec.purpose is ReexecPurpose.RELOAD else "upgrade"
     message = f"Can not initiate einhorn master {what} safely, aborting: {reason}"
     effects: list[Effect] = [Log(LogLevel.ERROR, message)]
-    effects += [Reply(s.conn, f"ERROR: {message}", s.request_id) for s in state.reexec.subscribers]
+    effects += [Reply(s.conn, f"ERROR: {message}", s.request_id, failed=True) for s in state.reexec.subscribers]
     return replace(state, reexec=None), effects
 
 
@@ -123,10 +136,11 @@ def abandon_when_shutting_down(state: State) -> Outcome:
     return state, [withdraw, *effects]
 
 
-def on_restored(state: State) -> Outcome:
-    """The new image is up with the old image's state (`MasterStarted(restored=True)`)."""
+def on_restored(state: State, launch: LaunchSpec | None) -> Outcome:
+    """The new image is up with the old image's state (`MasterStarted(restored=True)`); `launch` is its launch spec."""
     effects: list[Effect] = [Log(LogLevel.INFO, f"Restored state: version {state.version}, {len(state.children)} workers")]
     state, effects = _fail_lost_spawns(state, effects)
+    state = rollout.record_generation(state, launch)  # a state from before generations
     reexec = state.reexec
     state = replace(state, reexec=None)
     if reexec is None:
@@ -137,7 +151,7 @@ def on_restored(state: State) -> Outcome:
         case ReexecPurpose.SMOOTH_UPGRADE | ReexecPurpose.FLEET_UPGRADE:
             kind = UpgradeKind.SMOOTH if reexec.purpose is ReexecPurpose.SMOOTH_UPGRADE else UpgradeKind.FLEET
             state = replace(state, upgrade_subscribers=(*state.upgrade_subscribers, *reexec.subscribers))
-            state, more = upgrade_workers(state, kind)
+            state, more = rollout.begin(state, kind, reexec.options, launch)
             effects += more
     return state, effects
 
@@ -150,28 +164,3 @@ def _fail_lost_spawns(state: State, effects: list[Effect]) -> tuple[State, list[
     state = replace(state, pending={}, deaths_before_ack=state.deaths_before_ack + len(lost))
     note = f"Spawns {lost} were in flight across the master's re-exec and are lost; counted as failed"
     return state, [*effects, Log(LogLevel.ERROR, note)]
-
-
-def upgrade_workers(state: State, kind: UpgradeKind) -> Outcome:
-    """Bump the version and start replacing workers (the worker half of an upgrade)."""
-    if state.upgrading is not None:
-        note = (
-            f"Currently upgrading ({pool.ack_count(state)} / {pool.ack_target(state)} ACKs;"
-            " bumping version and starting over)..."
-        )
-    else:
-        note = f"Starting {kind.value} upgrade from version {state.version}..."
-    state = replace(state, upgrading=kind, version=state.version + 1, deaths_before_ack=0)
-    effects = announce(state, LogLevel.INFO, note)
-    if kind is UpgradeKind.FLEET and state.respawn:
-        state, more = spin_up(state, _fleet_capacity(state))
-        effects += more
-    return state, effects
-
-
-def _fleet_capacity(state: State) -> int:
-    missing = pool.missing_worker_count(state)
-    extra = state.config.max_upgrade_additional
-    if extra is None:
-        return missing
-    return max(0, min(missing, state.config.number + extra - pool.total_worker_count(state)))

@@ -57,7 +57,7 @@ from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.notify import NotifyServer, Supervisor
-from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, spawn_worker
+from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, generation_launch, launch_spec, spawn_worker
 
 MAX_WAIT = 3600.0
 """Seconds: the longest single wait in select; a later deadline is reached in several waits
@@ -153,6 +153,11 @@ class Master:
             handoff.register(notify.descriptors)
         self.supervisor = supervisor
         """The master's own `NOTIFY_SOCKET` (systemd), if it has one."""
+        self.cwd = os.getcwd()
+        self.launch_spec = launch_spec(options.launch, self.cwd)
+        """This image's launch spec: the core records it as a generation (first start, upgrade)."""
+        self.launches: dict[int, WorkerLaunch] = {}
+        """One per generation (by version), made at its first spawn in this image."""
 
     # --- main loop ----------------------------------------------------------
 
@@ -161,7 +166,7 @@ class Master:
         try:
             if restored:
                 self.feed(self._check_restored_children())
-            self.feed([MasterStarted(time.monotonic(), restored=restored)])
+            self.feed([MasterStarted(time.monotonic(), restored=restored, launch=self.launch_spec)])
             self._serve_requests()  # those buffered when the old image exec'd first
             while self.exit_code is None:
                 self._iterate()
@@ -234,8 +239,8 @@ class Master:
                 return [self._spawn(effect)]
             case SendSignal(pid, name):
                 self._send_signal(pid, name)
-            case Reply(conn, message, request_id, wait):
-                self.server.send(conn, _envelope(message, request_id, wait))
+            case Reply(conn, message, request_id, wait, failed):
+                self.server.send(conn, _envelope(message, request_id, wait, failed))
             case ReplyData(conn, data, as_json, request_id):
                 from einhorn.io import render  # at the first `state`: an idle master need not hold it (issue 14)
 
@@ -267,7 +272,8 @@ class Master:
                 master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 worker_end.set_inheritable(True)
                 self.server.adopt(master_end, trusted=True)
-            spawned = self.options.spawn(self.options.launch, order.index, worker_end.fileno() if worker_end else None)
+            launch = self._launch_of(order)
+            spawned = self.options.spawn(launch, order.index, worker_end.fileno() if worker_end else None)
         except OSError as error:
             return SpawnFailed(order.spawn_id, f"{error.strerror or error} (errno {error.errno})", time.monotonic())
         except ValueError as error:  # posix_spawn refuses an environment it cannot pass on
@@ -280,6 +286,16 @@ class Master:
             report = bytearray()  # kept across wake-ups: the report may come before its EOF
             self.selector.register(spawned.report_fd, selectors.EVENT_READ, lambda: self._exec_report(spawned, report))
         return WorkerSpawned(order.spawn_id, spawned.pid, time.monotonic())
+
+    def _launch_of(self, order: SpawnWorker) -> WorkerLaunch:
+        """The order's generation's spec, with this image's sockets (this image's own spec: `options.launch`)."""
+        spec = order.launch
+        if spec is None or spec == self.launch_spec:
+            return self.options.launch
+        launch = self.launches.get(order.version)
+        if launch is None:  # (a generation's spec never changes)
+            launch = self.launches[order.version] = generation_launch(self.options.launch, spec, self.cwd)
+        return launch
 
     def _exec_report(self, spawned: Spawned, data: bytearray) -> list[Event]:
         """The child exec'd (EOF) or says why it could not; then it exits 127 and is reaped as a death."""
@@ -452,10 +468,13 @@ def _exited(pid: int, status: int) -> ChildExited:
     return ChildExited(pid, code if code >= 0 else None, -code if code < 0 else None, time.monotonic())
 
 
-def _envelope(message: str, request_id: RequestId | None, wait: bool) -> dict[str, object]:
+def _envelope(message: str, request_id: RequestId | None, wait: bool, failed: bool = False) -> dict[str, object]:
+    """Old clients (no id) get the original's reply, byte for byte; `failed` only goes to new ones."""
     response: dict[str, object] = {"message": message}
     if request_id is not None:
         response["request_id"] = request_id
         if wait:
             response["wait"] = True
+        if failed:
+            response["failed"] = True
     return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fcntl
 import functools
@@ -13,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from einhorn.core.state import LaunchSpec
 from einhorn.io.signals import RESET_IN_CHILDREN
 
 if TYPE_CHECKING:
@@ -47,11 +49,37 @@ class WorkerLaunch:
     """Each listener's name for LISTEN_FDNAMES (systemd's, for adopted sockets); "" for none."""
     notify_socket: str | None = None
     """`-m notify`: the master's datagram socket, given to workers as NOTIFY_SOCKET."""
+    cwd: str | None = None
+    """Where the worker starts (its generation's directory); None: the master's own."""
     shared_environ: Mapping[str, str] = field(init=False, repr=False, compare=False)
     """What every worker's environment starts from (`worker_environment`), made once, not once per worker."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "shared_environ", _shared_environment(self))
+
+
+def launch_spec(launch: WorkerLaunch, cwd: str) -> LaunchSpec:
+    """What this master image starts workers from, for the core's generation (`MasterStarted.launch`)."""
+    return LaunchSpec(
+        argv=tuple(launch.argv),
+        path=launch.path,
+        cwd=cwd,
+        environ=tuple(sorted(launch.environ.items())),
+        graceful_signal=launch.graceful_signal,
+    )
+
+
+def generation_launch(launch: WorkerLaunch, spec: LaunchSpec, own_cwd: str) -> WorkerLaunch:
+    """`launch` (this image's sockets and settings) with a generation's program, directory, environment
+    and graceful signal; its shared environment is built here, once per generation."""
+    return dataclasses.replace(
+        launch,
+        path=spec.path,
+        argv=spec.argv,
+        environ=dict(spec.environ),
+        graceful_signal=spec.graceful_signal,
+        cwd=None if spec.cwd == own_cwd else spec.cwd,
+    )
 
 
 EINHORN_VARIABLES = frozenset(
@@ -160,7 +188,7 @@ def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawn
     comes back through `report_fd`.
     """
     env = worker_environment(launch, index, sock_fd)
-    if not launch.pdeathsig and launch.prepare_child is None and not launch.listen_fds and POSIX_SPAWN:
+    if not launch.pdeathsig and launch.prepare_child is None and not launch.listen_fds and launch.cwd is None and POSIX_SPAWN:
         pid = os.posix_spawn(launch.path, list(launch.argv), env, setpgroup=0, setsigdef=RESET_IN_CHILDREN, setsigmask=())
         return Spawned(pid, None)
     passed = [*launch.listener_fds, *([] if sock_fd is None else [sock_fd])]
@@ -211,6 +239,8 @@ def become_worker_process(launch: WorkerLaunch) -> None:
             os._exit(1)
     if launch.prepare_child is not None:
         launch.prepare_child()
+    if launch.cwd is not None:
+        os.chdir(launch.cwd)  # an OSError is reported as the exec's (the release directory is gone)
 
 
 def _exec_child(launch: WorkerLaunch, env: Mapping[str, str], report_fd: int, passed: Sequence[int]) -> None:

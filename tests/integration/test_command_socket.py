@@ -31,7 +31,7 @@ from tests.integration.workers import TIME_SERVER, recorder, signals_received, w
 
 FAST = ("-m", "0.1", "-s", "0.1")
 HELP_COMMANDS = [
-    "config", "dec", "die", "help", "inc", "louder", "quieter", "reload",
+    "abort_upgrade", "config", "dec", "die", "help", "inc", "louder", "quieter", "reload",
     "set_workers", "signal", "state", "upgrade", "upgrade_fleet",
 ]  # fmt: skip
 PARSE_ERROR = {"message": "Could not parse command"}
@@ -343,9 +343,10 @@ def test_missing_unknown_and_badly_typed_commands(harness: Harness) -> None:
     assert one(master, {"id": "x"}) == {
         "message": 'No "command" parameter provided; not sure what you want me to do.',
         "request_id": "x",
+        "failed": True,  # (a request with an id: a new client)
     }
     unknown = str(one(master, {"command": "frobnicate"})["message"])
-    assert unknown.startswith('Unrecognized command: "frobnicate"\n\nconfig: ')
+    assert unknown.startswith('Unrecognized command: "frobnicate"\n\nabort_upgrade: ')
     assert [line.split(":")[0] for line in unknown.strip().split("\n")[2:]] == HELP_COMMANDS
     assert str(one(master, {"command": 5})["message"]).startswith("Unrecognized command: 5")
     assert one(master, {"command": "signal", "args": "USR1"})["message"] == "Args must be an array"

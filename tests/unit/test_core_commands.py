@@ -74,6 +74,7 @@ def answer(state: State, request: dict[str, object], document: object = None) ->
 
 
 DESCRIBED = [
+    "abort_upgrade",
     "config",
     "dec",
     "die",
@@ -135,7 +136,7 @@ def test_missing_command() -> None:
     assert answer(up(), {}) == text
     assert answer(up(), {"command": None, "args": ["x"]}) == text
     _, effects = send(up(), {"id": "7"})
-    assert effects == [Reply(CONN, text, "7")]
+    assert effects == [Reply(CONN, text, "7", failed=True)]
 
 
 # --- request ids and argument validation --------------------------------------------------
@@ -173,7 +174,7 @@ def test_request_id_comes_from_id_or_request_id(request_: dict[str, object], req
 def test_args_validation(args: object, text: str) -> None:
     state = up()
     after, effects = send(state, {"command": "set_workers", "args": args, "id": 1})
-    assert effects == [Reply(CONN, text, 1)]
+    assert effects == [Reply(CONN, text, 1, failed=True)]
     assert after == replace(state, clock=2.0)
 
 
@@ -203,7 +204,7 @@ def test_dec_refuses_to_go_below_one() -> None:
     state = up(number=1)
     after, effects = send(state, {"command": "dec"})
     assert effects == [
-        Reply(CONN, "Can't decrease number of workers (already at 1).  Run kill 100 if you really want to kill einhorn.")
+        Reply(CONN, "Can't decrease number of workers (already at 1).  Run kill 100 if you really want to kill einhorn.", failed=True)
     ]
     assert after == replace(state, clock=2.0)
 
@@ -228,7 +229,7 @@ def test_set_workers_accepts_1000_although_the_text_says_otherwise() -> None:
 def test_set_workers_rejects_bad_counts(arg: str) -> None:
     state = up()
     after, effects = send(state, {"command": "set_workers", "args": [arg]})
-    assert effects == [Reply(CONN, f"Invalid count: '{arg}'. Must be an integer in [1,1000).")]
+    assert effects == [Reply(CONN, f"Invalid count: '{arg}'. Must be an integer in [1,1000).", failed=True)]
     assert after == replace(state, clock=2.0)
 
 
@@ -290,7 +291,7 @@ def test_signal_several() -> None:
 def test_signal_validates_every_name_before_sending_any(args: list[str], text: str) -> None:
     state = up()
     after, effects = send(state, {"command": "signal", "args": ["USR1", *args]})
-    assert effects == [Reply(CONN, text)]
+    assert effects == [Reply(CONN, text, failed=True)]
     assert after == replace(state, clock=2.0)
 
 
@@ -321,7 +322,7 @@ def test_die_with_a_signal() -> None:
 def test_die_with_an_invalid_signal_changes_nothing() -> None:
     state = up()
     after, effects = send(state, {"command": "die", "args": ["NOPE"]})
-    assert effects == [Reply(CONN, 'Invalid signal: "NOPE"')]
+    assert effects == [Reply(CONN, 'Invalid signal: "NOPE"', failed=True)]
     assert after == replace(state, clock=2.0)
 
 
@@ -509,7 +510,7 @@ HUGE_DIGITS = "1" * 5000
 def test_set_workers_with_a_5000_digit_count_is_an_invalid_count() -> None:
     state = up()
     after, effects = send(state, {"command": "set_workers", "args": [HUGE_DIGITS]})
-    assert effects == [Reply(CONN, f"Invalid count: '{HUGE_DIGITS}'. Must be an integer in [1,1000).")]
+    assert effects == [Reply(CONN, f"Invalid count: '{HUGE_DIGITS}'. Must be an integer in [1,1000).", failed=True)]
     assert after == replace(state, clock=2.0)
 
 

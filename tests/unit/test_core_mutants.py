@@ -147,6 +147,8 @@ def test_snapshot_is_the_whole_document() -> None:
             "master_pid": 42,
             "missing": 0,
             "pending_spawns": 1,
+            "generations": [],
+            "rollout": None,
             "pidfile": "/p",
             "preloaded": True,
             "reloading_for_upgrade": True,
@@ -330,7 +332,7 @@ def test_reexec_refused_while_shutting_down_answers_the_subscriber() -> None:
     after, effects = start_reexec(state, ReexecPurpose.RELOAD, Subscriber(8, "r"))
     message = "Not reloading einhorn because we're exiting"
     assert after == state
-    assert effects == [Log(LogLevel.INFO, message), Reply(8, message, "r")]
+    assert effects == [Log(LogLevel.INFO, message), Reply(8, message, "r", failed=True)]
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -339,19 +341,19 @@ def test_reexec_refused_while_shutting_down_answers_the_subscriber() -> None:
 def test_false_command_and_unknown_command_answer_with_the_request_id() -> None:
     state = State(config=Config())
     _, effects = commands.handle_command(state, CommandReceived(1, {"command": False, "id": "f"}, 0.0))
-    assert effects == [Reply(1, 'No "command" parameter provided; not sure what you want me to do.', "f")]
+    assert effects == [Reply(1, 'No "command" parameter provided; not sure what you want me to do.', "f", failed=True)]
     _, effects = commands.handle_command(state, CommandReceived(1, {"command": True, "id": "t"}, 0.0))
     assert isinstance(effects[0], Reply) and effects[0].message.startswith("Unrecognized command: true")
-    assert effects[0].request_id == "t"
+    assert effects[0].request_id == "t" and effects[0].failed
 
 
 def test_worker_requests_never_echo_an_id() -> None:
     state = State(config=Config())
     for name in ("worker:ack", "worker:ping"):
         _, effects = commands.handle_command(state, CommandReceived(1, {"command": name, "args": 5, "id": "x"}, 0.0))
-        assert effects == [Reply(1, "Args must be an array", None)]
+        assert effects == [Reply(1, "Args must be an array", None, failed=True)]
     _, effects = commands.handle_command(state, CommandReceived(1, {"command": "ehlo", "args": 5, "id": "x"}, 0.0))
-    assert effects == [Reply(1, "Args must be an array", "x")]
+    assert effects == [Reply(1, "Args must be an array", "x", failed=True)]
 
 
 def test_args_of_an_unexpected_type_are_named_by_python_type() -> None:

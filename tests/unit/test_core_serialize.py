@@ -36,8 +36,10 @@ def through_json(document: object) -> object:
 
 
 def restorable(state: State) -> State:
-    """`exit_code` is not carried over: a master that is exiting does not re-exec."""
-    return replace(state, exit_code=None)
+    """`exit_code` is not carried over: a master that is exiting does not re-exec. Nor what the
+    supervisor was told (the new image tells it again) or a worker's notify STATUS."""
+    children = {pid: replace(c, status=None) for pid, c in state.children.items()}
+    return replace(state, exit_code=None, supervisor_ready=False, watchdog_at=None, children=children)
 
 
 # --- round trips ----------------------------------------------------------------------------
@@ -178,6 +180,8 @@ def test_document_shape() -> None:
             "signal_timeout": None,
             "pacing": "ack",
         },
+        "generations": [],
+        "rollout": None,
     }
 
 

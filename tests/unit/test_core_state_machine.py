@@ -21,7 +21,7 @@ from einhorn.core import pool
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config, Pacing
 from einhorn.core.effects import CloseConnection, Log, LogLevel, SendSignal, SpawnWorker
 from einhorn.core.events import CommandReceived, SignalReceived, SpawnFailed, Tick
-from einhorn.core.state import Child, ReexecPhase
+from einhorn.core.state import Child, ReexecPhase, RolloutPhase
 from einhorn.core.step import next_deadline, step
 from tests.unit.fixtures.core_world import World, command, converged, make_config
 
@@ -178,6 +178,29 @@ class CoreMachine(RuleBasedStateMachine):
         else:
             self.world.feed(command(CONN, how, now=self.world.now, id=self.request_id(with_id)))
 
+    @precondition(lambda self: self.running())
+    @rule(
+        name=st.sampled_from(["upgrade", "upgrade_fleet"]),
+        canary=st.integers(0, 2),
+        bake=st.sampled_from(["0", "1.5", "5"]),
+        timeout=st.sampled_from([None, "4", "30"]),
+    )
+    def canary_upgrade(self, name: str, canary: int, bake: str, timeout: str | None) -> None:
+        args = ["--canary", str(canary), *(["--bake", bake] if canary else []), *(["--timeout", timeout] if timeout else [])]
+        self.say(f"operator: {name} {' '.join(args)}")
+        self.world.feed(command(CONN, name, *args, now=self.world.now, id=self.request_id(True)))
+
+    @precondition(lambda self: self.running())
+    @rule()
+    def abort_upgrade(self) -> None:
+        before = self.world.state
+        self.say("operator: abort_upgrade")
+        self.world.feed(command(CONN, "abort_upgrade", now=self.world.now, id=self.request_id(True)))
+        after = self.world.state
+        if before.rollout is not None and before.reexec is None:
+            assert after.rollout is None and after.version == before.rollout.previous
+            assert before.rollout.version in {g.version for g in after.generations if g.rolled_back_because}
+
     @precondition(lambda self: self.running() and self.world.reexec_outstanding)
     @rule()
     def reexec_completes(self) -> None:
@@ -185,8 +208,15 @@ class CoreMachine(RuleBasedStateMachine):
         version = self.world.state.version
         upgrading = self.world.state.reexec_purpose is not None and self.world.state.reexec_purpose.value != "reload"
         self.world.restore()
-        assert self.world.state.version == version + (1 if upgrading else 0)
-        assert self.world.state.reexec_purpose is None
+        state = self.world.state
+        assert state.reexec_purpose is None
+        if not upgrading:
+            assert state.version == version
+            return
+        # The new image's generation: current at once, or (a canary) beside the pool until its bake ends.
+        assert state.rollout is not None and state.rollout.version > version
+        assert state.generation(state.rollout.version) is not None
+        assert state.version == (version if state.rollout.phase is RolloutPhase.CANARY else state.rollout.version)
 
     @precondition(lambda self: self.running() and self.world.reexec_outstanding)
     @rule()

@@ -845,7 +845,7 @@ def test_reexec_failure_reports_to_subscribers_and_keeps_running() -> None:
     state, _ = step(up(make_config()), command(7, "upgrade", id="u", now=1.0))
     state, effects = step(state, UpgradeCheckFailed(0, "`einhorn --upgrade-check` exited with status 1", 2.0))
     message = "Can not initiate einhorn master upgrade safely, aborting: the new einhorn failed its upgrade check: `einhorn --upgrade-check` exited with status 1"
-    assert effects == [error(message), Reply(7, f"ERROR: {message}", "u")]
+    assert effects == [error(message), Reply(7, f"ERROR: {message}", "u", failed=True)]
     assert state.reexec_purpose is None and state.reexec_subscribers == () and state.version == 0
 
 

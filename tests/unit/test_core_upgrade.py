@@ -47,7 +47,7 @@ def test_a_verdict_for_another_check_is_logged_and_ignored() -> None:
 def test_a_failed_check_ends_the_reexec_with_an_error_to_its_subscribers() -> None:
     state, effects = step(upgrading(), UpgradeCheckFailed(0, "`einhorn --upgrade-check` exited with status 3", 2.0))
     message = ABORT + "the new einhorn failed its upgrade check: `einhorn --upgrade-check` exited with status 3"
-    assert effects == [Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u")]
+    assert effects == [Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u", failed=True)]
     assert state.reexec is None and state.version == 0
 
 
@@ -59,7 +59,7 @@ def test_a_check_past_its_deadline_is_stopped_and_the_reexec_fails() -> None:
     assert after.reexec == state.reexec
     after, effects = step(state, Tick(deadline))
     message = ABORT + "the new einhorn failed its upgrade check: it did not finish within 30s"
-    assert effects == [StopUpgradeCheck(0), Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u")]
+    assert effects == [StopUpgradeCheck(0), Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u", failed=True)]
     assert after.reexec is None
     # Its late verdict is then stale.
     _, late = step(after, UpgradeCheckPassed(0, deadline + 1))
@@ -69,7 +69,7 @@ def test_a_check_past_its_deadline_is_stopped_and_the_reexec_fails() -> None:
 def test_shutting_down_during_the_check_stops_it() -> None:
     state, effects = step(upgrading(), SignalReceived("TERM", 2.0))
     message = ABORT + "einhorn is shutting down"
-    assert effects[-3:] == [StopUpgradeCheck(0), Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u")]
+    assert effects[-3:] == [StopUpgradeCheck(0), Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u", failed=True)]
     assert state.reexec is None and not state.respawn
 
 
@@ -77,7 +77,7 @@ def test_shutting_down_after_the_exec_was_ordered_withdraws_it() -> None:
     state, _ = step(upgrading(), UpgradeCheckPassed(0, 2.0))
     state, effects = step(state, command(8, "die", now=2.0))
     message = ABORT + "einhorn is shutting down"
-    assert effects[-3:] == [AbandonExec(), Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u")]
+    assert effects[-3:] == [AbandonExec(), Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u", failed=True)]
     assert state.reexec is None
 
 
@@ -85,7 +85,7 @@ def test_a_failed_exec_ends_the_reexec_and_a_stray_one_is_ignored() -> None:
     state, _ = step(upgrading(), UpgradeCheckPassed(0, 2.0))
     after, effects = step(state, ReexecFailed("could not exec einhorn: Permission denied", 2.0))
     message = ABORT + "could not exec einhorn: Permission denied"
-    assert effects == [Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u")]
+    assert effects == [Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u", failed=True)]
     assert after.reexec is None
     stray, effects = step(upgrading(), ReexecFailed("could not exec einhorn", 2.0))
     assert effects == [Log(LogLevel.DEBUG, "Re-exec failure with no exec ordered (could not exec einhorn); ignoring")]

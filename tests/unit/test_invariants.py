@@ -10,7 +10,7 @@ import pytest
 
 from einhorn.core import pool, step
 from einhorn.core.config import Config, Pacing
-from einhorn.core.effects import Cause, Effect, Exit, NotifySupervisor, SendSignal, SpawnWorker
+from einhorn.core.effects import Cause, Effect, Exit, NotifySupervisor, Reply, SendSignal, SpawnWorker
 from einhorn.core.events import (
     ChildExited,
     CommandReceived,
@@ -20,7 +20,22 @@ from einhorn.core.events import (
     Tick,
     WorkerSpawned,
 )
-from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, UpgradeKind, initial_state
+from einhorn.core.state import (
+    Child,
+    Generation,
+    LaunchSpec,
+    PendingSpawn,
+    Reexec,
+    ReexecPhase,
+    ReexecPurpose,
+    Rollout,
+    RolloutPhase,
+    State,
+    Subscriber,
+    UpgradeKind,
+    UpgradeOptions,
+    initial_state,
+)
 from spec import invariants
 from spec.invariants import census, check_state, check_step, goal_problem, room_to_make
 
@@ -658,3 +673,98 @@ def test_t16_what_the_supervisor_hears_fits_the_step() -> None:
     assert "T16" not in step_numbers(full, TICK, replace(full, respawn=False), [stopping])
     assert "T16" in step_numbers(full, TICK, full, [stopping])
     assert "T16" not in step_numbers(full, TICK, full, [NotifySupervisor((("WATCHDOG", "1"),))])
+
+
+# --- generations and rollouts (S12-S16, T17-T20) ------------------------------------------------
+
+SPEC_A = LaunchSpec(("./server",), "/srv/releases/a/server", "/srv/releases/a", (), "USR2")
+SPEC_B = LaunchSpec(("./server",), "/srv/releases/b/server", "/srv/releases/b", (), "USR2")
+
+
+def canary(phase: RolloutPhase = RolloutPhase.CANARY, **changes: object) -> Rollout:
+    rollout = Rollout(1, 0, UpgradeKind.SMOOTH, UpgradeOptions(1, 5.0, 20.0), 0.0, phase)
+    return replace(rollout, **changes)  # type: ignore[arg-type]
+
+
+def rolled(state: State, version: int = 1) -> State:
+    generations = tuple(replace(g, rolled_back_because="canary died") if g.version == version else g for g in state.generations)
+    return replace(state, generations=generations)
+
+
+def two_generations(*children: Child, number: int = 2, **changes: object) -> State:
+    return make(*children, number=number, generations=(Generation(0, SPEC_A), Generation(1, SPEC_B)), **changes)
+
+
+def test_s12_generations_one_per_version_and_the_needed_ones_known() -> None:
+    assert check_state(two_generations(worker(0), worker(1))) == []
+    state = make(worker(0), generations=(Generation(1, SPEC_B), Generation(0, SPEC_A)))
+    assert "S12" in numbers(check_state(state))
+    state = make(worker(0), generations=(Generation(0, SPEC_A),), rollout=canary(), next_spawn_id=0)
+    assert [p for p in check_state(state) if p.startswith("S12")] == ["S12: no generation for versions [1] (generations [0])"]
+
+
+def test_s13_the_rollout_phase_fits_the_pool() -> None:
+    pool_ = (worker(0), worker(1), worker(2, version=1, index=2))
+    assert check_state(two_generations(*pool_, rollout=canary())) == []
+    assert "S13" in numbers(check_state(two_generations(*pool_, rollout=canary(), upgrading=UpgradeKind.SMOOTH)))
+    finishing = two_generations(*pool_, rollout=canary(RolloutPhase.FINISHING), version=1)
+    assert "S13" in numbers(check_state(finishing))  # no upgrade marked
+    assert "S13" in numbers(check_state(replace(rolled(two_generations(worker(0, version=1))), version=1)))
+
+
+def test_s14_after_a_rollback_only_the_floor_keeps_a_rolled_back_worker() -> None:
+    held = rolled(two_generations(worker(0), worker(1, version=1)))  # 2 serve of 2: the floor keeps it
+    assert "S14" not in numbers(check_state(held))
+    surplus = rolled(two_generations(worker(0), worker(1), worker(2, version=1)))
+    assert "S14" in numbers(check_state(surplus))
+    unacked = rolled(two_generations(worker(0), worker(1), worker(2, version=1, acked=False)))
+    assert "S14" in numbers(check_state(unacked))
+    leaving = rolled(two_generations(worker(0), worker(1), worker(2, version=1, signaled=frozenset({"USR2"}), last_signaled_at=0.0)))
+    assert "S14" not in numbers(check_state(leaving))
+
+
+def test_s15_an_upgrade_ends_within_its_timeout_and_the_bake_is_armed() -> None:
+    pool_ = (worker(0), worker(1), worker(2, version=1, index=2))
+    assert "S15" not in numbers(check_state(two_generations(*pool_, rollout=canary(), clock=19.0)))
+    assert "S15" in numbers(check_state(two_generations(*pool_, rollout=canary(), clock=20.0)))
+    assert "S15" in numbers(check_state(two_generations(*pool_, rollout=canary(bake_until=3.0), clock=4.0)))
+
+
+def test_s16_no_rollout_goes_on_after_a_crash_loop() -> None:
+    finishing = two_generations(worker(0), rollout=canary(RolloutPhase.FINISHING, new_deaths=3), version=1, upgrading=UpgradeKind.SMOOTH)
+    assert "S16" in numbers(check_state(finishing))
+
+
+def test_t17_spawns_from_their_own_generation_never_a_rolled_back_one() -> None:
+    before = two_generations(worker(0), number=2)
+    after = replace(before, pending={0: PendingSpawn(0, 1, 0, 0.0)}, next_spawn_id=1)
+    assert "T17" not in numbers(check_step(before, Tick(0.0), after, [SpawnWorker(0, 1, 0, SPEC_A)]))
+    assert "T17" in numbers(check_step(before, Tick(0.0), after, [SpawnWorker(0, 1, 0, SPEC_B)]))
+    gone = rolled(before, 0)
+    assert "T17" in numbers(check_step(gone, Tick(0.0), rolled(after, 0), [SpawnWorker(0, 1, 0, SPEC_A)]))
+
+
+def test_t18_a_rollback_stops_only_the_rolled_back_generation() -> None:
+    before = two_generations(worker(0), worker(1), worker(2, version=1))
+    after = rolled(before)
+    stop_new = replace(after, children={**after.children, 2: replace(after.children[2], signaled=frozenset({"USR2"}), last_signaled_at=0.0)})
+    assert "T18" not in numbers(check_step(before, Tick(0.0), stop_new, [SendSignal(2, "USR2", Cause.ROLLBACK)]))
+    stop_old = replace(after, children={**after.children, 0: replace(after.children[0], signaled=frozenset({"USR2"}), last_signaled_at=0.0)})
+    assert "T18" in numbers(check_step(before, Tick(0.0), stop_old, [SendSignal(0, "USR2", Cause.ROLLBACK)]))
+
+
+def test_t19_a_rolled_back_upgrade_tells_its_requesters_it_failed() -> None:
+    before = two_generations(worker(0), worker(1), rollout=canary(), upgrade_subscribers=(Subscriber(7, "u"),))
+    after = rolled(replace(before, rollout=None, upgrade_subscribers=()))
+    told = Reply(7, "Upgrade rolled back: canary died", "u", failed=True)
+    assert "T19" not in numbers(check_step(before, Tick(0.0), after, [told]))
+    assert "T19" in numbers(check_step(before, Tick(0.0), after, [replace(told, failed=False)]))
+    assert "T19" in numbers(check_step(before, Tick(0.0), after, []))
+
+
+def test_t20_a_canary_that_exits_rolls_back() -> None:
+    before = two_generations(worker(0), worker(1), worker(2, version=1, index=2), rollout=canary())
+    gone = {pid: c for pid, c in before.children.items() if pid != 2}
+    exited = ChildExited(2, 1, None, 0.0)
+    assert "T20" not in numbers(check_step(before, exited, rolled(replace(before, children=gone, rollout=None)), []))
+    assert "T20" in numbers(check_step(before, exited, replace(before, children=gone), []))

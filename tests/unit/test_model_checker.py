@@ -9,17 +9,18 @@ replays (spec/README.md lists the invariants by number).
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 
 import pytest
 
-from einhorn.core import actions, commands, indexed, notify, pool, step, upgrade
+from einhorn.core import actions, commands, indexed, notify, pool, rollout, step, upgrade
 from einhorn.core.actions import Outcome
 from einhorn.core.config import Pacing
-from einhorn.core.effects import Cause, Log, LogLevel
+from einhorn.core.effects import Cause, Log, LogLevel, Reply, SpawnWorker
 from einhorn.core.events import UpgradeCheckPassed
-from einhorn.core.state import Child, State
+from einhorn.core.state import Child, RolloutPhase, State
 from spec import invariants, model_check
 from spec.model_check import Bounds, Scenario, explore, render_trace
 
@@ -365,3 +366,127 @@ def test_bug_an_own_decision_passed_off_as_an_operators_order(monkeypatch: pytes
     monkeypatch.setattr(step, "signal_children", signal_children)
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=8, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T15")
+
+
+# --- generations, canaries, rollbacks (spec/README.md §4, "Generations, canaries and rollbacks") -----------------------------------------
+
+CANARY = Scenario(2, 1, None, None, None)
+CANARY_BOUNDS = Bounds(depth=9, failures=1, commands=1, command_names=("upgrade_canary",))
+ABORT_BOUNDS = Bounds(depth=8, failures=0, commands=2, command_names=("upgrade_canary", "abort_upgrade"))
+
+
+def test_the_real_core_passes_small_rollout_runs() -> None:
+    for scenario, bounds in [(CANARY, CANARY_BOUNDS), (CANARY, ABORT_BOUNDS), (Scenario(1, 1, None, None, 1.0), model_check.ROLLOUT_CHAINS[3][1])]:
+        result = explore(scenario, bounds, stop_at_first=False)
+        assert not result.violations, "\n\n".join(render_trace(v) for v in result.violations)
+
+
+def test_bug_a_rollback_forgets_the_generation_it_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rollout.rollback
+
+    def forgetful(state: State, why: str) -> Outcome:
+        generations = state.generations
+        state, effects = real(state, why)
+        return replace(state, generations=generations), effects
+
+    monkeypatch.setattr(rollout, "rollback", forgetful)
+    _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "T20")  # no generation marked: nothing was rolled back
+
+
+def test_bug_the_bake_never_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rollout, "bake_due", lambda state: [])
+    _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "S15")
+
+
+def test_bug_the_upgrade_timeout_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rollout, "timeout_due", lambda state: [])
+    _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "S15")
+
+
+def test_bug_a_canary_that_dies_is_not_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rollout.on_worker_lost
+
+    def lenient(state: State, version: int, pid: int, acked: bool, death: bool, how: str) -> Outcome:
+        if state.rollout is not None and state.rollout.phase is RolloutPhase.CANARY:
+            return state, []
+        return real(state, version, pid, acked, death, how)
+
+    monkeypatch.setattr(rollout, "on_worker_lost", lenient)
+    _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "T20")
+
+
+def test_bug_a_crash_loop_is_never_rolled_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rollout, "CRASH_LOOP_DEATHS", 99)
+    _assert_reports(*_violation(*model_check.ROLLOUT_CHAINS[3]), "S16")
+
+
+def test_bug_a_rollback_stops_the_previous_generation_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rollout.rollback
+
+    def sweeping(state: State, why: str) -> Outcome:
+        state, effects = real(state, why)
+        state, more = actions.signal_children(state, state.config.graceful_signal, sorted(state.children), Cause.ROLLBACK)
+        return state, effects + more
+
+    monkeypatch.setattr(rollout, "rollback", sweeping)
+    _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "T18")
+
+
+def test_bug_a_rolled_back_upgrade_is_not_a_failed_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rollout.rollback
+
+    def quiet(state: State, why: str) -> Outcome:
+        state, effects = real(state, why)
+        return state, [replace(e, failed=False) if isinstance(e, Reply) else e for e in effects]
+
+    monkeypatch.setattr(rollout, "rollback", quiet)
+    _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "T19")
+
+
+def test_bug_workers_spawned_from_the_newest_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = actions.spin_up
+
+    def newest(state: State, count: int, version: int | None = None) -> Outcome:
+        state, effects = real(state, count, version)
+        launch = state.generations[-1].launch if state.generations else None
+        return state, [replace(e, launch=launch) if isinstance(e, SpawnWorker) else e for e in effects]
+
+    monkeypatch.setattr(actions, "spin_up", newest)
+    monkeypatch.setattr(rollout, "spin_up", newest)
+    monkeypatch.setattr(step, "spin_up", newest)
+    _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "T17")
+
+
+def test_bug_a_rollback_without_the_availability_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = step._stop
+
+    def careless(state: State, victims: list[Child], cause: Cause, note: str, stream: bool = True) -> Outcome:
+        if cause is not Cause.ROLLBACK or not victims:
+            return real(state, victims, cause, note, stream)
+        return actions.signal_children(state, state.config.graceful_signal, [c.pid for c in victims], cause)
+
+    monkeypatch.setattr(step, "_stop", careless)
+    _assert_reports(*_violation(CANARY, ABORT_BOUNDS), "T12")
+
+
+def test_bug_a_rollback_keeps_the_new_version_current(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = rollout.rollback
+
+    def stubborn(state: State, why: str) -> Outcome:
+        version = state.version
+        state, effects = real(state, why)
+        return replace(state, version=version), effects
+
+    monkeypatch.setattr(rollout, "rollback", stubborn)
+    _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "S13")
+
+
+def test_the_matrix_explores_both_pacings_with_the_default_graceful_signal() -> None:
+    """The pacing axis once landed in `graceful_signal` (positional): every run paced by ACKs, sending SIGack."""
+    args = argparse.Namespace(
+        number=[1, 2, 3], max_unacked=[1, 2], max_upgrade_additional=["none", "0", "1"], signal_timeout=["none", "2"],
+        ack=["1", "manual"], pacing=["ack", "interval"], matrix="pairs", seconds=1.0,
+    )  # fmt: skip
+    found = model_check.scenarios(args)
+    assert {s.pacing for s in found} == set(Pacing)
+    assert {s.graceful_signal for s in found} == {"USR2"}

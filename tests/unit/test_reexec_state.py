@@ -2,16 +2,17 @@
 
 The fixtures in fixtures/reexec/ are whole documents as the state passer
 writes them (`core`: the serialized core state, `shell`: the descriptors that
-survive the exec). `format_2.json` is the current format, byte for byte what
+survive the exec). `format_3.json` is the current format, byte for byte what
 `to_plain` produces: if this test fails because the document changed, bump
 `serialize.FORMAT` and keep the old file as a fixture of an older format.
 (`settings` is open: each key is validated on its own and an unknown one is
 ignored with a note, so a new runtime setting, like `pacing`, joins the
 fixture without a new format.)
-`format_1.json` and `format_0.json` are older formats (format 1: child kinds
+`format_2.json`, `format_1.json` and `format_0.json` are older formats (format 2: no generations, no
+rollout, no upgrade options; format 1: child kinds
 with the state passer among the children, wall-clock ping times, the re-exec
 as two flat keys, a fixed shell document; format 0: no `format` key and fewer
-fields), `format_3.json` a newer one (unknown fields at every level).
+fields), `format_4.json` a newer one (unknown fields at every level).
 """
 
 from __future__ import annotations
@@ -25,7 +26,20 @@ import pytest
 
 from einhorn.core import serialize
 from einhorn.core.config import Config, Display
-from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, initial_state
+from einhorn.core.state import (
+    Child,
+    LaunchSpec,
+    Reexec,
+    ReexecPhase,
+    ReexecPurpose,
+    Rollout,
+    RolloutPhase,
+    State,
+    Subscriber,
+    UpgradeKind,
+    UpgradeOptions,
+    initial_state,
+)
 from einhorn.io import reexec
 from einhorn.io.control import RestoredConnection
 from einhorn.io.handoff import Descriptor
@@ -73,20 +87,37 @@ def through_pipe(payload: bytes, config: Config = COMMAND_LINE) -> reexec.Restor
 
 
 def test_the_document_carries_its_format_version() -> None:
-    assert serialize.to_plain(initial_state(COMMAND_LINE))["format"] == serialize.FORMAT == 2
+    assert serialize.to_plain(initial_state(COMMAND_LINE))["format"] == serialize.FORMAT == 3
 
 
-def test_the_current_format_is_exactly_the_format_2_fixture() -> None:
-    core = core_of(fixture("format_2.json"))
+def test_the_current_format_is_exactly_the_format_3_fixture() -> None:
+    core = core_of(fixture("format_3.json"))
     state, notes = serialize.from_plain(core, COMMAND_LINE)
     assert notes == [] and reexec.restore_note(notes) is None
     assert serialize.to_plain(state) == core
 
 
+def test_format_3_restores_generations_rollout_and_upgrade_options() -> None:
+    state = through_pipe((FIXTURES / "format_3.json").read_bytes()).state
+    assert [g.version for g in state.generations] == [3, 4, 5]
+    old, new, rolled_back = state.generations
+    assert old.launch == LaunchSpec(
+        ("python3", "server.py"), "/usr/bin/python3", "/srv/app/releases/2026-11-30",
+        (("APP_ENV", "production"), ("PATH", "/usr/bin:/bin")), "USR2",
+    )
+    assert new.launch.cwd == "/srv/app/releases/2026-12-01" and new.rolled_back_because is None
+    assert rolled_back.launch.graceful_signal == "TERM"
+    assert rolled_back.rolled_back_because == "canary worker 2005 exited before ACK (exit status 1)"
+    options = UpgradeOptions(canary=1, bake=30.0, timeout=120.0)
+    assert state.rollout == Rollout(4, 3, UpgradeKind.SMOOTH, options, 60.0, RolloutPhase.FINISHING, 1, 1, None, 1, "exit status 1")
+    assert state.reexec is not None and state.reexec.options == options
+
+
 def test_format_2_restores_every_field() -> None:
     restored = through_pipe((FIXTURES / "format_2.json").read_bytes())
     state = restored.state
-    assert restored.notes == []
+    assert restored.notes == ["format 2 restored by format 3"]
+    assert state.generations == () and state.rollout is None
     assert state.version == 4 and state.next_spawn_id == 12 and state.deaths_before_ack == 1
     assert state.upgrading is UpgradeKind.SMOOTH
     assert state.reexec == Reexec(
@@ -114,7 +145,7 @@ def test_format_1_is_translated_and_its_state_passer_becomes_a_helper() -> None:
     restored = through_pipe((FIXTURES / "format_1.json").read_bytes())
     state = restored.state
     assert restored.notes == [
-        "format 1 restored by format 2",
+        "format 1 restored by format 3",
         "dropped 1 state passer(s) from the children",
         "dropped 1 wall-clock ping time(s)",
     ]
@@ -151,24 +182,25 @@ def test_an_older_format_gets_defaults_and_one_log_line() -> None:
     assert state.children[3103].signaled == frozenset({"USR2"})
     # One note per kind of change, not one per child; and one log line for all of them.
     assert restored.notes == [
-        "format None restored by format 2",
+        "format None restored by format 3",
         "state: added default values for ['format', 'pending', 'settings', 'shutdown_signal', 'verbosity']",
         "child: added default values for ['killed', 'pinged_at', 'pinged_request_id']",
     ]
     note = reexec.restore_note(restored.notes)
     assert note is not None and "\n" not in note
-    assert note.startswith("State format for einhorn has changed: format None restored by format 2; state: added")
+    assert note.startswith("State format for einhorn has changed: format None restored by format 3; state: added")
 
 
 def test_a_newer_format_loses_unknown_keys_with_one_log_line() -> None:
-    restored = through_pipe((FIXTURES / "format_3.json").read_bytes())
+    restored = through_pipe((FIXTURES / "format_4.json").read_bytes())
     state = restored.state
     assert state.version == 7 and state.reexec_purpose is ReexecPurpose.RELOAD and state.verbosity == 2
     assert state.reexec_subscribers == (Subscriber(8, "r1"),)
     assert state.config.max_unacked == 4 and state.config.max_upgrade_additional == 1 and state.config.number == 2
     assert sorted(state.children) == [4201, 4202] and all(c.acked for c in state.children.values())
     assert restored.notes == [
-        "format 3 restored by format 2",
+        "format 4 restored by format 3",
+        "state: added default values for ['generations', 'rollout']",
         "state: deleted unknown values for ['last_upgraded_at', 'worker_groups']",
         "child: deleted unknown values for ['cgroup', 'rss_bytes']",
     ]
@@ -179,7 +211,7 @@ def test_a_newer_format_loses_unknown_keys_with_one_log_line() -> None:
 
 
 def test_a_setting_this_version_does_not_know_is_noted_and_ignored() -> None:
-    core = core_of(fixture("format_2.json"))
+    core = core_of(fixture("format_3.json"))
     core["settings"] = {**core["settings"], "gc_before_fork": True}  # type: ignore[dict-item]
     state, notes = serialize.from_plain(core, COMMAND_LINE)
     assert state.config.number == 3

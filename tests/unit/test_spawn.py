@@ -6,8 +6,20 @@ import fcntl
 import os
 import socket
 from dataclasses import replace
+from pathlib import Path
 
-from einhorn.io.spawn import WorkerLaunch, is_einhorn_variable, place_listen_fds, worker_environment, worker_fds
+from einhorn.core.state import LaunchSpec
+from einhorn.io.spawn import (
+    WorkerLaunch,
+    generation_launch,
+    is_einhorn_variable,
+    launch_spec,
+    place_listen_fds,
+    spawn_worker,
+    wait_for_report,
+    worker_environment,
+    worker_fds,
+)
 
 
 def launch(environ: dict[str, str], fds: tuple[int, ...] = (5, 6), families: tuple[str, ...] = ("AF_INET", "AF_INET6")) -> WorkerLaunch:
@@ -137,3 +149,31 @@ def _is_open(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_generations_launch_starts_the_worker_in_its_directory_with_its_environment(tmp_path: Path) -> None:
+    own = launch({"PATH": "/bin", "APP": "current"}, fds=(), families=())
+    spec = LaunchSpec(("sh", "-c", 'pwd -P > where; echo "$APP" > app'), "/bin/sh", str(tmp_path), (("APP", "old"), ("PATH", "/bin")), "USR2")
+    generation = generation_launch(own, spec, own_cwd=os.getcwd())
+    assert generation.cwd == str(tmp_path) and generation.argv == spec.argv and generation.path == "/bin/sh"
+    assert generation.shared_environ["APP"] == "old" and own.shared_environ["APP"] == "current"  # built once per generation
+    spawned = spawn_worker(generation, 0, None)
+    assert wait_for_report(spawned) is None
+    _, status = os.waitpid(spawned.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "where").read_text().strip() == str(tmp_path.resolve())
+    assert (tmp_path / "app").read_text().strip() == "old"
+
+
+def test_the_current_images_own_directory_needs_no_chdir() -> None:
+    own = launch({"PATH": "/bin"})
+    assert generation_launch(own, launch_spec(own, os.getcwd()), own_cwd=os.getcwd()).cwd is None
+    assert launch_spec(own, "/srv/a") == LaunchSpec(("true",), "/bin/true", "/srv/a", (("PATH", "/bin"),), "USR2")
+
+
+def test_a_generation_whose_directory_is_gone_fails_to_start(tmp_path: Path) -> None:
+    spec = LaunchSpec(("true",), "/bin/true", str(tmp_path / "deleted"), (), "USR2")
+    spawned = spawn_worker(generation_launch(launch({}, fds=(), families=()), spec, own_cwd=os.getcwd()), 0, None)
+    error = wait_for_report(spawned)
+    os.waitpid(spawned.pid, 0)
+    assert error is not None and error.errno == 2  # ENOENT, reported as the exec's failure: a death before ACK
