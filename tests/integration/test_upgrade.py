@@ -444,7 +444,7 @@ def test_an_executable_that_fails_its_upgrade_check_is_refused_and_the_client_to
 
     status = 1 if broken == "check-exits-1" else 127
     lines = result.stdout.splitlines()
-    assert result.returncode == 0 and lines[0] == "Upgrading smoothly, as commanded", result
+    assert result.returncode == 1 and lines[0] == "Upgrading smoothly, as commanded", result  # failed: exit 1
     assert lines[-1].startswith("ERROR: Can not initiate einhorn master upgrade safely, aborting:"), lines
     assert f"exited with status {status}" in lines[-1]
     master.wait_log(r"ERROR: Can not initiate einhorn master upgrade safely")
