@@ -194,7 +194,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
     note = reexec.restore_note(restored.notes)
     if note is not None:
         log.info(note)
-    handoff = Handoff(restored.descriptors)
+    handoff = Handoff(restored.descriptors, restored.data)
     listeners = [_restored_listener(d) for d in handoff.claim(LISTENER)]
     try:
         server, connections = restored_server(handoff)

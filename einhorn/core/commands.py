@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from einhorn.core import pool
 from einhorn.core.actions import register_ack, signal_children
 from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
-from einhorn.core.effects import Cause, CloseConnection, Effect, Log, LogLevel, Reply, ReplyData
+from einhorn.core.effects import Cause, CloseConnection, Effect, Log, LogLevel, Reply, ReplyData, StreamEvents
 from einhorn.core.events import CommandReceived
 from einhorn.core.report import snapshot
 from einhorn.core.signals import bare_signal
@@ -155,6 +155,12 @@ def _state(state: State, request: Request) -> Outcome:
     as_json = request.args is not None and "--json" in request.args
     data = snapshot(state, wall_offset=request.wall - request.now)
     return state, [ReplyData(request.conn, data, as_json, request.request_id)]
+
+
+def _subscribe(state: State, request: Request) -> Outcome:
+    text = "Subscribed to the event stream: one JSON object per line follows, until the connection closes"
+    more = request.request_id is not None  # `wait` only where the client can tell the lines apart (an id)
+    return state, [Reply(request.conn, text, request.request_id, wait=more), StreamEvents(request.conn, request.request_id)]
 
 
 def _reload(state: State, request: Request) -> Outcome:
@@ -368,6 +374,7 @@ COMMANDS: Mapping[str, Command] = {
     "help": Command(_help, "Print out available commands"),
     "state": Command(_state, "Get a dump of Einhorn's current state (--json for JSON)"),
     "reload": Command(_reload, "Reload Einhorn"),
+    "subscribe": Command(_subscribe, "Keep the connection open and stream every event (spawned, acked, exited, ...) as one JSON object per line"),
     "inc": Command(_inc, "Increment the number of Einhorn child processes"),
     "dec": Command(_dec, "Decrement the number of Einhorn child processes"),
     "set_workers": Command(_set_workers, "Set the number of Einhorn child processes"),

@@ -83,6 +83,14 @@ class ReplyData:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamEvents:
+    """Make command connection `conn` a subscriber of the event stream (`subscribe`), until it closes."""
+
+    conn: int
+    request_id: RequestId | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CloseConnection:
     conn: int
 
@@ -134,6 +142,7 @@ Effect = (
     | SendSignal
     | Reply
     | ReplyData
+    | StreamEvents
     | CloseConnection
     | StartUpgradeCheck
     | StopUpgradeCheck

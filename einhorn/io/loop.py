@@ -36,9 +36,11 @@ from einhorn.core.effects import (
     SpawnWorker,
     StartUpgradeCheck,
     StopUpgradeCheck,
+    StreamEvents,
 )
 from einhorn.core.events import (
     ChildExited,
+    ConnectionClosed,
     Event,
     ListenerHealthChanged,
     MasterStarted,
@@ -50,8 +52,10 @@ from einhorn.core.events import (
     UpgradeCheckPassed,
     WorkerSpawned,
 )
+from einhorn.core.observe import Observation, observe
 from einhorn.core.state import RequestId, State
 from einhorn.core.step import next_deadline, step
+from einhorn.io import events as event_stream
 from einhorn.io import reexec, signals, sockets
 from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
@@ -146,6 +150,10 @@ class Master:
         handoff.register(self.server.descriptors)
         for conn in restored:
             self.server.restore(conn)
+        self.events = event_stream.EventStream(self.server, log)
+        """`subscribe`d connections, and the observations' sequence number (both survive a re-exec)."""
+        self.events.restore(handoff.claim_data(event_stream.HANDOFF_KEY))
+        handoff.register_data(event_stream.HANDOFF_KEY, self.events.handoff_data)
         self.notify = notify
         """`-m notify`: the workers' sd_notify socket."""
         if notify is not None:
@@ -204,17 +212,36 @@ class Master:
         queue = deque(events)
         while queue and self.exit_code is None:
             event = queue.popleft()
+            before = self.state
             try:
                 self.state, effects = step(self.state, event)
             except Exception:  # noqa: BLE001 - a core bug: keep the previous state, keep running
                 self.log.error(f"Bug while handling {event!r}; state unchanged:\n{_traceback()}")
                 continue
             self.log.verbosity = self.state.verbosity
+            observations = self._observe(before, event, effects)
             for effect in effects:
                 queue.extend(self.perform(effect))
                 if self._finished():
                     break
+            if observations:
+                self._publish(observations)
+            if isinstance(event, ConnectionClosed):
+                self.events.forget(event.conn)
             queue.extend(self.server.take_closed())
+
+    def _observe(self, before: State, event: Event, effects: Sequence[Effect]) -> list[Observation]:
+        """What the step did, for those watching (none watching: not even computed)."""
+        if not self.events:
+            return []
+        try:
+            return observe(before, event, self.state, effects)
+        except Exception:  # noqa: BLE001 - a bug in what is only shown must not stop the master
+            self.log.error(f"Bug while observing {event!r}:\n{_traceback()}")
+            return []
+
+    def _publish(self, observations: Sequence[Observation]) -> None:
+        self.events.publish(observations, time.time())
 
     def _serve_requests(self) -> None:
         """This wake-up's share of the command requests, each handled before the next is taken."""
@@ -241,6 +268,8 @@ class Master:
 
                 text = render.to_json(data) if as_json else render.to_ruby_yaml(data)
                 self.server.send(conn, _envelope(text, request_id, False))
+            case StreamEvents(conn, request_id):
+                self.events.subscribe(conn, request_id)
             case CloseConnection(conn):
                 self.server.close(conn)
             case StartUpgradeCheck(check_id):
@@ -392,6 +421,7 @@ class Master:
                 self.handoff.descriptors(),
                 sorted(self.helpers),
                 self.log,
+                self.handoff.data(),
             )
         except reexec.ExecFailed as failure:
             signals.unblock_after_failed_exec(self.wake_writer)

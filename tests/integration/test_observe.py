@@ -1,0 +1,161 @@
+"""Observing a real master: the event stream (`subscribe`), `status`, `/metrics` and the JSON logs (issue 15)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+
+from tests.integration.harness import Harness, Master
+from tests.integration.upgrade_helpers import upgrade
+from tests.integration.wire import decode_reply, frame
+from tests.integration.workers import recorder
+
+FAST = ("-m", "0.1", "-s", "0.1")
+
+
+class Subscriber:
+    """A `subscribe` connection, read line by line in the test's own time."""
+
+    def __init__(self, master: Master, request_id: str | None = "sub") -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10.0)
+        self.sock.connect(master.socket_path)
+        request: dict[str, object] = {"command": "subscribe"}
+        if request_id is not None:
+            request["id"] = request_id
+        self.sock.sendall(frame(request))
+        self.buffer = b""
+        self.events: list[dict[str, object]] = []
+        self.first = self._line()
+        assert self.first is not None and str(self.first["message"]).startswith("Subscribed"), self.first
+
+    def _line(self, timeout: float = 10.0) -> dict[str, object] | None:
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buffer:
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                return None
+            if not chunk:
+                raise AssertionError(f"the master closed the event stream after {len(self.events)} events")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return decode_reply(line)
+
+    def wait_for(self, predicate: Callable[[dict[str, object]], bool], timeout: float = 20.0, what: str = "") -> dict[str, object]:
+        """Read events until one matches (every event read is kept in `events`)."""
+        for event in self.events:
+            if predicate(event):
+                return event
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self._line(max(0.01, deadline - time.monotonic()))
+            if line is None:
+                break
+            self.events.append(line)
+            if predicate(line):
+                return line
+        raise AssertionError(f"no event {what} within {timeout}s; got {[e.get('message') for e in self.events]}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def kind(name: str, **fields: object) -> Callable[[dict[str, object]], bool]:
+    return lambda event: event.get("event") == name and all(event.get(k) == v for k, v in fields.items())
+
+
+def test_subscribe_across_three_upgrades_loses_no_event_and_sees_each_reexec(harness: Harness) -> None:
+    master = harness.start("-n", "2", *FAST, workers=2)
+    subscriber = Subscriber(master)
+    try:
+        for version in (1, 2, 3):
+            upgrade(master)
+            subscriber.wait_for(kind("upgrade_phase", phase="done", version=version), what=f"upgrade {version} done")
+        master.wait_workers(2)
+        events = subscriber.events
+        sequence = [e["seq"] for e in events]
+        assert sequence == list(range(int(str(sequence[0])), int(str(sequence[0])) + len(sequence))), sequence
+        assert all(e.get("request_id") == "sub" and e.get("wait") is True for e in events)
+        assert [e["version"] for e in events if e["event"] == "reexec"] == [0, 1, 2]
+        assert len([e for e in events if e["event"] == "spawned"]) == 6
+        assert len([e for e in events if e["event"] == "acked"]) == 6
+        signaled = [e for e in events if e["event"] == "signaled"]
+        assert len(signaled) == 6 and {e["cause"] for e in signaled} == {"upgrade"}
+        assert len([e for e in events if e["event"] == "exited"]) >= 4  # the last two may still be on their way out
+        phases = [e["phase"] for e in events if e["event"] == "upgrade_phase"]
+        assert phases == ["checking", "executing", "upgrading", "done"] * 3
+        times = [float(str(e["time"])) for e in events]
+        assert times == sorted(times) and abs(times[-1] - time.time()) < 60
+    finally:
+        subscriber.close()
+
+
+def test_a_subscriber_that_never_reads_does_not_slow_the_master(harness: Harness) -> None:
+    out = harness.directory / "signals"
+    out.mkdir()
+    master = harness.start("-n", "16", *FAST, program=recorder(out, stay="USR1"), workers=16, timeout=30.0)
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(master.socket_path)
+    stuck.sendall(frame({"command": "subscribe", "id": "stuck"}))
+    try:
+        # Each `signal USR1` is 17 observations (16 signals and the command) for the stuck subscriber.
+        slowest = 0.0
+        for _ in range(2000):
+            before = time.monotonic()
+            master.message("signal", "USR1")
+            slowest = max(slowest, time.monotonic() - before)
+            if "is not reading the event stream" in master.log():
+                break
+        master.wait_log(r"\[client \d+\] is not reading the event stream \(\d+ bytes unsent\); dropping it")
+        assert slowest < 2.0, slowest
+        with master.connect() as other:  # the master serves others as before
+            other.send(frame({"command": "ehlo", "id": "1"}))
+            assert "Welcome" in str(other.read_reply()["message"])
+        assert len(master.wait_workers(16)) == 16
+    finally:
+        stuck.close()
+
+
+def test_an_unsubscribed_connection_gets_no_events_and_a_closed_subscriber_is_forgotten(harness: Harness) -> None:
+    master = harness.start("-n", "1", *FAST, workers=1)
+    subscriber = Subscriber(master)
+    subscriber.close()
+    with master.connect() as plain:
+        plain.send(frame({"command": "inc", "id": "1"}))
+        assert plain.read_reply()["message"] == "Incrementing number of workers from 1 -> 2"
+        plain.sock.settimeout(1.0)
+        master.wait_workers(2)
+        try:
+            extra = plain.sock.recv(65536)
+        except TimeoutError:
+            extra = b""
+        assert extra == b""
+    second = Subscriber(master, request_id=None)
+    try:
+        master.message("dec")
+        changed = second.wait_for(kind("config_changed", setting="number", old=2, new=1))
+        assert "request_id" not in changed and "wait" not in changed
+        assert str(changed["message"]).endswith("config_changed setting=number old=2 new=1")
+    finally:
+        second.close()
+
+
+def test_a_worker_killed_by_a_signal_is_an_exit_with_its_cause(harness: Harness) -> None:
+    master = harness.start("-n", "1", *FAST, workers=1)
+    subscriber = Subscriber(master)
+    try:
+        (pid,) = master.wait_workers(1)
+        os.kill(pid, signal.SIGKILL)
+        exited = subscriber.wait_for(kind("exited", pid=pid))
+        assert (exited["cause"], exited["signal"], exited["before_ack"]) == ("signal 9", 9, False)
+        spawned = subscriber.wait_for(kind("spawned"))
+        subscriber.wait_for(kind("acked", pid=spawned["pid"]))
+        assert json.loads(json.dumps(exited)) == exited
+    finally:
+        subscriber.close()
