@@ -13,7 +13,7 @@ from einhorn.core.actions import register_ack, signal_children
 from einhorn.core.config import MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
 from einhorn.core.effects import Cause, CloseConnection, Effect, Log, LogLevel, Reply, ReplyData, StreamEvents
 from einhorn.core.events import CommandReceived
-from einhorn.core.report import snapshot
+from einhorn.core.report import snapshot, status
 from einhorn.core.signals import bare_signal
 from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here
 from einhorn.core.state import ReexecPurpose, RequestId, State, Subscriber
@@ -155,6 +155,10 @@ def _state(state: State, request: Request) -> Outcome:
     as_json = request.args is not None and "--json" in request.args
     data = snapshot(state, wall_offset=request.wall - request.now)
     return state, [ReplyData(request.conn, data, as_json, request.request_id)]
+
+
+def _status(state: State, request: Request) -> Outcome:
+    return _reply(state, request, status(state))
 
 
 def _subscribe(state: State, request: Request) -> Outcome:
@@ -373,6 +377,7 @@ COMMANDS: Mapping[str, Command] = {
     "ehlo": Command(_ehlo, ""),
     "help": Command(_help, "Print out available commands"),
     "state": Command(_state, "Get a dump of Einhorn's current state (--json for JSON)"),
+    "status": Command(_status, "A short summary for people: versions, ACKs, upgrade progress, workers, listeners"),
     "reload": Command(_reload, "Reload Einhorn"),
     "subscribe": Command(_subscribe, "Keep the connection open and stream every event (spawned, acked, exited, ...) as one JSON object per line"),
     "inc": Command(_inc, "Increment the number of Einhorn child processes"),

@@ -159,3 +159,20 @@ def test_a_worker_killed_by_a_signal_is_an_exit_with_its_cause(harness: Harness)
         assert json.loads(json.dumps(exited)) == exited
     finally:
         subscriber.close()
+
+
+def test_status_agrees_with_state_json(harness: Harness) -> None:
+    master = harness.start("-n", "3", *FAST, "-b", "127.0.0.1:0", workers=3)
+    text = master.message("status")
+    state = master.state()
+    lines = text.splitlines()
+    assert len(lines) < 25
+    assert lines[0].startswith("Einhorn ") and f"master {master.pid}" in lines[0]
+    assert f"version {state['version']}, {state['ack_count']}/{state['config']['number']} ACKed" in lines[0]  # type: ignore[index]
+    port = state["bound_ports"][0]  # type: ignore[index]
+    assert any(line == f"listeners: 127.0.0.1:{port}" for line in lines), lines
+    header = lines.index(next(line for line in lines if line.split()[:2] == ["index", "pid"]))
+    shown = {int(cols[1]): (int(cols[0]), int(cols[2]), cols[4] == "yes") for cols in (line.split() for line in lines[header + 1 :])}
+    children = state["children"]
+    assert isinstance(children, dict)
+    assert shown == {int(pid): (c["index"], c["version"], c["acked"]) for pid, c in children.items()}

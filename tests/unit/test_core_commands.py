@@ -85,6 +85,7 @@ DESCRIBED = [
     "set_workers",
     "signal",
     "state",
+    "status",
     "subscribe",
     "upgrade",
     "upgrade_fleet",
