@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from einhorn.core.effects import (
     AbandonExec,
@@ -62,6 +62,9 @@ from einhorn.io.handoff import Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, spawn_worker
+
+if TYPE_CHECKING:
+    from einhorn.io.metrics import MetricsServer
 
 MAX_WAIT = 3600.0
 """Seconds: the longest single wait in select; a later deadline is reached in several waits
@@ -161,6 +164,8 @@ class Master:
             handoff.register(notify.descriptors)
         self.supervisor = supervisor
         """The master's own `NOTIFY_SOCKET` (systemd), if it has one."""
+        self.metrics: MetricsServer | None = None
+        """`--metrics`: set by the start-up once the loop's selector exists (`metrics.serve`)."""
 
     # --- main loop ----------------------------------------------------------
 
@@ -185,7 +190,8 @@ class Master:
         if self.exit_code is not None:
             return
         deadline = next_deadline(self.state)
-        timeout = select_timeout((deadline, self.server.next_wakeup(), self.listener_watch.next_check), time.monotonic())
+        metrics_wakeup = None if self.metrics is None else self.metrics.next_wakeup()
+        timeout = select_timeout((deadline, self.server.next_wakeup(), self.listener_watch.next_check, metrics_wakeup), time.monotonic())
         if self.exec_ordered:
             timeout = 0.0  # take in what is already there, then exec (below)
         events: list[Event] = []
@@ -199,6 +205,8 @@ class Master:
         self.feed(events)
         self._serve_requests()
         self.server.tick()
+        if self.metrics is not None:
+            self.metrics.tick()
         self.feed(self.server.take_closed())
         self.feed(self.listener_watch.check(time.monotonic()))
         if deadline is not None and time.monotonic() >= deadline:
@@ -232,7 +240,7 @@ class Master:
 
     def _observe(self, before: State, event: Event, effects: Sequence[Effect]) -> list[Observation]:
         """What the step did, for those watching (none watching: not even computed)."""
-        if not self.events:
+        if not self.events and self.metrics is None:
             return []
         try:
             return observe(before, event, self.state, effects)
@@ -242,6 +250,8 @@ class Master:
 
     def _publish(self, observations: Sequence[Observation]) -> None:
         self.events.publish(observations, time.time())
+        if self.metrics is not None:
+            self.metrics.record(observations)
 
     def _serve_requests(self) -> None:
         """This wake-up's share of the command requests, each handled before the next is taken."""
@@ -440,7 +450,7 @@ class Master:
         signal.set_wakeup_fd(-1)
         with contextlib.suppress(Exception):
             self.server.shutdown()
-        for closing in (self.notify, self.supervisor):
+        for closing in (self.notify, self.supervisor, self.metrics):
             if closing is not None:
                 closing.close()
         for path in self.options.owned_paths:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from tests.integration.harness import Harness, Master
 from tests.integration.upgrade_helpers import upgrade
+from tests.integration.waiting import wait_until
 from tests.integration.wire import decode_reply, frame
 from tests.integration.workers import recorder
 
@@ -176,3 +177,134 @@ def test_status_agrees_with_state_json(harness: Harness) -> None:
     children = state["children"]
     assert isinstance(children, dict)
     assert shown == {int(pid): (c["index"], c["version"], c["acked"]) for pid, c in children.items()}
+
+
+# --- /metrics, /healthz, /readyz ------------------------------------------------------
+
+
+def http_get(where: str, path: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET `path` from `where` (HOST:PORT, [V6]:PORT or unix:PATH) with a bare socket: status and body."""
+    if where.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(where[5:])
+    else:
+        host, _, port = where.rpartition(":")
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
+    with sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: einhorn\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+def served_at(master: Master) -> str:
+    match = master.wait_log(r"Serving metrics at (?:http://)?(\S+)/metrics")[0]
+    return match.group(1)
+
+
+def scrape(where: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = http_get(where, "/metrics")
+    assert status == 200, body
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(body):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+def events_by_kind(metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]) -> dict[str, float]:
+    return {dict(labels)["event"]: value for labels, value in metrics.get("einhorn_events_total", {}).items()}
+
+
+def test_metrics_during_an_upgrade_agree_with_the_event_stream(harness: Harness) -> None:
+    master = harness.start("-n", "3", "-m", "0.5", "-s", "0.1", "--metrics", "127.0.0.1:0", workers=3)
+    where = served_at(master)
+    subscriber = Subscriber(master)
+    try:
+        before = scrape(where)
+        since = int(sum(events_by_kind(before).values()))  # the sequence number of the last observation so far
+        with master.connect(timeout=30.0) as requester:
+            requester.send(frame({"command": "upgrade", "id": "up"}))
+            during = wait_until(lambda: in_progress(scrape(where)), 20.0, "a scrape mid-upgrade")
+            assert during["einhorn_version"][()] == 1.0
+            replies = requester.read_until_last()
+        assert replies[-1]["message"] == "Upgrade done", replies
+        master.wait_workers(3)
+        after = scrape(where)
+        last = int(sum(events_by_kind(after).values()))
+        subscriber.wait_for(lambda e: e["seq"] == last, what=f"the event numbered {last}")
+        streamed: dict[str, float] = {}
+        for event in subscriber.events:
+            if since < int(str(event["seq"])) <= last:
+                streamed[str(event["event"])] = streamed.get(str(event["event"]), 0) + 1
+        counted = {k: v - events_by_kind(before).get(k, 0) for k, v in events_by_kind(after).items()}
+        assert {k: v for k, v in counted.items() if v} == streamed
+        assert after["einhorn_spawns_total"][()] - before["einhorn_spawns_total"][()] == streamed["spawned"] == 3
+        assert after["einhorn_reexecs_total"][()] - before["einhorn_reexecs_total"][()] == 1
+        signals = after["einhorn_signals_total"][(("cause", "upgrade"), ("signal", "USR2"))]
+        assert signals == streamed["signaled"] == 3
+        deaths = sum(v for labels, v in after.get("einhorn_deaths_total", {}).items())
+        assert deaths == streamed["exited"] == 3
+        assert after["einhorn_upgrades_done_total"][(("kind", "smooth"),)] == 1
+        assert after["einhorn_upgrade_duration_seconds_count"][()] == 1
+        assert after["einhorn_workers"][(("state", "acked"), ("version", "1"))] == 3
+        assert after["einhorn_upgrade_in_progress"][()] == 0
+    finally:
+        subscriber.close()
+
+
+Scraped = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def in_progress(metrics: Scraped) -> Scraped | None:
+    """The scrape, if it shows the upgrade to version 1 under way."""
+    return metrics if metrics["einhorn_upgrade_in_progress"][()] == 1.0 and metrics["einhorn_version"][()] == 1.0 else None
+
+
+def test_readyz_flips_to_503_when_workers_are_killed_and_back(harness: Harness) -> None:
+    master = harness.start("-n", "2", "-m", "1.5", "-s", "0.1", "--metrics", "127.0.0.1:0", workers=2, timeout=20.0)
+    where = served_at(master)
+    assert http_get(where, "/readyz") == (200, "2/2 ACKed workers serving\n")
+    for pid in master.wait_workers(2):
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: http_get(where, "/readyz")[0] == 503, 10.0, "/readyz 503")
+    assert http_get(where, "/healthz") == (200, "ok\n")
+    wait_until(lambda: http_get(where, "/readyz") == (200, "2/2 ACKed workers serving\n"), 20.0, "/readyz 200 again")
+    metrics = scrape(where)
+    deaths = {dict(labels)["code"]: v for labels, v in metrics["einhorn_deaths_total"].items()}
+    assert deaths == {"9": 2.0}
+    assert http_get(where, "/nope")[0] == 404
+
+
+def test_metrics_on_ipv6_and_unix_sockets_survive_a_reexec(harness: Harness) -> None:
+    if not socket.has_ipv6:
+        import pytest
+
+        pytest.skip("no IPv6")
+    path = harness.directory / "metrics.sock"
+    master = harness.start("-n", "1", *FAST, "--metrics", f"unix:{path}", workers=1)
+    assert http_get(f"unix:{path}", "/healthz") == (200, "ok\n")
+    spawns = scrape(f"unix:{path}")["einhorn_spawns_total"][()]
+    inode = path.stat().st_ino
+    upgrade(master)
+    master.wait_workers(1)
+    assert path.stat().st_ino == inode  # the same listener, handed over
+    assert scrape(f"unix:{path}")["einhorn_spawns_total"][()] == spawns + 1
+    master.send_signal(signal.SIGTERM)
+    master.wait_exit()
+    assert not path.exists()
+
+    v6 = harness.start("-n", "1", *FAST, "--metrics", "[::1]:0", workers=1)
+    where = served_at(v6)
+    assert where.startswith("[::1]:")
+    assert http_get(where, "/healthz") == (200, "ok\n")
+
+
+def test_a_bad_metrics_address_is_a_usage_error(harness: Harness) -> None:
+    result = harness.run("--metrics", "systemd", "--", "sleep", "1")
+    assert result.returncode != 0 and "--metrics" in result.stderr
