@@ -38,7 +38,7 @@ LISTENER = "listener"
 
 def start(settings: Settings, environ: Mapping[str, str]) -> int:
     """Run the master until it exits; its exit status."""
-    log = Logger(verbosity=settings.verbosity)
+    log = Logger(verbosity=settings.verbosity, format=settings.log_format)
     if settings.upgrade_check:
         upgrade_check(log)
     prepared = prepare(settings, log)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from einhorn.core.state import RequestId
 
@@ -17,10 +17,16 @@ class LogLevel(enum.IntEnum):
     ERROR = 3
 
 
+LogFields = tuple[tuple[str, str | int | float | bool | None], ...]
+"""Structured facts of a log line (pid, index, version, cause, ...): shown by `--log-format json` only."""
+
+
 @dataclass(frozen=True, slots=True)
 class Log:
     level: LogLevel
     message: str
+    fields: LogFields = field(default=(), compare=False)
+    """Not compared: what a line says is its level and message; the fields only repeat its facts for machines."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,10 +56,6 @@ with the cause's value as its rule. (The health rules add BOOT_TIMEOUT, PING_TIM
 WORKER_COMMANDS = frozenset({"worker:ack", "worker:ping"})
 """Not observed as commands: a worker's ACK is `acked`, and pings would drown the stream."""
 
-CRASH_LOOP_STREAK = 3
-"""Consecutive deaths before ACK from which a death is a crash loop (a WARN in the log)."""
-
-
 def observe(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[Observation]:
     found: list[Observation] = []
     match event:

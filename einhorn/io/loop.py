@@ -265,8 +265,11 @@ class Master:
 
     def perform(self, effect: Effect) -> list[Event]:
         match effect:
-            case Log(level, message):
-                self.log.log(level, message)
+            case Log(level, message, fields):
+                if fields:
+                    self.log.log_fields(level, message, fields)
+                else:
+                    self.log.log(level, message)
             case SpawnWorker():
                 return [self._spawn(effect)]
             case SendSignal(pid, name):

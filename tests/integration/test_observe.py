@@ -107,12 +107,13 @@ def test_a_subscriber_that_never_reads_does_not_slow_the_master(harness: Harness
     try:
         # Each `signal USR1` is 17 observations (16 signals and the command) for the stuck subscriber.
         slowest = 0.0
-        for _ in range(2000):
+        for sent in range(2000):
             before = time.monotonic()
-            master.message("signal", "USR1")
+            reply = master.message("signal", "USR1")
             slowest = max(slowest, time.monotonic() - before)
             if "is not reading the event stream" in master.log():
                 break
+        print(f"{sent + 1} requests sent; the last reply: {reply!r}")  # shown if the wait below fails
         master.wait_log(r"\[client \d+\] is not reading the event stream \(\d+ bytes unsent\); dropping it")
         assert slowest < 2.0, slowest
         with master.connect() as other:  # the master serves others as before
@@ -308,3 +309,30 @@ def test_metrics_on_ipv6_and_unix_sockets_survive_a_reexec(harness: Harness) -> 
 def test_a_bad_metrics_address_is_a_usage_error(harness: Harness) -> None:
     result = harness.run("--metrics", "systemd", "--", "sleep", "1")
     assert result.returncode != 0 and "--metrics" in result.stderr
+
+
+# --- logs -----------------------------------------------------------------------------
+
+
+def test_json_logs_parse_and_a_crash_loop_is_a_warning_with_its_facts(harness: Harness) -> None:
+    master = harness.start("--log-format", "json", "-n", "1", "-m", "manual", "-s", "0.05", program=("sh", "-c", "exit 3"))
+    master.wait_log(r'"level": "WARN", .*"message": "Crash loop: 3 workers in a row died before their ACK')
+    master.send_signal(signal.SIGTERM)
+    master.wait_exit()
+    lines = [json.loads(line) for line in master.log().splitlines()]
+    assert all({"time", "level", "role", "master_pid", "message"} <= set(line) for line in lines)
+    assert {line["master_pid"] for line in lines} == {master.pid}
+    warning = next(line for line in lines if line["message"].startswith("Crash loop"))
+    assert (warning["cause"], warning["before_ack"], warning["streak"]) == ("exit code 3", True, 3)
+    launched = next(line for line in lines if line["message"].startswith("===> Launched"))
+    assert isinstance(launched["pid"], int) and launched["index"] == 0 and launched["version"] == 0
+    assert not any(line["message"].endswith(" to []") for line in lines)
+
+
+def test_text_logs_stay_as_the_original_writes_them(harness: Harness) -> None:
+    master = harness.start("-n", "1", *FAST, workers=1)
+    master.send_signal(signal.SIGTERM)
+    master.wait_exit()
+    for line in master.log().splitlines():
+        assert line.startswith(("[MASTER ", "[WORKER ")) or not line.startswith("{"), line
+    assert f"[MASTER {master.pid}] INFO: Sending TERM to [" in master.log()
