@@ -86,7 +86,7 @@ def observe(before: State, event: Event, after: State, effects: Sequence[Effect]
                 found.append(Observation("command", {"command": _command_name(command), "result": _result(event, effects)}))
         case _:
             pass
-    found += _acks(before, after)
+    found += _acks(before, event, after)
     for effect in effects:
         if isinstance(effect, SendSignal):
             found += _signaled(before, after, effect)
@@ -114,10 +114,11 @@ def _exit_fields(child: Child, event: ChildExited, before: State, after: State) 
     return fields
 
 
-def _acks(before: State, after: State) -> list[Observation]:
-    """Workers un-ACKed before and ACKed after (the un-ACKed are few: at most max_unacked and the spawns of a fill)."""
-    was_unacked = before.indexed_children.count(acked=False)
-    if not was_unacked:
+def _acks(before: State, event: Event, after: State) -> list[Observation]:
+    """Workers un-ACKed before and ACKed after: looked for only when the counts say there are some."""
+    gone = before.children.get(event.pid) if isinstance(event, ChildExited) else None  # the one worker a step removes
+    acks = after.indexed_children.count(acked=True) - before.indexed_children.count(acked=True) + (1 if gone and gone.acked else 0)
+    if acks <= 0:
         return []
     found = []
     for _, pid in before.indexed_children.unacked_by_spinup():
