@@ -17,7 +17,7 @@ from typing import Literal
 from einhorn.cli.settings import Nice, Settings
 from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKERS, Pacing
 from einhorn.core.signals import graceful_signal_problem, normalize_signal
-from einhorn.io.sockets import parse_bind
+from einhorn.io.sockets import BindSpec, SetupError, parse_bind
 
 
 class UsageError(Exception):
@@ -110,6 +110,13 @@ OPTIONS = (
     ),
     Option("--listen-fds", None, None, "Also hand workers systemd's convention: listeners at fds 3, 4, ... with LISTEN_FDS,\nLISTEN_PID and LISTEN_FDNAMES (for servers that support socket activation)"),
     Option("--subreaper", None, None, "Adopt orphaned descendants and reap them quietly (PR_SET_CHILD_SUBREAPER), and treat\nSIGTERM as a graceful shutdown: as when einhorn is PID 1 (a container's init)"),
+    Option(
+        "--metrics",
+        None,
+        "ADDR",
+        "Serve Prometheus /metrics, /healthz and /readyz at HOST:PORT, [V6]:PORT or\nunix:PATH (from the master's own loop)",
+    ),
+    Option("--log-format", None, "FORMAT", "text (the original's lines, default) or json (one object per line)", default="text"),
     Option("--with-state-fd", None, "STATE", "With file descriptor containing state", internal=True),
     Option("--upgrade-check", None, None, "Check if Einhorn can exec itself and exit with status 0", internal=True),
     Option("--version", None, None, "Show version"),
@@ -195,6 +202,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
     nice = _nice(args.nice)
     reexec_as = None if args.reexec_as is None else _command_line(args.reexec_as)
     with_state_fd = None if args.with_state_fd is None else _integer(args.with_state_fd, "--with-state-fd", low=0)
+    metrics = None if args.metrics is None else _metrics_address(args.metrics)
+    if args.log_format not in ("text", "json"):
+        raise UsageError(f"Invalid value for --log-format: {args.log_format!r} (must be text or json)")
 
     name = args.command_name
     tmp = _temp_dir()
@@ -232,6 +242,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         reaper=args.subreaper or os.getpid() == 1,
         supervised=bool(environ.get("NOTIFY_SOCKET")),
         watchdog_interval=_watchdog_interval(environ),
+        metrics=metrics,
+        log_format=args.log_format,
     )
 
 
@@ -332,6 +344,15 @@ def _graceful_signal(text: str) -> str:
     bare = normalize_signal(text)
     assert bare is not None
     return bare
+
+
+def _metrics_address(text: str) -> BindSpec:
+    from einhorn.io.metrics import parse_address  # (not prometheus_client: that comes with the server)
+
+    try:
+        return parse_address(text)
+    except SetupError as error:
+        raise UsageError(str(error)) from None
 
 
 def _watchdog_interval(environ: Mapping[str, str]) -> float | None:

@@ -38,7 +38,7 @@ LISTENER = "listener"
 
 def start(settings: Settings, environ: Mapping[str, str]) -> int:
     """Run the master until it exits; its exit status."""
-    log = Logger(verbosity=settings.verbosity)
+    log = Logger(verbosity=settings.verbosity, format=settings.log_format)
     if settings.upgrade_check:
         upgrade_check(log)
     prepared = prepare(settings, log)
@@ -109,17 +109,25 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
         activation.close_untaken(log)
         return 1
     notify: NotifyServer | None = None
+    metrics: socket.socket | None = None
+    handoff = Handoff()
     try:
         for spec in settings.binds:
             listeners += open_listeners(spec, settings.backlog, activation, log)
         activation.close_untaken(log)
         if settings.notify_path is not None:
             notify = NotifyServer.open(settings.notify_path, log)
+        metrics = metrics_listener(settings, handoff, log)
         log.info(f"Writing PID to {settings.pidfile}")
         write_pidfile(settings.pidfile)
     except (SetupError, OSError) as error:
         log.error(str(error))
         server.close()
+        if metrics is not None:
+            metrics.close()
+            if settings.metrics is not None and settings.metrics.path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(settings.metrics.path)
         for listener in listeners:
             if listener.path is not None:  # ours: bound here, never one found live
                 with contextlib.suppress(OSError):
@@ -133,7 +141,16 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
         return 1
     config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
     state = initial_state(config, settings.verbosity)
-    return _run(state, settings, environ, prepared, log, Handoff(), listeners, server, notify=notify)
+    return _run(state, settings, environ, prepared, log, handoff, listeners, server, notify=notify, metrics=metrics)
+
+
+def metrics_listener(settings: Settings, handoff: Handoff, log: Logger) -> socket.socket | None:
+    """`--metrics`: its listening socket (handed over by the old image, or bound now)."""
+    if settings.metrics is None:
+        return None
+    from einhorn.io import metrics
+
+    return metrics.open_listener(settings.metrics, handoff, log)
 
 
 @dataclass(frozen=True)
@@ -196,7 +213,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
     note = reexec.restore_note(restored.notes)
     if note is not None:
         log.info(note)
-    handoff = Handoff(restored.descriptors)
+    handoff = Handoff(restored.descriptors, restored.data)
     listeners = [_restored_listener(d) for d in handoff.claim(LISTENER)]
     try:
         server, connections = restored_server(handoff)
@@ -205,6 +222,11 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
             notify = NotifyServer.open(settings.notify_path, log)
     except (ValueError, KeyError, OSError, SetupError) as error:
         return abandon_workers(settings, log, f"could not adopt the command server or the notify socket: {error}")
+    try:
+        metrics = metrics_listener(settings, handoff, log)
+    except (OSError, SetupError) as error:  # the workers go on; only the metrics are missing
+        log.error(f"Could not serve metrics at {settings.metrics.text if settings.metrics else ''}: {error}")
+        metrics = None
     for leftover in handoff.unclaimed():
         log.info(f"Closing descriptor {leftover.fd} ({leftover.kind}) handed over by the old master: nothing here adopts it")
         with contextlib.suppress(OSError):
@@ -222,6 +244,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         connections=connections,
         helpers=restored.helpers,
         notify=notify,
+        metrics=metrics,
     )
 
 
@@ -247,6 +270,7 @@ def _run(
     connections: Sequence[RestoredConnection] = (),
     helpers: Sequence[int] = (),
     notify: NotifyServer | None = None,
+    metrics: socket.socket | None = None,
 ) -> int:
     """Serve with these listeners, registered with the hand-off registry so that they survive the next re-exec."""
     handoff.register(lambda: [_listener_descriptor(n, listener) for n, listener in enumerate(listeners)])
@@ -270,6 +294,11 @@ def _run(
         state, options, server, log, handoff, connections, helpers,
         notify=notify, supervisor=supervisor_of(environ, log), listeners=socks,
     )
+    if metrics is not None and settings.metrics is not None:
+        from einhorn.io import metrics as metrics_server
+
+        master.metrics = metrics_server.serve(metrics, settings.metrics, master.selector, lambda: master.state, log, handoff)
+        log.info(f"Serving metrics at {master.metrics.where}/metrics (and /healthz, /readyz)")
     return master.run(restored=restored)
 
 

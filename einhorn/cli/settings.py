@@ -94,6 +94,12 @@ class Settings:
     watchdog_interval: float | None = None
     """`WATCHDOG_USEC` (for this pid, if `WATCHDOG_PID` says), in seconds."""
 
+    # Observing.
+    metrics: BindSpec | None = None
+    """`--metrics ADDR`: where to serve /metrics, /healthz and /readyz."""
+    log_format: str = "text"
+    """`--log-format`: "text" (the original's lines) or "json" (one object per line)."""
+
     @property
     def notify_path(self) -> str | None:
         return notify_socket_path(self.socket_path) if self.ack_notify else None
@@ -107,7 +113,8 @@ class Settings:
         """The files the master creates (its pidfile, its command socket, its UNIX listeners): removed
         when it exits, and only then (a re-exec keeps them)."""
         notify = () if self.notify_path is None else (self.notify_path,)
-        return self.pidfile, self.socket_path, *notify, *self.unix_listener_paths
+        metrics = () if self.metrics is None or self.metrics.path is None else (self.metrics.path,)
+        return self.pidfile, self.socket_path, *notify, *self.unix_listener_paths, *metrics
 
 
 def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Config:

@@ -6,22 +6,27 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from einhorn.core import pool
-from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SendSignal, SpawnWorker
+from einhorn.core.effects import Cause, Effect, Log, LogFields, LogLevel, Reply, SendSignal, SpawnWorker
 from einhorn.core.state import PendingSpawn, State
 
 Outcome = tuple[State, list[Effect]]
 
 
-def announce(state: State, level: LogLevel, message: str) -> list[Effect]:
+def announce(state: State, level: LogLevel, message: str, fields: LogFields = ()) -> list[Effect]:
     """Log `message` and stream it as a progress line to every upgrade/reload subscriber."""
     text = f"ERROR: {message}" if level is LogLevel.ERROR else message
     subscribers = (*state.upgrade_subscribers, *state.reexec_subscribers)
-    return [Log(level, message), *(Reply(s.conn, text, s.request_id, wait=True) for s in subscribers)]
+    return [Log(level, message, fields), *(Reply(s.conn, text, s.request_id, wait=True) for s in subscribers)]
 
 
 def signal_children(state: State, signal: str, pids: Sequence[int], cause: Cause, record: bool = True) -> Outcome:
-    """Send `signal` to each of `pids` (known children only) for `cause`, recording it when `record`."""
-    effects: list[Effect] = announce(state, LogLevel.INFO, f"Sending {signal} to [{', '.join(map(str, pids))}]")
+    """Send `signal` to each of `pids` (known children only) for `cause`, recording it when `record`.
+
+    Signalling nobody says nothing (no `Sending TERM to []`)."""
+    if not pids:
+        return state, []
+    fields: LogFields = (("signal", signal), ("cause", cause.value), ("pids", ",".join(map(str, pids))))
+    effects: list[Effect] = announce(state, LogLevel.INFO, f"Sending {signal} to [{', '.join(map(str, pids))}]", fields)
     children = state.indexed_children
     for pid in pids:
         child = children.get(pid)

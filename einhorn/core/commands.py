@@ -21,9 +21,10 @@ from einhorn.core.effects import (
     Reply,
     ReplyData,
     StopUpgradeCheck,
+    StreamEvents,
 )
 from einhorn.core.events import CommandReceived
-from einhorn.core.report import snapshot
+from einhorn.core.report import snapshot, status
 from einhorn.core.signals import bare_signal
 from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here
 from einhorn.core.state import ReexecPhase, ReexecPurpose, RequestId, State, Subscriber, UpgradeOptions
@@ -170,6 +171,16 @@ def _state(state: State, request: Request) -> Outcome:
     as_json = request.args is not None and "--json" in request.args
     data = snapshot(state, wall_offset=request.wall - request.now)
     return state, [ReplyData(request.conn, data, as_json, request.request_id)]
+
+
+def _status(state: State, request: Request) -> Outcome:
+    return _reply(state, request, status(state))
+
+
+def _subscribe(state: State, request: Request) -> Outcome:
+    text = "Subscribed to the event stream: one JSON object per line follows, until the connection closes"
+    more = request.request_id is not None  # `wait` only where the client can tell the lines apart (an id)
+    return state, [Reply(request.conn, text, request.request_id, wait=more), StreamEvents(request.conn, request.request_id)]
 
 
 def _reload(state: State, request: Request) -> Outcome:
@@ -452,7 +463,9 @@ COMMANDS: Mapping[str, Command] = {
     "ehlo": Command(_ehlo, ""),
     "help": Command(_help, "Print out available commands"),
     "state": Command(_state, "Get a dump of Einhorn's current state (--json for JSON)"),
+    "status": Command(_status, "A short summary for people: versions, ACKs, upgrade progress, workers, listeners"),
     "reload": Command(_reload, "Reload Einhorn"),
+    "subscribe": Command(_subscribe, "Keep the connection open and stream every event (spawned, acked, exited, ...) as one JSON object per line"),
     "inc": Command(_inc, "Increment the number of Einhorn child processes"),
     "dec": Command(_dec, "Decrement the number of Einhorn child processes"),
     "set_workers": Command(_set_workers, "Set the number of Einhorn child processes"),

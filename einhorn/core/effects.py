@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from einhorn.core.state import LaunchSpec, RequestId
 
@@ -17,12 +17,18 @@ class LogLevel(enum.IntEnum):
     ERROR = 3
 
 
+LogFields = tuple[tuple[str, str | int | float | bool | None], ...]
+"""Structured facts of a log line (pid, index, version, cause, ...): shown by `--log-format json` only."""
+
+
 @dataclass(frozen=True, slots=True)
 class Log:
     """Write one line to the master's log."""
 
     level: LogLevel
     message: str
+    fields: LogFields = field(default=(), compare=False)
+    """Not compared: what a line says is its level and message; the fields only repeat its facts for machines."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,14 @@ class ReplyData:
 
 
 @dataclass(frozen=True, slots=True)
+class StreamEvents:
+    """Make command connection `conn` a subscriber of the event stream (`subscribe`), until it closes."""
+
+    conn: int
+    request_id: RequestId | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CloseConnection:
     """Close command connection `conn` once its replies are written."""
 
@@ -147,6 +161,7 @@ Effect = (
     | SendSignal
     | Reply
     | ReplyData
+    | StreamEvents
     | CloseConnection
     | StartUpgradeCheck
     | StopUpgradeCheck

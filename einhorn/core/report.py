@@ -151,3 +151,110 @@ def _child(child: Child, wall_offset: float) -> dict[str, object]:
         "pinged_request_id": child.pinged_request_id,
         "status": child.status,
     }
+
+
+# --- `status`: the same state, for people ------------------------------------------
+
+
+def status(state: State) -> str:
+    """A short summary for an operator (`status`): about 7 lines and one per worker.
+
+    Ages are from `state.clock` (the request's time). `state --json` stays the machine form.
+    """
+    config = state.config
+    shown = config.display
+    name = f" ({shown.command_name})" if shown.command_name else ""
+    total = len(state.children) + len(state.pending)
+    serving = pool.serving_count(state)
+    lines = [
+        f"Einhorn {config.einhorn_version}, master {shown.master_pid}{name}: version {state.version}, "
+        f"{pool.ack_count(state)}/{config.number} ACKed at this version, {serving} serving, {total} workers in all"
+    ]
+    lines += [f"  {line}" for line in _versions(state)]
+    lines.append(f"upgrade: {_upgrade_phase(state)}")
+    if state.deaths_before_ack:
+        loop = " (crash loop)" if state.deaths_before_ack >= 3 else ""
+        lines.append(f"deaths before ACK in a row: {state.deaths_before_ack}{loop}")
+    lines.append(f"settings: {_settings(state)}")
+    lines.append(f"listeners: {_listeners(state)}")
+    lines.append(f"{'index':>5}  {'pid':>7}  {'version':>7}  {'age':>7}  {'ack':<8}  {'ping':>7}  signals")
+    for child in sorted(state.children.values(), key=lambda c: (c.index, c.pid)):
+        lines.append(_worker_line(state, child))
+    for pending in sorted(state.pending.values(), key=lambda p: p.index):
+        age = _age(state.clock - pending.requested_at)
+        lines.append(f"{pending.index:>5}  {'-':>7}  {pending.version:>7}  {age:>7}  {'spawning':<8}  {'-':>7}  -")
+    return "\n".join(lines) + "\n"
+
+
+def _versions(state: State) -> list[str]:
+    children = state.indexed_children
+    versions = sorted({c.version for c in children.values()} | {p.version for p in state.pending.values()}, reverse=True)
+    found = []
+    for version in versions:
+        acked = children.count(version, signaled=False, acked=True)
+        unacked = children.count(version, signaled=False, acked=False)
+        signaled = children.count(version, signaled=True)
+        spawning = state.indexed_pending.count(version)
+        which = "current" if version == state.version else "old"
+        text = f"version {version} ({which}): {acked} ACKed, {unacked} un-ACKed, {signaled} signaled"
+        found.append(text + (f", {spawning} spawning" if spawning else ""))
+    return found
+
+
+def _upgrade_phase(state: State) -> str:
+    parts = []
+    if state.reexec is not None:
+        parts.append(f"re-exec ({state.reexec.purpose.value}) {state.reexec.phase.value}")
+    if state.upgrading is not None:
+        old = pool.old_count(state)
+        parts.append(
+            f"{state.upgrading.value} upgrade to version {state.version}: {pool.ack_count(state)}/{state.config.number}"
+            f" new workers ACKed, {old} old still serving"
+        )
+    if not parts:
+        return "none" if state.respawn else "none (shutting down)"
+    return "; ".join(parts)
+
+
+def _settings(state: State) -> str:
+    config = state.config
+    ack = f"timer {config.ack_timer:g}s" if config.ack_timer is not None else ("notify" if config.notify_acks else "manual")
+    timeout = "none" if config.signal_timeout is None else f"{config.signal_timeout}s"
+    return f"ack {ack}, signal timeout {timeout}, graceful {config.graceful_signal}, health rules: {', '.join(health_flags(state)) or 'none'}"
+
+
+def health_flags(state: State) -> list[str]:
+    """The health rules in force, as their flags read (none yet: the health rules add theirs here)."""
+    return []
+
+
+def _listeners(state: State) -> str:
+    shown = state.config.display
+    if not shown.listeners:
+        return "none"
+    return ", ".join(
+        f"{x.address}{' ' + x.name if x.name else ''}{' (not accepting)' if n in shown.stopped_listeners else ''}"
+        for n, x in enumerate(shown.listeners)
+    )
+
+
+def _worker_line(state: State, child: Child) -> str:
+    age = _age(state.clock - child.spinup_at)
+    ack = "yes" if child.acked else "no"
+    ping = "-" if child.pinged_at is None else _age(state.clock - child.pinged_at)
+    signals = ",".join(sorted(child.signaled)) or "-"
+    if child.killed:
+        signals += " (killed)"
+    return f"{child.index:>5}  {child.pid:>7}  {child.version:>7}  {age:>7}  {ack:<8}  {ping:>7}  {signals}"
+
+
+def _age(seconds: float) -> str:
+    """`42s`, `3m07s`, `2h05m`, `3d04h`."""
+    whole = max(0, int(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"

@@ -20,6 +20,7 @@ from einhorn.core.effects import (
     Effect,
     Exit,
     Log,
+    LogFields,
     LogLevel,
     Reply,
     SendSignal,
@@ -121,7 +122,8 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
         spinup_at=event.now,
     )
     state = replace(state, pending=state.indexed_pending.delete(event.spawn_id), children=state.indexed_children.set(child))
-    effects = announce(state, LogLevel.INFO, f"===> Launched {event.pid} (index: {pending.index})")
+    fields = (("pid", event.pid), ("index", pending.index), ("version", pending.version))
+    effects = announce(state, LogLevel.INFO, f"===> Launched {event.pid} (index: {pending.index})", fields)
     if not state.respawn and state.shutdown_signal is not None:
         state, more = signal_children(state, state.shutdown_signal, [event.pid], Cause.SHUTDOWN)
         effects += more
@@ -133,11 +135,14 @@ def _on_spawn_failed(state: State, event: SpawnFailed) -> Outcome:
         return state, [Log(LogLevel.ERROR, f"Spawn failure for unknown spawn {event.spawn_id}; ignoring")]
     pending = state.pending[event.spawn_id]
     state = replace(state, pending=state.indexed_pending.delete(event.spawn_id), deaths_before_ack=state.deaths_before_ack + 1)
+    fields = (("index", pending.index), ("version", pending.version), ("reason", event.reason), ("streak", state.deaths_before_ack))
     effects: list[Effect] = [
         Log(
             LogLevel.ERROR,
             f"Could not spawn worker: {event.reason}; will retry in {pool.spinup_interval(state):g}s",
-        )
+            fields,
+        ),
+        *_crash_loop(state, f"the last could not be spawned: {event.reason}", fields),
     ]
     state, more = rollout.on_worker_lost(state, pending.version, 0, False, True, event.reason)
     return state, effects + more
@@ -157,10 +162,33 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
         extra = f" within {state.config.seconds:g}s of its start (counted as a death before ACK)"
     if extra:
         state = replace(state, deaths_before_ack=state.deaths_before_ack + 1)
+    cause = f"signal {event.signal}" if event.signal is not None else f"exit code {event.exit_code}"
+    fields = (
+        ("pid", event.pid),
+        ("index", child.index),
+        ("version", child.version),
+        ("cause", cause),
+        ("before_ack", not child.acked),
+        ("streak", state.deaths_before_ack),
+    )
     how = _describe_exit(event)
-    effects = announce(state, LogLevel.INFO, f"===> Exited worker {event.pid}{extra} ({how})")
+    effects = announce(state, LogLevel.INFO, f"===> Exited worker {event.pid}{extra} ({how})", fields)
+    if extra:
+        effects += _crash_loop(state, f"the last was {event.pid} ({how})", fields)
     state, more = rollout.on_worker_lost(state, child.version, child.pid, child.acked, bool(extra), how)
     return state, effects + more
+
+
+CRASH_LOOP_STREAK = 3
+"""Consecutive deaths before ACK from which each further one is also a WARN."""
+
+
+def _crash_loop(state: State, last: str, fields: LogFields) -> list[Effect]:
+    streak = state.deaths_before_ack
+    if streak < CRASH_LOOP_STREAK:
+        return []
+    text = f"Crash loop: {streak} workers in a row died before their ACK ({last}); next spin-up in {pool.spinup_interval(state):g}s"
+    return [Log(LogLevel.WARN, text, fields)]
 
 
 def _describe_exit(event: ChildExited) -> str:
@@ -239,8 +267,9 @@ def _escalation_due(state: State) -> Iterable[tuple[float, int]]:
 def _escalate(state: State, pid: int) -> Outcome:
     child = state.children[pid]
     state = replace(state, children=state.indexed_children.set(replace(child, killed=True)))
+    fields = (("pid", pid), ("index", child.index), ("version", child.version), ("signal", "KILL"), ("cause", Cause.ESCALATION.value))
     return state, [
-        Log(LogLevel.INFO, f"Child {pid} is still active after {state.config.signal_timeout}s. Sending SIGKILL."),
+        Log(LogLevel.WARN, f"Child {pid} is still active after {state.config.signal_timeout}s. Sending SIGKILL.", fields),
         SendSignal(pid, "KILL", Cause.ESCALATION),
     ]
 

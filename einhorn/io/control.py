@@ -426,6 +426,17 @@ class CommandServer:
         conn.queue.clear()
         self._flush(conn)
 
+    def unsent(self, conn_id: int) -> int | None:
+        """Bytes queued for this connection and not yet written; None if it is gone or closing."""
+        conn = self.connections.get(conn_id)
+        return None if conn is None or conn.closing else len(conn.output)
+
+    def discard(self, conn_id: int) -> None:
+        """Drop the connection now, unsent output and all (a subscriber that stopped reading)."""
+        conn = self.connections.get(conn_id)
+        if conn is not None:
+            self._drop(conn)
+
     def _refuse_and_close(self, conn: Connection, reason: str) -> None:
         self.send(conn.id, {"message": reason})
         self.close(conn.id)

@@ -8,6 +8,10 @@ every listed fd inheritable, writes the list into the state document, and
 restores each fd's inheritability if the exec fails. The new image hands the
 list back, and each owner `claim`s its kind. Adding a descriptor kind touches
 its owner and nothing in the exec path.
+
+Owners with no descriptor but facts to carry over (the event stream's
+sequence number, the metrics' counters) register a *data provider* under a
+key instead (`register_data`); the new image reads it back with `claim_data`.
 """
 
 from __future__ import annotations
@@ -32,9 +36,22 @@ Provider = Callable[[], Iterable[Descriptor]]
 
 
 class Handoff:
-    def __init__(self, restored: Sequence[Descriptor] = ()) -> None:
+    def __init__(self, restored: Sequence[Descriptor] = (), data: Mapping[str, object] | None = None) -> None:
         self._providers: list[Provider] = []
         self._unclaimed = list(restored)
+        self._data_providers: dict[str, Callable[[], object]] = {}
+        self._restored_data = dict(data or {})
+
+    def register_data(self, key: str, provider: Callable[[], object]) -> None:
+        """`provider()` (JSON-able) crosses the next re-exec under `key`."""
+        self._data_providers[key] = provider
+
+    def data(self) -> dict[str, object]:
+        return {key: provider() for key, provider in self._data_providers.items()}
+
+    def claim_data(self, key: str) -> object:
+        """What the old image's provider for `key` gave (None if it had none)."""
+        return self._restored_data.pop(key, None)
 
     def register(self, provider: Provider) -> None:
         self._providers.append(provider)

@@ -1,25 +1,42 @@
-"""Log lines on stderr, one per line: `[MASTER 4242] INFO: message`."""
+"""Log lines on stderr, one per line: `[MASTER 4242] INFO: message` (the original's), or JSON (`--log-format json`).
+
+A JSON line is one object: `time` (UTC, ISO 8601 with milliseconds), `level`,
+`role`, `master_pid` (the process that wrote it), `message`, then the line's
+structured fields when the core gave any (`Log.fields`: pid, index, version,
+cause, ...).
+"""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 
-from einhorn.core.effects import LogLevel
+from einhorn.core.effects import LogFields, LogLevel
 
 _LOWEST_SHOWN = (LogLevel.DEBUG, LogLevel.INFO, LogLevel.ERROR)
 """By verbosity (0 debug, 1 info, 2 errors only, as in the original): the lowest level written."""
 
+FORMATS = ("text", "json")
+
 
 class Logger:
-    def __init__(self, role: str = "MASTER", verbosity: int = 1) -> None:
+    def __init__(self, role: str = "MASTER", verbosity: int = 1, format: str = "text") -> None:
         self.role = role
         self.verbosity = verbosity
+        self.format = format
 
     def log(self, level: LogLevel, message: str) -> None:
+        self.log_fields(level, message, ())
+
+    def log_fields(self, level: LogLevel, message: str, fields: LogFields) -> None:
+        """`message` with its structured fields (written only in the JSON format)."""
         if level < _LOWEST_SHOWN[max(0, min(self.verbosity, len(_LOWEST_SHOWN) - 1))]:
             return
-        line = f"[{self.role} {os.getpid()}] {level.name}: {message}\n"
+        if self.format == "json":
+            line = json_line(time.time(), level, self.role, os.getpid(), message, fields)
+        else:
+            line = f"[{self.role} {os.getpid()}] {level.name}: {message}\n"
         try:
             sys.stderr.write(line)
             sys.stderr.flush()
@@ -37,3 +54,13 @@ class Logger:
 
     def error(self, message: str) -> None:
         self.log(LogLevel.ERROR, message)
+
+
+def json_line(wall: float, level: LogLevel, role: str, pid: int, message: str, fields: LogFields) -> str:
+    import json  # (already loaded by the re-exec code: no cost)
+
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall * 1000) % 1000:03d}Z"
+    document: dict[str, object] = {"time": stamp, "level": level.name, "role": role, "master_pid": pid, "message": message}
+    for key, value in fields:
+        document.setdefault(key, value)
+    return json.dumps(document, ensure_ascii=False) + "\n"

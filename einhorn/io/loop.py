@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import assert_never
+from typing import TYPE_CHECKING, assert_never
 
 from einhorn.core.effects import (
     AbandonExec,
@@ -36,9 +36,11 @@ from einhorn.core.effects import (
     SpawnWorker,
     StartUpgradeCheck,
     StopUpgradeCheck,
+    StreamEvents,
 )
 from einhorn.core.events import (
     ChildExited,
+    ConnectionClosed,
     Event,
     ListenerHealthChanged,
     MasterStarted,
@@ -50,14 +52,19 @@ from einhorn.core.events import (
     UpgradeCheckPassed,
     WorkerSpawned,
 )
+from einhorn.core.observe import Observation, observe
 from einhorn.core.state import RequestId, State
 from einhorn.core.step import next_deadline, step
+from einhorn.io import events as event_stream
 from einhorn.io import reexec, signals, sockets
 from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, generation_launch, launch_spec, spawn_worker
+
+if TYPE_CHECKING:
+    from einhorn.io.metrics import MetricsServer
 
 MAX_WAIT = 3600.0
 """Seconds: the longest single wait in select; a later deadline is reached in several waits
@@ -146,6 +153,10 @@ class Master:
         handoff.register(self.server.descriptors)
         for conn in restored:
             self.server.restore(conn)
+        self.events = event_stream.EventStream(self.server, log)
+        """`subscribe`d connections, and the observations' sequence number (both survive a re-exec)."""
+        self.events.restore(handoff.claim_data(event_stream.HANDOFF_KEY))
+        handoff.register_data(event_stream.HANDOFF_KEY, self.events.handoff_data)
         self.notify = notify
         """`-m notify`: the workers' sd_notify socket."""
         if notify is not None:
@@ -158,6 +169,8 @@ class Master:
         """This image's launch spec: the core records it as a generation (first start, upgrade)."""
         self.launches: dict[int, WorkerLaunch] = {}
         """One per generation (by version), made at its first spawn in this image."""
+        self.metrics: MetricsServer | None = None
+        """`--metrics`: set by the start-up once the loop's selector exists (`metrics.serve`)."""
 
     # --- main loop ----------------------------------------------------------
 
@@ -182,7 +195,8 @@ class Master:
         if self.exit_code is not None:
             return
         deadline = next_deadline(self.state)
-        timeout = select_timeout((deadline, self.server.next_wakeup(), self.listener_watch.next_check), time.monotonic())
+        metrics_wakeup = None if self.metrics is None else self.metrics.next_wakeup()
+        timeout = select_timeout((deadline, self.server.next_wakeup(), self.listener_watch.next_check, metrics_wakeup), time.monotonic())
         if self.exec_ordered:
             timeout = 0.0  # take in what is already there, then exec (below)
         events: list[Event] = []
@@ -196,6 +210,8 @@ class Master:
         self.feed(events)
         self._serve_requests()
         self.server.tick()
+        if self.metrics is not None:
+            self.metrics.tick()
         self.feed(self.server.take_closed())
         self.feed(self.listener_watch.check(time.monotonic()))
         if deadline is not None and time.monotonic() >= deadline:
@@ -209,17 +225,38 @@ class Master:
         queue = deque(events)
         while queue and self.exit_code is None:
             event = queue.popleft()
+            before = self.state
             try:
                 self.state, effects = step(self.state, event)
             except Exception:  # noqa: BLE001 - a core bug: keep the previous state, keep running
                 self.log.error(f"Bug while handling {event!r}; state unchanged:\n{_traceback()}")
                 continue
             self.log.verbosity = self.state.verbosity
+            observations = self._observe(before, event, effects)
             for effect in effects:
                 queue.extend(self.perform(effect))
                 if self._finished():
                     break
+            if observations:
+                self._publish(observations)
+            if isinstance(event, ConnectionClosed):
+                self.events.forget(event.conn)
             queue.extend(self.server.take_closed())
+
+    def _observe(self, before: State, event: Event, effects: Sequence[Effect]) -> list[Observation]:
+        """What the step did, for those watching (none watching: not even computed)."""
+        if not self.events and self.metrics is None:
+            return []
+        try:
+            return observe(before, event, self.state, effects)
+        except Exception:  # noqa: BLE001 - a bug in what is only shown must not stop the master
+            self.log.error(f"Bug while observing {event!r}:\n{_traceback()}")
+            return []
+
+    def _publish(self, observations: Sequence[Observation]) -> None:
+        self.events.publish(observations, time.time())
+        if self.metrics is not None:
+            self.metrics.record(observations)
 
     def _serve_requests(self) -> None:
         """This wake-up's share of the command requests, each handled before the next is taken."""
@@ -233,8 +270,11 @@ class Master:
 
     def perform(self, effect: Effect) -> list[Event]:
         match effect:
-            case Log(level, message):
-                self.log.log(level, message)
+            case Log(level, message, fields):
+                if fields:
+                    self.log.log_fields(level, message, fields)
+                else:
+                    self.log.log(level, message)
             case SpawnWorker():
                 return [self._spawn(effect)]
             case SendSignal(pid, name):
@@ -246,6 +286,8 @@ class Master:
 
                 text = render.to_json(data) if as_json else render.to_ruby_yaml(data)
                 self.server.send(conn, _envelope(text, request_id, False))
+            case StreamEvents(conn, request_id):
+                self.events.subscribe(conn, request_id)
             case CloseConnection(conn):
                 self.server.close(conn)
             case StartUpgradeCheck(check_id):
@@ -408,6 +450,7 @@ class Master:
                 self.handoff.descriptors(),
                 sorted(self.helpers),
                 self.log,
+                self.handoff.data(),
             )
         except reexec.ExecFailed as failure:
             signals.unblock_after_failed_exec(self.wake_writer)
@@ -426,7 +469,7 @@ class Master:
         signal.set_wakeup_fd(-1)
         with contextlib.suppress(Exception):
             self.server.shutdown()
-        for closing in (self.notify, self.supervisor):
+        for closing in (self.notify, self.supervisor, self.metrics):
             if closing is not None:
                 closing.close()
         for path in self.options.owned_paths:

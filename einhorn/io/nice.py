@@ -111,7 +111,7 @@ def worker_hook(level: int, renice_cmd: str, log: Logger) -> Callable[[], None]:
 
     def renice_worker() -> None:
         try:
-            renice(level, os.getpid(), renice_cmd, Logger("WORKER", log.verbosity))
+            renice(level, os.getpid(), renice_cmd, Logger("WORKER", log.verbosity, log.format))
         except BaseException as error:  # noqa: BLE001 - runs in a forked child
             with contextlib.suppress(OSError):
                 os.write(2, f"einhorn: could not renice worker {os.getpid()}: {error!r}\n".encode())

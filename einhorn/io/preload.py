@@ -274,7 +274,7 @@ class Preloader:
             for signum in PYTHON_IGNORED:  # reset to the default by `become_worker_process`, as for exec'd workers
                 signal.signal(signum, signal.SIG_IGN)
             close_fds_except(keep | {report_fd})
-            log = Logger("WORKER", self.log.verbosity)
+            log = Logger("WORKER", self.log.verbosity, self.log.format)
             proctitle.set_title(self.title, log)  # first: setproctitle needs the original environ to find argv
             os.environ.clear()
             os.environ.update(env)

@@ -18,7 +18,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NoReturn
 
 from einhorn.core import serialize
@@ -38,14 +38,21 @@ class Restored:
     descriptors: list[Descriptor]
     helpers: list[int]
     """Pids of the old image's helper processes (its state passer): the new shell reaps them quietly."""
+    data: dict[str, object] = field(default_factory=dict)
+    """The hand-off registry's data (`Handoff.register_data`), by key."""
 
 
 class StateUnreadable(Exception):
     pass
 
 
-def shell_document(descriptors: Sequence[Descriptor], helpers: Sequence[int] = ()) -> dict[str, object]:
-    return {"descriptors": handoff.to_plain(descriptors), "helpers": list(helpers)}
+def shell_document(
+    descriptors: Sequence[Descriptor], helpers: Sequence[int] = (), data: Mapping[str, object] | None = None
+) -> dict[str, object]:
+    document: dict[str, object] = {"descriptors": handoff.to_plain(descriptors), "helpers": list(helpers)}
+    if data:
+        document["data"] = dict(data)
+    return document
 
 
 def fork_state_passer(state: State, shell: Mapping[str, object], write_fd: int) -> int:
@@ -113,6 +120,7 @@ def exec_master(
     descriptors: Sequence[Descriptor],
     helpers: Sequence[int],
     log: Logger,
+    data: Mapping[str, object] | None = None,
 ) -> NoReturn:
     """Exec `command --with-state-fd FD -- program...` with the state and the descriptors.
 
@@ -127,7 +135,7 @@ def exec_master(
     passer: int | None = None
     undo = None
     try:
-        passer = fork_state_passer(state, shell_document(descriptors, helpers), write_end)
+        passer = fork_state_passer(state, shell_document(descriptors, helpers, data), write_end)
         os.close(write_end)
         write_end = -1
         log.info(f"About to re-exec einhorn master as {argv}")
@@ -161,7 +169,10 @@ def read_state(fd: int, config: Config) -> Restored:
         helpers = _list_of_ints(shell.get("helpers", [])) + _legacy_state_passers(core)
         state, notes = serialize.from_plain(core, config)
         descriptors = handoff.from_plain(shell["descriptors"]) if "descriptors" in shell else _legacy_descriptors(shell)
-        return Restored(state, notes, descriptors, helpers)
+        data = shell.get("data", {})
+        if not isinstance(data, dict):
+            raise TypeError(f"shell data: expected a mapping, got {type(data).__name__}")
+        return Restored(state, notes, descriptors, helpers, data)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, serialize.StateFormatError) as error:
         raise StateUnreadable(f"could not read the state from fd {fd}: {error}") from None
 

@@ -32,7 +32,7 @@ from tests.integration.workers import TIME_SERVER, recorder, signals_received, w
 FAST = ("-m", "0.1", "-s", "0.1")
 HELP_COMMANDS = [
     "abort_upgrade", "config", "dec", "die", "help", "inc", "louder", "quieter", "reload",
-    "set_workers", "signal", "state", "upgrade", "upgrade_fleet",
+    "set_workers", "signal", "state", "status", "subscribe", "upgrade", "upgrade_fleet",
 ]  # fmt: skip
 PARSE_ERROR = {"message": "Could not parse command"}
 

@@ -86,6 +86,8 @@ DESCRIBED = [
     "set_workers",
     "signal",
     "state",
+    "status",
+    "subscribe",
     "upgrade",
     "upgrade_fleet",
 ]

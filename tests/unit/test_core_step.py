@@ -253,8 +253,13 @@ def test_deaths_before_ack_back_off_and_an_ack_breaks_the_streak(pacing: Pacing)
         SpawnWorker(2, 0, 0),
         info("===> Launched 1001 (index: 0)"),
         info("===> Exited worker 1001 before it was ACKed (killed by signal 11)"),
+        Log(
+            LogLevel.WARN,
+            "Crash loop: 3 workers in a row died before their ACK (the last was 1001 (killed by signal 11)); next spin-up in 3.375s",
+        ),
     ]
     assert state.deaths_before_ack == 3
+    assert dict(effects[-1].fields) == {"pid": 1001, "index": 0, "version": 0, "cause": "signal 11", "before_ack": True, "streak": 3}  # type: ignore[union-attr]
     state, effects = run(state, Tick(3.75 + 3.375), WorkerSpawned(3, 1002, 7.2), Tick(8.2))
     assert effects[-1] == info("Up to 1 / 1 timer ACKs, breaking the streak of 3 consecutive unacked workers dying")
     assert state.deaths_before_ack == 0
@@ -921,7 +926,6 @@ def test_shutdown_with_no_children_exits_immediately() -> None:
     _, effects = step(state, SignalReceived("INT", 1.0))
     assert effects == [
         info("Received SIGINT: sent SIGUSR2 to all children; exiting once they are gone"),
-        info("Sending USR2 to []"),
         info("All workers gone; exiting"),
         Exit(0),
     ]
@@ -995,7 +999,7 @@ def test_signal_timeout_escalates_to_sigkill_exactly_once() -> None:
     state, effects = run(state, ChildExited(1001, 0, None, 12.0), Tick(14.9))
     assert signals(effects) == []
     state, effects = step(state, Tick(15.0))
-    assert effects == [info("Child 1000 is still active after 5s. Sending SIGKILL."), SendSignal(1000, "KILL", Cause.ESCALATION)]
+    assert effects == [Log(LogLevel.WARN, "Child 1000 is still active after 5s. Sending SIGKILL."), SendSignal(1000, "KILL", Cause.ESCALATION)]
     assert state.children[1000].killed and next_deadline(state) is None
     state, effects = step(state, Tick(100.0))
     assert effects == []

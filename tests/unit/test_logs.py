@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 
 import pytest
 
 from einhorn.core.effects import LogLevel
-from einhorn.io.logs import Logger
+from einhorn.io.logs import Logger, json_line
 
 
 @pytest.mark.parametrize(
@@ -25,3 +27,28 @@ def test_each_verbosity_writes_its_levels_and_up(verbosity: int, shown: list[str
 
 def test_warn_sits_between_info_and_error() -> None:
     assert LogLevel.INFO < LogLevel.WARN < LogLevel.ERROR
+
+
+def test_a_json_line_has_time_level_role_pid_message_and_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    log = Logger(format="json")
+    log.log_fields(LogLevel.WARN, "Crash loop: …", (("pid", 7), ("cause", "exit code 1"), ("before_ack", True), ("message", "not this")))
+    log.info("plain")
+    first, second = (json.loads(line) for line in capsys.readouterr().err.splitlines())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first.pop("time"))
+    assert first == {"level": "WARN", "role": "MASTER", "master_pid": os.getpid(), "message": "Crash loop: …", "pid": 7, "cause": "exit code 1", "before_ack": True}
+    assert second["message"] == "plain" and "pid" not in second
+
+
+def test_json_lines_keep_the_verbosity_filter(capsys: pytest.CaptureFixture[str]) -> None:
+    Logger(verbosity=2, format="json").info("hidden")
+    assert capsys.readouterr().err == ""
+
+
+def test_text_lines_ignore_the_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    Logger().log_fields(LogLevel.INFO, "===> Launched 7 (index: 0)", (("pid", 7),))
+    assert capsys.readouterr().err == f"[MASTER {os.getpid()}] INFO: ===> Launched 7 (index: 0)\n"
+
+
+def test_json_time_is_utc_with_milliseconds() -> None:
+    line = json.loads(json_line(1700000000.25, LogLevel.INFO, "MASTER", 1, "m", ()))
+    assert line["time"] == "2023-11-14T22:13:20.250Z"

@@ -40,7 +40,7 @@ from einhorn.core.state import (
     UpgradeOptions,
     initial_state,
 )
-from einhorn.io import reexec
+from einhorn.io import handoff, reexec
 from einhorn.io.control import RestoredConnection
 from einhorn.io.handoff import Descriptor
 
@@ -321,3 +321,24 @@ def test_format_1_reexec_without_subscribers_restores_with_none() -> None:
     assert state.reexec == Reexec(ReexecPurpose.FLEET_UPGRADE, (), 0, 0.0, ReexecPhase.EXECUTING)
     idle = {k: v for k, v in core.items() if k != "reexec_purpose"}
     assert serialize.from_plain(idle, COMMAND_LINE)[0].reexec is None
+
+
+def test_hand_off_data_crosses_the_state_passer_and_is_claimed_once() -> None:
+    state = initial_state(COMMAND_LINE)
+    data = {"event_stream": {"sequence": 41, "subscribers": [[3, "sub"]]}, "metrics": {"spawns": 7}}
+    shell = reexec.shell_document([Descriptor("command_server", 4)], [], data)
+    read_end, write_end = os.pipe()
+    passer = reexec.fork_state_passer(state, shell, write_end)
+    os.close(write_end)
+    try:
+        restored = reexec.read_state(read_end, COMMAND_LINE)
+    finally:
+        os.waitpid(passer, 0)
+    registry = handoff.Handoff(restored.descriptors, restored.data)
+    assert registry.claim_data("event_stream") == {"sequence": 41, "subscribers": [[3, "sub"]]}
+    assert registry.claim_data("event_stream") is None
+    assert registry.claim_data("metrics") == {"spawns": 7}
+
+
+def test_a_shell_document_without_data_has_no_data_key() -> None:
+    assert "data" not in reexec.shell_document([Descriptor("command_server", 4)])
