@@ -47,9 +47,17 @@ class Cause(enum.Enum):
     """More workers at the current version than `number`."""
     ESCALATION = "escalation"
     """SIGKILL: still alive `-t` seconds after the last signal."""
+    BOOT_TIMEOUT = "boot_timeout"
+    """Not ACKed `--boot-timeout` seconds after its spawn (health.py)."""
+    PING_TIMEOUT = "ping_timeout"
+    """Pinged, then silent for `--ping-timeout` seconds (health.py)."""
+    RSS_LIMIT = "rss_limit"
+    """Resident set size above `--max-worker-rss` (health.py)."""
 
 
-OWN_INITIATIVE = frozenset({Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS, Cause.ESCALATION})
+OWN_INITIATIVE = frozenset(
+    {Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS, Cause.ESCALATION, Cause.BOOT_TIMEOUT, Cause.PING_TIMEOUT, Cause.RSS_LIMIT}
+)
 """The master's own decisions; the others carry out an order (spec/README.md §5)."""
 
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import assert_never
 
-from einhorn.core import listeners, notify, pool, upgrade
+from einhorn.core import health, listeners, notify, pool, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
@@ -38,10 +38,11 @@ from einhorn.core.events import (
     Tick,
     UpgradeCheckFailed,
     UpgradeCheckPassed,
+    WorkerMeasured,
     WorkerNotified,
     WorkerSpawned,
 )
-from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind
+from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind, Verdict
 
 Outcome = tuple[State, list[Effect]]
 
@@ -79,6 +80,8 @@ def step(state: State, event: Event) -> Outcome:
             state, effects = notify.on_worker_notified(state, event)
         case ListenerHealthChanged():
             state, effects = listeners.on_health_changed(state, event)
+        case WorkerMeasured():
+            state, effects = health.on_measured(state, event)
         case _:
             assert_never(event)
     state, more = reconcile(state)
@@ -148,6 +151,8 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
     extra = ""
     if not child.acked:
         extra = " before it was ACKed"
+    elif child.verdict is Verdict.BOOT_TIMEOUT:
+        extra = " after its boot timeout (counted as a death before ACK)"
     elif pool.died_young(state, child):
         extra = f" within {state.config.seconds:g}s of its start (counted as a death before ACK)"
     if extra:
@@ -261,7 +266,9 @@ ESCALATION = Timer(lambda state: _escalation_due(state), lambda state, pid: _esc
 CHECK_DEADLINE = Timer(lambda state: _check_due(state), lambda state, _: upgrade.fail_overdue_check(state))
 GRADUAL_SPINUP = Timer(lambda state: _spinup_due(state), lambda state, _: _spin_up_gradually(state))
 WATCHDOG = Timer(lambda state: notify.watchdog_due(state), lambda state, subject: notify.ping_watchdog(state, subject))
-TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP, WATCHDOG)
+BOOT_TIMEOUT = Timer(lambda state: health.boot_due(state), lambda state, pid: health.condemn(state, pid, Verdict.BOOT_TIMEOUT))
+PING_TIMEOUT = Timer(lambda state: health.ping_due(state), lambda state, pid: health.condemn(state, pid, Verdict.PING_TIMEOUT))
+TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, GRADUAL_SPINUP, WATCHDOG, BOOT_TIMEOUT, PING_TIMEOUT)
 
 
 def _fire(timer: Timer, state: State) -> Outcome:
@@ -281,6 +288,9 @@ def reconcile(state: State) -> Outcome:
         lambda s: _fire(TIMER_ACKS, s),
         lambda s: _fire(ESCALATION, s),
         lambda s: _fire(CHECK_DEADLINE, s),
+        lambda s: _fire(BOOT_TIMEOUT, s),
+        lambda s: _fire(PING_TIMEOUT, s),
+        _stop_condemned,
         upgrade.abandon_when_shutting_down,
         _first_fill,
         lambda s: _fire(GRADUAL_SPINUP, s),
@@ -290,6 +300,18 @@ def reconcile(state: State) -> Outcome:
     )
     for phase in phases:
         state, more = phase(state)
+        effects += more
+    return state, effects
+
+
+def _stop_condemned(state: State) -> Outcome:
+    """Workers a health rule condemned, oldest first, each as soon as the availability floor
+    allows (health.py): before the cull, so that they go before any healthy worker."""
+    effects: list[Effect] = []
+    for child in pool.condemned(state):
+        assert child.verdict is not None
+        note = health.stop_message(state, child)
+        state, more = _stop(state, [child], health.CAUSES[child.verdict], note, level=LogLevel.WARN)
         effects += more
     return state, effects
 
@@ -364,7 +386,7 @@ def _cull(state: State) -> Outcome:
     return state, effects
 
 
-def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: bool = True) -> Outcome:
+def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: bool = True, level: LogLevel = LogLevel.INFO) -> Outcome:
     """The graceful signal to `victims`, on the master's own initiative, within the availability floor.
 
     The floor (spec/README.md, T12): a serving (ACKed, unsignaled) worker is
@@ -381,7 +403,7 @@ def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: b
     if not pids:
         return state, []
     text = note.format(len(pids))
-    effects = announce(state, LogLevel.INFO, text) if stream else [Log(LogLevel.INFO, text)]
+    effects = announce(state, level, text) if stream else [Log(level, text)]
     state, more = signal_children(state, state.config.graceful_signal, pids, cause)
     return state, [*effects, *more]
 

@@ -2,16 +2,17 @@
 
 The fixtures in fixtures/reexec/ are whole documents as the state passer
 writes them (`core`: the serialized core state, `shell`: the descriptors that
-survive the exec). `format_2.json` is the current format, byte for byte what
+survive the exec). `format_3.json` is the current format, byte for byte what
 `to_plain` produces: if this test fails because the document changed, bump
 `serialize.FORMAT` and keep the old file as a fixture of an older format.
 (`settings` is open: each key is validated on its own and an unknown one is
 ignored with a note, so a new runtime setting, like `pacing`, joins the
 fixture without a new format.)
-`format_1.json` and `format_0.json` are older formats (format 1: child kinds
+`format_2.json`, `format_1.json` and `format_0.json` are older formats (format 2:
+no health record per child; format 1: child kinds
 with the state passer among the children, wall-clock ping times, the re-exec
 as two flat keys, a fixed shell document; format 0: no `format` key and fewer
-fields), `format_3.json` a newer one (unknown fields at every level).
+fields), `format_4.json` a newer one (unknown fields at every level).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import pytest
 
 from einhorn.core import serialize
 from einhorn.core.config import Config, Display
-from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, initial_state
+from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, Verdict, initial_state
 from einhorn.io import reexec
 from einhorn.io.control import RestoredConnection
 from einhorn.io.handoff import Descriptor
@@ -73,20 +74,29 @@ def through_pipe(payload: bytes, config: Config = COMMAND_LINE) -> reexec.Restor
 
 
 def test_the_document_carries_its_format_version() -> None:
-    assert serialize.to_plain(initial_state(COMMAND_LINE))["format"] == serialize.FORMAT == 2
+    assert serialize.to_plain(initial_state(COMMAND_LINE))["format"] == serialize.FORMAT == 3
 
 
-def test_the_current_format_is_exactly_the_format_2_fixture() -> None:
-    core = core_of(fixture("format_2.json"))
+def test_the_current_format_is_exactly_the_format_3_fixture() -> None:
+    core = core_of(fixture("format_3.json"))
     state, notes = serialize.from_plain(core, COMMAND_LINE)
     assert notes == [] and reexec.restore_note(notes) is None
     assert serialize.to_plain(state) == core
 
 
+def test_format_3_restores_the_health_record() -> None:
+    state = through_pipe((FIXTURES / "format_3.json").read_bytes()).state
+    assert state.children[2001] == Child(
+        2001, 4, 0, 100.5, acked=True, pinged_at=99.25, pinged_request_id="r-7",
+        rss_bytes=50 << 20, measured_at=102.5, verdict=Verdict.PING_TIMEOUT, verdict_at=102.0,
+    )
+    assert all(c.verdict is None and c.rss_bytes is None for pid, c in state.children.items() if pid != 2001)
+
+
 def test_format_2_restores_every_field() -> None:
     restored = through_pipe((FIXTURES / "format_2.json").read_bytes())
     state = restored.state
-    assert restored.notes == []
+    assert restored.notes == ["format 2 restored by format 3"]
     assert state.version == 4 and state.next_spawn_id == 12 and state.deaths_before_ack == 1
     assert state.upgrading is UpgradeKind.SMOOTH
     assert state.reexec == Reexec(
@@ -114,7 +124,7 @@ def test_format_1_is_translated_and_its_state_passer_becomes_a_helper() -> None:
     restored = through_pipe((FIXTURES / "format_1.json").read_bytes())
     state = restored.state
     assert restored.notes == [
-        "format 1 restored by format 2",
+        "format 1 restored by format 3",
         "dropped 1 state passer(s) from the children",
         "dropped 1 wall-clock ping time(s)",
     ]
@@ -151,26 +161,27 @@ def test_an_older_format_gets_defaults_and_one_log_line() -> None:
     assert state.children[3103].signaled == frozenset({"USR2"})
     # One note per kind of change, not one per child; and one log line for all of them.
     assert restored.notes == [
-        "format None restored by format 2",
+        "format None restored by format 3",
         "state: added default values for ['format', 'pending', 'settings', 'shutdown_signal', 'verbosity']",
         "child: added default values for ['killed', 'pinged_at', 'pinged_request_id']",
     ]
     note = reexec.restore_note(restored.notes)
     assert note is not None and "\n" not in note
-    assert note.startswith("State format for einhorn has changed: format None restored by format 2; state: added")
+    assert note.startswith("State format for einhorn has changed: format None restored by format 3; state: added")
 
 
 def test_a_newer_format_loses_unknown_keys_with_one_log_line() -> None:
-    restored = through_pipe((FIXTURES / "format_3.json").read_bytes())
+    restored = through_pipe((FIXTURES / "format_4.json").read_bytes())
     state = restored.state
     assert state.version == 7 and state.reexec_purpose is ReexecPurpose.RELOAD and state.verbosity == 2
     assert state.reexec_subscribers == (Subscriber(8, "r1"),)
     assert state.config.max_unacked == 4 and state.config.max_upgrade_additional == 1 and state.config.number == 2
     assert sorted(state.children) == [4201, 4202] and all(c.acked for c in state.children.values())
     assert restored.notes == [
-        "format 3 restored by format 2",
+        "format 4 restored by format 3",
         "state: deleted unknown values for ['last_upgraded_at', 'worker_groups']",
-        "child: deleted unknown values for ['cgroup', 'rss_bytes']",
+        "child: added default values for ['measured_at', 'verdict', 'verdict_at']",
+        "child: deleted unknown values for ['cgroup']",
     ]
     assert listener_fds(restored) == [3, 4] and server_fd(restored) == 5  # unknown shell keys are ignored
     assert connections(restored) == [RestoredConnection(8, 6, b"", b"")]
@@ -179,7 +190,7 @@ def test_a_newer_format_loses_unknown_keys_with_one_log_line() -> None:
 
 
 def test_a_setting_this_version_does_not_know_is_noted_and_ignored() -> None:
-    core = core_of(fixture("format_2.json"))
+    core = core_of(fixture("format_3.json"))
     core["settings"] = {**core["settings"], "gc_before_fork": True}  # type: ignore[dict-item]
     state, notes = serialize.from_plain(core, COMMAND_LINE)
     assert state.config.number == 3
@@ -192,7 +203,8 @@ def test_many_children_with_the_same_gap_make_one_note() -> None:
     state, notes = serialize.from_plain(document, COMMAND_LINE)
     assert len(state.children) == 50
     assert notes == [
-        "child: added default values for ['acked', 'killed', 'last_signaled_at', 'pinged_at', 'pinged_request_id', 'signaled']"
+        "child: added default values for ['acked', 'killed', 'last_signaled_at', 'measured_at', 'pinged_at',"
+        " 'pinged_request_id', 'rss_bytes', 'signaled', 'verdict', 'verdict_at']"
     ]
 
 
