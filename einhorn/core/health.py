@@ -63,6 +63,12 @@ def earned(state: State, child: Child, verdict: Verdict) -> bool:
             return over_rss(state, child)
 
 
+def booted_out(child: Child) -> bool:
+    """Stopped for its boot timeout: its death counts as a death before ACK, even if it ACKed
+    once told to go."""
+    return child.verdict is Verdict.BOOT_TIMEOUT
+
+
 def judged(child: Child) -> bool:
     """Past judging: condemned already, or on its way out anyway."""
     return child.verdict is not None or bool(child.signaled)

@@ -151,7 +151,7 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
     extra = ""
     if not child.acked:
         extra = " before it was ACKed"
-    elif child.verdict is Verdict.BOOT_TIMEOUT:
+    elif health.booted_out(child):
         extra = " after its boot timeout (counted as a death before ACK)"
     elif pool.died_young(state, child):
         extra = f" within {state.config.seconds:g}s of its start (counted as a death before ACK)"
