@@ -768,7 +768,7 @@ def _check_restored_master(proc: subprocess.Popen[bytes], socket_path: str, port
     log.seek(0)
     text = log.read()
     assert text.count("State format for einhorn has changed") == 1, text
-    assert "format None restored by format 2; state: added default values for ['format', 'pending'" in text
+    assert "format None restored by format 3; state: added default values for ['format', 'pending'" in text
     assert all(f"Child {pid} exited while the master was re-exec'ing" in text for pid in (3101, 3102, 3103))
     with Connection(socket_path) as conn:
         conn.send(frame({"command": "ehlo"}))
