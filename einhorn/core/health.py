@@ -1,4 +1,4 @@
-"""Health rules that act (EXTENSIONS §2, spec/README.md §7): verdicts as pure functions.
+"""Health rules that act (EXTENSIONS §2, spec/README.md §4 rules 3a-3b): verdicts as pure functions.
 
 Three opt-in rules condemn a worker:
 

@@ -368,7 +368,7 @@ def test_bug_an_own_decision_passed_off_as_an_operators_order(monkeypatch: pytes
     _assert_reports(problems, trace, "T15")
 
 
-# --- the health rules (spec/README.md §7) -------------------------------------------------------
+# --- the health rules (spec/README.md §4 rules 3a-3b; runs in §7) -------------------------------------------------------
 
 WEDGED, NEVER_ACKS, RSS_DURING_UPGRADE, TWO_RULES, CAPPED = model_check.HEALTH_RUNS
 
