@@ -2,7 +2,7 @@
 
 spec/README.md states each of them in words; the numbers here are the ones
 used there. `check_state` checks the safety invariants of one state (S1-S11),
-`check_step` those of one transition (T1-T20), and `converged`/`goal_problem`
+`check_step` those of one transition (T1-T21), and `converged`/`goal_problem`
 say whether a state has reached the goal of the liveness properties (L1-L4),
 which only an exploration can check (spec/model_check.py does).
 
@@ -45,7 +45,7 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.rollout import CRASH_LOOP_DEATHS
-from einhorn.core.state import ReexecPhase, ReexecPurpose, RolloutPhase, State, UpgradeKind
+from einhorn.core.state import Child, ReexecPhase, ReexecPurpose, RolloutPhase, State, UpgradeKind, Verdict
 
 # --- independent counts (BEHAVIOR §4 vocabulary) --------------------------
 
@@ -73,6 +73,9 @@ class Census:
     """ACKed, unsignaled workers of any version (what the availability floor counts)."""
     old_unacked: int
     """Un-ACKed, unsignaled workers of an earlier version: old ones that serve nothing."""
+    condemned: tuple[int, ...] = ()
+    """Pids of unsignaled workers a health rule gave a verdict (any version). A condemned
+    modern worker counts as gone in unsignaled_modern, ack_count and missing: its successor is due."""
 
 
 def canary_version(state: State) -> int | None:
@@ -89,11 +92,16 @@ def census(state: State) -> Census:
     workers = modern = unsignaled_modern = acked = unacked = unsignaled = serving = old_unacked = 0
     old: list[int] = []
     canary = canary_version(state)
+    condemned: list[int] = []
     for child in state.children.values():
         workers += 1
         if not child.signaled:
             unsignaled += 1
             serving += child.acked
+            if child.verdict is not None:
+                condemned.append(child.pid)
+                if child.version == state.version:
+                    continue  # gone, for the modern counts: its successor is due
         if child.version == canary:
             continue
         if child.version != state.version:
@@ -121,6 +129,7 @@ def census(state: State) -> Census:
         busy=unsignaled + len(state.pending),
         serving=serving,
         old_unacked=old_unacked,
+        condemned=tuple(sorted(condemned)),
     )
 
 
@@ -185,7 +194,8 @@ def check_state(state: State) -> list[str]:
     number = config.number
     counts = census(state)
 
-    # S1: the cull leaves at most `number` unsignaled modern workers.
+    # S1: the cull leaves at most `number` unsignaled modern workers (a condemned one is not
+    # counted: it stays until its successor serves, S18).
     if counts.unsignaled_modern > number:
         problems.append(f"S1: {counts.unsignaled_modern} unsignaled modern workers > number {number}")
 
@@ -267,6 +277,19 @@ def check_state(state: State) -> list[str]:
             deadline = step.next_deadline(state)
             if deadline is None or deadline > reexec.deadline:
                 problems.append(f"S11: upgrade check due by {reexec.deadline} but next_deadline is {deadline}")
+
+    # S17: every health rule due has given its verdict: no unsignaled worker past its boot
+    # timeout un-ACKed, silent past its ping timeout, or above the RSS limit, and not condemned.
+    overdue = sorted(c.pid for c in state.children.values() if not c.signaled and c.verdict is None and any(_earned(state, c, v) for v in Verdict))
+    if overdue:
+        problems.append(f"S17: workers {overdue} are due a health verdict but have none")
+
+    # S18: a condemned worker goes as soon as the availability floor allows: one that serves
+    # nothing at once, one that serves once more than `number` serve.
+    stoppable = sorted(pid for pid in counts.condemned if not state.children[pid].acked or counts.serving > number)
+    if stoppable:
+        problems.append(f"S18: condemned workers {stoppable} not stopped with {counts.serving} serving, number {number}")
+
     return problems + check_generations(state)
 
 
@@ -320,6 +343,23 @@ def check_generations(state: State) -> list[str]:
                 if deadline is None or deadline > due:
                     problems.append(f"S15: the {what} is due at {due} but next_deadline is {deadline}")
     return problems
+
+
+def _earned(state: State, child: Child, verdict: Verdict) -> bool:
+    """Whether `verdict` fits `child` by `state`'s clock (it may have earned several at once)."""
+    config = state.config
+    match verdict:
+        case Verdict.BOOT_TIMEOUT:
+            return config.boot_timeout is not None and not child.acked and state.clock >= child.spinup_at + config.boot_timeout
+        case Verdict.PING_TIMEOUT:
+            timeout = config.ping_timeout
+            return timeout is not None and child.pinged_at is not None and state.clock >= child.pinged_at + timeout
+        case Verdict.RSS_LIMIT:
+            limit = config.max_worker_rss_mb
+            return limit is not None and child.rss_bytes is not None and child.rss_bytes > limit * 1024 * 1024
+
+
+HEALTH_CAUSES = {Verdict.BOOT_TIMEOUT: Cause.BOOT_TIMEOUT, Verdict.PING_TIMEOUT: Cause.PING_TIMEOUT, Verdict.RSS_LIMIT: Cause.RSS_LIMIT}
 
 
 def _bookkeeping(state: State) -> list[str]:
@@ -427,8 +467,10 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
     if isinstance(event, ChildExited) and event.pid in before.children and not acked and not rolls_back and after.deaths_before_ack == 0:
         dead = before.children[event.pid]
         young = before.config.pacing is Pacing.ACK and not dead.signaled and after.clock - dead.spinup_at < before.config.seconds
-        if not dead.acked or young:
-            problems.append(f"T6: worker {event.pid} died {'before its ACK' if not dead.acked else 'young'} but the death streak is 0")
+        booted_out = dead.verdict is Verdict.BOOT_TIMEOUT
+        if not dead.acked or young or booted_out:
+            why = "before its ACK" if not dead.acked else "after its boot timeout" if booted_out else "young"
+            problems.append(f"T6: worker {event.pid} died {why} but the death streak is 0")
 
     # T7/T8: upgrades stop old workers only once replacements are ACKed.
     old_signaled = sorted(
@@ -511,6 +553,7 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
                 f"T12: stopped ACKed workers {stopped} on its own initiative, leaving {left} serving"
                 f" < min(number {after.config.number}, {serving_before} serving before)"
             )
+    problems += _health(before, after, signals)
     return (
         problems
         + _causes(event, after, signals)
@@ -558,6 +601,49 @@ def check_rollout_step(before: State, event: Event, after: State, effects: Seque
             told = len(mine) == before.upgrade_subscribers.count(subscriber)
             if rolled and not (told and all(r.failed and r.message.startswith("Upgrade rolled back: ") for r in mine)):
                 problems.append(f"T19: requester {subscriber} of the rolled-back upgrade was told {mine}")
+    return problems
+
+
+def _health(before: State, after: State, signals: Sequence[SendSignal]) -> list[str]:
+    """T21: a health rule acts only on a worker that earned it, and unhealthy workers go first.
+
+    A verdict given in a step fits the worker by the step's clock (it really was
+    overdue, or over the limit); a signal for a health cause goes to a worker
+    condemned for that rule, unsignaled before; no healthy ACKed worker is
+    stopped on the master's own initiative while a condemned ACKed one serves.
+    """
+    problems: list[str] = []
+    for pid, child in after.children.items():
+        earlier = before.children.get(pid)
+        if child.verdict is None or (earlier is not None and earlier.verdict is not None):
+            continue
+        if not _earned(after, child, child.verdict):
+            problems.append(f"T21: worker {pid} condemned for {child.verdict.value} at t={after.clock} without having earned it")
+    # Unhealthy before healthy: no healthy ACKed worker is stopped on the master's own
+    # initiative while a condemned one still serves.
+    still_condemned = [pid for pid in census(after).condemned if after.children[pid].acked]
+    healthy_stopped = sorted(
+        sig.pid
+        for sig in signals
+        if sig.cause in OWN_INITIATIVE
+        and sig.cause is not Cause.ESCALATION
+        and (earlier_child := before.children.get(sig.pid)) is not None
+        and earlier_child.acked
+        and not earlier_child.signaled
+        and (sig.pid not in after.children or after.children[sig.pid].verdict is None)  # (condemned in the step: not healthy)
+    )
+    if still_condemned and healthy_stopped:
+        problems.append(f"T21: stopped healthy ACKed workers {healthy_stopped} while condemned workers {still_condemned} still serve")
+    causes = set(HEALTH_CAUSES.values())
+    for sig in signals:
+        if sig.cause not in causes:
+            continue
+        target = after.children.get(sig.pid)
+        earlier = before.children.get(sig.pid)
+        if target is None or target.verdict is None or HEALTH_CAUSES[target.verdict] is not sig.cause:
+            problems.append(f"T21: {sig.signal} to {sig.pid} for {sig.cause.value}, but it is not condemned for it")
+        elif earlier is not None and earlier.signaled:
+            problems.append(f"T21: {sig.signal} to {sig.pid} for {sig.cause.value}, already signaled")
     return problems
 
 
@@ -616,7 +702,15 @@ def _causes(event: Event, after: State, signals: Sequence[SendSignal]) -> list[s
                 problems.append(f"T15: {sig.signal} to {sig.pid} as a shutdown's (respawn {after.respawn}, shutdown signal {after.shutdown_signal})")
             case Cause.ESCALATION if sig.signal != "KILL":
                 problems.append(f"T15: {sig.signal} to {sig.pid} as an escalation")
-            case Cause.UPGRADE | Cause.MAKE_ROOM | Cause.SURPLUS | Cause.ROLLBACK if sig.signal != after.config.graceful_signal:
+            case (
+                Cause.UPGRADE
+                | Cause.MAKE_ROOM
+                | Cause.SURPLUS
+                | Cause.ROLLBACK
+                | Cause.BOOT_TIMEOUT
+                | Cause.PING_TIMEOUT
+                | Cause.RSS_LIMIT
+            ) if sig.signal != after.config.graceful_signal:
                 problems.append(f"T15: {sig.signal} to {sig.pid} for {sig.cause.value}, not the graceful signal {after.config.graceful_signal}")
     return problems
 
@@ -678,11 +772,25 @@ def goal_problem(state: State) -> str | None:
         return None
     if state.upgrading is not None:
         return f"L2: {state.upgrading.value} upgrade still in progress ({counts.ack_count} / {state.config.number} ACKs)"
-    if counts.ack_count != state.config.number:
+    if counts.condemned and not health_held(state):
+        return f"L1: condemned workers {list(counts.condemned)} still unsignaled"
+    if counts.ack_count != state.config.number and not health_held(state):
         return f"L1: {counts.ack_count} ACKed modern workers, want {state.config.number}"
     if counts.old:
         return f"L1: old workers {list(counts.old)} still unsignaled"
     return None
+
+
+def health_held(state: State) -> bool:
+    """Whether a condemned worker's successor cannot start: max_upgrade_additional N caps the
+    pool at number + N workers and the pool is there, while stopping the condemned worker
+    first would leave fewer than `number` serving (T12). Only a change from outside (a
+    higher cap, a crash) lets it go on: L1 accepts it as an end."""
+    extra = state.config.max_upgrade_additional
+    counts = census(state)
+    if extra is None or not counts.condemned or state.pending or counts.unacked_modern > 0:
+        return False
+    return counts.total >= state.config.number + extra and counts.serving <= state.config.number
 
 
 def converged(state: State) -> bool:

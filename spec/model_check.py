@@ -50,6 +50,7 @@ from einhorn.core.events import (
     Tick,
     UpgradeCheckFailed,
     UpgradeCheckPassed,
+    WorkerMeasured,
     WorkerNotified,
     WorkerSpawned,
 )
@@ -117,6 +118,11 @@ class Scenario:
     """`-m notify` (with `ack_timer` None): a worker's ACK is its READY=1 (`WorkerNotified`)."""
     supervised: bool = False
     """NOTIFY_SOCKET set: the core tells its supervisor (T16)."""
+    boot_timeout: float | None = None
+    ping_timeout: float | None = None
+    """With it, a worker may wedge: ping once, then never again (a failure)."""
+    max_worker_rss_mb: int | None = None
+    """With it, a worker may bloat: be measured above the limit (a failure)."""
 
     def config(self) -> Config:
         return Config(
@@ -130,6 +136,9 @@ class Scenario:
             graceful_signal=self.graceful_signal,
             notify_acks=self.notify,
             supervised=self.supervised,
+            boot_timeout=self.boot_timeout,
+            ping_timeout=self.ping_timeout,
+            max_worker_rss_mb=self.max_worker_rss_mb,
             einhorn_version="model",
         )
 
@@ -143,6 +152,9 @@ class Scenario:
             + ("" if self.graceful_signal == "USR2" else f" graceful_signal={self.graceful_signal}")
             + (" notify" if self.notify else "")
             + (" supervised" if self.supervised else "")
+            + ("" if self.boot_timeout is None else f" boot_timeout={self.boot_timeout:g}s")
+            + ("" if self.ping_timeout is None else f" ping_timeout={self.ping_timeout:g}s")
+            + ("" if self.max_worker_rss_mb is None else f" max_worker_rss={self.max_worker_rss_mb}MiB")
         )
 
 
@@ -190,6 +202,20 @@ UPGRADE_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
 )
 """Runs added to the configuration matrix by default (`--chains`)."""
 
+HEALTH_RUNS: tuple[tuple[Scenario, Bounds], ...] = (
+    # A wedged worker (pings once, then never again) among two ACKed ones: replaced successor first.
+    (Scenario(2, 1, None, None, None, ping_timeout=2.0), Bounds(depth=10, failures=2, commands=1, command_names=("upgrade", "dec"))),
+    # A worker that never ACKs: stopped at its boot timeout (and SIGKILLed), a death before ACK.
+    (Scenario(1, 1, None, 2, None, boot_timeout=3.0), Bounds(depth=9, failures=1, commands=1, command_names=("upgrade", "inc"))),
+    # An RSS breach during an upgrade, old worker or new.
+    (Scenario(2, 2, None, None, None, max_worker_rss_mb=64), Bounds(depth=10, failures=2, commands=2, command_names=("upgrade",))),
+    # Two rules at once: wedged and bloated workers, timer ACKs.
+    (Scenario(2, 2, None, None, 1.0, ping_timeout=2.0, max_worker_rss_mb=64), Bounds(depth=9, failures=2, commands=1, command_names=("upgrade",))),
+    # All three rules within max_upgrade_additional 0: the cap may hold a successor back, the floor holds.
+    (Scenario(2, 1, 0, None, None, boot_timeout=3.0, ping_timeout=2.0, max_worker_rss_mb=64), Bounds(depth=9, failures=2, commands=1, command_names=("upgrade",))),
+)
+"""Runs with the health rules (`--health`), added by default."""
+
 # --- the world: actions, canonical states ---------------------------------
 
 Action = tuple[object, ...]
@@ -230,6 +256,12 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             if child.killed:
                 return ChildExited(child.pid, None, 9, now)
             return ChildExited(child.pid, 0 if child.signaled else 1, None, now)
+        case ("wedge", rank):
+            return CommandReceived(CONN, {"command": "worker:ping", "pid": _pid_at(state, rank)}, now)
+        case ("bloat", rank):
+            limit = state.config.max_worker_rss_mb
+            assert limit is not None
+            return WorkerMeasured(_pid_at(state, rank), (limit + 1) * 1024 * 1024, now)
         case ("ack", rank):
             if state.config.notify_acks:
                 return WorkerNotified(_pid_at(state, rank), {"READY": "1"}, now)
@@ -291,6 +323,11 @@ def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
             yield ("exit", rank), 1, 0  # a crash, before or after its ACK
         if state.config.ack_timer is None and not child.acked:
             yield ("ack", rank), 0, 0
+        if can_fail and not child.signaled and child.verdict is None:
+            if state.config.ping_timeout is not None and child.pinged_at is None:
+                yield ("wedge", rank), 1, 0  # its first ping is its last
+            if state.config.max_worker_rss_mb is not None and child.rss_bytes is None:
+                yield ("bloat", rank), 1, 0
     deadline = core_step.next_deadline(state)
     if deadline is not None:
         yield ("tick",), 0, 0
@@ -325,6 +362,7 @@ def _horizon(state: State) -> float:
     """Past this many seconds ago, every timestamp compares the same against every deadline."""
     config, rollout = state.config, state.rollout
     spans = [MAX_SPINUP_INTERVAL, config.seconds, config.ack_timer or 0.0, float(config.signal_timeout or 0)]
+    spans += [config.boot_timeout or 0.0, config.ping_timeout or 0.0]
     if rollout is not None:
         spans += [rollout.options.bake, rollout.options.timeout or 0.0]
     return max(spans) + 1.0
@@ -392,6 +430,8 @@ def canonical(state: State) -> State:
             spinup_at=t(c.spinup_at),
             last_signaled_at=opt(c.last_signaled_at),
             pinged_at=opt(c.pinged_at),
+            measured_at=None if c.measured_at is None else 0.0,  # only the value is read
+            verdict_at=None if c.verdict_at is None else 0.0,  # shown, never read
         )
         for c in (state.children[p] for p in sorted(state.children))
     }
@@ -649,7 +689,10 @@ def _check_liveness(
 
 def replacement_applies(state: State) -> bool:
     """Whether L4 speaks of `state`: respawning, paced by ACKs with no death streak, no
-    re-exec or upgrade (nor canary), no signaled child (so no old worker either: S5)."""
+    re-exec or upgrade (nor canary), no signaled child (so no old worker either: S5), and no health
+    verdict given or coming (a condemned or a wedged worker is replaced through an exit,
+    which ACK rounds do not play: L1 speaks of those)."""
+    pinging = state.config.ping_timeout is not None
     return (
         state.respawn
         and state.exit_code is None
@@ -658,7 +701,7 @@ def replacement_applies(state: State) -> bool:
         and state.rollout is None
         and not _rolled_back_left(state)
         and invariants.paced_by_acks(state)
-        and not any(c.signaled for c in state.children.values())
+        and not any(c.signaled or c.verdict is not None or (pinging and c.pinged_at is not None) for c in state.children.values())
     )
 
 
@@ -753,8 +796,8 @@ def describe_event(event: Event) -> str:
         case ChildExited(pid=pid, exit_code=code, signal=sig):
             return f"pid {pid} exited ({f'signal {sig}' if sig is not None else f'status {code}'})"
         case CommandReceived(request=request):
-            if request.get("command") == "worker:ack":
-                return f"pid {request.get('pid')} sends worker:ack"
+            if request.get("command") in ("worker:ack", "worker:ping"):
+                return f"pid {request.get('pid')} sends {request.get('command')}"
             raw_args = request.get("args")
             args = " ".join(str(a) for a in raw_args) if isinstance(raw_args, list) else ""
             return f"operator runs `{request.get('command')}{' ' + args if args else ''}`"
@@ -770,6 +813,8 @@ def describe_event(event: Event) -> str:
             return "the upgrade check FAILS"
         case ReexecFailed():
             return "the exec FAILS"
+        case WorkerMeasured(pid=pid, rss_bytes=rss):
+            return f"pid {pid} measured at {rss // (1024 * 1024)} MiB"
     return repr(event)
 
 
@@ -782,6 +827,8 @@ def describe_state(state: State) -> str:
             flags += " got " + "+".join(sorted(c.signaled))
         if c.killed:
             flags += " KILLed"
+        if c.verdict is not None:
+            flags += f" CONDEMNED({c.verdict.value})"
         parts.append(f"{pid}(v{c.version} #{c.index} {flags})")
     for sid in sorted(state.pending):
         p = state.pending[sid]
@@ -950,22 +997,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="yes",
         help="also (or only) run the upgrade and rollout chains: a few deeper runs with only upgrades (canaries, aborts) in the alphabet (default %(default)s)",
     )
+    parser.add_argument(
+        "--health",
+        choices=["yes", "no", "only"],
+        default="yes",
+        help="also (or only) run the health-rule runs: wedged, never-ACKing and bloated workers (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     names = tuple(n for n in args.alphabet.split(",") if n)
     unknown = [n for n in names if n not in COMMANDS]
     if unknown:
         parser.error(f"unknown commands {unknown}; known: {', '.join(COMMANDS)}")
     bounds = Bounds(args.depth, args.failures, args.commands, args.liveness_steps, args.idle, names)
-    jobs: list[Job] = [] if args.chains == "only" else [(s, bounds, "") for s in scenarios(args)]
+    only = args.chains == "only" or args.health == "only"
+    jobs: list[Job] = [] if only else [(s, bounds, "") for s in scenarios(args)]
     matrix = len(jobs)
-    if args.chains != "no":
+    if args.chains != "no" and args.health != "only":
         chains = [(s, replace(b, liveness_steps=bounds.liveness_steps)) for s, b in (*UPGRADE_CHAINS, *ROLLOUT_CHAINS)]
         jobs += [(s, b, _chain_label(b)) for s, b in chains]
+    if args.health != "no" and args.chains != "only":
+        health = [(s, replace(b, liveness_steps=bounds.liveness_steps)) for s, b in HEALTH_RUNS]
+        jobs += [(s, b, "health rules, " + _chain_label(b)) for s, b in health]
     jobs.sort(key=lambda job: (-job[0].number, -job[0].max_unacked))  # the biggest first, to end evenly
     print(
         f"model check: {matrix} configurations, depth {bounds.depth}, failures {bounds.failures},"
         f" commands {bounds.commands} from [{', '.join(names)}], liveness within {bounds.liveness_steps} steps;"
-        f" {len(jobs) - matrix} upgrade and rollout chains",
+        f" {len(jobs) - matrix} upgrade and rollout chains and health runs",
         flush=True,
     )
     started = time.monotonic()

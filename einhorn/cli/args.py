@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from einhorn.cli.settings import Nice, Settings
-from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKERS, Pacing
+from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKER_RSS_MB, MAX_WORKERS, RSS_SAMPLE_INTERVAL, Pacing
 from einhorn.core.signals import graceful_signal_problem, normalize_signal
 from einhorn.io.sockets import BindSpec, SetupError, parse_bind
 
@@ -97,6 +97,15 @@ OPTIONS = (
         "upgrades, dec, die, master SIGINT/SIGUSR2 (TERM, INT, QUIT for most servers)",
         default="USR2",
     ),
+    Option("--boot-timeout", None, "T", "Stop a worker not ACKed T seconds after its spawn (counts as a death before ACK)"),
+    Option(
+        "--ping-timeout",
+        None,
+        "T",
+        "Replace a worker that pinged (worker:ping, WATCHDOG=1) and then stays silent for\n"
+        "T seconds: its successor first when the pool would drop below N ACKed",
+    ),
+    Option("--max-worker-rss", None, "MB", f"Replace a worker whose resident memory exceeds MB MiB (checked every {RSS_SAMPLE_INTERVAL:g}s), successor first"),
     Option("--max-unacked", None, "N", "At most N un-ACKed new workers at once during spin-up (default: CPU count)"),
     Option("--max-upgrade-additional", None, "N", "During an upgrade, never run more than number + N workers"),
     Option("--drop-env-var", None, "VAR_NAME", "Delete VAR_NAME from the environment that is restored on upgrade", repeat=True),
@@ -195,6 +204,14 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
     max_upgrade_additional = None
     if args.max_upgrade_additional is not None:
         max_upgrade_additional = _integer(args.max_upgrade_additional, "--max-upgrade-additional", low=0)
+    boot_timeout = None if args.boot_timeout is None else _number(args.boot_timeout, "--boot-timeout")
+    if boot_timeout is not None and ack_timer is not None and boot_timeout <= ack_timer:
+        raise UsageError(
+            f"Invalid value for --boot-timeout: {args.boot_timeout!r} (must be longer than the -m timer ACK of {ack_timer:g}s,"
+            " or every worker would be stopped before its ACK)"
+        )
+    ping_timeout = None if args.ping_timeout is None else _number(args.ping_timeout, "--ping-timeout")
+    max_worker_rss = None if args.max_worker_rss is None else _integer(args.max_worker_rss, "--max-worker-rss", low=1, high=MAX_WORKER_RSS_MB)
     binds = tuple(parse_bind(text) for text in args.bind)
     graceful_signal = _graceful_signal(args.graceful_signal)
     if args.listen_fds and args.preload is not None:
@@ -218,6 +235,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request
         max_upgrade_additional=max_upgrade_additional,
         signal_timeout=signal_timeout,
         graceful_signal=graceful_signal,
+        boot_timeout=boot_timeout,
+        ping_timeout=ping_timeout,
+        max_worker_rss_mb=max_worker_rss,
         program=tuple(program),
         program_path=_resolve(program[0], environ),
         binds=binds,

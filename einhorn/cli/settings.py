@@ -52,6 +52,10 @@ class Settings:
     signal_timeout: int | None
     graceful_signal: str
     """`--graceful-signal`, a bare name ("USR2")."""
+    boot_timeout: float | None
+    """`--boot-timeout` seconds (health rules, einhorn/core/health.py)."""
+    ping_timeout: float | None
+    max_worker_rss_mb: int | None
 
     # The workers.
     program: tuple[str, ...]
@@ -132,6 +136,9 @@ def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Conf
         max_upgrade_additional=settings.max_upgrade_additional,
         signal_timeout=settings.signal_timeout,
         graceful_signal=settings.graceful_signal,
+        boot_timeout=settings.boot_timeout,
+        ping_timeout=settings.ping_timeout,
+        max_worker_rss_mb=settings.max_worker_rss_mb,
         einhorn_version=__version__,
         display=Display(
             master_pid=master_pid,

@@ -24,6 +24,12 @@ overflow what the shell's wait (select) accepts or what a float holds.
 DURATION_RANGE = f"at most {MAX_DURATION} (one week)"
 """How the upper bound reads in an error message."""
 
+MAX_WORKER_RSS_MB = 1 << 20
+"""The largest `--max-worker-rss` (MiB): one TiB."""
+
+RSS_SAMPLE_INTERVAL = 2.0
+"""Seconds between two passes of the shell over the workers' RSS (`--max-worker-rss`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerInfo:
@@ -103,8 +109,18 @@ class Config:
     """`NOTIFY_SOCKET` is in the master's environment: tell the supervisor (systemd) how the master is (`notify.py`)."""
     watchdog_interval: float | None = None
     """Seconds of systemd's watchdog (`WATCHDOG_USEC`): `WATCHDOG=1` goes out every half of it."""
+    boot_timeout: float | None = None
+    """`--boot-timeout`: seconds a worker has from its spawn to ACK, or it is stopped (health.py)."""
+    ping_timeout: float | None = None
+    """`--ping-timeout`: seconds a worker that pinged once may go without pinging, or it is replaced."""
+    max_worker_rss_mb: int | None = None
+    """`--max-worker-rss`: MiB of resident memory above which a worker is replaced (the shell measures)."""
     einhorn_version: str = ""
     display: Display = Display()
+
+    @property
+    def max_worker_rss_bytes(self) -> int | None:
+        return None if self.max_worker_rss_mb is None else self.max_worker_rss_mb * 1024 * 1024
 
     @property
     def ack_mode(self) -> str:

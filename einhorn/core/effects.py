@@ -59,9 +59,26 @@ class Cause(enum.Enum):
     """SIGKILL: still alive `-t` seconds after the last signal."""
     ROLLBACK = "rollback"
     """A worker of a rolled-back generation stopped (a failed canary, a crash loop, a timeout, `abort_upgrade`)."""
+    BOOT_TIMEOUT = "boot_timeout"
+    """Not ACKed `--boot-timeout` seconds after its spawn (health.py)."""
+    PING_TIMEOUT = "ping_timeout"
+    """Pinged, then silent for `--ping-timeout` seconds (health.py)."""
+    RSS_LIMIT = "rss_limit"
+    """Resident set size above `--max-worker-rss` (health.py)."""
 
 
-OWN_INITIATIVE = frozenset({Cause.UPGRADE, Cause.MAKE_ROOM, Cause.SURPLUS, Cause.ESCALATION, Cause.ROLLBACK})
+OWN_INITIATIVE = frozenset(
+    {
+        Cause.UPGRADE,
+        Cause.MAKE_ROOM,
+        Cause.SURPLUS,
+        Cause.ESCALATION,
+        Cause.ROLLBACK,
+        Cause.BOOT_TIMEOUT,
+        Cause.PING_TIMEOUT,
+        Cause.RSS_LIMIT,
+    }
+)
 """The master's own decisions; the others carry out an order (spec/README.md §5)."""
 
 

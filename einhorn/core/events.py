@@ -154,6 +154,15 @@ class ListenerHealthChanged:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerMeasured:
+    """The shell read worker `pid`'s resident set size (/proc/PID/statm), with `--max-worker-rss`."""
+
+    pid: int
+    rss_bytes: int
+    now: float
+
+
 Event = (
     MasterStarted
     | Tick
@@ -169,4 +178,5 @@ Event = (
     | ReexecFailed
     | WorkerNotified
     | ListenerHealthChanged
+    | WorkerMeasured
 )

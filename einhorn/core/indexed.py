@@ -12,7 +12,9 @@ counts and orders the pool queries and the timers read:
 - the signaled, unkilled children by (last_signaled_at, pid): the escalations;
 - per version, the unsignaled children by (acked, spinup_at, pid): the order
   old workers are stopped in;
-- the indexes in use (the lowest free index).
+- the indexes in use (the lowest free index);
+- the pinged, unsignaled children no health rule condemned yet by (pinged_at, pid):
+  the ping timeouts; and the condemned, unsignaled ones by (spinup_at, pid).
 
 An index is made by one scan when first asked for, and from then on each
 `set` and `delete` brings it up to date: a count in O(1), an order in a
@@ -146,6 +148,16 @@ def _stop_key(child: Child) -> tuple[bool, float, int] | None:
     return None if child.signaled else (child.acked, child.spinup_at, child.pid)
 
 
+def _pinged_key(child: Child) -> tuple[float, int] | None:
+    if child.pinged_at is None or child.signaled or child.verdict is not None:
+        return None
+    return (child.pinged_at, child.pid)
+
+
+def _condemned_key(child: Child) -> tuple[float, int] | None:
+    return None if child.verdict is None or child.signaled else (child.spinup_at, child.pid)
+
+
 SMALL = 8
 """Up to this many children, an index is computed by a scan when first asked for and not
 carried through changes: at that size a scan is cheaper than keeping the index up to date
@@ -164,7 +176,7 @@ class Children(Mapping[int, "Child"]):
     step asks a state made by a change whose indexes came along.
     """
 
-    __slots__ = ("_map", "_kinds", "_unacked", "_escalating", "_unsignaled", "_indexes")
+    __slots__ = ("_map", "_kinds", "_unacked", "_escalating", "_unsignaled", "_indexes", "_pinged", "_condemned")
 
     _map: immutables.Map[int, Child]
     _kinds: dict[Kind, int] | None
@@ -172,6 +184,8 @@ class Children(Mapping[int, "Child"]):
     _escalating: Order | None
     _unsignaled: dict[int, StopOrder] | None
     _indexes: Sorted[int] | None
+    _pinged: Order | None
+    _condemned: Order | None
 
     @classmethod
     def of(cls, children: Mapping[int, Child] | Iterable[Child]) -> Children:
@@ -193,10 +207,13 @@ class Children(Mapping[int, "Child"]):
         escalating: Order | None = None,
         unsignaled: dict[int, StopOrder] | None = None,
         indexes: Sorted[int] | None = None,
+        pinged: Order | None = None,
+        condemned: Order | None = None,
     ) -> Children:
         made = object.__new__(cls)
         made._map, made._kinds, made._indexes = map_, kinds, indexes
         made._unacked, made._escalating, made._unsignaled = unacked, escalating, unsignaled
+        made._pinged, made._condemned = pinged, condemned
         return made
 
     # --- the indexes, made from the children -------------------------------------
@@ -230,6 +247,14 @@ class Children(Mapping[int, "Child"]):
                 by_version.setdefault(child.version, []).append(stop)
         self._unsignaled = {version: Sorted.of(keys) for version, keys in by_version.items()}
         return self._unsignaled
+
+    def _order_pinged(self) -> Order:
+        self._pinged = Sorted.of([key for key in map(_pinged_key, self._map.values()) if key is not None])
+        return self._pinged
+
+    def _order_condemned(self) -> Order:
+        self._condemned = Sorted.of([key for key in map(_condemned_key, self._map.values()) if key is not None])
+        return self._condemned
 
     def _order_indexes(self) -> Sorted[int]:
         self._indexes = Sorted.of([c.index for c in self._map.values()])
@@ -270,6 +295,7 @@ class Children(Mapping[int, "Child"]):
                 if new_stop is not None and new_stop[1] is not None:
                     unsignaled[new_stop[0]] = unsignaled.get(new_stop[0], _NO_KEYS).add(new_stop[1])
         unacked, escalating, indexes = self._unacked, self._escalating, self._indexes
+        pinged, condemned = self._pinged, self._condemned
         return Children._make(
             map_,
             kinds,
@@ -277,6 +303,8 @@ class Children(Mapping[int, "Child"]):
             None if escalating is None else escalating.swap(_escalation_key(old) if old else None, _escalation_key(new) if new else None),
             unsignaled,
             None if indexes is None else indexes.swap(old.index if old else None, new.index if new else None),
+            None if pinged is None else pinged.swap(_pinged_key(old) if old else None, _pinged_key(new) if new else None),
+            None if condemned is None else condemned.swap(_condemned_key(old) if old else None, _condemned_key(new) if new else None),
         )
 
     # --- queries --------------------------------------------------------------
@@ -303,6 +331,14 @@ class Children(Mapping[int, "Child"]):
         """(acked, spinup_at, pid) of the unsignaled children of `version`: un-ACKed first, then the oldest."""
         unsignaled = self._unsignaled if self._unsignaled is not None else self._order_unsignaled()
         return unsignaled.get(version, _NO_KEYS)
+
+    def pinged_by_time(self) -> Order:
+        """(pinged_at, pid) of every unsignaled child that pinged and no health rule condemned, earliest first."""
+        return self._pinged if self._pinged is not None else self._order_pinged()
+
+    def condemned(self) -> Order:
+        """(spinup_at, pid) of every unsignaled child a health rule condemned, oldest first."""
+        return self._condemned if self._condemned is not None else self._order_condemned()
 
     def indexes(self) -> Sorted[int]:
         """Every child's index, in order."""

@@ -6,7 +6,10 @@ Vocabulary (BEHAVIOR §4):
 - ack_count = acked, unsignaled, modern workers; ack_target = number;
 - missing = number - modern workers (signaled or not, pending spawns included);
 - *serving* = acked, unsignaled workers of any version (the availability floor
-  counts them: spec/README.md, T12).
+  counts them: spec/README.md, T12);
+- a *condemned* worker is an unsignaled one a health rule gave a verdict
+  (health.py): it still serves until stopped, but counts as gone for
+  ack_count, missing and the surplus, so that its successor starts first.
 """
 
 from __future__ import annotations
@@ -73,7 +76,26 @@ def unacked_unsignaled_modern_count(state: State) -> int:
 
 
 def ack_count(state: State) -> int:
-    return state.indexed_children.count(state.version, signaled=False, acked=True)
+    """ACKed, unsignaled, modern workers no health rule condemned."""
+    acked = state.indexed_children.count(state.version, signaled=False, acked=True)
+    return acked - condemned_modern_count(state, acked=True)
+
+
+def condemned_modern_count(state: State, acked: bool | None = None) -> int:
+    """Condemned (unsignaled) modern workers, ACKed or not (None: both). Few: a scan of them."""
+    children = state.indexed_children
+    count = 0
+    for _, pid in children.condemned():
+        child = children[pid]
+        if child.version == state.version and (acked is None or child.acked == acked):
+            count += 1
+    return count
+
+
+def condemned(state: State) -> list[Child]:
+    """Condemned (unsignaled) workers of any version, oldest first."""
+    children = state.indexed_children
+    return [children[pid] for _, pid in children.condemned()]
 
 
 def ack_target(state: State) -> int:
@@ -81,7 +103,8 @@ def ack_target(state: State) -> int:
 
 
 def unsignaled_modern_count(state: State) -> int:
-    return state.indexed_children.count(state.version, signaled=False)
+    """Unsignaled modern workers no health rule condemned (the surplus counts these)."""
+    return state.indexed_children.count(state.version, signaled=False) - condemned_modern_count(state)
 
 
 def total_worker_count(state: State) -> int:
@@ -94,8 +117,10 @@ def busy_count(state: State) -> int:
 
 
 def missing_worker_count(state: State) -> int:
+    """number - modern workers (signaled or not) - modern spawns in flight, a condemned worker
+    counting as gone: its successor is missing."""
     modern = state.indexed_children.count(state.version) + state.indexed_pending.count(state.version)
-    return state.config.number - modern
+    return state.config.number - modern + condemned_modern_count(state)
 
 
 def surplus_by_priority(state: State, limit: int | None = None) -> list[Child]:
@@ -103,7 +128,8 @@ def surplus_by_priority(state: State, limit: int | None = None) -> list[Child]:
     order = list(state.indexed_children.unsignaled_by_priority(state.version))  # (acked, spinup_at, pid)
     split = state.indexed_children.unsignaled_by_priority(state.version).rank((True, -math.inf, -1))  # the un-ACKed first
     keys = itertools.chain(reversed(order[:split]), reversed(order[split:]))
-    return [state.children[pid] for _, _, pid in itertools.islice(keys, limit)]
+    healthy = (state.children[pid] for _, _, pid in keys if state.children[pid].verdict is None)  # the condemned go their own way
+    return list(itertools.islice(healthy, limit))
 
 
 def paced_by_acks(state: State) -> bool:

@@ -29,7 +29,12 @@ class Timestamp:
 
 
 def snapshot(state: State, wall_offset: float) -> dict[str, object]:
-    """`wall_offset` turns the core's monotonic times into wall-clock times."""
+    """`wall_offset` turns the core's monotonic times into wall-clock times.
+
+    Per worker, `ping_age` (seconds since its last ping, by the state's clock),
+    `rss_bytes` (the last measurement, with `--max-worker-rss`) and `health`
+    (a health rule's verdict, not yet carried out: `boot_timeout`,
+    `ping_timeout`, `rss_limit`; or null) show the health rules' view."""
 
     def at(t: float | None) -> Timestamp | None:
         return None if t is None else Timestamp(t + wall_offset)
@@ -41,7 +46,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
     )
     return {
         "state": {
-            "children": {pid: _child(state.children[pid], wall_offset) for pid in sorted(state.children)},
+            "children": {pid: _child(state.children[pid], wall_offset, state.clock) for pid in sorted(state.children)},
             "config": {
                 "number": config.number,
                 "backlog": shown.backlog,
@@ -49,6 +54,9 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
                 "pacing": config.pacing.value,
                 "max_unacked": config.max_unacked,
                 "max_upgrade_additional": config.max_upgrade_additional,
+                "boot_timeout": config.boot_timeout,
+                "ping_timeout": config.ping_timeout,
+                "max_worker_rss_mb": config.max_worker_rss_mb,
             },
             "version": state.version,
             "bind": list(shown.binds),
@@ -136,7 +144,7 @@ def _rollout(rollout: Rollout, wall_offset: float) -> dict[str, object]:
 _WORKER = Symbol("worker")
 
 
-def _child(child: Child, wall_offset: float) -> dict[str, object]:
+def _child(child: Child, wall_offset: float, clock: float) -> dict[str, object]:
     # (Written out rather than through `at`: this runs once per worker per `state`.)
     signaled_at, pinged_at = child.last_signaled_at, child.pinged_at
     return {
@@ -150,6 +158,9 @@ def _child(child: Child, wall_offset: float) -> dict[str, object]:
         "pinged_at": None if pinged_at is None else Timestamp(pinged_at + wall_offset),
         "pinged_request_id": child.pinged_request_id,
         "status": child.status,
+        "ping_age": None if pinged_at is None else round(clock - pinged_at, 3),
+        "rss_bytes": child.rss_bytes,
+        "health": None if child.verdict is None else child.verdict.value,
     }
 
 

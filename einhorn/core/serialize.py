@@ -6,11 +6,13 @@ Runtime-changeable settings (`inc`, `set_workers`, `config`) travel in the
 document and override the command line of the new master.
 
 Format 3 (this one) adds the generations (each with its launch spec), the
-rollout in progress and the upgrade options of a re-exec; a format 2 document
-has none (the new image records the current generation from its own spec).
-Format 2 has no child kinds (the state passer is the shell's, not a child), one
-`reexec` record with its phase, and monotonic ping times. A format 0 or 1
-document is translated first (`_from_format_1`).
+rollout in progress, the upgrade options of a re-exec, and each child's
+health: `rss_bytes`, `measured_at`, `verdict`, `verdict_at`; a format 2
+document has none of them (the new image records the current generation from
+its own spec; a format 2 child has no measurement and no verdict). Format 2 has
+no child kinds (the state passer is the shell's, not a child), one `reexec`
+record with its phase, and monotonic ping times. A format 0 or 1 document is
+translated first (`_from_format_1`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from einhorn.core.state import (
     Subscriber,
     UpgradeKind,
     UpgradeOptions,
+    Verdict,
 )
 
 FORMAT = 3
@@ -70,7 +73,14 @@ _CHILD_DEFAULTS: Mapping[str, object] = {
     "killed": False,
     "pinged_at": None,
     "pinged_request_id": None,
+    "rss_bytes": None,
+    "measured_at": None,
+    "verdict": None,
+    "verdict_at": None,
 }
+
+_HEALTH_KEYS = ("rss_bytes", "measured_at", "verdict", "verdict_at")
+"""The child keys format 3 added: a format 2 child is healthy and unmeasured, said nothing about."""
 
 
 class StateFormatError(ValueError):
@@ -164,6 +174,10 @@ def _child_to_plain(child: Child) -> dict[str, object]:
         "killed": child.killed,
         "pinged_at": child.pinged_at,
         "pinged_request_id": child.pinged_request_id,
+        "rss_bytes": child.rss_bytes,
+        "measured_at": child.measured_at,
+        "verdict": None if child.verdict is None else child.verdict.value,
+        "verdict_at": child.verdict_at,
     }
 
 
@@ -176,12 +190,13 @@ def from_plain(data: object, config: Config) -> tuple[State, list[str]]:
     if given != FORMAT:
         notes.append(f"format {given!r} restored by format {FORMAT}")
     try:
-        older = given is None or (isinstance(given, int) and not isinstance(given, bool) and given < FORMAT)
-        if given is None or (older and isinstance(given, int) and given < 2):
+        number = given if isinstance(given, int) and not isinstance(given, bool) else None
+        older = given is None or (number is not None and number < FORMAT)
+        if given is None or (number is not None and number < 2):
             data, translated = _from_format_1(data)
             notes += translated
-        if older:  # before format 3: no generations yet (the new image records the current one), no rollout
-            data = {"generations": [], "rollout": None, **data}
+        if older:
+            data = _from_format_2(data)
         doc, normalized = _normalize(data, _DEFAULTS, "state")
         notes += normalized
         children: dict[int, Child] = {}
@@ -273,6 +288,20 @@ def _from_format_1(data: Mapping[object, object]) -> tuple[dict[object, object],
     return doc, notes
 
 
+def _from_format_2(data: Mapping[object, object]) -> dict[object, object]:
+    """A format 2 document (or a translated older one) in format 3's terms: no generations yet (the new
+    image records the current one), no rollout, no child has a health record."""
+    doc = {"generations": [], "rollout": None, **data}
+    children = []
+    for raw in _list(doc.get("children", [])):
+        child = dict(_mapping(raw))
+        for key in _HEALTH_KEYS:
+            child.setdefault(key, None)
+        children.append(child)
+    doc["children"] = children
+    return doc
+
+
 def _normalize(data: Mapping[object, object], defaults: Mapping[str, object], what: str) -> tuple[dict[str, object], list[str]]:
     missing = sorted(k for k in defaults if k not in data)
     unknown = sorted(str(k) for k in data if k not in defaults)
@@ -297,6 +326,10 @@ def _child_from_plain(doc: Mapping[str, object]) -> Child:
         killed=_bool(doc["killed"]),
         pinged_at=_optional_float(doc["pinged_at"]),
         pinged_request_id=None if doc["pinged_request_id"] is None else str(doc["pinged_request_id"]),
+        rss_bytes=None if doc["rss_bytes"] is None else int(_num(doc["rss_bytes"])),
+        measured_at=_optional_float(doc["measured_at"]),
+        verdict=None if doc["verdict"] is None else Verdict(doc["verdict"]),
+        verdict_at=_optional_float(doc["verdict_at"]),
     )
 
 

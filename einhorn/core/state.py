@@ -63,6 +63,18 @@ class ReexecPurpose(enum.Enum):
     FLEET_UPGRADE = "fleet_upgrade"
 
 
+class Verdict(enum.Enum):
+    """Why a health rule condemned a worker (einhorn/core/health.py): it is stopped, successor first
+    when stopping it at once would leave fewer than `number` serving."""
+
+    BOOT_TIMEOUT = "boot_timeout"
+    """Not ACKed `--boot-timeout` seconds after its spawn."""
+    PING_TIMEOUT = "ping_timeout"
+    """Pinged once, then no ping for `--ping-timeout` seconds (a wedged worker)."""
+    RSS_LIMIT = "rss_limit"
+    """Measured above `--max-worker-rss`."""
+
+
 class ReexecPhase(enum.Enum):
     """Where a re-exec is (spec/upgrades.md): the check runs, then the exec is ordered."""
 
@@ -159,6 +171,14 @@ class Child:
     pinged_request_id: str | None = None
     status: str | None = None
     """The last `STATUS=` the worker sent on the `-m notify` socket (not kept across a re-exec)."""
+    rss_bytes: int | None = None
+    """The worker's resident set size as the shell last measured it (`WorkerMeasured`), with `--max-worker-rss`."""
+    measured_at: float | None = None
+    """Monotonic time of that measurement."""
+    verdict: Verdict | None = None
+    """A health rule condemned this worker (health.py): it is stopped as soon as the availability floor allows."""
+    verdict_at: float | None = None
+    """When the verdict was given."""
 
 
 @dataclass(frozen=True, slots=True)

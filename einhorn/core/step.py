@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import assert_never
 
-from einhorn.core import listeners, notify, pool, rollout, upgrade
+from einhorn.core import health, listeners, notify, pool, rollout, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
@@ -39,10 +39,11 @@ from einhorn.core.events import (
     Tick,
     UpgradeCheckFailed,
     UpgradeCheckPassed,
+    WorkerMeasured,
     WorkerNotified,
     WorkerSpawned,
 )
-from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind
+from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind, Verdict
 
 Outcome = tuple[State, list[Effect]]
 
@@ -80,6 +81,8 @@ def step(state: State, event: Event) -> Outcome:
             state, effects = notify.on_worker_notified(state, event)
         case ListenerHealthChanged():
             state, effects = listeners.on_health_changed(state, event)
+        case WorkerMeasured():
+            state, effects = health.on_measured(state, event)
         case _:
             assert_never(event)
     state, more = reconcile(state)
@@ -158,6 +161,8 @@ def _on_child_exited(state: State, event: ChildExited) -> Outcome:
     extra = ""
     if not child.acked:
         extra = " before it was ACKed"
+    elif health.booted_out(child):
+        extra = " after its boot timeout (counted as a death before ACK)"
     elif pool.died_young(state, child):
         extra = f" within {state.config.seconds:g}s of its start (counted as a death before ACK)"
     if extra:
@@ -300,7 +305,9 @@ GRADUAL_SPINUP = Timer(lambda state: _spinup_due(state), lambda state, _: _spin_
 WATCHDOG = Timer(lambda state: notify.watchdog_due(state), lambda state, subject: notify.ping_watchdog(state, subject))
 ROLLOUT_TIMEOUT = Timer(lambda state: rollout.timeout_due(state), lambda state, _: rollout.time_out(state))
 BAKE = Timer(lambda state: rollout.bake_due(state), lambda state, _: rollout.promote(state))
-TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, ROLLOUT_TIMEOUT, BAKE, GRADUAL_SPINUP, WATCHDOG)
+BOOT_TIMEOUT = Timer(lambda state: health.boot_due(state), lambda state, pid: health.condemn(state, pid, Verdict.BOOT_TIMEOUT))
+PING_TIMEOUT = Timer(lambda state: health.ping_due(state), lambda state, pid: health.condemn(state, pid, Verdict.PING_TIMEOUT))
+TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, ROLLOUT_TIMEOUT, BAKE, GRADUAL_SPINUP, WATCHDOG, BOOT_TIMEOUT, PING_TIMEOUT)
 
 
 def _fire(timer: Timer, state: State) -> Outcome:
@@ -321,6 +328,9 @@ def reconcile(state: State) -> Outcome:
         lambda s: _fire(ESCALATION, s),
         lambda s: _fire(CHECK_DEADLINE, s),
         lambda s: _fire(ROLLOUT_TIMEOUT, s),
+        lambda s: _fire(BOOT_TIMEOUT, s),
+        lambda s: _fire(PING_TIMEOUT, s),
+        _stop_condemned,
         upgrade.abandon_when_shutting_down,
         _first_fill,
         rollout.advance,
@@ -333,6 +343,18 @@ def reconcile(state: State) -> Outcome:
     )
     for phase in phases:
         state, more = phase(state)
+        effects += more
+    return state, effects
+
+
+def _stop_condemned(state: State) -> Outcome:
+    """Workers a health rule condemned, oldest first, each as soon as the availability floor
+    allows (health.py): before the cull, so that they go before any healthy worker."""
+    effects: list[Effect] = []
+    for child in pool.condemned(state):
+        assert child.verdict is not None
+        note = health.stop_message(state, child)
+        state, more = _stop(state, [child], health.CAUSES[child.verdict], note, level=LogLevel.WARN)
         effects += more
     return state, effects
 
@@ -413,7 +435,7 @@ def _cull(state: State) -> Outcome:
     return state, effects
 
 
-def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: bool = True) -> Outcome:
+def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: bool = True, level: LogLevel = LogLevel.INFO) -> Outcome:
     """The graceful signal to `victims`, on the master's own initiative, within the availability floor.
 
     The floor (spec/README.md, T12): a serving (ACKed, unsignaled) worker is
@@ -430,7 +452,7 @@ def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: b
     if not pids:
         return state, []
     text = note.format(len(pids))
-    effects = announce(state, LogLevel.INFO, text) if stream else [Log(LogLevel.INFO, text)]
+    effects = announce(state, level, text) if stream else [Log(level, text)]
     state, more = signal_children(state, state.config.graceful_signal, pids, cause)
     return state, [*effects, *more]
 

@@ -6,7 +6,9 @@ check), never longer than `MAX_WAIT`. After every wake-up the loop reaps every
 exited child first (so a signal never targets a recycled pid), then feeds the
 other events, then a `Tick` if the deadline passed. Every
 `LISTENER_CHECK_INTERVAL` it asks each `-b` listener whether it still accepts
-and reports a change (`ListenerHealthChanged`).
+and reports a change (`ListenerHealthChanged`). With `--max-worker-rss`, every
+`RSS_SAMPLE_INTERVAL` it reads each worker's resident set size from
+/proc/PID/statm and reports it (`WorkerMeasured`); the core decides.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
 
+from einhorn.core.config import RSS_SAMPLE_INTERVAL
 from einhorn.core.effects import (
     AbandonExec,
     CloseConnection,
@@ -50,6 +53,7 @@ from einhorn.core.events import (
     Tick,
     UpgradeCheckFailed,
     UpgradeCheckPassed,
+    WorkerMeasured,
     WorkerSpawned,
 )
 from einhorn.core.observe import Observation, observe
@@ -113,6 +117,37 @@ class ListenerWatch:
         return events
 
 
+class RssWatch:
+    """Reads every worker's RSS once per RSS_SAMPLE_INTERVAL, on the loop's own deadline (no thread)."""
+
+    def __init__(self, enabled: bool, now: float) -> None:
+        self.next_check: float | None = now if enabled else None
+
+    def check(self, pids: Iterable[int], now: float) -> list[Event]:
+        if self.next_check is None or now < self.next_check:
+            return []
+        self.next_check = now + RSS_SAMPLE_INTERVAL
+        events: list[Event] = []
+        for pid in pids:
+            rss = resident_bytes(pid)
+            if rss is not None:
+                events.append(WorkerMeasured(pid, rss, now))
+        return events
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes(pid: int) -> int | None:
+    """The resident set size of `pid` (/proc/PID/statm's second field, in pages), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as statm:
+            fields = statm.read().split()
+        return int(fields[1]) * PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def monotonic_and_wall() -> tuple[float, float]:
     return time.monotonic(), time.time()
 
@@ -144,6 +179,7 @@ class Master:
         self.exec_ordered = False
         """`ExecMaster` was ordered: exec at the end of this loop iteration, once everything read is handled."""
         self.listener_watch = ListenerWatch(listeners, time.monotonic())
+        self.rss_watch = RssWatch(state.config.max_worker_rss_mb is not None, time.monotonic())
         self.selector = selectors.DefaultSelector()
         self.wake_reader, self.wake_writer = socket.socketpair()
         for end in (self.wake_reader, self.wake_writer):
@@ -196,7 +232,8 @@ class Master:
             return
         deadline = next_deadline(self.state)
         metrics_wakeup = None if self.metrics is None else self.metrics.next_wakeup()
-        timeout = select_timeout((deadline, self.server.next_wakeup(), self.listener_watch.next_check, metrics_wakeup), time.monotonic())
+        wake_at = (deadline, self.server.next_wakeup(), self.listener_watch.next_check, self.rss_watch.next_check, metrics_wakeup)
+        timeout = select_timeout(wake_at, time.monotonic())
         if self.exec_ordered:
             timeout = 0.0  # take in what is already there, then exec (below)
         events: list[Event] = []
@@ -214,6 +251,7 @@ class Master:
             self.metrics.tick()
         self.feed(self.server.take_closed())
         self.feed(self.listener_watch.check(time.monotonic()))
+        self.feed(self.rss_watch.check(sorted(self.state.children), time.monotonic()))
         if deadline is not None and time.monotonic() >= deadline:
             self.feed([Tick(time.monotonic())])
         if self.exec_ordered and self.exit_code is None:

@@ -136,6 +136,9 @@ def test_defaults() -> None:
         max_upgrade_additional=None,
         signal_timeout=None,
         graceful_signal="USR2",
+        boot_timeout=None,
+        ping_timeout=None,
+        max_worker_rss_mb=None,
         program=(PROGRAM, "worker-arg"),
         program_path=os.path.abspath(PROGRAM),
         binds=(),
@@ -163,8 +166,10 @@ def test_every_option_reaches_its_setting() -> None:
         "-g", "-k", "-l", "7", "-m", "manual", "-n", "3", "-p", "app.py", "-s", "0.5", "-t", "4",
         "--max-unacked", "2", "--max-upgrade-additional", "0", "--drop-env-var", "A", "--drop-env-var=B",
         "--reexec-as", "env X=1 einhorn", "--nice", "-5:3:/bin/renice", "--graceful-signal", "sigterm",
+        "--boot-timeout", "20", "--ping-timeout", "2.5", "--max-worker-rss", "512",
     ]  # fmt: skip
     result = settings(*given)
+    assert (result.boot_timeout, result.ping_timeout, result.max_worker_rss_mb) == (20.0, 2.5, 512)
     assert (result.number, result.ack_timer, result.seconds, result.signal_timeout) == (3, None, 0.5, 4)
     assert result.pacing is Pacing.INTERVAL
     assert (result.max_unacked, result.max_upgrade_additional) == (2, 0)
@@ -244,6 +249,14 @@ def test_what_to_print_instead_of_running(argv: list[str], request_: str) -> Non
         (["--reexec-as", ""], "--reexec-as needs a command"),
         (["--reexec-as", '"einhorn'], "Invalid value for --reexec-as: '\"einhorn' (No closing quotation)"),
         (["--with-state-fd", "x"], "Invalid value for --with-state-fd: 'x' (must be an integer >= 0)"),
+        (["--boot-timeout", "0"], f"Invalid value for --boot-timeout: '0' {SECONDS}"),
+        (["--boot-timeout", "soon"], f"Invalid value for --boot-timeout: 'soon' {SECONDS}"),
+        (["--boot-timeout", "1"], "Invalid value for --boot-timeout: '1' (must be longer than the -m timer ACK of 1s, or every worker would be stopped before its ACK)"),
+        (["-m", "5", "--boot-timeout", "4.5"], "Invalid value for --boot-timeout: '4.5' (must be longer than the -m timer ACK of 5s, or every worker would be stopped before its ACK)"),
+        (["--ping-timeout", "-1"], f"Invalid value for --ping-timeout: '-1' {SECONDS}"),
+        (["--ping-timeout", "604801"], f"Invalid value for --ping-timeout: '604801' {SECONDS}"),
+        (["--max-worker-rss", "0"], "Invalid value for --max-worker-rss: '0' (must be an integer in [1, 1048576])"),
+        (["--max-worker-rss", "1.5"], "Invalid value for --max-worker-rss: '1.5' (must be an integer in [1, 1048576])"),
         (["--graceful-signal", "TERN"], "Invalid value for --graceful-signal: 'TERN' (not a signal name)"),
         (["--graceful-signal", "KILL"], "Invalid value for --graceful-signal: 'KILL' (SIGKILL cannot ask a worker to finish and exit)"),
         (["--graceful-signal", "SIGSTOP"], "Invalid value for --graceful-signal: 'SIGSTOP' (SIGSTOP cannot ask a worker to finish and exit)"),

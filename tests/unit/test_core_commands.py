@@ -459,7 +459,17 @@ def test_state_replies_with_the_report() -> None:
     assert {"children", "config", "version", "respawn", "upgrading", "ack_mode", "cmd_name", "verbosity"} <= set(report)
     assert report["cmd_name"] == "web" and report["version"] == 0 and report["respawn"] is True
     assert report["ack_mode"] == {"type": Symbol("timer"), "timeout": 1.0}
-    assert report["config"] == {"number": 2, "backlog": 100, "seconds": 1.0, "pacing": "ack", "max_unacked": 1, "max_upgrade_additional": None}
+    assert report["config"] == {
+        "number": 2,
+        "backlog": 100,
+        "seconds": 1.0,
+        "pacing": "ack",
+        "max_unacked": 1,
+        "max_upgrade_additional": None,
+        "boot_timeout": None,
+        "ping_timeout": None,
+        "max_worker_rss_mb": None,
+    }
     children = report["children"]
     assert isinstance(children, dict) and sorted(children) == [1000, 1001]
     assert children[1000] == {
@@ -473,6 +483,9 @@ def test_state_replies_with_the_report() -> None:
         "pinged_at": None,
         "pinged_request_id": None,
         "status": None,
+        "ping_age": None,
+        "rss_bytes": None,
+        "health": None,
     }
     assert state == replace(up(command_name="web"), clock=2.0)
 

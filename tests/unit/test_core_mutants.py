@@ -13,7 +13,7 @@ from einhorn.core.config import Config, Display, ListenerInfo, Pacing
 from einhorn.core.effects import Cause, Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.report import Symbol, Timestamp, snapshot
-from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind
+from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, Verdict
 
 
 def _request(name: str, *args: str, request_id: str | None = None, conn: int = 5) -> commands.Request:
@@ -41,6 +41,9 @@ def _rich_state() -> State:
         max_upgrade_additional=1,
         signal_timeout=5,
         graceful_signal="TERM",
+        boot_timeout=30.0,
+        ping_timeout=10.0,
+        max_worker_rss_mb=512,
         einhorn_version="1.1.0",
         display=Display(
             command_name="web",
@@ -73,7 +76,11 @@ def _rich_state() -> State:
     return State(
         config=config,
         version=2,
-        children={10: signaled, 11: Child(11, 1, 1, 1.0), 12: Child(12, 2, 3, 2.0, acked=True)},
+        children={
+            10: signaled,
+            11: Child(11, 1, 1, 1.0, verdict=Verdict.BOOT_TIMEOUT, verdict_at=8.0),
+            12: Child(12, 2, 3, 2.0, acked=True, rss_bytes=1 << 20, measured_at=7.5),
+        },
         pending={3: PendingSpawn(3, 2, 2, 4.0)},
         next_spawn_id=4,
         upgrading=UpgradeKind.SMOOTH,
@@ -105,6 +112,9 @@ def test_snapshot_is_the_whole_document() -> None:
                     "pinged_at": Timestamp(1007.0),
                     "pinged_request_id": "r1",
                     "status": None,
+                    "ping_age": 1.0,
+                    "rss_bytes": None,
+                    "health": None,
                     "signaled": ["TERM", "USR2"],
                     "spinup_time": Timestamp(1005.0),
                     "type": Symbol("worker"),
@@ -117,6 +127,9 @@ def test_snapshot_is_the_whole_document() -> None:
                     "pinged_at": None,
                     "pinged_request_id": None,
                     "status": None,
+                    "ping_age": None,
+                    "rss_bytes": None,
+                    "health": "boot_timeout",
                     "signaled": [],
                     "spinup_time": Timestamp(1001.0),
                     "type": Symbol("worker"),
@@ -129,6 +142,9 @@ def test_snapshot_is_the_whole_document() -> None:
                     "pinged_at": None,
                     "pinged_request_id": None,
                     "status": None,
+                    "ping_age": None,
+                    "rss_bytes": 1 << 20,
+                    "health": None,
                     "signaled": [],
                     "spinup_time": Timestamp(1002.0),
                     "type": Symbol("worker"),
@@ -138,7 +154,17 @@ def test_snapshot_is_the_whole_document() -> None:
             "cmd": ["app", "-x"],
             "cmd_name": "web",
             "command_socket_as_fd": True,
-            "config": {"backlog": 7, "max_unacked": 2, "max_upgrade_additional": 1, "number": 3, "seconds": 2.0, "pacing": "ack"},
+            "config": {
+                "backlog": 7,
+                "max_unacked": 2,
+                "max_upgrade_additional": 1,
+                "number": 3,
+                "seconds": 2.0,
+                "pacing": "ack",
+                "boot_timeout": 30.0,
+                "ping_timeout": 10.0,
+                "max_worker_rss_mb": 512,
+            },
             "consecutive_deaths_before_ack": 2,
             "graceful_signal": "TERM",
             "kill_children_on_exit": True,

@@ -22,6 +22,7 @@ from einhorn.core.state import (
     State,
     Subscriber,
     UpgradeKind,
+    Verdict,
     initial_state,
 )
 from einhorn.core.step import step
@@ -59,6 +60,10 @@ children = st.builds(
     killed=st.booleans(),
     pinged_at=st.none() | finite,
     pinged_request_id=maybe_text,
+    rss_bytes=st.none() | st.integers(0, 2**40),
+    measured_at=st.none() | finite,
+    verdict=st.none() | st.sampled_from(Verdict),
+    verdict_at=st.none() | finite,
 )
 pendings = st.builds(PendingSpawn, st.integers(0, 10**6), st.integers(0, 2000), st.integers(0, 50), finite)
 subscribers = st.tuples(st.builds(Subscriber, st.integers(0, 2**16), maybe_text)).map(tuple) | st.lists(
@@ -158,6 +163,10 @@ def test_document_shape() -> None:
                 "killed": False,
                 "pinged_at": None,
                 "pinged_request_id": None,
+                "rss_bytes": None,
+                "measured_at": None,
+                "verdict": None,
+                "verdict_at": None,
             }
         ],
         "pending": [[3, 1, 1, 2.0]],
@@ -242,6 +251,27 @@ def test_restore_from_format_0_fills_defaults_and_drops_unknown_keys() -> None:
     after, effects = step(state, MasterStarted(20.5, restored=True))
     assert state_problems(after) == []
     assert after.upgrading is UpgradeKind.SMOOTH and after.version == 3
+
+
+def test_a_health_record_travels_across_a_re_exec() -> None:
+    child = Child(7, version=1, index=0, spinup_at=1.0, acked=True, rss_bytes=3 << 20, measured_at=2.0, verdict=Verdict.RSS_LIMIT, verdict_at=2.0)
+    state = replace(initial_state(make_config()), version=1, children={7: child}, clock=2.5)
+    restored, notes = from_plain(through_json(to_plain(state)), state.config)
+    assert notes == [] and restored.children[7] == child
+
+
+def test_restore_from_format_2_gives_every_child_an_empty_health_record_and_keeps_its_pings() -> None:
+    """Format 2 (before the health rules) had monotonic pings and no health keys: only the format is noted."""
+    document = to_plain(replace(initial_state(make_config()), children={7: Child(7, version=0, index=0, spinup_at=1.0, pinged_at=1.5)}))
+    children = document["children"]
+    assert isinstance(children, list)
+    for child in children:
+        for key in ("rss_bytes", "measured_at", "verdict", "verdict_at"):
+            del child[key]
+    document["format"] = 2
+    restored, notes = from_plain(through_json(document), make_config())
+    assert notes == ["format 2 restored by format 3"]
+    assert restored.children[7] == Child(7, version=0, index=0, spinup_at=1.0, pinged_at=1.5)
 
 
 def test_restore_of_a_minimal_document_uses_defaults_for_everything() -> None:

@@ -19,9 +19,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from einhorn.core import pool
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config, Pacing
-from einhorn.core.effects import CloseConnection, Log, LogLevel, SendSignal, SpawnWorker
-from einhorn.core.events import CommandReceived, SignalReceived, SpawnFailed, Tick
-from einhorn.core.state import Child, ReexecPhase, RolloutPhase
+from einhorn.core.effects import Cause, CloseConnection, Log, LogLevel, SendSignal, SpawnWorker
+from einhorn.core.events import CommandReceived, SignalReceived, SpawnFailed, Tick, WorkerMeasured
+from einhorn.core.state import Child, ReexecPhase, RolloutPhase, Verdict
 from einhorn.core.step import next_deadline, step
 from tests.unit.fixtures.core_world import World, command, converged, make_config
 
@@ -34,6 +34,9 @@ machine_configs = st.builds(
     max_unacked=st.integers(1, 3),
     max_upgrade_additional=st.sampled_from([None, 0, 1, 2]),
     signal_timeout=st.sampled_from([None, 2, 30]),
+    boot_timeout=st.sampled_from([None, None, 3.0]),
+    ping_timeout=st.sampled_from([None, None, 2.0]),
+    max_worker_rss_mb=st.sampled_from([None, None, 64]),
 )
 
 CONN = 7
@@ -72,6 +75,7 @@ class CoreMachine(RuleBasedStateMachine):
             f"start: number={config.number} ack={'manual' if config.ack_timer is None else config.ack_timer}"
             f" seconds={config.seconds} max_unacked={config.max_unacked}"
             f" max_upgrade_additional={config.max_upgrade_additional} signal_timeout={config.signal_timeout}"
+            f" boot_timeout={config.boot_timeout} ping_timeout={config.ping_timeout} max_worker_rss={config.max_worker_rss_mb}"
         )
         self.world = World.start(config)
 
@@ -140,6 +144,20 @@ class CoreMachine(RuleBasedStateMachine):
         self.say(f"worker {pid} pings")
         self.world.feed(CommandReceived(CONN, {"command": "worker:ping", "pid": pid, "request_id": "p"}, self.world.now, wall=1e9))
         assert self.world.state.children[pid].pinged_request_id == "p"
+
+    @precondition(lambda self: self.running() and bool(self.world.live))
+    @rule(data=st.data(), mib=st.sampled_from([10, 64, 65, 200]))
+    def worker_measured(self, data: st.DataObject, mib: int) -> None:
+        pid = data.draw(st.sampled_from(sorted(self.world.live)), label="pid")
+        before = self.world.state.children[pid]
+        self.say(f"{describe(before, self.world.state.version)} measured at {mib} MiB")
+        self.world.feed(WorkerMeasured(pid, mib * 1024 * 1024, self.world.now))
+        after = self.world.state.children[pid]
+        limit = self.world.state.config.max_worker_rss_mb
+        if limit is not None and mib > limit and not before.signaled:
+            assert after.verdict is not None  # condemned now, or before for another rule
+        if before.verdict is None and (limit is None or mib <= limit):
+            assert after.verdict is None
 
     @precondition(lambda self: self.running() and next_deadline(self.world.state) is not None)
     @rule()
@@ -275,8 +293,16 @@ class CoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def never_more_than_number_unsignaled_modern_workers(self) -> None:
+        """(Besides those a health rule condemned, which stay until their successors serve.)"""
         state = self.world.state
-        assert len(pool.unsignaled_modern_workers(state)) <= state.config.number
+        assert len([c for c in pool.unsignaled_modern_workers(state) if c.verdict is None]) <= state.config.number
+
+    @invariant()
+    def a_worker_signaled_for_its_health_was_condemned_for_it(self) -> None:
+        causes = {Cause.BOOT_TIMEOUT: Verdict.BOOT_TIMEOUT, Cause.PING_TIMEOUT: Verdict.PING_TIMEOUT, Cause.RSS_LIMIT: Verdict.RSS_LIMIT}
+        for effect in self.world.last_effects:
+            if isinstance(effect, SendSignal) and effect.cause in causes:
+                assert self.world.state.children[effect.pid].verdict is causes[effect.cause], effect
 
     @invariant()
     def every_signal_targets_a_live_child(self) -> None:

@@ -54,3 +54,45 @@ def test_listener_watch_reports_a_shut_down_listener_once(listener: socket.socke
 def test_listener_watch_without_listeners_never_wakes_the_loop() -> None:
     watch = ListenerWatch([], now=0.0)
     assert watch.next_check is None and watch.check(1e6) == []
+
+
+def test_rss_watch_measures_each_live_worker_once_per_interval() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from einhorn.core.config import RSS_SAMPLE_INTERVAL
+    from einhorn.core.events import WorkerMeasured
+    from einhorn.io.loop import RssWatch, resident_bytes
+
+    code = "import sys; print('up', flush=True); sys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"  # exec'd and running
+        with open(f"/proc/{child.pid}/status") as status:
+            (vm_rss_kib,) = [int(line.split()[1]) for line in status if line.startswith("VmRSS:")]
+        gone = 2**22 + 1  # above pid_max's default: no such process
+        watch = RssWatch(True, now=5.0)
+        assert watch.next_check == 5.0
+        events = watch.check([child.pid, gone], now=5.0)
+        assert [(e.pid, e.now) for e in events if isinstance(e, WorkerMeasured)] == [(child.pid, 5.0)]  # a vanished pid is skipped
+        (measured,) = events
+        assert isinstance(measured, WorkerMeasured)
+        assert abs(measured.rss_bytes - vm_rss_kib * 1024) < vm_rss_kib * 1024 // 10  # what the kernel's VmRSS says
+        assert watch.check([child.pid], now=5.0 + RSS_SAMPLE_INTERVAL / 2) == []  # not due yet: /proc is not read
+        assert len(watch.check([child.pid], now=5.0 + RSS_SAMPLE_INTERVAL)) == 1
+        mine = resident_bytes(os.getpid())
+        assert mine is not None and mine > 0
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+        assert child.stdout is not None
+        child.stdout.close()
+
+
+def test_rss_watch_without_the_limit_never_wakes_the_loop() -> None:
+    from einhorn.io.loop import RssWatch
+
+    watch = RssWatch(False, now=0.0)
+    assert watch.next_check is None and watch.check([1], 1e6) == []

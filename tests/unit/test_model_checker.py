@@ -15,10 +15,10 @@ from dataclasses import replace
 
 import pytest
 
-from einhorn.core import actions, commands, indexed, notify, pool, rollout, step, upgrade
+from einhorn.core import actions, commands, health, indexed, notify, pool, rollout, step, upgrade
 from einhorn.core.actions import Outcome
 from einhorn.core.config import Pacing
-from einhorn.core.effects import Cause, Log, LogLevel, Reply, SpawnWorker
+from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SpawnWorker
 from einhorn.core.events import UpgradeCheckPassed
 from einhorn.core.state import Child, RolloutPhase, State
 from spec import invariants, model_check
@@ -65,7 +65,7 @@ def test_the_real_core_passes_a_small_bound(scenario: Scenario) -> None:
 def test_the_command_line_runs_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
     code = model_check.main(
         ["--number", "1", "--max-unacked", "1", "--max-upgrade-additional", "none", "--signal-timeout", "none",
-         "--ack", "manual", "--depth", "4", "--jobs", "1", "--chains", "no"]
+         "--ack", "manual", "--depth", "4", "--jobs", "1", "--chains", "no", "--health", "no"]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -481,12 +481,93 @@ def test_bug_a_rollback_keeps_the_new_version_current(monkeypatch: pytest.Monkey
     _assert_reports(*_violation(CANARY, CANARY_BOUNDS), "S13")
 
 
+# --- the health rules (spec/README.md §4 rules 3a-3b; runs in §7) -------------------------------------------------------
+
+WEDGED, NEVER_ACKS, RSS_DURING_UPGRADE, TWO_RULES, CAPPED = model_check.HEALTH_RUNS
+
+
+@pytest.mark.parametrize("run", model_check.HEALTH_RUNS, ids=lambda run: str(run[0]))
+def test_the_real_core_passes_the_health_runs_at_a_small_bound(run: tuple[Scenario, Bounds]) -> None:
+    scenario, bounds = run
+    result = explore(scenario, replace(bounds, depth=7), stop_at_first=False)
+    assert not result.violations, "\n\n".join(render_trace(v) for v in result.violations)
+    assert result.states > 100 and result.liveness_states > 0
+
+
+def test_bug_a_wedged_worker_is_stopped_before_its_successor_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The health rule stops every condemned worker at once, without the availability floor."""
+
+    def at_once(state: State) -> Outcome:
+        effects: list[Effect] = []
+        for child in pool.condemned(state):
+            assert child.verdict is not None
+            state, more = actions.signal_children(state, state.config.graceful_signal, [child.pid], health.CAUSES[child.verdict])
+            effects += more
+        return state, effects
+
+    monkeypatch.setattr(step, "_stop_condemned", at_once)
+    problems, trace = _violation(*WEDGED)
+    _assert_reports(problems, trace, "T12")
+    assert "sends worker:ping" in trace and "CONDEMNED(ping_timeout)" in trace
+
+
+def test_bug_the_ping_timeout_never_fires(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ping timer is not armed: a wedged worker would serve nothing for ever."""
+    monkeypatch.setattr(health, "ping_due", lambda state: ())
+    problems, trace = _violation(*WEDGED)
+    _assert_reports(problems, trace, "S17")
+
+
+def test_bug_the_boot_timeout_fires_early(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The boot deadline is half the timeout: a worker still within it is stopped."""
+
+    def early(state: State) -> Iterable[tuple[float, int]]:
+        timeout = state.config.boot_timeout
+        assert timeout is not None
+        return ((spinup_at + timeout / 2, pid) for spinup_at, pid in state.indexed_children.unacked_by_spinup() if not health.judged(state.children[pid]))
+
+    monkeypatch.setattr(health, "boot_due", early)
+    problems, trace = _violation(*NEVER_ACKS)
+    _assert_reports(problems, trace, "T21")
+
+
+def test_bug_a_boot_timeout_death_that_acked_late_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker told to go at its boot timeout ACKs on its way out: its death must still count."""
+    monkeypatch.setattr(health, "booted_out", lambda child: False)
+    problems, trace = _violation(*NEVER_ACKS)
+    _assert_reports(problems, trace, "T6")
+    assert "CONDEMNED(boot_timeout)" in trace
+
+
+def test_bug_the_surplus_cull_takes_the_successor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The surplus counts a condemned worker as present: the successor of a bloated worker is
+    culled as surplus as soon as it starts, and the bloated one is never replaced."""
+    monkeypatch.setattr(pool, "unsignaled_modern_count", lambda state: state.indexed_children.count(state.version, signaled=False))
+    problems, trace = _violation(*RSS_DURING_UPGRADE)
+    assert problems[0].startswith("no convergence within 100 cooperative steps"), problems
+    assert "measured at 65 MiB" in trace
+
+
+def test_bug_healthy_workers_are_stopped_before_unhealthy_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While an upgrade runs the health rules leave ACKed workers be: the upgrade's cull stops a
+    healthy old worker while a bloated one keeps serving."""
+    real_condemned = pool.condemned
+
+    def booting_only_while_upgrading(state: State) -> list[Child]:
+        return [c for c in real_condemned(state) if state.upgrading is None or not c.acked]
+
+    monkeypatch.setattr(pool, "condemned", booting_only_while_upgrading)
+    problems, trace = _violation(*RSS_DURING_UPGRADE)
+    _assert_reports(problems, trace, "T21")
+    assert "operator runs `upgrade`" in trace
+
+
 def test_the_matrix_explores_both_pacings_with_the_default_graceful_signal() -> None:
-    """The pacing axis once landed in `graceful_signal` (positional): every run paced by ACKs, sending SIGack."""
+    """The pacing axis reaches `Scenario.pacing` (it once landed in `graceful_signal`, positionally)."""
     args = argparse.Namespace(
-        number=[1, 2, 3], max_unacked=[1, 2], max_upgrade_additional=["none", "0", "1"], signal_timeout=["none", "2"],
-        ack=["1", "manual"], pacing=["ack", "interval"], matrix="pairs", seconds=1.0,
+        ack=["manual"], max_upgrade_additional=["none"], signal_timeout=["none"], pacing=["ack", "interval"],
+        number=[1], max_unacked=[1], matrix="full", seconds=1.0,
     )  # fmt: skip
     found = model_check.scenarios(args)
-    assert {s.pacing for s in found} == set(Pacing)
+    assert sorted(s.pacing.value for s in found) == ["ack", "interval"]
     assert {s.graceful_signal for s in found} == {"USR2"}

@@ -9,7 +9,7 @@ survive the exec). `format_3.json` is the current format, byte for byte what
 ignored with a note, so a new runtime setting, like `pacing`, joins the
 fixture without a new format.)
 `format_2.json`, `format_1.json` and `format_0.json` are older formats (format 2: no generations, no
-rollout, no upgrade options; format 1: child kinds
+rollout, no upgrade options, no health record per child; format 1: child kinds
 with the state passer among the children, wall-clock ping times, the re-exec
 as two flat keys, a fixed shell document; format 0: no `format` key and fewer
 fields), `format_4.json` a newer one (unknown fields at every level).
@@ -38,6 +38,7 @@ from einhorn.core.state import (
     Subscriber,
     UpgradeKind,
     UpgradeOptions,
+    Verdict,
     initial_state,
 )
 from einhorn.io import handoff, reexec
@@ -111,6 +112,15 @@ def test_format_3_restores_generations_rollout_and_upgrade_options() -> None:
     options = UpgradeOptions(canary=1, bake=30.0, timeout=120.0)
     assert state.rollout == Rollout(4, 3, UpgradeKind.SMOOTH, options, 60.0, RolloutPhase.FINISHING, 1, 1, None, 1, "exit status 1")
     assert state.reexec is not None and state.reexec.options == options
+
+
+def test_format_3_restores_the_health_record() -> None:
+    state = through_pipe((FIXTURES / "format_3.json").read_bytes()).state
+    assert state.children[2001] == Child(
+        2001, 4, 0, 100.5, acked=True, pinged_at=99.25, pinged_request_id="r-7",
+        rss_bytes=50 << 20, measured_at=102.5, verdict=Verdict.PING_TIMEOUT, verdict_at=102.0,
+    )
+    assert all(c.verdict is None and c.rss_bytes is None for pid, c in state.children.items() if pid != 2001)
 
 
 def test_format_2_restores_every_field() -> None:
@@ -202,7 +212,8 @@ def test_a_newer_format_loses_unknown_keys_with_one_log_line() -> None:
         "format 4 restored by format 3",
         "state: added default values for ['generations', 'rollout']",
         "state: deleted unknown values for ['last_upgraded_at', 'worker_groups']",
-        "child: deleted unknown values for ['cgroup', 'rss_bytes']",
+        "child: added default values for ['measured_at', 'verdict', 'verdict_at']",
+        "child: deleted unknown values for ['cgroup']",
     ]
     assert listener_fds(restored) == [3, 4] and server_fd(restored) == 5  # unknown shell keys are ignored
     assert connections(restored) == [RestoredConnection(8, 6, b"", b"")]
@@ -224,7 +235,8 @@ def test_many_children_with_the_same_gap_make_one_note() -> None:
     state, notes = serialize.from_plain(document, COMMAND_LINE)
     assert len(state.children) == 50
     assert notes == [
-        "child: added default values for ['acked', 'killed', 'last_signaled_at', 'pinged_at', 'pinged_request_id', 'signaled']"
+        "child: added default values for ['acked', 'killed', 'last_signaled_at', 'measured_at', 'pinged_at',"
+        " 'pinged_request_id', 'rss_bytes', 'signaled', 'verdict', 'verdict_at']"
     ]
 
 
