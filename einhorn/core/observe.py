@@ -38,7 +38,7 @@ from einhorn.core.events import (
     UpgradeCheckFailed,
     WorkerSpawned,
 )
-from einhorn.core.state import Child, ReexecPhase, State
+from einhorn.core.state import Child, ReexecPhase, RolloutPhase, State
 
 FieldValue = str | int | float | bool | None
 
@@ -49,12 +49,13 @@ class Observation:
     fields: Mapping[str, FieldValue] = field(default_factory=dict)
 
 
-HEALTH_CAUSES: frozenset[Cause] = frozenset()
+HEALTH_CAUSES: frozenset[Cause] = frozenset({Cause.BOOT_TIMEOUT, Cause.PING_TIMEOUT, Cause.RSS_LIMIT})
 """Causes that are a health rule's verdict: each signal sent for one is also a `health` observation,
 with the cause's value as its rule. (The health rules add BOOT_TIMEOUT, PING_TIMEOUT, RSS_LIMIT.)"""
 
 WORKER_COMMANDS = frozenset({"worker:ack", "worker:ping"})
 """Not observed as commands: a worker's ACK is `acked`, and pings would drown the stream."""
+
 
 def observe(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[Observation]:
     found: list[Observation] = []
@@ -117,7 +118,9 @@ def _exit_fields(child: Child, event: ChildExited, before: State, after: State) 
 def _acks(before: State, event: Event, after: State) -> list[Observation]:
     """Workers un-ACKed before and ACKed after: looked for only when the counts say there are some."""
     gone = before.children.get(event.pid) if isinstance(event, ChildExited) else None  # the one worker a step removes
-    acks = after.indexed_children.count(acked=True) - before.indexed_children.count(acked=True) + (1 if gone and gone.acked else 0)
+    acks = (
+        after.indexed_children.count(acked=True) - before.indexed_children.count(acked=True) + (1 if gone and gone.acked else 0)
+    )
     if acks <= 0:
         return []
     found = []
@@ -148,15 +151,75 @@ def _upgrade_phases(before: State, event: Event, after: State) -> list[Observati
             found.append(Observation("upgrade_phase", {"phase": phase, "purpose": new.purpose.value, "version": after.version}))
         elif new is None and old is not None and not isinstance(event, MasterStarted):
             reason = _reexec_failure(event)
-            found.append(Observation("upgrade_phase", {"phase": "failed", "purpose": old.purpose.value, "version": after.version, "reason": reason}))
+            phase = "aborted" if _is_abort(event) else "failed"
+            found.append(
+                Observation(
+                    "upgrade_phase", {"phase": phase, "purpose": old.purpose.value, "version": after.version, "reason": reason}
+                )
+            )
+    rolled_back = _rolled_back(after) - _rolled_back(before)
+    found += _rollout_phases(before, event, after, rolled_back)
     if after.upgrading is not None and (before.upgrading is None or before.version != after.version):
-        found.append(Observation("upgrade_phase", {"phase": "upgrading", "purpose": after.upgrading.value, "version": after.version}))
-    elif before.upgrading is not None and after.upgrading is None:
+        found.append(
+            Observation("upgrade_phase", {"phase": "upgrading", "purpose": after.upgrading.value, "version": after.version})
+        )
+    elif before.upgrading is not None and after.upgrading is None and not rolled_back:
         found.append(Observation("upgrade_phase", {"phase": "done", "purpose": before.upgrading.value, "version": after.version}))
     return found
 
 
+def _rolled_back(state: State) -> frozenset[int]:
+    return frozenset(g.version for g in state.generations if g.rolled_back_because is not None)
+
+
+def _rollout_phases(before: State, event: Event, after: State, rolled_back: frozenset[int]) -> list[Observation]:
+    """A canary phase begins, its bake begins, it is promoted; a generation is rolled back (or aborted)."""
+    found = []
+    old, new = before.rollout, after.rollout
+    if new is not None and new.phase is RolloutPhase.CANARY and (old is None or old.version != new.version):
+        fields: dict[str, FieldValue] = {
+            "phase": "canary",
+            "purpose": new.kind.value,
+            "version": new.version,
+            "canaries": new.options.canary,
+        }
+        found.append(Observation("upgrade_phase", fields))
+    if new is not None and new.bake_until is not None and (old is None or old.bake_until is None or old.version != new.version):
+        found.append(
+            Observation(
+                "upgrade_phase", {"phase": "baking", "purpose": new.kind.value, "version": new.version, "bake": new.options.bake}
+            )
+        )
+    if (
+        old is not None
+        and new is not None
+        and old.version == new.version
+        and old.phase is RolloutPhase.CANARY
+        and new.phase is RolloutPhase.FINISHING
+    ):
+        found.append(Observation("upgrade_phase", {"phase": "promoted", "purpose": new.kind.value, "version": new.version}))
+    aborted = _is_abort(event)
+    for version in sorted(rolled_back):
+        generation = after.generation(version)
+        reason = generation.rolled_back_because if generation is not None else None
+        purpose = old.kind.value if old is not None and old.version == version else "upgrade"
+        phase = "aborted" if aborted else "rolled_back"
+        found.append(
+            Observation(
+                "upgrade_phase",
+                {"phase": phase, "purpose": purpose, "version": version, "current": after.version, "reason": reason},
+            )
+        )
+    return found
+
+
+def _is_abort(event: Event) -> bool:
+    return isinstance(event, CommandReceived) and event.request.get("command") == "abort_upgrade"
+
+
 def _reexec_failure(event: Event) -> str:
+    if _is_abort(event):
+        return "aborted by abort_upgrade"
     match event:
         case UpgradeCheckFailed(reason=reason):
             return f"upgrade check failed: {reason}"
@@ -194,17 +257,10 @@ def _command_name(command: object) -> str:
 
 
 def _result(event: CommandReceived, effects: Sequence[Effect]) -> str:
-    """"ok", "unknown" (no such command) or "error" (a reply that says ERROR, or an invalid request)."""
+    """ "ok", "unknown" (no such command) or "error" (a failed reply: an invalid request, an ERROR, a rollback)."""
     if event.request.get("command") not in COMMANDS:
         return "unknown"
     for effect in effects:
-        if isinstance(effect, Reply) and effect.conn == event.conn and _is_error(effect.message):
+        if isinstance(effect, Reply) and effect.conn == event.conn and effect.failed:
             return "error"
     return "ok"
-
-
-_ERROR_STARTS = ("ERROR:", "Invalid", "No args provided", "Args must be", "Argument is a", "Unknown config", "Could not parse", "Must pass")
-
-
-def _is_error(message: str) -> bool:
-    return message.startswith(_ERROR_STARTS)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from einhorn.core import pool
-from einhorn.core.state import Child, Generation, Rollout, State
+from einhorn.core.state import Child, Generation, Rollout, RolloutPhase, State
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +206,15 @@ def _versions(state: State) -> list[str]:
         unacked = children.count(version, signaled=False, acked=False)
         signaled = children.count(version, signaled=True)
         spawning = state.indexed_pending.count(version)
-        which = "current" if version == state.version else "old"
+        generation = state.generation(version)
+        if version == state.version:
+            which = "current"
+        elif generation is not None and generation.rolled_back_because is not None:
+            which = f"rolled back: {generation.rolled_back_because}"
+        elif state.rollout is not None and state.rollout.version == version:
+            which = "canary"
+        else:
+            which = "old"
         text = f"version {version} ({which}): {acked} ACKed, {unacked} un-ACKed, {signaled} signaled"
         found.append(text + (f", {spawning} spawning" if spawning else ""))
     return found
@@ -222,6 +230,14 @@ def _upgrade_phase(state: State) -> str:
             f"{state.upgrading.value} upgrade to version {state.version}: {pool.ack_count(state)}/{state.config.number}"
             f" new workers ACKed, {old} old still serving"
         )
+    rollout = state.rollout
+    if rollout is not None and rollout.phase is RolloutPhase.CANARY:
+        baking = "" if rollout.bake_until is None else f", baking until {_age(rollout.bake_until - state.clock)} from now"
+        parts.append(
+            f"canary of version {rollout.version}: {rollout.canaries_acked}/{rollout.options.canary} ACKed{baking}"
+        )
+    if rollout is not None and rollout.options.timeout is not None:
+        parts.append(f"rolled back if not done in {_age(rollout.started_at + rollout.options.timeout - state.clock)}")
     if not parts:
         return "none" if state.respawn else "none (shutting down)"
     return "; ".join(parts)
@@ -235,8 +251,16 @@ def _settings(state: State) -> str:
 
 
 def health_flags(state: State) -> list[str]:
-    """The health rules in force, as their flags read (none yet: the health rules add theirs here)."""
-    return []
+    """The health rules in force, as their flags read."""
+    config = state.config
+    flags = []
+    if config.boot_timeout is not None:
+        flags.append(f"--boot-timeout {config.boot_timeout:g}")
+    if config.ping_timeout is not None:
+        flags.append(f"--ping-timeout {config.ping_timeout:g}")
+    if config.max_worker_rss_mb is not None:
+        flags.append(f"--max-worker-rss {config.max_worker_rss_mb}")
+    return flags
 
 
 def _listeners(state: State) -> str:
@@ -256,6 +280,8 @@ def _worker_line(state: State, child: Child) -> str:
     signals = ",".join(sorted(child.signaled)) or "-"
     if child.killed:
         signals += " (killed)"
+    if child.verdict is not None:
+        signals += f" (condemned: {child.verdict.value})"
     return f"{child.index:>5}  {child.pid:>7}  {child.version:>7}  {age:>7}  {ack:<8}  {ping:>7}  {signals}"
 
 

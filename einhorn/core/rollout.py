@@ -117,10 +117,14 @@ def _fleet_capacity(state: State) -> int:
 
 
 def advance(state: State) -> Outcome:
-    """The canary phase, in reconcile: start the canaries there is room for, stream their ACKs, start the bake."""
+    """The canary phase, in reconcile: start the canaries there is room for, stream their ACKs, start the bake;
+    a canary a health rule condemned (a missed ping, an RSS breach, its boot timeout) fails it."""
     rollout = state.rollout
     if rollout is None or rollout.phase is not RolloutPhase.CANARY or not state.respawn:
         return state, []
+    for child in state.children.values():
+        if child.version == rollout.version and child.verdict is not None:
+            return rollback(state, f"canary worker {child.pid} failed a health rule ({child.verdict.value})")
     effects: list[Effect] = []
     wanted = rollout.options.canary - rollout.canaries_started
     if wanted > 0 and state.reexec is None:

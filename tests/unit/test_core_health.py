@@ -17,7 +17,8 @@ from einhorn.core.events import (
     WorkerNotified,
     WorkerSpawned,
 )
-from einhorn.core.report import snapshot
+from einhorn.core.observe import observe
+from einhorn.core.report import snapshot, status
 from einhorn.core.state import State, UpgradeKind, Verdict, initial_state
 from einhorn.core.step import next_deadline, step
 from tests.unit.fixtures.core_world import command, make_config, run, state_problems
@@ -227,3 +228,22 @@ def test_state_shows_ping_age_rss_and_the_pending_verdict() -> None:
     assert (child["ping_age"], child["rss_bytes"], child["health"]) == (1.5, 150 * MIB, "rss_limit")
     config = document["config"]
     assert (config["boot_timeout"], config["ping_timeout"], config["max_worker_rss_mb"]) == (None, 3.0, 100)
+
+
+def test_status_shows_the_rules_in_force_and_the_condemned_worker() -> None:
+    state = up(make_config(number=1, ack_timer=None, ping_timeout=3.0, boot_timeout=60.0, max_worker_rss_mb=512))
+    state, _ = step(state, ping(1000, 1.0))
+    state, _ = step(state, Tick(4.0))
+    text = status(state)
+    assert "health rules: --boot-timeout 60, --ping-timeout 3, --max-worker-rss 512" in text
+    assert "(condemned: ping_timeout)" in text
+
+
+def test_observers_hear_a_health_action_with_its_rule() -> None:
+    state = up(make_config(number=1, ack_timer=None, boot_timeout=5.0))
+    state, _ = step(state, command(99, "inc"))
+    state, _ = step(state, WorkerSpawned(1, 1001, 1.0))
+    event = Tick(6.0)
+    after, effects = step(state, event)
+    found = [o for o in observe(state, event, after, effects) if o.kind == "health"]
+    assert [(o.fields["rule"], o.fields["pid"]) for o in found] == [("boot_timeout", 1001)]

@@ -11,8 +11,9 @@ import pytest
 from einhorn.core import rollout
 from einhorn.core.commands import upgrade_options
 from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SendSignal, SpawnWorker, StopUpgradeCheck
-from einhorn.core.events import ChildExited
-from einhorn.core.report import Timestamp, snapshot
+from einhorn.core.events import ChildExited, CommandReceived, Event, Tick
+from einhorn.core.observe import observe
+from einhorn.core.report import Timestamp, snapshot, status
 from einhorn.core.state import Generation, RolloutPhase, UpgradeKind, UpgradeOptions
 from einhorn.core.step import next_deadline
 from einhorn.io.loop import _envelope
@@ -377,3 +378,76 @@ def test_state_shows_each_generation_its_workers_and_the_rollout() -> None:
         "started_at": Timestamp(1000.0), "deadline": Timestamp(1060.0), "canaries_started": 1, "canaries_acked": 0,
         "bake_until": None, "new_deaths_before_ack": 0, "last_death": None,
     }  # fmt: skip
+
+
+# --- what observers hear of a rollout (einhorn/core/observe.py) ---------------------------------
+
+
+def _phases(world: World, event: Event) -> list[dict[str, object]]:
+    before = world.state
+    effects = world.feed(event)
+    return [dict(o.fields) for o in observe(before, event, world.state, effects) if o.kind == "upgrade_phase"]
+
+
+def test_observers_hear_the_bake_begin_and_the_canary_promoted() -> None:
+    world = pool()
+    upgraded(world, "--canary", "1", "--bake", "5")
+    world.spawn(min(world.state.pending))
+    baking = _phases(world, CommandReceived(99, {"command": "worker:ack", "pid": canary_pid(world)}, world.now))
+    assert baking == [{"phase": "baking", "purpose": "smooth", "version": 1, "bake": 5.0}]
+    deadline = next_deadline(world.state)
+    assert deadline is not None
+    world.now = deadline
+    promoted = _phases(world, Tick(world.now))
+    assert promoted[0] == {"phase": "promoted", "purpose": "smooth", "version": 1}
+    assert [p["phase"] for p in promoted] == ["promoted", "upgrading"]
+
+
+def test_observers_hear_a_rollback_with_its_reason_and_no_done() -> None:
+    world = pool()
+    upgraded(world, "--canary", "1", "--bake", "5")
+    world.spawn(min(world.state.pending))
+    pid = canary_pid(world)
+    world.live.discard(pid)
+    found = _phases(world, _exited(world, pid, 1))
+    why = f"canary worker {pid} exited before ACK (exit status 1)"
+    assert found == [{"phase": "rolled_back", "purpose": "smooth", "version": 1, "current": 0, "reason": why}]
+
+
+def test_observers_hear_an_abort_as_aborted() -> None:
+    world = pool()
+    upgraded(world, "--canary", "1", "--bake", "30")
+    world.spawn(min(world.state.pending))
+    world.ack(canary_pid(world))
+    found = _phases(world, command(8, "abort_upgrade", now=world.now, id="a"))
+    assert [(p["phase"], p["version"], p["reason"]) for p in found] == [("aborted", 1, "aborted by abort_upgrade")]
+
+
+def test_status_names_the_canary_and_the_rolled_back_generation() -> None:
+    world = pool()
+    upgraded(world, "--canary", "1", "--bake", "5", "--timeout", "60")
+    world.spawn(min(world.state.pending))
+    text = status(world.state)
+    assert "version 1 (canary): 0 ACKed, 1 un-ACKed, 0 signaled" in text
+    assert "canary of version 1: 0/1 ACKed" in text and "rolled back if not done in" in text
+    pid = canary_pid(world)
+    world.live.discard(pid)
+    world.feed(_exited(world, pid, 1))
+    world.settle(100)
+    assert "upgrade: none" in status(world.state)
+
+
+def test_a_canary_condemned_by_a_health_rule_during_the_bake_rolls_back() -> None:
+    world = pool(ping_timeout=2.0)
+    old = old_pids(world)
+    upgraded(world, "--canary", "1", "--bake", "30")
+    world.spawn(min(world.state.pending))
+    pid = canary_pid(world)
+    world.ack(pid)
+    world.feed(command(99, "worker:ping", now=world.now, pid=pid))
+    world.now += 2.5
+    effects = world.feed(Tick(world.now))
+    why = f"canary worker {pid} failed a health rule (ping_timeout)"
+    assert final(effects) == [Reply(CONN, f"Upgrade rolled back: {why}", "u", failed=True)]
+    assert world.state.version == 0 and world.state.generation(1) == Generation(1, release(1), why)
+    assert SendSignal(pid, "USR2", Cause.PING_TIMEOUT) in signals(effects) and old_pids(world) == old
