@@ -772,8 +772,6 @@ def goal_problem(state: State) -> str | None:
         return None
     if state.upgrading is not None:
         return f"L2: {state.upgrading.value} upgrade still in progress ({counts.ack_count} / {state.config.number} ACKs)"
-    if counts.old and old_held(state):
-        return None
     if counts.condemned and not health_held(state):
         return f"L1: condemned workers {list(counts.condemned)} still unsignaled"
     if counts.ack_count != state.config.number and not health_held(state):
@@ -791,18 +789,6 @@ def health_held(state: State) -> bool:
     extra = state.config.max_upgrade_additional
     counts = census(state)
     if extra is None or not counts.condemned or state.pending or counts.unacked_modern > 0:
-        return False
-    return counts.total >= state.config.number + extra and counts.serving <= state.config.number
-
-
-def old_held(state: State) -> bool:
-    """Whether ACKed old workers (a rolled-back generation's, after `inc`) wait for successors that
-    cannot start: max_upgrade_additional N caps the pool at number + N workers and the pool is
-    there, while stopping an old worker first would leave fewer than `number` serving (T12). As
-    `health_held`: only a change from outside (a higher cap, a crash, `dec`) lets it go on."""
-    extra = state.config.max_upgrade_additional
-    counts = census(state)
-    if extra is None or state.upgrading is not None or state.pending or counts.old_unacked or counts.unacked_modern > 0:
         return False
     return counts.total >= state.config.number + extra and counts.serving <= state.config.number
 
