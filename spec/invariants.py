@@ -163,9 +163,10 @@ def room_to_make(state: State) -> int:
     free a slot. Signaled workers do not count: their exit frees the slot.
     """
     extra = state.config.max_upgrade_additional
-    if extra is None or state.upgrading is None or not state.respawn:
-        return 0
     counts = census(state)
+    # After a rollback, old workers the availability floor keeps (S5) need room made just the same.
+    if extra is None or (state.upgrading is None and not counts.old) or not state.respawn:
+        return 0
     if counts.missing <= 0 or counts.unacked_modern > 0:
         return 0
     return max(0, counts.busy - (state.config.number + extra) + 1)
@@ -768,7 +769,7 @@ def goal_problem(state: State) -> str | None:
     if state.rollout is not None and state.rollout.phase is RolloutPhase.CANARY:
         return f"L2: canary of version {state.rollout.version} still in progress"
     counts = census(state)
-    if state.upgrading is not None and held_at_capacity(state):
+    if held_at_capacity(state):  # an upgrade, or a rollback, that the availability floor holds
         return None
     if state.upgrading is not None:
         return f"L2: {state.upgrading.value} upgrade still in progress ({counts.ack_count} / {state.config.number} ACKs)"

@@ -181,6 +181,8 @@ ROLLOUT_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
     (Scenario(2, 1, None, None, None), Bounds(depth=11, failures=0, commands=2, command_names=("upgrade_canary", "abort_upgrade", "upgrade"))),
     # A fleet canary within max_upgrade_additional 1, timer ACKs, aborted or not.
     (Scenario(2, 2, 1, None, 1.0), Bounds(depth=11, failures=1, commands=2, command_names=("upgrade_fleet_canary", "abort_upgrade"))),
+    # Rollbacks within max_upgrade_additional 0: held at capacity where the floor keeps the new worker.
+    (Scenario(1, 1, 0, None, 1.0), Bounds(depth=10, failures=1, commands=2, command_names=("upgrade_timeout", "abort_upgrade"))),
     # A new generation that crash-loops (three deaths before ACK) is rolled back.
     (Scenario(1, 1, None, None, 1.0), Bounds(depth=10, failures=3, commands=1, command_names=("upgrade_timeout",))),
 )

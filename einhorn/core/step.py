@@ -470,7 +470,8 @@ def _room_to_make(state: State) -> int:
     room still to make means the upgrade is held (`_held_notice`).
     """
     extra = state.config.max_upgrade_additional
-    if extra is None or state.upgrading is None or not state.respawn:
+    # (After a rollback, old workers the floor keeps are an upgrade in reverse: the same rule.)
+    if extra is None or (state.upgrading is None and not pool.old_count(state)) or not state.respawn:
         return 0
     if pool.missing_worker_count(state) <= 0 or pool.unacked_unsignaled_modern_count(state) > 0:
         return 0
@@ -484,10 +485,11 @@ def _held_notice(previous: State, state: State) -> list[Effect]:
         return []
     number = state.config.number
     serving = pool.serving_count(state)
+    what = "Upgrade" if state.upgrading is not None else "Rollback"
     return announce(
         state,
         LogLevel.ERROR,
-        f"Upgrade held at capacity: number {number} + max_upgrade_additional {state.config.max_upgrade_additional}"
+        f"{what} held at capacity: number {number} + max_upgrade_additional {state.config.max_upgrade_additional}"
         f" leaves no room for a new worker, and stopping an ACKed old worker would leave {serving - 1} of {number}"
         " serving. Raise max_upgrade_additional (config) to go on.",
     )

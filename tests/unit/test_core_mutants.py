@@ -493,12 +493,15 @@ def test_smooth_cull_and_make_room_in_the_same_pass() -> None:
     assert [p for p, c in after.children.items() if c.signaled] == [2, 3]
 
 
-def test_room_to_make_only_during_a_live_capped_upgrade() -> None:
+def test_room_to_make_only_during_a_live_capped_upgrade_or_for_old_workers_left() -> None:
     old = {p: Child(p, 0, p, 0.0, acked=True) for p in (1, 2)}
     base = State(config=Config(number=2, max_upgrade_additional=0), version=1, children=old, upgrading=UpgradeKind.FLEET)
     assert step._room_to_make(base) == 1
     assert step._room_to_make(replace(base, respawn=False, shutdown_signal="USR2")) == 0
-    assert step._room_to_make(replace(base, upgrading=None)) == 0
+    # No upgrade: room is made only for old workers the floor keeps (after a rollback), as in an upgrade.
+    assert step._room_to_make(replace(base, upgrading=None)) == 1
+    leaving = {p: replace(c, signaled=frozenset({"USR2"})) for p, c in old.items()}
+    assert step._room_to_make(replace(base, upgrading=None, children=leaving)) == 0
     assert step._room_to_make(replace(base, config=replace(base.config, max_upgrade_additional=None))) == 0
     done = {**old, 3: Child(3, 1, 3, 0.0, signaled=frozenset({"USR2"})), 4: Child(4, 1, 4, 0.0, signaled=frozenset({"USR2"}))}
     assert step._room_to_make(replace(base, children=done)) == 0  # missing is 0

@@ -380,6 +380,19 @@ def test_state_shows_each_generation_its_workers_and_the_rollout() -> None:
     }  # fmt: skip
 
 
+def test_a_rollback_the_floor_holds_at_max_upgrade_additional_0_says_so() -> None:
+    world = World.start(make_config(number=1, ack_timer=0.0, max_upgrade_additional=0))
+    request(world, "upgrade", "--timeout", "60")  # the old worker's spawn is lost across the re-exec
+    world.restore()
+    request(world, "abort_upgrade", conn=8, id="a")  # the new worker's spawn is still in flight
+    effects = world.spawn(min(world.state.pending))  # it starts, ACKed at once (timer ACK 0)
+    # The only serving worker is the rolled-back one, and no slot is free for the previous generation's.
+    assert signals(effects) == [] and spawns(effects) == []
+    held = [e for e in effects if isinstance(e, Log) and e.level is LogLevel.ERROR]
+    assert len(held) == 1 and held[0].message.startswith("Rollback held at capacity: number 1 + max_upgrade_additional 0")
+    world.settle(100)  # (a cooperative world ends here: the floor holds it, L2)
+
+
 # --- what observers hear of a rollout (einhorn/core/observe.py) ---------------------------------
 
 

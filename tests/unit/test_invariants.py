@@ -455,7 +455,8 @@ def test_room_to_make() -> None:
     assert room_to_make(capped) == 1
     assert room_to_make(replace(capped, config=replace(capped.config, max_upgrade_additional=2))) == 0
     assert room_to_make(replace(capped, config=replace(capped.config, max_upgrade_additional=None))) == 0
-    assert room_to_make(replace(capped, upgrading=None)) == 0
+    assert room_to_make(replace(capped, upgrading=None)) == 1  # old workers the floor keeps (after a rollback)
+    assert room_to_make(replace(capped, upgrading=None, children={3: capped.children[3]})) == 0  # no old worker
     assert room_to_make(replace(capped, respawn=False, shutdown_signal="USR2")) == 0
     unacked = replace(capped, children={**capped.children, 3: replace(capped.children[3], acked=False)})
     assert room_to_make(unacked) == 0
