@@ -557,7 +557,7 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
     problems += _health(before, after, signals)
     return (
         problems
-        + _causes(event, after, signals)
+        + _causes(event, before, after, signals)
         + check_lifecycle_step(before, event, after, effects)
         + _told(before, after, effects)
         + check_rollout_step(before, event, after, effects)
@@ -687,19 +687,30 @@ def _told(before: State, after: State, effects: Sequence[Effect]) -> list[str]:
     return problems
 
 
-def _causes(event: Event, after: State, signals: Sequence[SendSignal]) -> list[str]:
+def _own_graceful(before: State, after: State, pid: int) -> str:
+    """The graceful signal of the generation that launched worker `pid` (the master's where unknown)."""
+    child = before.children.get(pid) or after.children.get(pid)
+    generation = None if child is None else (after.generation(child.version) or before.generation(child.version))
+    return after.config.graceful_signal if generation is None else generation.launch.graceful_signal
+
+
+def _causes(event: Event, before: State, after: State, signals: Sequence[SendSignal]) -> list[str]:
     """T15: each signal's cause fits its step, so that no own decision passes for an order.
 
     An operator's signal only in a step that handles a command; a shutdown's
-    only once respawning is off, and it is the shutdown signal; SIGKILL of the
-    master's own only by escalation, and escalation only SIGKILL.
+    only once respawning is off, and it is the shutdown signal (each worker's
+    own generation's graceful signal when that is the master's); SIGKILL of the
+    master's own only by escalation, and escalation only SIGKILL; the master's
+    own decisions only with the worker's generation's graceful signal.
     """
     problems: list[str] = []
     for sig in signals:
+        own = _own_graceful(before, after, sig.pid)
+        shutdown = {after.shutdown_signal, own} if after.shutdown_signal == after.config.graceful_signal else {after.shutdown_signal}
         match sig.cause:
             case Cause.OPERATOR if not isinstance(event, CommandReceived):
                 problems.append(f"T15: {sig.signal} to {sig.pid} as an operator's order on {type(event).__name__}")
-            case Cause.SHUTDOWN if after.respawn or sig.signal != after.shutdown_signal:
+            case Cause.SHUTDOWN if after.respawn or sig.signal not in shutdown:
                 problems.append(f"T15: {sig.signal} to {sig.pid} as a shutdown's (respawn {after.respawn}, shutdown signal {after.shutdown_signal})")
             case Cause.ESCALATION if sig.signal != "KILL":
                 problems.append(f"T15: {sig.signal} to {sig.pid} as an escalation")
@@ -711,8 +722,8 @@ def _causes(event: Event, after: State, signals: Sequence[SendSignal]) -> list[s
                 | Cause.BOOT_TIMEOUT
                 | Cause.PING_TIMEOUT
                 | Cause.RSS_LIMIT
-            ) if sig.signal != after.config.graceful_signal:
-                problems.append(f"T15: {sig.signal} to {sig.pid} for {sig.cause.value}, not the graceful signal {after.config.graceful_signal}")
+            ) if sig.signal != own:
+                problems.append(f"T15: {sig.signal} to {sig.pid} for {sig.cause.value}, not its generation's graceful signal {own}")
     return problems
 
 

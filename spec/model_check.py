@@ -65,12 +65,10 @@ IDLE_STEP = 0.5
 """Seconds a "time passes" step moves the clock (when no deadline comes sooner)."""
 
 
-def release(name: str) -> LaunchSpec:
-    """A master image's launch spec, in its own release directory."""
-    return LaunchSpec(("./server",), f"/srv/releases/{name}/server", f"/srv/releases/{name}", (), "USR2")
+def release(name: str, graceful_signal: str) -> LaunchSpec:
+    """A master image's launch spec, in its own release directory (its `--graceful-signal` is the scenario's)."""
+    return LaunchSpec(("./server",), f"/srv/releases/{name}/server", f"/srv/releases/{name}", (), graceful_signal)
 
-
-NEW_IMAGE = release("new")
 """What every re-exec'd image measures: canonical states rename generations' specs by their role (`canonical`)."""
 
 COMMANDS: dict[str, tuple[str, ...]] = {
@@ -281,7 +279,7 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             assert state.reexec is not None
             return UpgradeCheckFailed(state.reexec.check_id, "exited with status 1 (model)", now)
         case ("reexec_ok",):
-            return MasterStarted(now, restored=True, launch=NEW_IMAGE)
+            return MasterStarted(now, restored=True, launch=release("new", state.config.graceful_signal))
         case ("reexec_failed",):
             return ReexecFailed("could not exec (model)", now)
         case ("command", name):
@@ -411,7 +409,7 @@ def canonical(state: State) -> State:
         return -1 if version in rolled_back else 0
 
     generations = {
-        v(g.version): Generation(v(g.version), release(f"v{v(g.version)}"), g.rolled_back_because and "rolled back")
+        v(g.version): Generation(v(g.version), release(f"v{v(g.version)}", g.launch.graceful_signal), g.rolled_back_because and "rolled back")
         for g in state.generations
     }
     if rollout is not None:
@@ -517,7 +515,7 @@ Key = tuple[object, ...]
 
 
 def _start(scenario: Scenario) -> tuple[State, list[Effect]]:
-    return core_step.step(initial_state(scenario.config()), MasterStarted(0.0, launch=release("first")))
+    return core_step.step(initial_state(scenario.config()), MasterStarted(0.0, launch=release("first", scenario.graceful_signal)))
 
 
 def _apply(state: State, action: Action) -> tuple[Event, State, list[Effect], list[str]]:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from einhorn.core import pool
 from einhorn.core.effects import Cause, Effect, Log, LogFields, LogLevel, Reply, SendSignal, SpawnWorker
-from einhorn.core.state import PendingSpawn, State
+from einhorn.core.state import Child, PendingSpawn, State
 
 Outcome = tuple[State, list[Effect]]
 
@@ -45,6 +45,28 @@ def signal_children(state: State, signal: str, pids: Sequence[int], cause: Cause
             children = children.set(replace(child, signaled=child.signaled | {signal}, last_signaled_at=state.clock))
         effects.append(SendSignal(pid, signal, cause))
     return replace(state, children=children), effects
+
+
+def graceful_signal_of(state: State, child: Child) -> str:
+    """The signal that asks `child` to finish and exit: its own generation's (`--graceful-signal` of the
+    master image that launched it), so that a release stopping on TERM is still stopped with TERM after an
+    upgrade to one stopping on USR2; the master's own where the generation is not known."""
+    generation = state.generation(child.version)
+    return state.config.graceful_signal if generation is None else generation.launch.graceful_signal
+
+
+def signal_gracefully(state: State, pids: Sequence[int], cause: Cause) -> Outcome:
+    """`signal_children` with each worker's own graceful signal (`graceful_signal_of`), in `pids` order per signal."""
+    groups: dict[str, list[int]] = {}
+    for pid in pids:
+        child = state.children.get(pid)
+        signal = state.config.graceful_signal if child is None else graceful_signal_of(state, child)
+        groups.setdefault(signal, []).append(pid)
+    effects: list[Effect] = []
+    for signal, group in groups.items():
+        state, more = signal_children(state, signal, group, cause)
+        effects += more
+    return state, effects
 
 
 def register_ack(state: State, pid: int) -> Outcome:

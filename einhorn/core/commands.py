@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from einhorn.core import pool, rollout
-from einhorn.core.actions import register_ack, signal_children
+from einhorn.core.actions import register_ack, signal_children, signal_gracefully
 from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
 from einhorn.core.effects import (
     AbandonExec,
@@ -360,7 +360,10 @@ def _die(state: State, request: Request) -> Outcome:
         return _refuse(state, request, f"Invalid signal: {_inspect(bare_signal(name))}")
     pids = _worker_pids(state)
     state = replace(state, respawn=False, shutdown_signal=signal)
-    state, effects = signal_children(state, signal, pids, Cause.OPERATOR)
+    if request.args:
+        state, effects = signal_children(state, signal, pids, Cause.OPERATOR)
+    else:  # "finish and exit": each worker its own generation's graceful signal
+        state, effects = signal_gracefully(state, pids, Cause.OPERATOR)
     text = f"Einhorn is going down! {_signal_summary(signal, pids)}"
     return state, [Log(LogLevel.INFO, text), *effects, Reply(request.conn, text, request.request_id)]
 

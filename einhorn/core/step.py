@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import assert_never
 
 from einhorn.core import health, listeners, notify, pool, rollout, upgrade
-from einhorn.core.actions import announce, register_ack, signal_children, spin_up
+from einhorn.core.actions import announce, register_ack, signal_children, signal_gracefully, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
     Cause,
@@ -127,7 +127,10 @@ def _on_spawned(state: State, event: WorkerSpawned) -> Outcome:
     state = replace(state, pending=state.indexed_pending.delete(event.spawn_id), children=state.indexed_children.set(child))
     fields = (("pid", event.pid), ("index", pending.index), ("version", pending.version))
     effects = announce(state, LogLevel.INFO, f"===> Launched {event.pid} (index: {pending.index})", fields)
-    if not state.respawn and state.shutdown_signal is not None:
+    if not state.respawn and state.shutdown_signal == state.config.graceful_signal:
+        state, more = signal_gracefully(state, [event.pid], Cause.SHUTDOWN)
+        effects += more
+    elif not state.respawn and state.shutdown_signal is not None:
         state, more = signal_children(state, state.shutdown_signal, [event.pid], Cause.SHUTDOWN)
         effects += more
     return state, effects
@@ -223,8 +226,12 @@ def _on_signal(state: State, event: SignalReceived) -> Outcome:
 
 
 def _shut_down(state: State, received: str, send: str) -> Outcome:
+    graceful = send == state.config.graceful_signal  # then each worker gets its own generation's
     state = replace(state, respawn=False, shutdown_signal=send)
-    state, effects = signal_children(state, send, sorted(state.children), Cause.SHUTDOWN)
+    if graceful:
+        state, effects = signal_gracefully(state, sorted(state.children), Cause.SHUTDOWN)
+    else:
+        state, effects = signal_children(state, send, sorted(state.children), Cause.SHUTDOWN)
     note = Log(LogLevel.INFO, f"Received SIG{received}: sent SIG{send} to all children; exiting once they are gone")
     return state, [note, *effects]
 
@@ -453,7 +460,7 @@ def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: b
         return state, []
     text = note.format(len(pids))
     effects = announce(state, level, text) if stream else [Log(level, text)]
-    state, more = signal_children(state, state.config.graceful_signal, pids, cause)
+    state, more = signal_gracefully(state, pids, cause)
     return state, [*effects, *more]
 
 

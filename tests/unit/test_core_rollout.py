@@ -6,12 +6,14 @@ invariant after it; each image has its own launch spec (`release(n)`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from einhorn.core import rollout
 from einhorn.core.commands import upgrade_options
 from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SendSignal, SpawnWorker, StopUpgradeCheck
-from einhorn.core.events import ChildExited, CommandReceived, Event, Tick
+from einhorn.core.events import ChildExited, CommandReceived, Event, SignalReceived, Tick
 from einhorn.core.observe import observe
 from einhorn.core.report import Timestamp, snapshot, status
 from einhorn.core.state import Generation, RolloutPhase, UpgradeKind, UpgradeOptions
@@ -464,3 +466,23 @@ def test_a_canary_condemned_by_a_health_rule_during_the_bake_rolls_back() -> Non
     assert final(effects) == [Reply(CONN, f"Upgrade rolled back: {why}", "u", failed=True)]
     assert world.state.version == 0 and world.state.generation(1) == Generation(1, release(1), why)
     assert SendSignal(pid, "USR2", Cause.PING_TIMEOUT) in signals(effects) and old_pids(world) == old
+
+
+def test_each_worker_is_stopped_with_its_own_generations_graceful_signal() -> None:
+    """A release that stops on TERM (its master ran with --graceful-signal TERM) is stopped with TERM after an
+    upgrade to one that stops on USR2, by the cull and by a shutdown."""
+    world = pool()
+    (first,) = world.state.generations
+    world.state = replace(world.state, generations=(replace(first, launch=replace(first.launch, graceful_signal="TERM")),))
+    old = old_pids(world)
+    upgraded(world)
+    effects: list[Effect] = []
+    while world.state.upgrading is not None:
+        for spawn_id in sorted(world.state.pending):
+            effects += world.spawn(spawn_id)
+        for pid in [c.pid for c in world.state.children.values() if c.version == 1 and not c.acked]:
+            effects += world.ack(pid)
+    assert sorted(s.pid for s in signals(effects) if s.signal == "TERM" and s.cause is Cause.UPGRADE) == old
+    assert not [s for s in signals(effects) if s.signal == "USR2"]
+    shutdown = world.feed(SignalReceived("INT", world.now))
+    assert {(s.pid in old, s.signal) for s in signals(shutdown)} == {(True, "TERM"), (False, "USR2")}

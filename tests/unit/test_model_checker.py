@@ -170,6 +170,7 @@ def test_bug_a_cull_forgets_the_graceful_signal(monkeypatch: pytest.MonkeyPatch)
         return real(state, "USR2" if cause is Cause.UPGRADE else signal, pids, cause, record)
 
     monkeypatch.setattr(step, "signal_children", usr2_always)
+    monkeypatch.setattr(actions, "signal_children", usr2_always)
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0, graceful_signal="TERM"), replace(SMALL, depth=8, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T15")
 
@@ -364,6 +365,7 @@ def test_bug_an_own_decision_passed_off_as_an_operators_order(monkeypatch: pytes
         return original(state, signal, pids, Cause.OPERATOR, record)
 
     monkeypatch.setattr(step, "signal_children", signal_children)
+    monkeypatch.setattr(actions, "signal_children", signal_children)
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, depth=8, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T15")
 
