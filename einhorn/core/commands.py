@@ -5,6 +5,7 @@ Reply texts that scripts match on are the original Einhorn's, word for word.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -201,24 +202,38 @@ def _upgrade(purpose: ReexecPurpose, announcement: str) -> Handler:
     return handler
 
 
-UPGRADE_USAGE = "upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS]"
+UPGRADE_USAGE = "upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS] [--env K=V]..."
+MAX_UPGRADE_ENV = 64
+"""`--env` settings one upgrade may carry (each crosses the re-exec in the state document)."""
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+EINHORNS_OWN = re.compile(r"EINHORN_(?:MASTER_PID|SOCK_PATH|SOCK_FD|CHILD_INDEX|FD_COUNT|FDS|FD_[0-9]+|FD_FAMILY_[0-9]+)")
+"""What einhorn sets for each worker (as io/spawn.py's EINHORN_VARIABLES): an `--env` of one would be lost."""
 
 
 def upgrade_options(args: Sequence[str], max_upgrade_additional: int | None) -> UpgradeOptions | None | str:
-    """`--canary K --bake SECONDS --timeout SECONDS` (or `--name=value`); None without any; else what is wrong."""
+    """`--canary K --bake SECONDS --timeout SECONDS --env K=V...` (or `--name=value`); None without any; else what is wrong."""
     values: dict[str, str] = {}
+    env: list[tuple[str, str]] = []
     items = list(args)
     while items:
         arg = items.pop(0)
         name, equals, value = arg.partition("=")
-        if name not in ("--canary", "--bake", "--timeout"):
+        if name not in ("--canary", "--bake", "--timeout", "--env"):
             return f"unknown argument {arg!r} (usage: {UPGRADE_USAGE})"
         if not equals:
             if not items:
                 return f"{name} needs a value"
             value = items.pop(0)
-        values[name] = value
-    if not values:
+        if name == "--env":
+            setting = _env_setting(value)
+            if isinstance(setting, str):
+                return setting
+            env.append(setting)
+        else:
+            values[name] = value
+    if len(env) > MAX_UPGRADE_ENV:
+        return f"at most {MAX_UPGRADE_ENV} --env settings, not {len(env)}"
+    if not values and not env:
         return None
     canary = _parse_int(values.get("--canary", "0"))
     if canary is None or not 0 <= canary <= MAX_WORKERS:
@@ -237,7 +252,19 @@ def upgrade_options(args: Sequence[str], max_upgrade_additional: int | None) -> 
             return f"--timeout must be a number of seconds > 0 and {DURATION_RANGE}, not {values['--timeout']!r}"
         if timeout <= bake:
             return f"--timeout {timeout:g} must be longer than --bake {bake:g}"
-    return UpgradeOptions(canary=canary, bake=bake, timeout=timeout)
+    return UpgradeOptions(canary=canary, bake=bake, timeout=timeout, env=tuple(env))
+
+
+def _env_setting(text: str) -> tuple[str, str] | str:
+    """`K=V` for `--env`, or what is wrong with it."""
+    key, equals, value = text.partition("=")
+    if not equals or ENV_NAME.fullmatch(key) is None:
+        return f"--env needs NAME=VALUE with a NAME of letters, digits and _ (not starting with a digit), not {text[:64]!r}"
+    if EINHORNS_OWN.fullmatch(key) or key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"):
+        return f"--env cannot set {key}: einhorn sets it for each worker"
+    if "\0" in value or len(value) > 4096:
+        return f"--env {key}: the value must have no NUL byte and at most 4096 characters"
+    return key, value
 
 
 def _parse_seconds(text: str) -> float | None:

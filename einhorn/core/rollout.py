@@ -85,6 +85,8 @@ def begin(state: State, kind: UpgradeKind, options: UpgradeOptions | None, launc
         state = replace(state, generations=generations)
     current = state.generation(state.version)
     spec = launch if launch is not None else (None if current is None else current.launch)
+    if spec is not None and options.env:
+        spec = replace(spec, environ=with_env(spec.environ, options.env))
     if spec is not None:
         state = replace(state, generations=_sorted((*state.generations, Generation(version, spec))))
     phase = RolloutPhase.CANARY if options.canary > 0 else RolloutPhase.FINISHING
@@ -96,6 +98,13 @@ def begin(state: State, kind: UpgradeKind, options: UpgradeOptions | None, launc
         return state, announce(state, LogLevel.INFO, f"{note} Starting {canaries} of version {version} beside the pool{bake}")
     state = replace(state, rollout=rollout)
     return _finish(state, kind, version, note)
+
+
+def with_env(environ: tuple[tuple[str, str], ...], env: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """`environ` with `--env` settings over it (the last of a name wins), sorted by name as every launch spec's."""
+    merged = dict(environ)
+    merged.update(env)
+    return tuple(sorted(merged.items()))
 
 
 def _finish(state: State, kind: UpgradeKind, version: int, note: str) -> Outcome:

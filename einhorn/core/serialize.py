@@ -124,7 +124,7 @@ def _generation_to_plain(generation: Generation) -> dict[str, object]:
 
 
 def _options_to_plain(options: UpgradeOptions) -> dict[str, object]:
-    return {"canary": options.canary, "bake": options.bake, "timeout": options.timeout}
+    return {"canary": options.canary, "bake": options.bake, "timeout": options.timeout, "env": [list(pair) for pair in options.env]}
 
 
 def _rollout_to_plain(rollout: Rollout) -> dict[str, object]:
@@ -363,6 +363,7 @@ def _options_from_plain(doc: Mapping[object, object]) -> UpgradeOptions:
         canary=int(_num(doc["canary"])),
         bake=float(_num(doc["bake"])),
         timeout=_optional_float(doc["timeout"]),
+        env=tuple((str(k), str(v)) for k, v in (_list(pair) for pair in _list(doc.get("env", [])))),
     )
 
 

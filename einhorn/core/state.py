@@ -116,11 +116,13 @@ class RolloutPhase(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class UpgradeOptions:
-    """`upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS]` (and `upgrade_fleet`)."""
+    """`upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS] [--env K=V]...` (and `upgrade_fleet`)."""
 
     canary: int = 0
     bake: float = 0.0
     timeout: float | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    """`--env K=V`: set in the new generation's environment (over the new image's own), in the order given."""
 
     @property
     def rolls_back_on_failure(self) -> bool:

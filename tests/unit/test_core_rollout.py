@@ -116,7 +116,7 @@ def test_a_reload_keeps_the_generation() -> None:
         (("--canary", "1", "--bake", "nan"), "--bake must be a number of seconds >= 0 and at most 604800 (one week), not 'nan'"),
         (("--timeout", "0"), "--timeout must be a number of seconds > 0 and at most 604800 (one week), not '0'"),
         (("--canary", "1", "--bake", "10", "--timeout", "10"), "--timeout 10 must be longer than --bake 10"),
-        (("--fast",), "unknown argument '--fast' (usage: upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS])"),
+        (("--fast",), "unknown argument '--fast' (usage: upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS] [--env K=V]...)"),
     ],
 )
 def test_upgrade_options(args: tuple[str, ...], expected: object) -> None:
@@ -486,3 +486,33 @@ def test_each_worker_is_stopped_with_its_own_generations_graceful_signal() -> No
     assert not [s for s in signals(effects) if s.signal == "USR2"]
     shutdown = world.feed(SignalReceived("INT", world.now))
     assert {(s.pid in old, s.signal) for s in signals(shutdown)} == {(True, "TERM"), (False, "USR2")}
+
+
+def test_upgrade_env_sets_the_new_generations_environment_only() -> None:
+    world = pool()
+    effects = upgraded(world, "--env", "APP_RELEASE=2", "--env=FEATURE=on", "--env", "APP_RELEASE=3")
+    new = world.state.generation(world.state.version)
+    assert new is not None and dict(new.launch.environ) == {"PATH": "/bin", "APP_RELEASE": "3", "FEATURE": "on"}
+    assert [s.launch for s in spawns(effects)] == [new.launch] * len(spawns(effects)) and spawns(effects)
+    assert world.state.generation(0) == Generation(0, release(0))  # the old generation keeps its own
+
+
+@pytest.mark.parametrize(
+    ("arg", "problem"),
+    [
+        ("NOEQUALS", "--env needs NAME=VALUE"),
+        ("1X=y", "--env needs NAME=VALUE"),
+        ("EINHORN_FD_0=9", "--env cannot set EINHORN_FD_0: einhorn sets it for each worker"),
+        ("LISTEN_FDS=1", "--env cannot set LISTEN_FDS"),
+        ("K=a\0b", "--env K: the value must have no NUL byte"),
+    ],
+)
+def test_a_bad_upgrade_env_is_a_failed_reply_and_starts_nothing(arg: str, problem: str) -> None:
+    world = pool()
+    effects = request(world, "upgrade", "--env", arg)
+    (reply,) = final(effects)
+    assert reply.failed and problem in reply.message and world.state.reexec is None
+
+
+def test_a_user_einhorn_variable_may_be_set_by_upgrade_env() -> None:
+    assert upgrade_options(["--env", "EINHORN_APP_NAME=web"], None) == UpgradeOptions(env=(("EINHORN_APP_NAME", "web"),))

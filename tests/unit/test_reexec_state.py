@@ -111,7 +111,7 @@ def test_format_3_restores_generations_rollout_and_upgrade_options() -> None:
     assert rolled_back.rolled_back_because == "canary worker 2005 exited before ACK (exit status 1)"
     options = UpgradeOptions(canary=1, bake=30.0, timeout=120.0)
     assert state.rollout == Rollout(4, 3, UpgradeKind.SMOOTH, options, 60.0, RolloutPhase.FINISHING, 1, 1, None, 1, "exit status 1")
-    assert state.reexec is not None and state.reexec.options == options
+    assert state.reexec is not None and state.reexec.options == replace(options, env=(("APP_RELEASE", "2026-12-01"),))
 
 
 def test_format_3_restores_the_health_record() -> None:
