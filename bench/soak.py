@@ -134,8 +134,16 @@ def percent(part: float, whole: float) -> str:
 # --- 1. consecutive upgrades under load ------------------------------------------------------------
 
 
+UPGRADE_KINDS = (
+    ("smooth", "upgrade", ()),
+    ("fleet", "upgrade_fleet", ()),
+    ("canary", "upgrade", ("--canary", "1", "--bake", "0.5", "--timeout", "60")),
+)
+"""(label, command, args) of the consecutive upgrades, taken in turn."""
+
+
 def soak_upgrades(report: Report, count: int) -> None:
-    """`count` smooth and `count` fleet upgrades, alternating, of one master with 4 serving workers."""
+    """`count` smooth, `count` fleet and `count` canary upgrades, in turn, of one master with 4 serving workers."""
     with harness() as h:
         master = h.start("-n", "4", *MANUAL, "-b", "127.0.0.1:0", program=SERVE, workers=4, timeout=30)
         port = master.bound_port()
@@ -143,20 +151,20 @@ def soak_upgrades(report: Report, count: int) -> None:
         fresh_fds, fresh_rss = quiescent_fds(master, idle), rss_kib(master.pid)
         load = Load(port, threads=2, pause=0.005, max_per_thread=1_000_000)
         load.start()
-        times: dict[str, list[float]] = {"upgrade": [], "upgrade_fleet": []}
+        times: dict[str, list[float]] = {kind: [] for kind, _, _ in UPGRADE_KINDS}
         warm: tuple[int, int] | None = None
         lost = 0
         try:
-            for n in range(2 * count):
-                kind = ("upgrade", "upgrade_fleet")[n % 2]
+            for n in range(len(UPGRADE_KINDS) * count):
+                kind, command, args = UPGRADE_KINDS[n % len(UPGRADE_KINDS)]
                 started = time.monotonic()
-                final = master.command(kind, timeout=120)[-1]["message"]
+                final = master.command(command, *args, timeout=120)[-1]["message"]
                 if final != "Upgrade done":
                     report.add(f"upgrades: {kind} #{n + 1}", f"ended with {final!r}", False)
                     return
                 times[kind].append(time.monotonic() - started)
                 wait_until(lambda: settled(master, 4), 60, "the upgraded pool")
-                if n == 1:
+                if n == len(UPGRADE_KINDS) - 1:  # one of each: the steady state
                     warm = (quiescent_fds(master, idle), rss_kib(master.pid))
         finally:
             load.stop()
@@ -164,25 +172,24 @@ def soak_upgrades(report: Report, count: int) -> None:
         idle.close()
         lost = 4 - len(master.children())
         total = load.ok + sum(load.failures.values())
-        for kind, label in (("upgrade", "smooth"), ("upgrade_fleet", "fleet")):
-            ts = times[kind]
+        for kind, _, _ in UPGRADE_KINDS:
+            ts, label = times[kind], kind
             report.add(
                 f"upgrades: {len(ts)} {label}, 4 workers",
                 f"median {statistics.median(ts):.2f} s, max {max(ts):.2f} s per upgrade",
                 None,
             )
-        report.add("upgrades: canary", "not implemented in this einhorn (no --canary yet)", None)
         failures = ", ".join(f"{k}: {v}" for k, v in sorted(load.failures.items())) or "none"
         report.add("upgrades: client requests failed", f"{total - load.ok} of {total:,} ({failures})", total > 0 and load.ok == total)
         report.add("upgrades: workers lost", str(lost), lost == 0 and crashed(master) is None)
         assert warm is not None
         report.add(
-            "upgrades: master fds fresh / after 2 / after all",
+            "upgrades: master fds fresh / after 3 / after all",
             f"{fresh_fds} / {warm[0]} / {last_fds}",
             last_fds == warm[0],
         )
         report.add(
-            "upgrades: master RSS fresh / after 2 / after all",
+            "upgrades: master RSS fresh / after 3 / after all",
             f"{fresh_rss / 1024:.1f} / {warm[1] / 1024:.1f} / {last_rss / 1024:.1f} MiB",
             last_rss - warm[1] < 2048,
         )
