@@ -5,7 +5,6 @@ Reply texts that scripts match on are the original Einhorn's, word for word.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -205,9 +204,21 @@ def _upgrade(purpose: ReexecPurpose, announcement: str) -> Handler:
 UPGRADE_USAGE = "upgrade [--canary K] [--bake SECONDS] [--timeout SECONDS] [--env K=V]..."
 MAX_UPGRADE_ENV = 64
 """`--env` settings one upgrade may carry (each crosses the re-exec in the state document)."""
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-EINHORNS_OWN = re.compile(r"EINHORN_(?:MASTER_PID|SOCK_PATH|SOCK_FD|CHILD_INDEX|FD_COUNT|FDS|FD_[0-9]+|FD_FAMILY_[0-9]+)")
-"""What einhorn sets for each worker (as io/spawn.py's EINHORN_VARIABLES): an `--env` of one would be lost."""
+EINHORNS_OWN = frozenset(["EINHORN_MASTER_PID", "EINHORN_SOCK_PATH", "EINHORN_SOCK_FD", "EINHORN_CHILD_INDEX", "EINHORN_FD_COUNT", "EINHORN_FDS"])
+"""What einhorn sets for each worker (as io/spawn.py's EINHORN_VARIABLES, with EINHORN_FD_<n> and
+EINHORN_FD_FAMILY_<n>, `_einhorns_own`): an `--env` of one would be lost."""
+
+
+def _env_name(key: str) -> bool:
+    """A portable environment variable name: letters, digits and _, not starting with a digit."""
+    return 0 < len(key) <= 128 and not key[0].isdigit() and all(c == "_" or (c.isascii() and c.isalnum()) for c in key)
+
+
+def _einhorns_own(key: str) -> bool:
+    for prefix in ("EINHORN_FD_FAMILY_", "EINHORN_FD_"):
+        if key.startswith(prefix) and key[len(prefix) :].isdigit() and key[len(prefix) :].isascii():
+            return True
+    return key in EINHORNS_OWN
 
 
 def upgrade_options(args: Sequence[str], max_upgrade_additional: int | None) -> UpgradeOptions | None | str:
@@ -258,9 +269,9 @@ def upgrade_options(args: Sequence[str], max_upgrade_additional: int | None) -> 
 def _env_setting(text: str) -> tuple[str, str] | str:
     """`K=V` for `--env`, or what is wrong with it."""
     key, equals, value = text.partition("=")
-    if not equals or ENV_NAME.fullmatch(key) is None:
+    if not equals or not _env_name(key):
         return f"--env needs NAME=VALUE with a NAME of letters, digits and _ (not starting with a digit), not {text[:64]!r}"
-    if EINHORNS_OWN.fullmatch(key) or key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"):
+    if _einhorns_own(key) or key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "NOTIFY_SOCKET"):
         return f"--env cannot set {key}: einhorn sets it for each worker"
     if "\0" in value or len(value) > 4096:
         return f"--env {key}: the value must have no NUL byte and at most 4096 characters"
