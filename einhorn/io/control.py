@@ -200,7 +200,7 @@ class CommandServer:
         self._queued: set[int] = set()
         self._cap_logged = False
         self._listening = False
-        self._accept = _AcceptBackoff()
+        self._accept = AcceptBackoff("command connections")
         server.setblocking(False)
         self._update_listening()
 
@@ -567,10 +567,12 @@ class CommandServer:
         self.server.close()
 
 
-class _AcceptBackoff:
-    """When accept may be tried again after running out of descriptors, and what to log about it."""
+class AcceptBackoff:
+    """When accept may be tried again after running out of descriptors, and what to log about it
+    (for the command socket and the metrics listener: `what` they accept)."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str) -> None:
+        self.what = what
         self.resume_at: float | None = None
         self._reset()
 
@@ -594,9 +596,9 @@ class _AcceptBackoff:
         if self.since is None:
             self.since = self.reported_at = now
             self.unreported = 0
-            return f"Cannot accept command connections: {reason}; trying again with a backoff of up to {ACCEPT_BACKOFF_MAX:g}s"
+            return f"Cannot accept {self.what}: {reason}; trying again with a backoff of up to {ACCEPT_BACKOFF_MAX:g}s"
         if now - self.reported_at >= ACCEPT_REPORT_PERIOD:
-            message = f"Still cannot accept command connections: {reason} ({self.unreported} more failures in {now - self.reported_at:.0f}s)"
+            message = f"Still cannot accept {self.what}: {reason} ({self.unreported} more failures in {now - self.reported_at:.0f}s)"
             self.reported_at, self.unreported = now, 0
             return message
         return None
@@ -604,7 +606,7 @@ class _AcceptBackoff:
     def succeeded(self, now: float) -> str | None:
         if self.since is None:
             return None
-        message = f"Accepting command connections again after {self.failures} failures in {now - self.since:.1f}s"
+        message = f"Accepting {self.what} again after {self.failures} failures in {now - self.since:.1f}s"
         self._reset()
         return message
 

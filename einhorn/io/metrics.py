@@ -33,6 +33,7 @@ from einhorn.core import pool
 from einhorn.core.events import Event
 from einhorn.core.observe import Observation
 from einhorn.core.state import State
+from einhorn.io.control import AcceptBackoff
 from einhorn.io.handoff import Descriptor, Handoff
 from einhorn.io.logs import Logger
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, listener_address, parse_bind
@@ -274,6 +275,8 @@ class MetricsServer:
         self.timeout = timeout
         self.scrapers: set[_Scraper] = set()
         self._listening = False
+        self._accept = AcceptBackoff("metrics connections")
+        """Out of descriptors (EMFILE, ...): the listener is not selected for a while, as the command socket's."""
         self._exposition = exposition.Exposition(self)
         sock.setblocking(False)
         sock.set_inheritable(False)
@@ -285,7 +288,10 @@ class MetricsServer:
         self.counters.record(observations, self.clock())
 
     def next_wakeup(self) -> float | None:
-        return min((s.deadline for s in self.scrapers), default=None)
+        times = [s.deadline for s in self.scrapers]
+        if self._accept.resume_at is not None:
+            times.append(self._accept.resume_at)
+        return min(times, default=None)
 
     def tick(self) -> None:
         now = self.clock()
@@ -314,7 +320,7 @@ class MetricsServer:
     # --- serving --------------------------------------------------------------------
 
     def _update_listening(self) -> None:
-        want = len(self.scrapers) < self.max_connections
+        want = self._accept.may_accept(self.clock()) and len(self.scrapers) < self.max_connections
         if want and not self._listening:
             self.selector.register(self.sock, selectors.EVENT_READ, self._on_acceptable)
         elif self._listening and not want:
@@ -331,9 +337,14 @@ class MetricsServer:
                 break
             except OSError as error:
                 if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    self.log.error(f"Cannot accept metrics connections: {error.strerror}")
+                    message = self._accept.failed(self.clock(), error.strerror or str(error))
+                    if message is not None:
+                        self.log.error(message)
                     break
                 raise
+            message = self._accept.succeeded(self.clock())
+            if message is not None:
+                self.log.info(message)
             sock.setblocking(False)
             sock.set_inheritable(False)
             scraper = _Scraper(sock, self.clock() + self.timeout)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import selectors
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -281,5 +283,48 @@ def test_a_slow_reader_never_blocks_the_server() -> None:
         s.turn(1)
         assert s.server.scrapers == set()
         reader.close()
+    finally:
+        s.close()
+
+
+class ExhaustedListener(socket.socket):
+    """A real listening socket whose accept fails with EMFILE while `exhausted` is set."""
+
+    exhausted = True
+    attempts = 0
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        type(self).attempts += 1
+        if type(self).exhausted:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+def test_accept_at_the_descriptor_limit_backs_off_instead_of_spinning_and_resumes() -> None:
+    ExhaustedListener.exhausted, ExhaustedListener.attempts = True, 0
+    s = Served(upgrading_state())
+    s.server.close()
+    s.listener = ExhaustedListener(socket.AF_INET, socket.SOCK_STREAM)
+    s.listener.bind(("127.0.0.1", 0))
+    s.listener.listen(16)
+    s.port = s.listener.getsockname()[1]
+    address = metrics.parse_address(f"127.0.0.1:{s.port}")
+    s.server = MetricsServer(s.listener, address, s.selector, lambda: s.state, s.log, clock=lambda: s.now)
+    try:
+        waiting = s.client()  # stays in the backlog while accept fails
+        for _ in range(300):  # 30 s of wake-ups, every 0.1 s
+            s.turn(1)
+            s.now += 0.1
+        # 0.05, 0.1, 0.2, 0.4, 0.8, then every 1 s: about 33 attempts in 30 s, not one per wake-up
+        assert 25 <= ExhaustedListener.attempts <= 40
+        logged = [m for _, m in s.log.lines if "accept metrics connections" in m]
+        assert logged[0] == "Cannot accept metrics connections: Too many open files; trying again with a backoff of up to 1s"
+        assert all(m.startswith("Still cannot accept metrics connections") for m in logged[1:]) and len(logged) < 10
+        ExhaustedListener.exhausted = False
+        s.now += 1.0
+        s.turn(2)
+        assert s.get(b"GET /healthz HTTP/1.0\r\n\r\n")[0] == 200
+        assert any("Accepting metrics connections again" in m for _, m in s.log.lines)
+        waiting.close()
     finally:
         s.close()
