@@ -45,7 +45,7 @@ from hypothesis import strategies as st  # noqa: E402
 from run import Load  # noqa: E402
 
 from tests.integration.harness import EINHORN, Harness, Master  # noqa: E402
-from tests.integration.other_user import OtherUser, find_nobody  # noqa: E402
+from tests.integration.other_user import find_nobody, process_limit  # noqa: E402
 from tests.integration.procfs import alive, become_child_subreaper, children_of, fds_of, proc_stat  # noqa: E402
 from tests.integration.waiting import wait_until  # noqa: E402
 from tests.integration.wire import Connection, escape, frame  # noqa: E402
@@ -583,19 +583,6 @@ def fault_descriptor_limit(report: Report) -> None:
         finally:
             for conn in [*held, *waiting]:
                 conn.close()
-
-
-SET_PROCESS_LIMIT = """
-import resource, sys
-pid, soft = int(sys.argv[1]), int(sys.argv[2])
-_, hard = resource.prlimit(pid, resource.RLIMIT_NPROC)
-resource.prlimit(pid, resource.RLIMIT_NPROC, (hard if soft < 0 else soft, hard))
-"""
-
-
-def process_limit(user: OtherUser, pid: int, soft: int) -> None:
-    command = [*user.wrap(), user.python, "-c", SET_PROCESS_LIMIT, str(pid), str(soft)]
-    subprocess.run(command, check=True, timeout=30, cwd="/", stdin=subprocess.DEVNULL, capture_output=True)
 
 
 def fault_process_limit(report: Report) -> None:

@@ -184,3 +184,19 @@ def _reachable(path: Path, user: OtherUser) -> bool:
             return False
     return True
 
+
+SET_PROCESS_LIMIT = """
+import resource, sys
+pid, soft = int(sys.argv[1]), int(sys.argv[2])
+_, hard = resource.prlimit(pid, resource.RLIMIT_NPROC)
+resource.prlimit(pid, resource.RLIMIT_NPROC, (hard if soft < 0 else soft, hard))
+"""
+
+
+def process_limit(user: OtherUser, pid: int, soft: int) -> None:
+    """Set `pid`'s soft RLIMIT_NPROC (1: no fork can succeed; -1: back to the hard limit).
+
+    As `user`: prlimit on another user's process needs CAP_SYS_RESOURCE, which root may lack here.
+    """
+    command = [*user.wrap(), user.python, "-c", SET_PROCESS_LIMIT, str(pid), str(soft)]
+    subprocess.run(command, check=True, timeout=30, cwd="/", stdin=subprocess.DEVNULL, capture_output=True)

@@ -14,7 +14,6 @@ import re
 import resource
 import signal
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.harness import Harness, Master
-from tests.integration.other_user import OtherUser, as_nobody
+from tests.integration.other_user import OtherUser, as_nobody, process_limit
 from tests.integration.procfs import alive, fds_of
 from tests.integration.upgrade_helpers import write_wrapper
 from tests.integration.waiting import wait_until
@@ -188,23 +187,6 @@ def test_a_g_worker_spawned_at_the_descriptor_limit_fails_into_the_backoff_and_c
 
 
 # --- finding 2, the forks of the re-exec path: `ulimit -u` reached (an unprivileged master) -----------
-
-
-SET_PROCESS_LIMIT = """
-import resource, sys
-pid, soft = int(sys.argv[1]), int(sys.argv[2])
-_, hard = resource.prlimit(pid, resource.RLIMIT_NPROC)
-resource.prlimit(pid, resource.RLIMIT_NPROC, (hard if soft < 0 else soft, hard))
-"""
-
-
-def process_limit(user: OtherUser, pid: int, soft: int) -> None:
-    """Set `pid`'s soft RLIMIT_NPROC (1: no fork can succeed; -1: back to the hard limit).
-
-    As `user`: prlimit on another user's process needs CAP_SYS_RESOURCE, which root may lack here.
-    """
-    command = [*user.wrap(), user.python, "-c", SET_PROCESS_LIMIT, str(pid), str(soft)]
-    subprocess.run(command, check=True, timeout=30, cwd="/", stdin=subprocess.DEVNULL, capture_output=True)
 
 
 @pytest.fixture
