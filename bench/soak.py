@@ -812,53 +812,17 @@ def fault_ack_for_another(report: Report) -> None:
         )
 
 
-def fault_sighup_burst(report: Report, count: int) -> None:
+def _sighups_under_load(report: Report, scenario: str, send: Callable[[int], tuple[int, str]], complete: Callable[[int], bool]) -> None:
+    """A master with 2 serving workers under load gets SIGHUPs from `send(master_pid)` (-> how many, what to
+    say); then the pool must settle with no failed request and the same fds."""
     with harness() as h:
         master = h.start("-n", "2", *MANUAL, "-b", "127.0.0.1:0", program=SERVE, workers=2, timeout=30)
         idle = master.connect(timeout=60)
         fds_before = quiescent_fds(master, idle)
         load = Load(master.bound_port(), threads=2, pause=0.005, max_per_thread=100_000)
         load.start()
-        started = time.monotonic()
         try:
-            sent = 0
-            for _ in range(count):
-                try:
-                    os.kill(master.pid, signal.SIGHUP)
-                except ProcessLookupError:
-                    break
-                sent += 1
-            sent_in = time.monotonic() - started
-            pool = wait_until(lambda: settled(master, 2), 120, "the pool after the SIGHUPs")
-        finally:
-            load.stop()
-        version = master.state()["version"]
-        fds_after = quiescent_fds(master, idle)
-        idle.close()
-        total = load.ok + sum(load.failures.values())
-        report.add(
-            f"{count:,} SIGHUPs in a burst",
-            f"sent in {sent_in:.2f} s; settled after {time.monotonic() - started:.1f} s at version {version}, {len(pool)} workers; "
-            f"fds {fds_before} -> {fds_after}; {total - load.ok} of {total:,} requests failed",
-            sent == count and load.ok == total and fds_after == fds_before and crashed(master) is None,
-        )
-
-
-def fault_sighup_storm(report: Report, seconds: float) -> None:
-    """A SIGHUP every 2 ms for a while: many land while the master checks, execs or restores."""
-    with harness() as h:
-        master = h.start("-n", "2", *MANUAL, "-b", "127.0.0.1:0", program=SERVE, workers=2, timeout=30)
-        idle = master.connect(timeout=60)
-        fds_before = quiescent_fds(master, idle)
-        load = Load(master.bound_port(), threads=2, pause=0.005, max_per_thread=100_000)
-        load.start()
-        sent = 0
-        try:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline:
-                os.kill(master.pid, signal.SIGHUP)
-                sent += 1
-                time.sleep(0.002)
+            sent, how = send(master.pid)
             stopped = time.monotonic()
             pool = wait_until(lambda: settled(master, 2), 120, "the pool after the SIGHUPs")
         finally:
@@ -868,11 +832,39 @@ def fault_sighup_storm(report: Report, seconds: float) -> None:
         idle.close()
         total = load.ok + sum(load.failures.values())
         report.add(
-            f"a SIGHUP every 2 ms for {seconds:.0f} s",
-            f"{sent:,} sent; settled {time.monotonic() - stopped:.1f} s after the last at version {version}, {len(pool)} workers; "
+            scenario,
+            f"{how}; settled {time.monotonic() - stopped:.1f} s after the last at version {version}, {len(pool)} workers; "
             f"fds {fds_before} -> {fds_after}; {total - load.ok} of {total:,} requests failed",
-            load.ok == total and fds_after == fds_before and crashed(master) is None,
+            complete(sent) and load.ok == total and fds_after == fds_before and crashed(master) is None,
         )
+
+
+def fault_sighup_burst(report: Report, count: int) -> None:
+    def send(pid: int) -> tuple[int, str]:
+        started, sent = time.monotonic(), 0
+        for _ in range(count):
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                break
+            sent += 1
+        return sent, f"{sent:,} sent in {time.monotonic() - started:.2f} s"
+
+    _sighups_under_load(report, f"{count:,} SIGHUPs in a burst", send, lambda sent: sent == count)
+
+
+def fault_sighup_storm(report: Report, seconds: float) -> None:
+    """A SIGHUP every 2 ms for a while: many land while the master checks, execs or restores."""
+
+    def send(pid: int) -> tuple[int, str]:
+        sent, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            os.kill(pid, signal.SIGHUP)
+            sent += 1
+            time.sleep(0.002)
+        return sent, f"{sent:,} sent"
+
+    _sighups_under_load(report, f"a SIGHUP every 2 ms for {seconds:.0f} s", send, lambda sent: sent > 0)
 
 
 ORPHANER = "while :; do (sleep 0.2 &); sleep 0.02; done"
