@@ -13,9 +13,9 @@ import socket
 import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from einhorn.core.record import dataclass
 from einhorn.io.logs import Logger
 
 if TYPE_CHECKING:
