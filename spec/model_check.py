@@ -25,7 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 
 from einhorn.core import step as core_step
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config, Pacing
@@ -55,6 +55,7 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.indexed import Children, PendingSpawns
+from einhorn.core.record import fields, replace
 from einhorn.core.state import Generation, LaunchSpec, PendingSpawn, ReexecPhase, State, initial_state
 from spec import invariants
 

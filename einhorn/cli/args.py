@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 from einhorn.cli.settings import Nice, Settings
 from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKER_RSS_MB, MAX_WORKERS, RSS_SAMPLE_INTERVAL, Pacing
+from einhorn.core.record import dataclass
 from einhorn.core.signals import graceful_signal_problem, normalize_signal
 from einhorn.io.sockets import BindSpec, SetupError, parse_bind
 

@@ -14,12 +14,12 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from einhorn import __version__
 from einhorn.cli.settings import Settings, Spawner, core_config, shell_options, worker_launch
 from einhorn.core.config import ListenerInfo
+from einhorn.core.record import dataclass, replace
 from einhorn.core.state import State, initial_state
 from einhorn.io import nice as nice_levels
 from einhorn.io import proctitle, reexec, signals

@@ -13,10 +13,10 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 from einhorn import __version__
 from einhorn.core.config import Config, Display, Pacing
+from einhorn.core.record import dataclass
 from einhorn.io.loop import ShellOptions
 from einhorn.io.notify import notify_socket_path
 from einhorn.io.sockets import BindSpec

@@ -6,7 +6,6 @@ Reply texts that scripts match on are the original Einhorn's, word for word.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
 
 from einhorn.core import pool, rollout
 from einhorn.core.actions import register_ack, signal_children, signal_gracefully
@@ -24,6 +23,7 @@ from einhorn.core.effects import (
     StreamEvents,
 )
 from einhorn.core.events import CommandReceived
+from einhorn.core.record import dataclass, replace
 from einhorn.core.report import snapshot, status
 from einhorn.core.signals import bare_signal
 from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here

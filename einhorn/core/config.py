@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, replace
+
+from einhorn.core.record import dataclass, replace
 
 MAX_SPINUP_INTERVAL = 30.0
 """Seconds: the gradual spin-up interval never grows past this, however many workers died."""

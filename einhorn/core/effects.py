@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
+from einhorn.core.record import dataclass, field
 from einhorn.core.state import LaunchSpec, RequestId
 
 

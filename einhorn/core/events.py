@@ -7,8 +7,8 @@ never reads a clock itself.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
+from einhorn.core.record import dataclass
 from einhorn.core.state import LaunchSpec
 
 

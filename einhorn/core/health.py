@@ -19,10 +19,10 @@ stopped for its boot timeout counts as a death before ACK.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 
 from einhorn.core.effects import Cause, Effect, Log, LogLevel
 from einhorn.core.events import WorkerMeasured
+from einhorn.core.record import replace
 from einhorn.core.state import Child, State, Verdict
 
 Outcome = tuple[State, list[Effect]]

@@ -10,10 +10,9 @@ which `state` shows under `listeners`.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from einhorn.core.effects import Effect, Log, LogLevel
 from einhorn.core.events import ListenerHealthChanged
+from einhorn.core.record import replace
 from einhorn.core.state import State
 
 Outcome = tuple[State, list[Effect]]

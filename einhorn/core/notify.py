@@ -18,12 +18,12 @@ loop runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from einhorn.core import pool
 from einhorn.core.actions import register_ack
 from einhorn.core.effects import Effect, Log, LogLevel, NotifySupervisor
 from einhorn.core.events import WorkerNotified
+from einhorn.core.record import replace
 from einhorn.core.state import State
 
 Outcome = tuple[State, list[Effect]]

@@ -23,7 +23,6 @@ pid, the signals ordered, the un-ACKed workers), never the whole pool.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from einhorn.core.commands import COMMANDS
 from einhorn.core.effects import Cause, Effect, Reply, SendSignal
@@ -38,6 +37,7 @@ from einhorn.core.events import (
     UpgradeCheckFailed,
     WorkerSpawned,
 )
+from einhorn.core.record import dataclass, field
 from einhorn.core.state import Child, ReexecPhase, RolloutPhase, State
 
 FieldValue = str | int | float | bool | None

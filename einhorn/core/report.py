@@ -8,9 +8,8 @@ string and an ISO-8601 string.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from einhorn.core import pool
+from einhorn.core.record import dataclass
 from einhorn.core.state import Child, Generation, Rollout, RolloutPhase, State
 
 

@@ -26,11 +26,10 @@ be aborted by hand.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from einhorn.core import pool
 from einhorn.core.actions import announce, spin_up
 from einhorn.core.effects import Effect, Log, LogLevel, Reply
+from einhorn.core.record import replace
 from einhorn.core.state import (
     Generation,
     LaunchSpec,

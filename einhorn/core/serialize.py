@@ -18,9 +18,9 @@ translated first (`_from_format_1`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from einhorn.core.config import RUNTIME_SETTINGS, Config, Pacing, apply_setting
+from einhorn.core.record import replace
 from einhorn.core.state import (
     Child,
     Generation,

@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from einhorn.core.config import Config
 from einhorn.core.indexed import Children, PendingSpawns
+from einhorn.core.record import dataclass, field
 
 
 class UpgradeKind(enum.Enum):

@@ -21,8 +21,6 @@ withdrawn, and the requesters are told.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from einhorn.core import rollout
 from einhorn.core.actions import announce
 from einhorn.core.config import UPGRADE_CHECK_TIMEOUT
@@ -37,6 +35,7 @@ from einhorn.core.effects import (
     StopUpgradeCheck,
 )
 from einhorn.core.events import ReexecFailed, UpgradeCheckFailed, UpgradeCheckPassed
+from einhorn.core.record import replace
 from einhorn.core.state import (
     LaunchSpec,
     Reexec,

@@ -14,8 +14,8 @@ import contextlib
 import os
 import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
+from einhorn.core.record import dataclass, field
 from einhorn.io.logs import Logger
 from einhorn.io.sockets import BindSpec, SetupError
 from einhorn.io.spawn import LISTEN_FDS_START

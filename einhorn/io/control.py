@@ -44,11 +44,11 @@ import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
 
 from einhorn import framing, protocol
 from einhorn.core.commands import ConfigDocumentError
 from einhorn.core.events import CommandReceived, ConnectionClosed, Event, RequestUnparseable
+from einhorn.core.record import dataclass, field
 from einhorn.io.handoff import Descriptor, Handoff
 from einhorn.io.logs import Logger
 

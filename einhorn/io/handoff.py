@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+
+from einhorn.core.record import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)

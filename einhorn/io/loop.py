@@ -21,7 +21,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, assert_never
 
 from einhorn.core.config import RSS_SAMPLE_INTERVAL
@@ -57,6 +56,7 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.observe import Observation, observe
+from einhorn.core.record import dataclass, field
 from einhorn.core.state import RequestId, State
 from einhorn.core.step import next_deadline, step
 from einhorn.io import events as event_stream

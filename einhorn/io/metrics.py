@@ -27,11 +27,11 @@ import selectors
 import socket
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
 
 from einhorn.core import pool
 from einhorn.core.events import Event
 from einhorn.core.observe import Observation
+from einhorn.core.record import dataclass, field, replace
 from einhorn.core.state import State
 from einhorn.io.control import AcceptBackoff
 from einhorn.io.handoff import Descriptor, Handoff

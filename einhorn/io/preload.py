@@ -51,10 +51,10 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
 from types import ModuleType
 from typing import NoReturn
 
+from einhorn.core.record import dataclass
 from einhorn.io import proctitle
 from einhorn.io.logs import Logger
 from einhorn.io.signals import PYTHON_IGNORED

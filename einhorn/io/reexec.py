@@ -18,11 +18,11 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import NoReturn
 
 from einhorn.core import serialize
 from einhorn.core.config import Config
+from einhorn.core.record import dataclass, field
 from einhorn.core.state import State
 from einhorn.io import handoff
 from einhorn.io.handoff import Descriptor

@@ -6,7 +6,6 @@ import contextlib
 import enum
 import errno
 import fcntl
-import ipaddress
 import os
 import re
 import select
@@ -14,9 +13,13 @@ import socket
 import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from einhorn.core.record import dataclass
 from einhorn.io.logs import Logger
+
+if TYPE_CHECKING:
+    import ipaddress  # at run time only when a port is in use (`_ip`): an idle master need not hold it
 
 _TCP_ADDRESS = re.compile(r"\A(\[[^\]]+\]|[^:\[\]]+):(\d+)\Z")
 _FLAGS = {
@@ -151,9 +154,21 @@ def bind_listener(spec: BindSpec, backlog: int, log: Logger | None = None) -> so
     return sock
 
 
+def _numeric_or_name(host: str) -> str | bytes:
+    """A numeric address as bytes: `getaddrinfo` encodes a str host with the idna codec (encodings.idna,
+    stringprep, unicodedata: half a MiB for the life of the master), which changes no numeric address."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return host.encode("ascii")
+    return host
+
+
 def _bind_tcp(spec: BindSpec, backlog: int) -> socket.socket:
     try:
-        infos = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(_numeric_or_name(spec.host), spec.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
         raise SetupError(f'Invalid value for "{spec.text}": cannot resolve host {spec.host!r}: {error.strerror}') from None
     family, kind, proto, _, address = infos[0]
@@ -324,12 +339,16 @@ def address_in_use(spec: BindSpec, use: PortUse) -> str:
 
 
 def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    import ipaddress
+
     ip = ipaddress.ip_address(host.partition("%")[0])  # without an IPv6 scope
     return ip.ipv4_mapped or ip if isinstance(ip, ipaddress.IPv6Address) else ip
 
 
 def _proc_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """An address as /proc/net/tcp{,6} prints it: 32-bit words in hex, each in host byte order."""
+    import ipaddress
+
     raw = bytes.fromhex(text)
     if sys.byteorder == "little":
         raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))

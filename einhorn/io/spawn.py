@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import functools
@@ -11,9 +10,10 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from einhorn.core import record as dataclasses  # (the lean `dataclasses`: einhorn/core/record.py)
+from einhorn.core.record import dataclass, field
 from einhorn.core.state import LaunchSpec
 from einhorn.io.signals import RESET_IN_CHILDREN
 

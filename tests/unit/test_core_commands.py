@@ -6,7 +6,6 @@ requests are fed through `step`, as the shell does.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from einhorn.core.effects import (
     StartUpgradeCheck,
 )
 from einhorn.core.events import CommandReceived, MasterStarted, Tick, WorkerSpawned
+from einhorn.core.record import replace
 from einhorn.core.report import Symbol, Timestamp
 from einhorn.core.state import ReexecPurpose, State, Subscriber, initial_state
 from einhorn.core.step import next_deadline, step

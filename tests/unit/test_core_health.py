@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from einhorn.core import pool
 from einhorn.core.config import Config
 from einhorn.core.effects import Cause, Effect, Log, LogLevel, SendSignal, SpawnWorker
@@ -18,6 +16,7 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.observe import observe
+from einhorn.core.record import replace
 from einhorn.core.report import snapshot, status
 from einhorn.core.state import State, UpgradeKind, Verdict, initial_state
 from einhorn.core.step import next_deadline, step

@@ -6,14 +6,13 @@ the incremental bookkeeping can only be as right as a full scan.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from einhorn.core import pool
 from einhorn.core.config import Config
 from einhorn.core.indexed import CHUNK, Children, PendingSpawns, Sorted
+from einhorn.core.record import replace
 from einhorn.core.state import Child, PendingSpawn, State
 
 # --- Sorted ------------------------------------------------------------------------------------

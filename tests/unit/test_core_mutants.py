@@ -6,12 +6,11 @@ the exact `state` document, the exact effects of small commands, edge values.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from einhorn.core import commands, pool, step
 from einhorn.core.config import Config, Display, ListenerInfo, Pacing
 from einhorn.core.effects import Cause, Log, LogLevel, Reply, StartUpgradeCheck
 from einhorn.core.events import CommandReceived, ConnectionClosed
+from einhorn.core.record import replace
 from einhorn.core.report import Symbol, Timestamp, snapshot
 from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, Verdict
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 
 from einhorn.core import pool
 from einhorn.core.effects import Effect, Log, LogLevel, NotifySupervisor
@@ -17,6 +16,7 @@ from einhorn.core.events import (
     WorkerNotified,
     WorkerSpawned,
 )
+from einhorn.core.record import replace
 from einhorn.core.state import State, initial_state
 from einhorn.core.step import next_deadline, step
 from tests.unit.fixtures.core_world import command, make_config, run

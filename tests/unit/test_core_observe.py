@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -21,6 +20,7 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.observe import Observation, observe
+from einhorn.core.record import replace
 from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, initial_state
 from einhorn.core.step import step
 from tests.unit.fixtures.core_world import command, make_config, played_states

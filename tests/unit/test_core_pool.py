@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -11,6 +10,7 @@ from hypothesis import strategies as st
 
 from einhorn.core import pool
 from einhorn.core.config import MAX_SPINUP_INTERVAL
+from einhorn.core.record import replace
 from einhorn.core.state import Child, PendingSpawn, State, initial_state
 from tests.unit.fixtures.core_world import make_config
 

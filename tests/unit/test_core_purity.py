@@ -10,7 +10,7 @@ import pytest
 import einhorn.core
 
 CORE = Path(einhorn.core.__file__).parent
-ALLOWED = {"__future__", "dataclasses", "enum", "typing", "collections.abc", "bisect", "heapq", "itertools", "math", "immutables"}
+ALLOWED = {"__future__", "dataclasses", "enum", "typing", "operator", "reprlib", "collections.abc", "bisect", "heapq", "itertools", "math", "immutables"}
 """Modules the core may import, besides einhorn.core and its submodules: data and algorithms only
 (`immutables` is the persistent mapping of einhorn/core/indexed.py)."""
 

@@ -6,8 +6,6 @@ invariant after it; each image has its own launch spec (`release(n)`).
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 
 from einhorn.core import rollout
@@ -15,6 +13,7 @@ from einhorn.core.commands import upgrade_options
 from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SendSignal, SpawnWorker, StopUpgradeCheck
 from einhorn.core.events import ChildExited, CommandReceived, Event, SignalReceived, Tick
 from einhorn.core.observe import observe
+from einhorn.core.record import replace
 from einhorn.core.report import Timestamp, snapshot, status
 from einhorn.core.state import Generation, RolloutPhase, UpgradeKind, UpgradeOptions
 from einhorn.core.step import next_deadline

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from einhorn.core.config import MAX_DURATION, RUNTIME_SETTINGS, Pacing
 from einhorn.core.events import MasterStarted
+from einhorn.core.record import replace
 from einhorn.core.serialize import FORMAT, StateFormatError, from_plain, to_plain
 from einhorn.core.state import (
     Child,

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from einhorn.core.commands import handle_command
 from einhorn.core.config import ListenerInfo
 from einhorn.core.effects import Reply
+from einhorn.core.record import replace
 from einhorn.core.report import status
 from einhorn.core.state import Child, PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, UpgradeKind
 from tests.unit.fixtures.core_world import command, make_config

@@ -7,8 +7,6 @@ world and check the invariants after every step.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 
@@ -41,6 +39,7 @@ from einhorn.core.events import (
     UpgradeCheckPassed,
     WorkerSpawned,
 )
+from einhorn.core.record import replace
 from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, initial_state
 from einhorn.core.step import next_deadline, step
 from tests.unit.fixtures.core_world import Script, World, actions, command, configs, converged, make_config, play, run

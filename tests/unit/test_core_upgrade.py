@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from einhorn.core.config import UPGRADE_CHECK_TIMEOUT
 from einhorn.core.effects import AbandonExec, ExecMaster, Log, LogLevel, Reply, SpawnWorker, StartUpgradeCheck, StopUpgradeCheck
 from einhorn.core.events import MasterStarted, ReexecFailed, SignalReceived, Tick, UpgradeCheckFailed, UpgradeCheckPassed
+from einhorn.core.record import replace
 from einhorn.core.state import PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber
 from einhorn.core.step import next_deadline, step
 from tests.unit.fixtures.core_world import command, make_config

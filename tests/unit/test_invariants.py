@@ -4,7 +4,6 @@ and stays quiet on ones that keep it (spec/README.md numbers them)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 import pytest
 
@@ -20,6 +19,7 @@ from einhorn.core.events import (
     Tick,
     WorkerSpawned,
 )
+from einhorn.core.record import fields, replace
 from einhorn.core.state import (
     Child,
     Generation,
@@ -46,7 +46,7 @@ def worker(pid: int, version: int = 0, index: int | None = None, acked: bool = T
 
 
 def make(*children: Child, number: int = 1, **changes: object) -> State:
-    config_changes = {k: changes.pop(k) for k in list(changes) if k in Config.__dataclass_fields__}
+    config_changes = {k: changes.pop(k) for k in list(changes) if k in {f.name for f in fields(Config)}}
     state = State(
         config=Config(**config_changes),  # type: ignore[arg-type]
         children={c.pid: c for c in children},

@@ -7,13 +7,13 @@ import json
 import selectors
 import socket
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from einhorn.core.observe import Observation
+from einhorn.core.record import replace
 from einhorn.core.state import Child, State, UpgradeKind
 from einhorn.io import metrics
 from einhorn.io.metrics import Counters, HttpError, HttpRequest, MetricsServer, parse_request

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import replace
 
 import pytest
 
@@ -20,6 +19,7 @@ from einhorn.core.actions import Outcome
 from einhorn.core.config import Pacing
 from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SpawnWorker
 from einhorn.core.events import UpgradeCheckPassed
+from einhorn.core.record import replace
 from einhorn.core.state import Child, RolloutPhase, State
 from spec import invariants, model_check
 from spec.model_check import Bounds, Scenario, explore, render_trace

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from einhorn.core import serialize
 from einhorn.core.config import Config, Display
+from einhorn.core.record import replace
 from einhorn.core.state import (
     Child,
     LaunchSpec,

@@ -6,6 +6,7 @@ import errno
 import os
 import socket
 import stat
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -361,3 +362,28 @@ def test_listener_addresses_as_state_shows_them(tmp_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as unix:
         unix.bind(str(tmp_path / "u.sock"))
         assert listener_address(unix) == str(tmp_path / "u.sock")
+
+
+# --- what binding loads -------------------------------------------------------------------------
+
+BIND_PROBE = """
+import socket, sys
+at_start = set(sys.modules)  # an editable install's import finder brings ipaddress with the site
+from einhorn.io.sockets import bind_listener, parse_bind
+for text in sys.argv[1:]:
+    bind_listener(parse_bind(text), 5).close()
+print(sorted({"encodings.idna", "ipaddress"} & (set(sys.modules) - at_start)))
+"""
+
+
+@pytest.mark.parametrize(("binds", "loaded"), [(["127.0.0.1:0", "[::1]:0"], "[]"), (["localhost:0"], "['encodings.idna']")])
+def test_a_numeric_address_binds_without_the_idna_codec(binds: list[str], loaded: str) -> None:
+    """`getaddrinfo` encodes a str host with idna (with stringprep and unicodedata, for the master's life);
+    a numeric address does not need it, a host name still gets it."""
+    if "[::1]:0" in binds and not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    result = subprocess.run([sys.executable, "-c", BIND_PROBE, *binds], capture_output=True, text=True, timeout=60)
+    if "[::1]:0" in binds and "Cannot assign requested address" in result.stderr:
+        pytest.skip("no IPv6 loopback here")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == loaded

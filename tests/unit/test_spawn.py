@@ -5,9 +5,9 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
-from dataclasses import replace
 from pathlib import Path
 
+from einhorn.core.record import replace
 from einhorn.core.state import LaunchSpec
 from einhorn.io.spawn import (
     WorkerLaunch,
