@@ -411,10 +411,14 @@ class CommandServer:
     # --- output -----------------------------------------------------------
 
     def send(self, conn_id: int, message: Mapping[str, object]) -> None:
+        self.send_line(conn_id, framing.encode_message(message))
+
+    def send_line(self, conn_id: int, line: bytes) -> None:
+        """A message already framed (`framing.encode_message`)."""
         conn = self.connections.get(conn_id)
         if conn is None or conn.closing:
             return
-        self._add_output(conn, framing.encode_message(message))
+        self._add_output(conn, line)
         self._flush(conn)
 
     def close(self, conn_id: int) -> None:
