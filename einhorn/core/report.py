@@ -140,9 +140,14 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
 def _generations(state: State) -> list[dict[str, object]]:
     if not state.generations:
         return []
+    children = state.indexed_children
     pids: dict[int, list[int]] = {}
-    for pid in sorted(state.children):  # one pass, whatever the number of generations
-        pids.setdefault(state.children[pid].version, []).append(pid)
+    for generation in state.generations:  # (the usual case: all workers are of one generation, no pass over them)
+        if children.count(generation.version) == len(children):
+            pids[generation.version] = sorted(children)
+    if not pids:
+        for pid in sorted(children):  # one pass, whatever the number of generations
+            pids.setdefault(children[pid].version, []).append(pid)
     return [_generation(state, g, pids.get(g.version, [])) for g in state.generations]
 
 

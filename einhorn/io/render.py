@@ -21,8 +21,10 @@ from __future__ import annotations
 import datetime
 import functools
 import math
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
+from json.encoder import encode_basestring
 from typing import Any
 
 from einhorn.core.report import Symbol, Timestamp, Workers
@@ -73,6 +75,8 @@ _JSON_HOLE = yaml_safe_json(_HOLE)
 
 def _wire(text: str) -> bytes:
     """`text` as it is written inside the framed reply's JSON string."""
+    if text.isascii() and "\x7f" not in text:  # what `yaml_safe_json` does then, without a JSONEncoder per call
+        return escape(encode_basestring(text)[1:-1]).encode("ascii")
     return escape(yaml_safe_json(text)[1:-1]).encode("utf-8")
 
 
@@ -83,24 +87,45 @@ class _RenderedWorkers:
         self.render = render
         self.opening, self.separator, self.closing = _wire(opening), _wire(separator), _wire(closing)
         self.shape: tuple[int, float] | None = None
-        self.entries: dict[int, tuple[Child, float | None, bytes]] = {}
-        """id(child) -> (child, its ping age, its bytes). The entry holds the child, so no other can have its id."""
+        # Three plain mappings by id(child) rather than one of tuples: a thousand tuples kept
+        # from one request to the next are work for the garbage collector. The child itself
+        # is kept, so no other object can have its id meanwhile.
+        self.children: dict[int, Child] = {}
+        self.ping_ages: dict[int, float | None] = {}
+        self.rendered: dict[int, bytes] = {}
+        self.last: tuple[Mapping[int, Child], float, bool, bytes] | None = None
+        """The last children joined, the clock then, whether any entry showed it (a ping age), and the bytes."""
 
     def join(self, workers: Workers, indent: int) -> bytes:
         if self.shape != (indent, workers.wall_offset):
-            self.shape, self.entries = (indent, workers.wall_offset), {}
-        entries, children = self.entries, workers.children
+            self.shape, self.last = (indent, workers.wall_offset), None
+            self.children, self.ping_ages, self.rendered = {}, {}, {}
+        children, last = workers.children, self.last
+        if last is not None and last[0] is children and (last[1] == workers.clock or not last[2]):
+            return last[3]  # the pool is as it was: nothing to look at
+        seen, ping_ages, rendered = self.children, self.ping_ages, self.rendered
         parts = []
-        for pid in sorted(children):
-            child = children[pid]
-            ping_age = workers.ping_age(child)
-            found = entries.get(id(child))
-            if found is None or found[0] is not child or found[1] != ping_age:
-                found = entries[id(child)] = (child, ping_age, _wire(self.render(pid, workers.entry(child), indent)))
-            parts.append(found[2])
-        if len(entries) > 2 * len(children) + 64:  # workers gone since: keep only the live ones
-            self.entries = {id(c): entries[id(c)] for c in children.values()}
-        return self.opening + self.separator.join(parts) + self.closing
+        pinged = False
+        for child in sorted(children.values(), key=_PID):
+            key = id(child)
+            ping_age = None
+            if child.pinged_at is not None:
+                ping_age, pinged = workers.ping_age(child), True
+            if seen.get(key) is not child or ping_ages[key] != ping_age:
+                seen[key], ping_ages[key] = child, ping_age
+                rendered[key] = _wire(self.render(child.pid, workers.entry(child), indent))
+            parts.append(rendered[key])
+        if len(seen) > 2 * len(children) + 64:  # workers gone since: keep only the live ones
+            live = [id(c) for c in children.values()]
+            self.children = {key: seen[key] for key in live}
+            self.ping_ages = {key: ping_ages[key] for key in live}
+            self.rendered = {key: rendered[key] for key in live}
+        joined = self.opening + self.separator.join(parts) + self.closing
+        self.last = (children, workers.clock, pinged, joined)
+        return joined
+
+
+_PID = operator.attrgetter("pid")
 
 
 def _yaml(data: Mapping[str, object], holes: list[tuple[Workers, int]] | None) -> str:
@@ -165,6 +190,9 @@ def _mapping(value: Mapping[Any, object], indent: int, lines: list[str], holes: 
 
 def _sequence(value: Sequence[object], indent: int, lines: list[str]) -> None:
     pad = " " * indent
+    if set(map(type, value)) == _INTS:  # a generation's workers: a thousand pids, in one piece
+        lines.append(pad + "- " + f"\n{pad}- ".join(map(str, value)))
+        return
     for item in value:
         if (isinstance(item, Mapping) or isinstance(item, (list, tuple))) and item:
             start = len(lines)
@@ -175,6 +203,9 @@ def _sequence(value: Sequence[object], indent: int, lines: list[str]) -> None:
             lines[start] = f"{pad}- {lines[start][indent + 2 :]}"
         else:
             lines.append(f"{pad}- {_scalar(item)}")
+
+
+_INTS = {int}
 
 
 @functools.lru_cache(maxsize=8192, typed=True)  # typed: a key True is not the key 1

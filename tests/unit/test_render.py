@@ -181,8 +181,8 @@ def test_the_reply_with_reused_workers_is_the_reply_rendered_afresh(changes: lis
     for choice, elapsed, jitter in [(0, 0.0, 0.0), *changes]:
         now += elapsed
         state = _pool_event(state, choice, now)
-        for as_json in (False, True):
-            data = _state_request(state, now, 1_700_000_000.0 + now + jitter, as_json).data
+        for as_json, later in ((False, 0.0), (True, 0.0), (False, 0.25), (True, 0.25)):  # later: the same pool, a later clock
+            data = _state_request(state, now + later, 1_700_000_000.0 + now + later + jitter, as_json).data
             fresh = render.to_json(data) if as_json else render.to_ruby_yaml(data)
             assert render.state_reply(data, as_json, _envelope(request_id)) == encode_message(_envelope(request_id)(fresh))
 
