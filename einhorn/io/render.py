@@ -71,6 +71,7 @@ def state_reply(data: Mapping[str, object], as_json: bool, envelope: Callable[[s
 _HOLE = "\x00workers\x00"
 """Where `state_reply` puts a `Workers` back: no rendered text holds a NUL (strings with one are quoted, escaped)."""
 _JSON_HOLE = yaml_safe_json(_HOLE)
+"""A string `_HOLE` as both forms write it (quoted)."""
 
 
 def _wire(text: str) -> bytes:
@@ -81,48 +82,70 @@ def _wire(text: str) -> bytes:
 
 
 class _RenderedWorkers:
-    """Each worker's entry as reply bytes, kept for one form, indentation and wall-clock offset."""
+    """Each worker's entry as reply bytes, kept for one form, indentation and wall-clock offset.
 
-    def __init__(self, render: Callable[[int, Mapping[str, object], int], str], opening: str, separator: str, closing: str) -> None:
-        self.render = render
+    A worker that pinged shows its ping's age, which changes with every request: its
+    entry is kept as the bytes before and after that one number."""
+
+    def __init__(
+        self,
+        render: Callable[[int, Mapping[str, object], int], str],
+        scalar: Callable[[object], str],
+        opening: str,
+        separator: str,
+        closing: str,
+    ) -> None:
+        self.render, self.scalar = render, scalar
         self.opening, self.separator, self.closing = _wire(opening), _wire(separator), _wire(closing)
         self.shape: tuple[int, float] | None = None
-        # Three plain mappings by id(child) rather than one of tuples: a thousand tuples kept
-        # from one request to the next are work for the garbage collector. The child itself
-        # is kept, so no other object can have its id meanwhile.
+        # Plain mappings by id(child) rather than one of tuples: a thousand tuples kept from
+        # one request to the next are work for the garbage collector. The child itself is
+        # kept, so no other object can have its id meanwhile.
         self.children: dict[int, Child] = {}
-        self.ping_ages: dict[int, float | None] = {}
         self.rendered: dict[int, bytes] = {}
+        """The entry; for a worker that pinged, what comes before its ping age."""
+        self.after_ping_age: dict[int, bytes] = {}
         self.last: tuple[Mapping[int, Child], float, bool, bytes] | None = None
         """The last children joined, the clock then, whether any entry showed it (a ping age), and the bytes."""
 
     def join(self, workers: Workers, indent: int) -> bytes:
         if self.shape != (indent, workers.wall_offset):
             self.shape, self.last = (indent, workers.wall_offset), None
-            self.children, self.ping_ages, self.rendered = {}, {}, {}
+            self.children, self.rendered, self.after_ping_age = {}, {}, {}
         children, last = workers.children, self.last
         if last is not None and last[0] is children and (last[1] == workers.clock or not last[2]):
             return last[3]  # the pool is as it was: nothing to look at
-        seen, ping_ages, rendered = self.children, self.ping_ages, self.rendered
+        seen, rendered, after_ping_age = self.children, self.rendered, self.after_ping_age
         parts = []
         pinged = False
         for child in sorted(children.values(), key=_PID):
             key = id(child)
-            ping_age = None
-            if child.pinged_at is not None:
-                ping_age, pinged = workers.ping_age(child), True
-            if seen.get(key) is not child or ping_ages[key] != ping_age:
-                seen[key], ping_ages[key] = child, ping_age
-                rendered[key] = _wire(self.render(child.pid, workers.entry(child), indent))
-            parts.append(rendered[key])
+            if seen.get(key) is not child:
+                seen[key] = child
+                self._render(key, child, workers, indent)
+            if child.pinged_at is None:
+                parts.append(rendered[key])
+            else:
+                pinged = True
+                parts.append(rendered[key] + _wire(self.scalar(workers.ping_age(child))) + after_ping_age[key])
         if len(seen) > 2 * len(children) + 64:  # workers gone since: keep only the live ones
             live = [id(c) for c in children.values()]
             self.children = {key: seen[key] for key in live}
-            self.ping_ages = {key: ping_ages[key] for key in live}
             self.rendered = {key: rendered[key] for key in live}
+            self.after_ping_age = {key: after_ping_age[key] for key in live if key in after_ping_age}
         joined = self.opening + self.separator.join(parts) + self.closing
         self.last = (children, workers.clock, pinged, joined)
         return joined
+
+    def _render(self, key: int, child: Child, workers: Workers, indent: int) -> None:
+        if child.pinged_at is None:
+            self.rendered[key] = _wire(self.render(child.pid, workers.entry(child), indent))
+            return
+        entry = {**workers.entry(child), "ping_age": _HOLE}
+        # The last match: only a number and a verdict's name follow `ping_age` in an entry.
+        before, hole, after = self.render(child.pid, entry, indent).rpartition(_JSON_HOLE)
+        assert hole
+        self.rendered[key], self.after_ping_age[key] = _wire(before), _wire(after)
 
 
 _PID = operator.attrgetter("pid")
@@ -157,8 +180,8 @@ def _json_worker(pid: int, entry: Mapping[str, object], indent: int) -> str:
     return yaml_safe_json({pid: entry}, default=_json_default)[1:-1]
 
 
-_YAML_WORKERS = _RenderedWorkers(_yaml_worker, "", "\n", "")
-_JSON_WORKERS = _RenderedWorkers(_json_worker, "{", ", ", "}")
+_YAML_WORKERS = _RenderedWorkers(_yaml_worker, lambda value: _scalar(value), "", "\n", "")
+_JSON_WORKERS = _RenderedWorkers(_json_worker, yaml_safe_json, "{", ", ", "}")
 
 
 # Rendering walks every worker of every `state`: dispatch on the exact type first (an

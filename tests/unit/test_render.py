@@ -210,3 +210,11 @@ def test_a_repeated_state_renders_only_the_workers_that_changed(monkeypatch: pyt
     state, _ = step(state, CommandReceived(1, {"command": "worker:ack", "pid": 102}, 13.0))
     assert reply(state, 13.0) != first
     assert rendered == [102]
+    state, _ = step(state, CommandReceived(1, {"command": "worker:ping", "pid": 101}, 14.0))
+    rendered.clear()
+    pinged = reply(state, 14.0)
+    assert rendered == [101]
+    rendered.clear()
+    later = reply(state, 15.5)  # only the ping's age differs
+    assert rendered == []
+    assert later == pinged.replace(b":ping_age: 0.0", b":ping_age: 1.5")
