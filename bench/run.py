@@ -457,6 +457,7 @@ def _cold_start_1000(impls: Sequence[Impl], table: Table, quick: bool) -> None:
 
 
 def _state_with_1000(impls: Sequence[Impl], table: Table, quick: bool) -> None:
+    """Timed from the request to the last byte of the reply (its line's `\n`), read as it comes: the client parses nothing."""
     n, count = 1000, 50 if quick else 200
     for impl in impls:
         with Master(impl, n, sleep=True, ack="0") as master:
@@ -467,15 +468,56 @@ def _state_with_1000(impls: Sequence[Impl], table: Table, quick: bool) -> None:
                 client = master.client()
                 for _ in range(5):
                     client.request("state", args)
-                samples = []
-                for _ in range(count):
-                    t = time.perf_counter()
-                    client.request("state", args)
-                    samples.append(time.perf_counter() - t)
+                samples = [_to_last_byte(client, "state", args) for _ in range(count)]
                 client.close()
                 log(f"state {form} with {n} workers, {impl.name}: median {median(samples) * 1000:.2f} ms, p99 {p99(samples) * 1000:.2f} ms")
-                table.put(f"`state` ({form}) round trip with {n} workers, median (ms)", impl.name, median(samples) * 1000, fmt="{:.2f}")
-                table.put(f"`state` ({form}) round trip with {n} workers, p99 (ms)", impl.name, p99(samples) * 1000, fmt="{:.2f}")
+                table.put(f"`state` ({form}) with {n} workers, request to last byte, median (ms)", impl.name, median(samples) * 1000, fmt="{:.2f}")
+                table.put(f"`state` ({form}) with {n} workers, request to last byte, p99 (ms)", impl.name, p99(samples) * 1000, fmt="{:.2f}")
+    if any(impl.name == "python" for impl in impls):
+        for label, ms in _state_in_process(n, 20 if quick else 100):
+            table.put(f"`state` reply made in-process (snapshot, render, framing), {n} workers, {label}, median (ms)", "python", ms, fmt="{:.2f}")
+
+
+def _to_last_byte(client: CommandClient, command: str, args: Sequence[str] | None) -> float:
+    """Seconds from sending a request to receiving the last byte of its one-line reply."""
+    t = time.perf_counter()
+    client.send(command, args)
+    received = bytearray()
+    while not received.endswith(b"\n"):  # the framing escapes every other newline
+        chunk = client.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionError("command socket closed")
+        received += chunk
+    return time.perf_counter() - t
+
+
+def _state_in_process(n: int, count: int) -> list[tuple[str, float]]:
+    """The master's own work for a `state` of `n` workers (bench/core_step.py's pool): as it was, and with every worker new."""
+    from dataclasses import replace
+
+    import core_step
+
+    from einhorn.core.effects import ReplyData
+    from einhorn.core.events import CommandReceived
+    from einhorn.core.state import State
+    from einhorn.core.step import step
+    from einhorn.io import render
+    from einhorn.io.loop import _envelope
+
+    def reply(state: State) -> float:
+        t = time.perf_counter()
+        _, effects = step(state, CommandReceived(1, {"command": "state", "id": "1"}, 1.0, 1e9))
+        (data,) = [e for e in effects if isinstance(e, ReplyData)]
+        render.state_reply(data.data, False, lambda text: _envelope(text, "1", False))
+        return time.perf_counter() - t
+
+    state = core_step.full_pool(n)
+    unchanged = [reply(state) for _ in range(count)]
+    renewed = []
+    for i in range(count // 10 or 1):
+        state = replace(state, children={pid: replace(child, index=child.index + i) for pid, child in state.children.items()})
+        renewed.append(reply(state))
+    return [("pool unchanged", median(unchanged) * 1000), ("every worker changed", median(renewed) * 1000)]
 
 
 def _idle_16(impls: Sequence[Impl], table: Table, quick: bool) -> None:

@@ -8,6 +8,8 @@ string and an ISO-8601 string.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 from einhorn.core import pool
 from einhorn.core.record import dataclass
 from einhorn.core.state import Child, Generation, Rollout, RolloutPhase, State
@@ -27,13 +29,55 @@ class Timestamp:
     epoch: float
 
 
+class Workers(Mapping[int, Mapping[str, object]]):
+    """The document's `children`: pid -> that worker's entry, in pid order, made when it is read.
+
+    A `state` of 1000 workers would otherwise build 1000 dicts (and thrice as many times)
+    per request, which is most of its garbage; the shell can instead render each `Child`
+    once and reuse it while the child and the times it shows stay the same (einhorn/io/render.py).
+    """
+
+    __slots__ = ("children", "wall_offset", "clock")
+
+    def __init__(self, children: Mapping[int, Child], wall_offset: float, clock: float) -> None:
+        self.children = children
+        self.wall_offset = wall_offset
+        self.clock = clock
+
+    def __getitem__(self, pid: int) -> Mapping[str, object]:
+        return _child(self.children[pid], self.wall_offset, self.clock)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(sorted(self.children))
+
+    def __len__(self) -> int:
+        return len(self.children)
+
+    def __repr__(self) -> str:
+        return f"Workers({dict(self)!r})"
+
+    def entry(self, child: Child) -> Mapping[str, object]:
+        """What `self[child.pid]` is."""
+        return _child(child, self.wall_offset, self.clock)
+
+    def ping_age(self, child: Child) -> float | None:
+        """The one field of an entry that changes with the request's clock rather than with the child."""
+        return _ping_age(child.pinged_at, self.clock)
+
+
 def snapshot(state: State, wall_offset: float) -> dict[str, object]:
     """`wall_offset` turns the core's monotonic times into wall-clock times.
 
     Per worker, `ping_age` (seconds since its last ping, by the state's clock),
     `rss_bytes` (the last measurement, with `--max-worker-rss`) and `health`
     (a health rule's verdict, not yet carried out: `boot_timeout`,
-    `ping_timeout`, `rss_limit`; or null) show the health rules' view."""
+    `ping_timeout`, `rss_limit`; or null) show the health rules' view.
+
+    The offset is taken to the millisecond: two clocks read one after the other
+    differ by a few microseconds more or less each time, and a worker's times
+    would change from one `state` to the next with it (and so every worker's
+    entry, which the shell otherwise renders once)."""
+    wall_offset = round(wall_offset, 3)
 
     def at(t: float | None) -> Timestamp | None:
         return None if t is None else Timestamp(t + wall_offset)
@@ -45,7 +89,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
     )
     return {
         "state": {
-            "children": {pid: _child(state.children[pid], wall_offset, state.clock) for pid in sorted(state.children)},
+            "children": Workers(state.children, wall_offset, state.clock),
             "config": {
                 "number": config.number,
                 "backlog": shown.backlog,
@@ -96,9 +140,14 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
 def _generations(state: State) -> list[dict[str, object]]:
     if not state.generations:
         return []
+    children = state.indexed_children
     pids: dict[int, list[int]] = {}
-    for pid in sorted(state.children):  # one pass, whatever the number of generations
-        pids.setdefault(state.children[pid].version, []).append(pid)
+    for generation in state.generations:  # (the usual case: all workers are of one generation, no pass over them)
+        if children.count(generation.version) == len(children):
+            pids[generation.version] = sorted(children)
+    if not pids:
+        for pid in sorted(children):  # one pass, whatever the number of generations
+            pids.setdefault(children[pid].version, []).append(pid)
     return [_generation(state, g, pids.get(g.version, [])) for g in state.generations]
 
 
@@ -157,10 +206,14 @@ def _child(child: Child, wall_offset: float, clock: float) -> dict[str, object]:
         "pinged_at": None if pinged_at is None else Timestamp(pinged_at + wall_offset),
         "pinged_request_id": child.pinged_request_id,
         "status": child.status,
-        "ping_age": None if pinged_at is None else round(clock - pinged_at, 3),
+        "ping_age": _ping_age(pinged_at, clock),
         "rss_bytes": child.rss_bytes,
         "health": None if child.verdict is None else child.verdict.value,
     }
+
+
+def _ping_age(pinged_at: float | None, clock: float) -> float | None:
+    return None if pinged_at is None else round(clock - pinged_at, 3)
 
 
 # --- `status`: the same state, for people ------------------------------------------

@@ -322,8 +322,7 @@ class Master:
             case ReplyData(conn, data, as_json, request_id):
                 from einhorn.io import render  # at the first `state`: an idle master need not hold it (issue 14)
 
-                text = render.to_json(data) if as_json else render.to_ruby_yaml(data)
-                self.server.send(conn, _envelope(text, request_id, False))
+                self.server.send_line(conn, render.state_reply(data, as_json, lambda text: _envelope(text, request_id, False)))
             case StreamEvents(conn, request_id):
                 self.events.subscribe(conn, request_id)
             case CloseConnection(conn):

@@ -437,3 +437,29 @@ def test_beyond_max_open_new_clients_wait_in_the_backlog() -> None:
         assert replies(waiting) == [{"message": "ehlo done", "request_id": "w"}]
     finally:
         driver.close()
+
+
+# --- large replies ----------------------------------------------------------------------
+
+
+def test_a_large_reply_is_taken_by_the_kernel_in_one_write(driver: Driver) -> None:
+    """A `state` of 1000 workers (350 KB) leaves nothing for a later wake-up, even before the client reads."""
+    client = connect_named(driver)
+    conn = driver.conn_of(client)
+    reply = b'{"message": "' + b"x" * 400_000 + b'"}\n'
+    driver.server.send_line(conn, reply)
+    assert driver.server.unsent(conn) == 0
+    received = b""
+    while not received.endswith(b"\n"):
+        received += client.recv(1 << 20)
+    assert received == reply
+
+
+def test_a_small_reply_leaves_the_kernel_buffer_as_it_was(driver: Driver) -> None:
+    client = connect_named(driver)
+    conn = driver.conn_of(client)
+    sock = driver.server.connections[conn].sock
+    before = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+    driver.server.send(conn, {"message": "x" * 1000})
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == before
+    assert replies(client) == [{"message": "x" * 1000}]

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import subprocess
+from collections.abc import Callable, Mapping
 
 import pytest
 import yaml
@@ -14,10 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from einhorn.core.config import Config, Display
-from einhorn.core.events import MasterStarted, WorkerSpawned
+from einhorn.core.effects import ReplyData
+from einhorn.core.events import ChildExited, CommandReceived, MasterStarted, WorkerSpawned
 from einhorn.core.report import Symbol, Timestamp, snapshot
-from einhorn.core.state import initial_state
+from einhorn.core.state import State, initial_state
 from einhorn.core.step import step
+from einhorn.framing import encode_message
 from einhorn.io import render
 
 
@@ -40,7 +43,7 @@ def test_yaml_uses_ruby_symbol_keys_and_values() -> None:
 
 def as_ruby_reads_it(value: object) -> object:
     """What a YAML load of the document must give: `:name` for keys and Symbols, datetimes for times."""
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {(f":{k}" if isinstance(k, str) else k): as_ruby_reads_it(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [as_ruby_reads_it(v) for v in value]
@@ -132,3 +135,86 @@ def test_json_is_utf8_with_bytes_that_were_not_utf8_as_replacement_characters() 
     text = render.to_json({"cmd": [argument]})
     assert "\U0001f600" in text
     assert json.loads(text) == {"cmd": ["caf\ufffd \U0001f600"]}
+
+
+# --- state_reply: each worker rendered once, reused while it stays the same -------------
+
+
+def _envelope(request_id: str | int | None) -> Callable[[str], dict[str, object]]:
+    from einhorn.io.loop import _envelope
+
+    return lambda text: _envelope(text, request_id, False)
+
+
+def _state_request(state: State, now: float, wall: float, as_json: bool) -> ReplyData:
+    request: dict[str, object] = {"command": "state", "args": ["--json"]} if as_json else {"command": "state"}
+    _, effects = step(state, CommandReceived(7, request, now, wall))
+    (reply,) = [e for e in effects if isinstance(e, ReplyData)]
+    return reply
+
+
+def _pool_event(state: State, choice: int, now: float) -> State:
+    """One change to the pool, picked by `choice`: ACK, ping, signal, exit, or the next spawn."""
+    pids = sorted(state.children)
+    pid = pids[choice % len(pids)] if pids else 0
+    kind = choice % 5
+    if kind == 0 and state.pending:
+        return step(state, WorkerSpawned(min(state.pending), 5000 + choice, now))[0]
+    if kind == 1:
+        return step(state, ChildExited(pid, 0, None, now))[0]
+    if kind == 2:
+        return step(state, CommandReceived(1, {"command": "signal", "args": ["USR2"]}, now))[0]
+    command = "worker:ping" if kind == 3 else "worker:ack"
+    return step(state, CommandReceived(1, {"command": command, "pid": pid, "request_id": f"r{choice}"}, now))[0]
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 10**6), st.floats(0.0, 3.0), st.floats(-0.002, 0.002)), max_size=12),
+    st.sampled_from([None, "id-1", 5]),
+)
+def test_the_reply_with_reused_workers_is_the_reply_rendered_afresh(changes: list[tuple[int, float, float]], request_id: str | int | None) -> None:
+    state = initial_state(Config(number=6, ack_timer=None, display=Display(command_name="wëb\u2028")))
+    state, _ = step(state, MasterStarted(10.0))
+    now = 10.0
+    for spawn_id in sorted(state.pending):
+        state, _ = step(state, WorkerSpawned(spawn_id, 100 + spawn_id, now))
+    for choice, elapsed, jitter in [(0, 0.0, 0.0), *changes]:
+        now += elapsed
+        state = _pool_event(state, choice, now)
+        for as_json, later in ((False, 0.0), (True, 0.0), (False, 0.25), (True, 0.25)):  # later: the same pool, a later clock
+            data = _state_request(state, now + later, 1_700_000_000.0 + now + later + jitter, as_json).data
+            fresh = render.to_json(data) if as_json else render.to_ruby_yaml(data)
+            assert render.state_reply(data, as_json, _envelope(request_id)) == encode_message(_envelope(request_id)(fresh))
+
+
+def test_a_repeated_state_renders_only_the_workers_that_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = initial_state(Config(number=4, ack_timer=None))
+    state, _ = step(state, MasterStarted(10.0))
+    for spawn_id in sorted(state.pending):
+        state, _ = step(state, WorkerSpawned(spawn_id, 100 + spawn_id, 10.0))
+    rendered: list[int] = []
+
+    def counted(pid: int, entry: Mapping[str, object], indent: int) -> str:
+        rendered.append(pid)
+        return render._yaml_worker(pid, entry, indent)
+
+    def reply(state: State, now: float) -> bytes:
+        return render.state_reply(_state_request(state, now, 1e9 + now, False).data, False, _envelope(None))
+
+    monkeypatch.setattr(render._YAML_WORKERS, "render", counted)
+    first = reply(state, 11.0)
+    assert sorted(rendered) == [100, 101, 102, 103]
+    rendered.clear()
+    assert reply(state, 12.0) == first
+    assert rendered == []
+    state, _ = step(state, CommandReceived(1, {"command": "worker:ack", "pid": 102}, 13.0))
+    assert reply(state, 13.0) != first
+    assert rendered == [102]
+    state, _ = step(state, CommandReceived(1, {"command": "worker:ping", "pid": 101}, 14.0))
+    rendered.clear()
+    pinged = reply(state, 14.0)
+    assert rendered == [101]
+    rendered.clear()
+    later = reply(state, 15.5)  # only the ping's age differs
+    assert rendered == []
+    assert later == pinged.replace(b":ping_age: 0.0", b":ping_age: 1.5")
