@@ -464,7 +464,7 @@ def _worker_ping(state: State, request: Request) -> Outcome:
         pinged_at=request.now,
         pinged_request_id=None if ping_id is None else str(ping_id),
     )
-    state = replace(state, children={**state.children, child.pid: updated})
+    state = replace(state, children=state.indexed_children.set(updated))
     note = Log(LogLevel.DEBUG, f"Ping from {child.pid} (request id {_show(ping_id)})")
     return state, [*_foreign_sender(request, child.pid, "Ping"), note, *effects]
 

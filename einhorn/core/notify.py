@@ -40,7 +40,7 @@ def on_worker_notified(state: State, event: WorkerNotified) -> Outcome:
         child = replace(child, status=fields["STATUS"])
     if fields.get("WATCHDOG") == "1":
         child = replace(child, pinged_at=event.now)
-    state = replace(state, children={**state.children, child.pid: child})
+    state = replace(state, children=state.indexed_children.set(child))
     if fields.get("READY") == "1":
         if state.config.ack_timer is not None or not state.config.notify_acks:
             effects.append(Log(LogLevel.DEBUG, f"READY=1 from {child.pid} in {state.config.ack_mode} ACK mode; ignoring"))

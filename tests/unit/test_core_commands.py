@@ -29,6 +29,7 @@ from einhorn.core.effects import (
     StartUpgradeCheck,
 )
 from einhorn.core.events import CommandReceived, MasterStarted, Tick, WorkerSpawned
+from einhorn.core.indexed import Children
 from einhorn.core.record import replace
 from einhorn.core.report import Symbol, Timestamp
 from einhorn.core.state import ReexecPurpose, State, Subscriber, initial_state
@@ -649,3 +650,16 @@ def test_every_request_gets_an_answer_and_never_raises(
     assert mine, effects
     last = mine[-1]
     assert isinstance(last, (ReplyData, CloseConnection)) or (isinstance(last, Reply) and (last.wait is False or last.request_id is not None))
+
+
+def test_a_ping_changes_its_worker_without_copying_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One worker's ping costs the same at any pool size (issue 14): no copy of the children and no re-index."""
+    state = up(ack_timer=None, number=40)
+
+    def reindexed(cls: object, children: object) -> None:
+        raise AssertionError("the whole pool was copied and indexed again for one ping")
+
+    monkeypatch.setattr(Children, "of", classmethod(reindexed))
+    after, _ = send(state, {"command": "worker:ping", "pid": 1007, "request_id": "r"})
+    assert after.children[1007].pinged_at == 2.0 and after.children[1007].pinged_request_id == "r"
+    assert after.children[1008] is state.children[1008]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import pytest
+
 from einhorn.core import pool
 from einhorn.core.effects import Effect, Log, LogLevel, NotifySupervisor
 from einhorn.core.events import (
@@ -16,6 +18,7 @@ from einhorn.core.events import (
     WorkerNotified,
     WorkerSpawned,
 )
+from einhorn.core.indexed import Children
 from einhorn.core.record import replace
 from einhorn.core.state import State, initial_state
 from einhorn.core.step import next_deadline, step
@@ -156,3 +159,15 @@ def test_a_status_line_change_alone_is_told() -> None:
     assert state.supervisor_ready
     _, effects = step(state, command(9, "inc", now=2.0))
     assert told(effects) == [(("STATUS", "1/2 workers ACKed, version 0"),)]
+
+
+def test_a_notification_changes_its_worker_without_copying_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status line or watchdog ping costs the same at any pool size (issue 14): no copy and no re-index."""
+    state = spawned(NOTIFY, count=40)
+
+    def reindexed(cls: object, children: object) -> None:
+        raise AssertionError("the whole pool was copied and indexed again for one notification")
+
+    monkeypatch.setattr(Children, "of", classmethod(reindexed))
+    after, _ = step(state, notified(1007, now=3.5, STATUS="busy", WATCHDOG="1"))
+    assert (after.children[1007].status, after.children[1007].pinged_at) == ("busy", 3.5)
