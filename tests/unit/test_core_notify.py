@@ -163,7 +163,7 @@ def test_a_status_line_change_alone_is_told() -> None:
 
 def test_a_notification_changes_its_worker_without_copying_the_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     """A status line or watchdog ping costs the same at any pool size (issue 14): no copy and no re-index."""
-    state = spawned(NOTIFY, count=40)
+    state = spawned({**NOTIFY, "number": 40}, count=40)
 
     def reindexed(cls: object, children: object) -> None:
         raise AssertionError("the whole pool was copied and indexed again for one notification")
