@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from einhorn.core import pool
 from einhorn.core.effects import Cause, Effect, Log, LogFields, LogLevel, Reply, SendSignal, SpawnWorker
+from einhorn.core.records import replace
 from einhorn.core.state import Child, PendingSpawn, State
 
 Outcome = tuple[State, list[Effect]]

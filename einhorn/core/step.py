@@ -9,7 +9,7 @@ its rules and invariants in words.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import assert_never
 
 from einhorn.core import health, listeners, notify, pool, rollout, upgrade
@@ -43,6 +43,7 @@ from einhorn.core.events import (
     WorkerNotified,
     WorkerSpawned,
 )
+from einhorn.core.records import replace
 from einhorn.core.state import Child, ReexecPurpose, State, Subscriber, UpgradeKind, Verdict
 
 Outcome = tuple[State, list[Effect]]
