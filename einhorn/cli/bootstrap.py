@@ -21,8 +21,7 @@ from einhorn.cli.settings import Settings, Spawner, core_config, shell_options, 
 from einhorn.core.config import ListenerInfo
 from einhorn.core.record import dataclass, replace
 from einhorn.core.state import State, initial_state
-from einhorn.io import nice as nice_levels
-from einhorn.io import proctitle, reexec, signals
+from einhorn.io import proctitle, signals
 from einhorn.io.activation import LISTEN_VARIABLES, Activation, passed_sockets, without_listen_variables
 from einhorn.io.control import RestoredConnection, restored_server
 from einhorn.io.handoff import Descriptor, Handoff
@@ -50,7 +49,11 @@ def start(settings: Settings, environ: Mapping[str, str]) -> int:
 def upgrade_check(log: Logger) -> NoReturn:
     """`--upgrade-check`: this einhorn starts (and imports what it needs); the old master waits on this exit."""
     # What the master imports only when needed must import too, or the check proves little.
+    import einhorn.core.report
+    import einhorn.io.nice
     import einhorn.io.preload
+    import einhorn.io.reexec
+    import einhorn.io.render
     import einhorn.restricted_yaml  # noqa: F401
 
     log.info(f"Upgrade check passed: einhorn {__version__} on Python {sys.version.split()[0]}")
@@ -72,6 +75,8 @@ class Prepared:
 def prepare(settings: Settings, log: Logger) -> Prepared:
     proctitle.set_title(proctitle.master_title(settings.command_name, settings.program), log)
     nice = settings.nice
+    if nice.master is not None or nice.worker is not None:
+        from einhorn.io import nice as nice_levels  # only with --nice (and shlex with it)
     if nice.master is not None:
         nice_levels.warn_if_unprivileged(nice.master, "master", log)
         nice_levels.renice(nice.master, os.getpid(), nice.renice_cmd, log)
@@ -204,6 +209,8 @@ def write_pidfile(path: str) -> None:
 
 
 def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepared, log: Logger) -> int:
+    from einhorn.io import reexec  # only at a restore: a fresh master need not hold it (issue 14)
+
     assert settings.with_state_fd is not None
     config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
     try:
@@ -316,6 +323,8 @@ def abandon_workers(settings: Settings, log: Logger, error: str) -> int:
     SIGKILL after `-t` seconds when given, so that whoever restarts einhorn
     finds the ports free. Then the pid and socket files go and it exits 1.
     """
+    from einhorn.io import reexec
+
     signals.wind_down()
     children = reexec.own_children()
     log.error(

@@ -24,7 +24,6 @@ from einhorn.core.effects import (
 )
 from einhorn.core.events import CommandReceived
 from einhorn.core.record import dataclass, replace
-from einhorn.core.report import snapshot, status
 from einhorn.core.signals import bare_signal
 from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here
 from einhorn.core.state import ReexecPhase, ReexecPurpose, RequestId, State, Subscriber, UpgradeOptions
@@ -168,13 +167,17 @@ def _command_descriptions() -> str:
 
 
 def _state(state: State, request: Request) -> Outcome:
+    import einhorn.core.report  # at the first `state`: an idle master need not hold it (issue 14)
+
     as_json = request.args is not None and "--json" in request.args
-    data = snapshot(state, wall_offset=request.wall - request.now)
+    data = einhorn.core.report.snapshot(state, wall_offset=request.wall - request.now)
     return state, [ReplyData(request.conn, data, as_json, request.request_id)]
 
 
 def _status(state: State, request: Request) -> Outcome:
-    return _reply(state, request, status(state))
+    import einhorn.core.report  # at the first `status`: an idle master need not hold it (issue 14)
+
+    return _reply(state, request, einhorn.core.report.status(state))
 
 
 def _subscribe(state: State, request: Request) -> Outcome:

@@ -60,7 +60,7 @@ from einhorn.core.record import dataclass, field
 from einhorn.core.state import RequestId, State
 from einhorn.core.step import next_deadline, step
 from einhorn.io import events as event_stream
-from einhorn.io import reexec, signals, sockets
+from einhorn.io import signals, sockets
 from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
 from einhorn.io.logs import Logger
@@ -68,6 +68,7 @@ from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, generation_launch, launch_spec, spawn_worker
 
 if TYPE_CHECKING:
+    from einhorn.io import reexec
     from einhorn.io.metrics import MetricsServer
 
 MAX_WAIT = 3600.0
@@ -450,6 +451,8 @@ class Master:
 
     def _start_upgrade_check(self, check_id: int) -> list[Event]:
         """Fork `einhorn --upgrade-check`; its exit becomes the verdict (`_reap`)."""
+        from einhorn.io import reexec  # at an upgrade: an idle master need not hold it (issue 14)
+
         options = self.options
         argv = [*options.reexec_command, "--upgrade-check", "--", *options.launch.argv]
         try:
@@ -469,6 +472,8 @@ class Master:
 
     def _exec_master(self) -> list[Event]:
         """Perform the ordered exec; on failure, the master goes on as it was and the core hears why."""
+        from einhorn.io import reexec  # (its upgrade check imported it: a broken install fails the check)
+
         self.exec_ordered = False
         signals.block_for_exec()
         late = signals.drain(self.wake_reader)
