@@ -451,11 +451,12 @@ class Master:
 
     def _start_upgrade_check(self, check_id: int) -> list[Event]:
         """Fork `einhorn --upgrade-check`; its exit becomes the verdict (`_reap`)."""
-        from einhorn.io import reexec  # at an upgrade: an idle master need not hold it (issue 14)
-
         options = self.options
         argv = [*options.reexec_command, "--upgrade-check", "--", *options.launch.argv]
         try:
+            # At an upgrade: an idle master need not hold it (issue 14). Out of descriptors, its import fails as the fork would.
+            from einhorn.io import reexec
+
             check = reexec.start_upgrade_check(check_id, argv, options.reexec_environ)
         except OSError as error:
             return [UpgradeCheckFailed(check_id, f"could not fork the upgrade check: {error.strerror}", time.monotonic())]
