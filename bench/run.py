@@ -493,12 +493,11 @@ def _to_last_byte(client: CommandClient, command: str, args: Sequence[str] | Non
 
 def _state_in_process(n: int, count: int) -> list[tuple[str, float]]:
     """The master's own work for a `state` of `n` workers (bench/core_step.py's pool): as it was, and with every worker new."""
-    from dataclasses import replace
-
     import core_step
 
     from einhorn.core.effects import ReplyData
     from einhorn.core.events import CommandReceived
+    from einhorn.core.record import replace
     from einhorn.core.state import State
     from einhorn.core.step import step
     from einhorn.io import render
