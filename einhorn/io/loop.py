@@ -486,6 +486,8 @@ class Master:
             now = time.monotonic()
             return [SignalReceived(name, now) for name in late]
         options = self.options
+        if self.metrics is not None:
+            self.metrics.answer_before_exec()
         try:
             reexec.exec_master(
                 self.state,

@@ -21,6 +21,7 @@ one master whose counters never reset until it really exits.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import selectors
@@ -49,6 +50,8 @@ MAX_RESPONSE = 16 * 1024 * 1024
 TIMEOUT = 5.0
 """Seconds a scraper has from accept to its last byte."""
 ACCEPTS_PER_WAKEUP = 16
+EXEC_GRACE = 0.25
+"""Seconds, in all, the image about to exec gives the scrapers it accepted to be answered."""
 BACKLOG = 64
 
 UPGRADE_BUCKETS = (1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
@@ -302,6 +305,38 @@ class MetricsServer:
 
     def descriptors(self) -> list[Descriptor]:
         return [Descriptor(LISTENER, self.sock.fileno(), {"address": self.address.text})]
+
+    def answer_before_exec(self) -> None:
+        """Answer the scrapers this image accepted, before the exec: their sockets do not cross it, and one
+        closed with its request unread is reset (a failed scrape mid-upgrade). Connections not accepted yet
+        wait in the listener's queue, which crosses. Bounded by EXEC_GRACE in all; who is not done is closed."""
+        deadline = time.monotonic() + EXEC_GRACE
+        for scraper in list(self.scrapers):
+            if scraper.interest:
+                self.selector.unregister(scraper.sock)
+                scraper.interest = 0
+            with contextlib.suppress(OSError):  # (a timeout too: the budget is spent)
+                self._finish_in_time(scraper, deadline)
+            self._close(scraper)
+
+    def _finish_in_time(self, scraper: _Scraper, deadline: float) -> None:
+        sock = scraper.sock
+        while not scraper.answered:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            chunk = sock.recv(MAX_REQUEST)
+            if not chunk:
+                return
+            scraper.received += chunk
+            parsed = parse_request(bytes(scraper.received))
+            if parsed is not None:
+                scraper.answered = True
+                scraper.output += self._answer(parsed)
+        while scraper.output:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            del scraper.output[: sock.send(scraper.output)]
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(MAX_REQUEST):  # to the client's end, so that closing cannot reset the answer
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
 
     def close(self) -> None:
         for scraper in list(self.scrapers):

@@ -6,6 +6,7 @@ import errno
 import json
 import selectors
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -328,3 +329,29 @@ def test_accept_at_the_descriptor_limit_backs_off_instead_of_spinning_and_resume
         waiting.close()
     finally:
         s.close()
+
+
+def test_a_scraper_accepted_before_an_exec_is_answered_not_reset(served: Served) -> None:
+    """Its socket does not cross the exec: the old image answers it first (a reset was a failed scrape mid-upgrade)."""
+    with served.client() as sock:
+        served.turn(1)
+        assert len(served.server.scrapers) == 1  # accepted, its request not read yet
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n\r\n")
+        served.server.answer_before_exec()
+        assert served.server.scrapers == set()
+        sock.settimeout(5)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\nok\n")
+
+
+def test_the_exec_waits_at_most_its_grace_for_a_silent_scraper(served: Served) -> None:
+    silent = served.client()
+    served.turn(1)
+    started = time.monotonic()
+    served.server.answer_before_exec()
+    assert time.monotonic() - started < metrics.EXEC_GRACE + 1.0 and served.server.scrapers == set()
+    silent.settimeout(5)
+    assert silent.recv(10) == b""
+    silent.close()
