@@ -326,11 +326,7 @@ class MetricsServer:
             chunk = sock.recv(MAX_REQUEST)
             if not chunk:
                 return
-            scraper.received += chunk
-            parsed = parse_request(bytes(scraper.received))
-            if parsed is not None:
-                scraper.answered = True
-                scraper.output += self._answer(parsed)
+            self._take(scraper, chunk)
         while scraper.output:
             sock.settimeout(max(deadline - time.monotonic(), 0.001))
             del scraper.output[: sock.send(scraper.output)]
@@ -417,14 +413,20 @@ class MetricsServer:
         if not chunk:
             self._close(scraper)
             return []
-        scraper.received += chunk
-        parsed = parse_request(bytes(scraper.received))
-        if parsed is not None:
-            scraper.answered = True
-            scraper.received.clear()
-            scraper.output += self._answer(parsed)
+        if self._take(scraper, chunk):
             self._flush(scraper)
         return []
+
+    def _take(self, scraper: _Scraper, chunk: bytes) -> bool:
+        """Add `chunk` to the request; once it is whole, the answer is queued (True)."""
+        scraper.received += chunk
+        parsed = parse_request(bytes(scraper.received))
+        if parsed is None:
+            return False
+        scraper.answered = True
+        scraper.received.clear()
+        scraper.output += self._answer(parsed)
+        return True
 
     def _flush(self, scraper: _Scraper) -> None:
         try:
