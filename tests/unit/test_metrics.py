@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import selectors
 import socket
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -20,7 +18,7 @@ from einhorn.io import metrics
 from einhorn.io.metrics import Counters, HttpError, HttpRequest, MetricsServer, parse_request
 from einhorn.io.sockets import SetupError
 from tests.unit.fixtures.core_world import make_config
-from tests.unit.test_control_server import RecordingLogger
+from tests.unit.test_control_server import ExhaustedListener, RecordingLogger
 
 # --- HTTP -------------------------------------------------------------------------
 
@@ -286,19 +284,6 @@ def test_a_slow_reader_never_blocks_the_server() -> None:
         reader.close()
     finally:
         s.close()
-
-
-class ExhaustedListener(socket.socket):
-    """A real listening socket whose accept fails with EMFILE while `exhausted` is set."""
-
-    exhausted = True
-    attempts = 0
-
-    def accept(self) -> tuple[socket.socket, Any]:
-        type(self).attempts += 1
-        if type(self).exhausted:
-            raise OSError(errno.EMFILE, "Too many open files")
-        return super().accept()
 
 
 def test_accept_at_the_descriptor_limit_backs_off_instead_of_spinning_and_resumes() -> None:
