@@ -107,6 +107,11 @@ def crashed(master: Master) -> str | None:
     return None
 
 
+def master_status(master: Master) -> str:
+    code = master.proc.poll()
+    return "master alive" if code is None else f"master exited with {code}"
+
+
 def quiescent_fds(master: Master, idle: Connection) -> int:
     """The master's descriptor count once every earlier close is handled (an answer on `idle` proves it)."""
     idle.send(frame({"command": "ehlo"}))
@@ -233,7 +238,11 @@ YAML_ODDITIES = [
 @st.composite
 def request_line(draw: st.DrawFn, pids: Sequence[int]) -> bytes:
     """One request as a client library would send it, with odd values everywhere."""
-    command = draw(st.sampled_from(HARMLESS) | st.text(max_size=12).map(lambda t: "x-" + t))
+    command = draw(
+        st.sampled_from(HARMLESS)
+        | st.text(max_size=12).map(lambda t: "x-" + t)
+        | json_values.filter(lambda v: not isinstance(v, str))  # a mapping or a list once crashed the master
+    )
     request: dict[str, object] = {"command": command}
     for key in ("args", "id", "pid", "request_id", "user", draw(st.text(max_size=8))):
         if draw(st.booleans()):
@@ -377,7 +386,11 @@ def soak_fuzz(report: Report, lines_wanted: int, big: Sequence[int], huge_lines:
             small = [m for m in messages if len(m) < 4096] or [b"{}\n"]
             extra = [mutated(rng, small) for _ in range(batch - drawn_per_batch)]
             chunks += [b"".join(extra[i : i + 10]) for i in range(0, len(extra), 10)]
-            send_batch(master, chunks, sent)
+            try:
+                send_batch(master, chunks, sent)
+            except OSError as error:
+                problems.append(f"{type(error).__name__} sending batch {batches + 1}: {error}; {master_status(master)}")
+                raise AssertionError(problems[-1]) from None
             batches += 1
             if master.proc.poll() is not None:
                 problems.append(f"master exited with {master.proc.returncode} after batch {batches}")
@@ -397,11 +410,17 @@ def soak_fuzz(report: Report, lines_wanted: int, big: Sequence[int], huge_lines:
             if problems:
                 break
             line = b"{command: ehlo, x: " + b"9" * (10 << 20) + b"}\n"
-            send_batch(master, [line] if n % 2 else [line[i : i + 4096] for i in range(0, len(line), 4096)], sent)
+            try:
+                send_batch(master, [line] if n % 2 else [line[i : i + 4096] for i in range(0, len(line), 4096)], sent)
+            except OSError as error:
+                problems.append(f"{type(error).__name__} sending 10 MB line #{n + 1}: {error}; {master_status(master)}")
+                break
             if master.proc.poll() is not None or not str(master.message("ehlo")).startswith("Welcome") or master.children() != pids:
                 problems.append(f"master or workers changed after a 10 MB line (#{n + 1})")
         elapsed = time.monotonic() - started
         bug = crashed(master)
+        if problems or bug:
+            print(f"--- the fuzzed master's log (end) ---\n{master.log()[-8000:]}", file=sys.stderr, flush=True)
         report.add(
             "fuzz: command socket (hypothesis)",
             f"{sent.lines:,} lines, {sent.bytes / 1e6:.1f} MB in {batches} batches and {huge_lines} 10 MB lines, {elapsed:.0f} s; "

@@ -22,7 +22,7 @@ from einhorn.core.effects import (
     StopUpgradeCheck,
     StreamEvents,
 )
-from einhorn.core.events import CommandReceived
+from einhorn.core.events import WORKER_COMMANDS, CommandReceived, command_name
 from einhorn.core.record import dataclass, replace
 from einhorn.core.signals import bare_signal
 from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here
@@ -113,7 +113,7 @@ def _args_problem(args: object) -> str | None:
 
 
 def _request_id(raw: Mapping[str, object]) -> RequestId | None:
-    if raw.get("command") in ("worker:ack", "worker:ping"):
+    if command_name(raw) in WORKER_COMMANDS:
         return None
     for key in ("id", "request_id"):
         value = raw.get(key)

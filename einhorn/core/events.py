@@ -66,6 +66,16 @@ class SignalReceived:
     now: float
 
 
+WORKER_COMMANDS = frozenset({"worker:ack", "worker:ping"})
+"""What a worker says about itself: never refused for the admin cap, never counted as an operator's command."""
+
+
+def command_name(request: Mapping[str, object]) -> str | None:
+    """The request's `command` if it is a string: a client may send any YAML value there (a mapping, a list)."""
+    command = request.get("command")
+    return command if isinstance(command, str) else None
+
+
 @dataclass(frozen=True, slots=True)
 class CommandReceived:
     """A parsed request arrived on command-socket connection `conn`.

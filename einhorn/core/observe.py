@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from einhorn.core.commands import COMMANDS
 from einhorn.core.effects import Cause, Effect, Reply, SendSignal
 from einhorn.core.events import (
+    WORKER_COMMANDS,
     ChildExited,
     CommandReceived,
     Event,
@@ -36,6 +37,7 @@ from einhorn.core.events import (
     Tick,
     UpgradeCheckFailed,
     WorkerSpawned,
+    command_name,
 )
 from einhorn.core.record import dataclass, field
 from einhorn.core.state import Child, ReexecPhase, RolloutPhase, State
@@ -53,7 +55,6 @@ HEALTH_CAUSES: frozenset[Cause] = frozenset({Cause.BOOT_TIMEOUT, Cause.PING_TIME
 """Causes that are a health rule's verdict: each signal sent for one is also a `health` observation,
 with the cause's value as its rule. (The health rules add BOOT_TIMEOUT, PING_TIMEOUT, RSS_LIMIT.)"""
 
-WORKER_COMMANDS = frozenset({"worker:ack", "worker:ping"})
 """Not observed as commands: a worker's ACK is `acked`, and pings would drown the stream."""
 
 
@@ -82,7 +83,7 @@ def observe(before: State, event: Event, after: State, effects: Sequence[Effect]
             restored["purpose"] = None if purpose is None else purpose.value
             found.append(Observation("reexec", restored))
         case CommandReceived(request=request):
-            command = request.get("command")
+            command = command_name(request)
             if command not in WORKER_COMMANDS:
                 found.append(Observation("command", {"command": _command_name(command), "result": _result(event, effects)}))
         case _:
@@ -258,7 +259,7 @@ def _command_name(command: object) -> str:
 
 def _result(event: CommandReceived, effects: Sequence[Effect]) -> str:
     """ "ok", "unknown" (no such command) or "error" (a failed reply: an invalid request, an ERROR, a rollback)."""
-    if event.request.get("command") not in COMMANDS:
+    if command_name(event.request) not in COMMANDS:
         return "unknown"
     for effect in effects:
         if isinstance(effect, Reply) and effect.conn == event.conn and effect.failed:

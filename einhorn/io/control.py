@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from einhorn import framing, protocol
 from einhorn.core.commands import ConfigDocumentError
-from einhorn.core.events import CommandReceived, ConnectionClosed, Event, RequestUnparseable
+from einhorn.core.events import WORKER_COMMANDS, CommandReceived, ConnectionClosed, Event, RequestUnparseable, command_name
 from einhorn.core.record import dataclass, field
 from einhorn.io.handoff import Descriptor, Handoff
 from einhorn.io.logs import Logger
@@ -76,7 +76,6 @@ ACCEPTS_PER_WAKEUP = 64
 ACCEPT_BACKOFF_MIN = 0.05
 ACCEPT_BACKOFF_MAX = 1.0
 ACCEPT_REPORT_PERIOD = 10.0
-WORKER_COMMANDS = frozenset({"worker:ack", "worker:ping"})
 MAX_ANCESTORS = 32
 
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -375,15 +374,16 @@ class CommandServer:
         except framing.RequestError as error:
             self.log.debug(f"[client {conn.id}] unparseable request: {error}")
             return RequestUnparseable(conn.id, now) if self._admitted(conn, None) else None
-        if not self._admitted(conn, request.get("command")):
+        command = command_name(request)
+        if not self._admitted(conn, command):
             return None
-        if request.get("command") not in WORKER_COMMANDS or conn.trusted:
+        if command not in WORKER_COMMANDS or conn.trusted:
             return CommandReceived(conn.id, request, now, wall, config_document(request))
         peer = _peer_pid(conn.sock)
         ancestors = None if peer is None else ancestors_of(peer, stop=os.getpid())
         return CommandReceived(conn.id, request, now, wall, None, peer_pid=peer, peer_ancestors=ancestors)
 
-    def _admitted(self, conn: Connection, command: object) -> bool:
+    def _admitted(self, conn: Connection, command: str | None) -> bool:
         """Give a connection its role on its first line; False if it is refused for the admin cap."""
         if conn.role is not Role.UNKNOWN:
             return True

@@ -349,6 +349,14 @@ def test_missing_unknown_and_badly_typed_commands(harness: Harness) -> None:
     assert unknown.startswith('Unrecognized command: "frobnicate"\n\nabort_upgrade: ')
     assert [line.split(":")[0] for line in unknown.strip().split("\n")[2:]] == HELP_COMMANDS
     assert str(one(master, {"command": 5})["message"]).startswith("Unrecognized command: 5")
+    for odd in ({"a": 1}, [1], [{"a": [1]}]):  # unhashable: these once crashed the master (bench/soak.py's fuzzer)
+        assert str(one(master, {"command": odd})["message"]).startswith(f"Unrecognized command: {odd!r}")
+        with master.connect() as conn:  # on a later line, once the connection has its role
+            conn.send(frame({"command": "ehlo"}) + frame({"command": odd, "id": 1}) + frame({"command": "ehlo", "id": 2}))
+            assert str(conn.read_reply()["message"]).startswith("Welcome")
+            assert str(conn.read_reply()["message"]).startswith(f"Unrecognized command: {odd!r}")
+            assert conn.read_reply()["request_id"] == 2
+    assert master.proc.poll() is None and "Bug while" not in master.log()
     assert one(master, {"command": "signal", "args": "USR1"})["message"] == "Args must be an array"
     assert one(master, {"command": "signal", "args": [1]})["message"] == "Argument is a Integer, not a string: 1"
     assert one(master, {"command": "set_workers", "args": [None]})["message"] == (

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from einhorn.core.effects import LogLevel
-from einhorn.core.events import CommandReceived, ConnectionClosed, Event, RequestUnparseable
+from einhorn.core.events import WORKER_COMMANDS, CommandReceived, ConnectionClosed, Event, RequestUnparseable, command_name
 from einhorn.framing import MAX_YAML
 from einhorn.io import control
 from einhorn.io.control import MAX_LINE, READ_SIZE, CommandServer, RestoredConnection
@@ -86,8 +86,8 @@ class Driver:
         if isinstance(event, RequestUnparseable):
             self.server.send(event.conn, {"message": "Could not parse command"})
         elif isinstance(event, CommandReceived):
-            command = event.request.get("command")
-            if command in control.WORKER_COMMANDS:
+            command = command_name(event.request)
+            if command in WORKER_COMMANDS:
                 self.server.close(event.conn)
             else:
                 text = "h" * REPLY_SIZE if command == "help" else f"{command} done"
@@ -330,6 +330,17 @@ def test_what_crosses_a_re_exec_is_bounded() -> None:
 
 
 # --- one connection's own lines ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("odd", [{"a": 1}, [1], [[1]]])
+def test_a_command_that_is_not_a_string_is_passed_on_first_or_later(driver: Driver, odd: object) -> None:
+    """Unhashable values once crashed the master where a connection is given its role (the fuzzer found it)."""
+    first, later = driver.connect(), driver.connect()
+    first.sendall(json.dumps({"command": odd, "id": "first"}).encode() + b"\n")
+    later.sendall(line("ehlo", id="role") + json.dumps({"command": odd, "id": "later"}).encode() + b"\n")
+    driver.settle(5)
+    assert sorted(map(str, driver.commands())) == ["first", "later", "role"]
+    assert [r["request_id"] for r in replies(first)] == ["first"]
 
 
 def test_lines_after_a_worker_ack_are_discarded(driver: Driver) -> None:
