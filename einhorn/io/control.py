@@ -50,7 +50,7 @@ from einhorn.core.commands import ConfigDocumentError
 from einhorn.core.events import WORKER_COMMANDS, CommandReceived, ConnectionClosed, Event, RequestUnparseable, command_name
 from einhorn.core.record import dataclass, field
 from einhorn.io.handoff import Descriptor, Handoff
-from einhorn.io.logs import Logger
+from einhorn.io.logs import Logger, current_traceback
 
 MAX_CONNECTIONS = 256
 """Live admin connections (any request but `worker:ack`/`worker:ping`)."""
@@ -354,7 +354,12 @@ class CommandServer:
             taken[conn_id] = taken.get(conn_id, 0) + 1
             handled += 1
             self._ready.append(conn_id)
-            event = self._event_for(conn, conn.queue.popleft())
+            try:
+                event = self._event_for(conn, conn.queue.popleft())
+            except Exception:  # noqa: BLE001 - a bug reading one client's request must not stop the master
+                self.log.error(f"[client {conn.id}] Bug while reading a request; closing the connection:\n{current_traceback()}")
+                self.close(conn.id)
+                continue
             if event is not None:
                 yield event
             if conn.id in self.connections:

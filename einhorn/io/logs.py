@@ -64,3 +64,10 @@ def json_line(wall: float, level: LogLevel, role: str, pid: int, message: str, f
     for key, value in fields:
         document.setdefault(key, value)
     return json.dumps(document, ensure_ascii=False) + "\n"
+
+
+def current_traceback() -> str:
+    """The exception being handled, as Python prints it."""
+    import traceback  # only when something went wrong: an idle master need not hold it
+
+    return traceback.format_exc()

@@ -63,7 +63,7 @@ from einhorn.io import events as event_stream
 from einhorn.io import signals, sockets
 from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
-from einhorn.io.logs import Logger
+from einhorn.io.logs import Logger, current_traceback
 from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, generation_launch, launch_spec, spawn_worker
 
@@ -223,7 +223,7 @@ class Master:
             while self.exit_code is None:
                 self._iterate()
         except BaseException:
-            self.log.error(f"Master crashed:\n{_traceback()}")
+            self.log.error(f"Master crashed:\n{current_traceback()}")
             self.exit_code = 1 if self.exit_code is None else self.exit_code
         finally:
             self._clean_up()
@@ -245,7 +245,7 @@ class Master:
             try:
                 events += callback()
             except Exception:  # noqa: BLE001 - one bad connection must not stop the master
-                self.log.error(f"Error while serving an event source:\n{_traceback()}")
+                self.log.error(f"Error while serving an event source:\n{current_traceback()}")
         self.feed(self._reap())
         self.feed(events)
         self._serve_requests()
@@ -270,7 +270,7 @@ class Master:
             try:
                 self.state, effects = step(self.state, event)
             except Exception:  # noqa: BLE001 - a core bug: keep the previous state, keep running
-                self.log.error(f"Bug while handling {event!r}; state unchanged:\n{_traceback()}")
+                self.log.error(f"Bug while handling {event!r}; state unchanged:\n{current_traceback()}")
                 continue
             self.log.verbosity = self.state.verbosity
             observations = self._observe(before, event, effects)
@@ -291,7 +291,7 @@ class Master:
         try:
             return observe(before, event, self.state, effects)
         except Exception:  # noqa: BLE001 - a bug in what is only shown must not stop the master
-            self.log.error(f"Bug while observing {event!r}:\n{_traceback()}")
+            self.log.error(f"Bug while observing {event!r}:\n{current_traceback()}")
             return []
 
     def _publish(self, observations: Sequence[Observation]) -> None:
@@ -533,12 +533,6 @@ def select_timeout(wake_at: Iterable[float | None], now: float) -> float | None:
     if not times:
         return None
     return min(MAX_WAIT, max(0.0, min(times) - now))
-
-
-def _traceback() -> str:
-    import traceback  # only when something went wrong: an idle master need not hold it
-
-    return traceback.format_exc()
 
 
 def _verdict(check: reexec.UpgradeCheck, status: int) -> Event:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from einhorn import protocol
 from einhorn.core.effects import LogLevel
 from einhorn.core.events import WORKER_COMMANDS, CommandReceived, ConnectionClosed, Event, RequestUnparseable, command_name
 from einhorn.framing import MAX_YAML
@@ -341,6 +342,27 @@ def test_a_command_that_is_not_a_string_is_passed_on_first_or_later(driver: Driv
     driver.settle(5)
     assert sorted(map(str, driver.commands())) == ["first", "later", "role"]
     assert [r["request_id"] for r in replies(first)] == ["first"]
+
+
+def test_a_bug_reading_one_request_closes_that_connection_and_the_server_goes_on(
+    driver: Driver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parse = protocol.parse_message
+
+    def broken_on_boom(line: bytes, max_yaml: int) -> object:
+        if b"boom" in line:
+            raise RuntimeError("a bug")
+        return parse(line, max_yaml=max_yaml)
+
+    monkeypatch.setattr(protocol, "parse_message", broken_on_boom)
+    victim, bystander = driver.connect(), driver.connect()
+    victim.sendall(line("boom"))
+    bystander.sendall(line("ehlo", id="fine"))
+    driver.settle(5)
+    assert victim.recv(100) == b""
+    assert [r["request_id"] for r in replies(bystander)] == ["fine"]
+    (logged,) = driver.log.matching("Bug while reading a request")
+    assert "RuntimeError: a bug" in logged
 
 
 def test_lines_after_a_worker_ack_are_discarded(driver: Driver) -> None:
