@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from einhorn.core import pool
 from einhorn.core.effects import Cause, Effect, Log, LogLevel
 from einhorn.core.events import WorkerMeasured
 from einhorn.core.record import replace
@@ -143,6 +144,32 @@ def _plan(child: Child) -> str:
     if not child.acked:
         return "stopping it"
     return "replacing it (stopped once the pool serves without it)"
+
+
+def successor_held(state: State) -> bool:
+    """A condemned worker waits for a successor that cannot start: `max_upgrade_additional` N caps
+    the pool at `number` + N, the pool is there, nothing is on its way up, and stopping the condemned
+    worker first would leave fewer than `number` serving. (`invariants.health_held` is the same rule,
+    computed independently.)"""
+    extra = state.config.max_upgrade_additional
+    if extra is None or not state.respawn or state.pending or pool.unacked_unsignaled_modern_count(state) > 0:
+        return False
+    number = state.config.number
+    return pool.total_worker_count(state) >= number + extra and pool.serving_count(state) <= number and bool(pool.condemned(state))
+
+
+def held_notice(previous: State, state: State) -> list[Effect]:
+    """Said once, when a condemned worker's successor starts being held (`successor_held`)."""
+    if not successor_held(state) or successor_held(previous):
+        return []
+    child = pool.condemned(state)[0]
+    number, extra = state.config.number, state.config.max_upgrade_additional
+    text = (
+        f"Replacing unhealthy {describe(child)[0].lower()}{describe(child)[1:]} held at capacity: number {number} +"
+        f" max_upgrade_additional {extra} leaves no room for its successor, and stopping it first would leave"
+        f" {pool.serving_count(state) - 1} of {number} serving. Raise max_upgrade_additional (config) to go on."
+    )
+    return [Log(LogLevel.WARN, text)]
 
 
 def stop_message(state: State, child: Child) -> str:

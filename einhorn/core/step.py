@@ -87,7 +87,7 @@ def step(state: State, event: Event) -> Outcome:
             assert_never(event)
     state, more = reconcile(state)
     state, told = notify.tell_supervisor(previous, state)
-    return state, [*effects, *more, *_held_notice(previous, state), *told]
+    return state, [*effects, *more, *_held_notice(previous, state), *health.held_notice(previous, state), *told]
 
 
 def next_deadline(state: State) -> float | None:

@@ -202,6 +202,25 @@ def test_an_rss_breach_of_an_old_worker_during_an_upgrade_goes_before_the_health
     assert state_problems(state) == []
 
 
+def test_a_successor_held_by_max_upgrade_additional_is_said_once_and_goes_on_when_the_cap_is_raised() -> None:
+    state = up(make_config(number=1, ack_timer=None, max_worker_rss_mb=100, max_upgrade_additional=0))
+    state, effects = step(state, WorkerMeasured(1000, 150 * MIB, 4.0))
+    assert spawns(effects) == [] and signals(effects) == []  # no room for its successor, and it serves alone
+    assert effects[-1] == warn(
+        "Replacing unhealthy worker 1000 (index 0, version 0) held at capacity: number 1 + max_upgrade_additional 0"
+        " leaves no room for its successor, and stopping it first would leave 0 of 1 serving."
+        " Raise max_upgrade_additional (config) to go on."
+    )
+    state, effects = run(state, WorkerMeasured(1000, 160 * MIB, 6.0), Tick(7.0))
+    assert effects == []  # still held: said once
+    raise_cap = CommandReceived(1, {"command": "config", "args": ["..."]}, 8.0, document={"max_upgrade_additional": 1})
+    state, effects = step(state, raise_cap)
+    assert spawns(effects) == [SpawnWorker(1, 1, 0)]
+    state, effects = run(state, WorkerSpawned(1, 1001, 8.1), command(99, "worker:ack", pid=1001, now=8.5))
+    assert signals(effects) == [SendSignal(1000, "USR2", Cause.RSS_LIMIT)]
+    assert state_problems(state) == []
+
+
 def test_a_measurement_of_an_unknown_pid_is_ignored() -> None:
     state = up(make_config(max_worker_rss_mb=100, ack_timer=None))
     after, effects = step(state, WorkerMeasured(4242, 500 * MIB, 1.0))
