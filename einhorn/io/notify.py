@@ -152,7 +152,8 @@ def _ancillary(ancillary: Sequence[tuple[int, int, bytes]]) -> tuple[tuple[int, 
 
 
 def _pid(text: str | None) -> int | None:
-    return int(text) if text is not None and text.isdigit() else None
+    """A pid in ASCII digits: `isdigit` alone also takes "²" and 5,000 digits, which `int` refuses."""
+    return int(text) if text is not None and text.isascii() and text.isdigit() and len(text) <= 10 else None
 
 
 def descends_from(pid: int, ancestor: int) -> bool:

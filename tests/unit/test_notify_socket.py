@@ -84,6 +84,19 @@ def test_mainpid_is_taken_only_from_a_descendant(tmp_path: Path) -> None:
         server.close()
 
 
+@pytest.mark.parametrize("mainpid", ["\u00b2", "\u0661\u0662\u0663", "9" * 5000, "-1", "", "1e3"])
+def test_a_mainpid_that_is_no_pid_is_ignored(tmp_path: Path, mainpid: str) -> None:
+    server = NotifyServer.open(str(tmp_path / "n"), LOG)
+    try:
+        send(server.path, f"READY=1\nMAINPID={mainpid}".encode())
+        events: list[object] = []
+        while not events:
+            events = list(server.read())
+        assert [(e.pid, e.fields["READY"]) for e in events if isinstance(e, WorkerNotified)] == [(os.getpid(), "1")]
+    finally:
+        server.close()
+
+
 def test_a_stale_notify_socket_is_replaced_and_a_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "n"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as old:
