@@ -378,7 +378,7 @@ def _metrics_address(text: str) -> BindSpec:
 def _watchdog_interval(environ: Mapping[str, str]) -> float | None:
     """systemd's watchdog for this process (sd_watchdog_enabled): WATCHDOG_USEC, unless WATCHDOG_PID names another."""
     usec, pid = environ.get("WATCHDOG_USEC", ""), environ.get("WATCHDOG_PID")
-    if not usec.isdigit() or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
+    if not (usec.isascii() and usec.isdigit() and len(usec) <= 20) or int(usec) == 0 or (pid is not None and pid != str(os.getpid())):
         return None
     return int(usec) / 1_000_000
 

@@ -324,6 +324,9 @@ def test_the_supervisor_and_its_watchdog_come_from_the_environment() -> None:
     other = parse([PROGRAM], {**ENV, "WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "1"})
     assert isinstance(other, Settings) and not other.supervised and other.watchdog_interval is None  # another pid's
     assert settings("-m", "notify").ack_notify and settings("-m", "notify").ack_timer is None
+    for usec in ("\u00b2", "9" * 5000, "3e6", "-5", "0", ""):  # not a number of microseconds: no watchdog, as sd_watchdog_enabled
+        odd = parse([PROGRAM], {**ENV, "NOTIFY_SOCKET": "/run/systemd/notify", "WATCHDOG_USEC": usec})
+        assert isinstance(odd, Settings) and odd.supervised and odd.watchdog_interval is None, usec
 
 
 # --- what the master does without shutil and tempfile (issue 14: they would cost its memory) ---------
