@@ -46,7 +46,7 @@ from run import Load  # noqa: E402
 
 from tests.integration.harness import EINHORN, Harness, Master  # noqa: E402
 from tests.integration.other_user import find_nobody, process_limit  # noqa: E402
-from tests.integration.procfs import alive, become_child_subreaper, children_of, fds_of, proc_stat  # noqa: E402
+from tests.integration.procfs import alive, become_child_subreaper, children_of, descriptor_limit, fds_of, proc_stat  # noqa: E402
 from tests.integration.waiting import wait_until  # noqa: E402
 from tests.integration.wire import Connection, escape, frame  # noqa: E402
 
@@ -541,17 +541,6 @@ def soak_flood(report: Report, short: bool) -> None:
 
 
 # --- 4. faults --------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def descriptor_limit(pid: int, soft: int) -> Iterator[None]:
-    before, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, (before, hard))
 
 
 def cpu_share(pid: int, seconds: float) -> float:

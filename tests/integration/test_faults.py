@@ -7,7 +7,6 @@ Each test names the finding it guards. Masters and workers are cleaned up by the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -22,7 +21,7 @@ import pytest
 
 from tests.integration.harness import Harness, Master
 from tests.integration.other_user import OtherUser, as_nobody, process_limit
-from tests.integration.procfs import alive, fds_of
+from tests.integration.procfs import alive, descriptor_limit, fds_of
 from tests.integration.upgrade_helpers import write_wrapper
 from tests.integration.waiting import wait_until
 from tests.integration.wire import Connection, frame
@@ -112,18 +111,6 @@ def test_a_listener_a_worker_shut_down_is_warned_about_and_shown_in_state(harnes
 
 
 # --- finding 2: an upgrade at the descriptor limit ----------------------------------------------------
-
-
-@contextlib.contextmanager
-def descriptor_limit(pid: int, soft: int) -> Iterator[None]:
-    """Lower `pid`'s soft RLIMIT_NOFILE (prlimit) for the block, then put it back."""
-    before, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, (before, hard))
 
 
 def fill_descriptor_table(master: Master, free: int) -> list[Connection]:
