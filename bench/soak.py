@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,15 +89,6 @@ class Report:
         return any(r.ok is False for r in self.rows)
 
 
-@contextlib.contextmanager
-def harness() -> Iterator[Harness]:
-    h = Harness()
-    try:
-        yield h
-    finally:
-        h.clean_up()
-
-
 def crashed(master: Master) -> str | None:
     """Why the master's log says it went wrong (a crash or a core bug), if it does."""
     log = master.log()
@@ -149,7 +140,7 @@ UPGRADE_KINDS = (
 
 def soak_upgrades(report: Report, count: int) -> None:
     """`count` smooth, `count` fleet and `count` canary upgrades, in turn, of one master with 4 serving workers."""
-    with harness() as h:
+    with Harness() as h:
         master = h.start("-n", "4", *MANUAL, "-b", "127.0.0.1:0", program=SERVE, workers=4, timeout=30)
         port = master.bound_port()
         idle = master.connect(timeout=60)
@@ -354,7 +345,7 @@ def soak_fuzz(report: Report, lines_wanted: int, big: Sequence[int], huge_lines:
     """Hypothesis draws structures, byte strings and framings; each example's lines are sent with as many
     cheap mutations of them (cut, flipped, spliced, split) again, in one batch, and the master is checked."""
     drawn_per_batch, batch = 20, 250
-    with harness() as h:
+    with Harness() as h:
         master = h.start("-n", "2", "-m", "0.1", program=["sleep", "3600"], workers=2, timeout=30)
         pids = master.wait_workers(2)
         sent = Sent()
@@ -454,7 +445,7 @@ def p99(values: Sequence[float]) -> float:
 
 
 def soak_connections(report: Report, idle_count: int, slow_count: int) -> None:
-    with harness() as h:
+    with Harness() as h:
         master = h.start("-n", "2", "-m", "0.1", program=["sleep", "3600"], workers=2, timeout=30)
         pids = master.wait_workers(2)
         probe = master.connect()
@@ -552,7 +543,7 @@ def cpu_share(pid: int, seconds: float) -> float:
 
 def fault_descriptor_limit(report: Report) -> None:
     """RLIMIT_NOFILE reached with clients waiting, an upgrade tried meanwhile, then the limit raised."""
-    with harness() as h:
+    with Harness() as h:
         master = h.start("-n", "2", *MANUAL, "-b", "127.0.0.1:0", program=SERVE, workers=2, timeout=30)
         pids = master.wait_workers(2)
         before = len(fds_of(master.pid))
@@ -602,7 +593,7 @@ def fault_process_limit(report: Report) -> None:
         if isinstance(user, str):
             report.add("ulimit -u reached (as nobody)", f"skipped: {user}", None)
             return
-        with harness() as h:
+        with Harness() as h:
             master = h.start("-n", "2", "-m", "0.1", einhorn=user.einhorn(), env=user.environment({}), shared=True, workers=2, timeout=30)
             pids = master.wait_workers(2)
             process_limit(user, master.pid, 1)
@@ -630,7 +621,7 @@ def fault_process_limit(report: Report) -> None:
 
 def fault_sigstop(report: Report) -> None:
     """SIGSTOP/SIGCONT of the master, three times, while it runs a smooth upgrade under load."""
-    with harness() as h:
+    with Harness() as h:
         master = h.start("-n", "4", *MANUAL, "-b", "127.0.0.1:0", program=SERVE, workers=4, timeout=30)
         load = Load(master.bound_port(), threads=2, pause=0.005, max_per_thread=100_000)
         load.start()
@@ -660,7 +651,7 @@ def fault_sigstop(report: Report) -> None:
 def fault_sigkill(report: Report, workers: int) -> None:
     """SIGKILL of the master, with and without -k: how many workers are gone within 1 s."""
     for kill_children in (False, True):
-        with harness() as h:
+        with Harness() as h:
             options = ["-n", str(workers), "-m", "0.1", *(["-k"] if kill_children else [])]
             master = h.start(*options, program=["sleep", "3600"], workers=workers, timeout=60)
             pids = master.wait_workers(workers, timeout=60)
@@ -710,7 +701,7 @@ while True:
 
 def fault_listener(report: Report) -> None:
     for what in ("close", "shutdown"):
-        with harness() as h:
+        with Harness() as h:
             program = [WORKER_PYTHON, "-c", MISBEHAVING, what]
             master = h.start("-n", "2", *MANUAL, "-b", "127.0.0.1:0", program=program, workers=2, timeout=30)
             port = master.bound_port()
@@ -775,7 +766,7 @@ signal.pause()
 
 
 def fault_sock_fd_garbage(report: Report) -> None:
-    with harness() as h:
+    with Harness() as h:
         program = [WORKER_PYTHON, "-c", GARBAGE_WRITER]
         master = h.start("-n", "3", "-g", *MANUAL, program=program, workers=3, timeout=30)
         pids = master.wait_workers(3)
@@ -807,7 +798,7 @@ while True:
 
 
 def fault_ack_for_another(report: Report) -> None:
-    with harness() as h:
+    with Harness() as h:
         master = h.start("-n", "2", "-m", "manual", program=[WORKER_PYTHON, "-c", ACK_FOR_A_SIBLING], workers=2, acked=False, timeout=30)
         with contextlib.suppress(AssertionError):
             wait_until(lambda: sum(1 for w in master.workers().values() if w["acked"]) >= 1, 10, "the sibling ACK")
@@ -823,7 +814,7 @@ def fault_ack_for_another(report: Report) -> None:
 def _sighups_under_load(report: Report, scenario: str, send: Callable[[int], tuple[int, str]], complete: Callable[[int], bool]) -> None:
     """A master with 2 serving workers under load gets SIGHUPs from `send(master_pid)` (-> how many, what to
     say); then the pool must settle with no failed request and the same fds."""
-    with harness() as h:
+    with Harness() as h:
         master = h.start("-n", "2", *MANUAL, "-b", "127.0.0.1:0", program=SERVE, workers=2, timeout=30)
         idle = master.connect(timeout=60)
         fds_before = quiescent_fds(master, idle)
@@ -897,7 +888,7 @@ def fault_pid1(report: Report, seconds: float) -> None:
     if probe.returncode != 0:
         report.add("PID 1 of a new PID namespace", f"skipped: unshare fails here: {probe.stderr.strip()}", None)
         return
-    with harness() as h:
+    with Harness() as h:
         wrap = ["unshare", "--fork", "--pid", "--mount-proc", "--kill-child", *EINHORN]
         master = h.start("-v", "-n", "2", "-m", "0.1", einhorn=wrap, program=["sh", "-c", ORPHANER], timeout=30)
         (einhorn,) = children_of(master.pid)  # unshare's child: PID 1 in the namespace (pids in `state` are the namespace's)

@@ -29,8 +29,5 @@ def child_subreaper() -> None:
 
 @pytest.fixture
 def harness() -> Iterator[Harness]:
-    h = Harness()
-    try:
+    with Harness() as h:
         yield h
-    finally:
-        h.clean_up()

@@ -206,6 +206,12 @@ class Harness:
         env.update(extra or {})
         return env
 
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.clean_up()
+
     def paths(self) -> tuple[Path, str, str, str]:
         self.count += 1
         directory = self.directory / str(self.count)

@@ -28,11 +28,8 @@ def capped_crash_loop() -> Iterator[Master]:
 
     Seeing the 30 s cap on the spin-up interval takes 30 s: this way it costs no extra time.
     """
-    harness = Harness()
-    try:
+    with Harness() as harness:
         yield harness.start("-n", "1", "-s", "25", "-m", "5", program=["false"])
-    finally:
-        harness.clean_up()
 
 
 def test_keeps_the_requested_number_of_workers(harness: Harness) -> None:
