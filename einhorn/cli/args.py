@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 from einhorn.cli.settings import Nice, Settings
 from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKER_RSS_MB, MAX_WORKERS, RSS_SAMPLE_INTERVAL, Pacing
@@ -176,8 +175,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-Request = Literal["version", "help", "usage"]
-"""What to print instead of running: the version, the detailed help, or the usage (no program given)."""
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Request = Literal["version", "help", "usage"]
+    """What to print instead of running: the version, the detailed help, or the usage (no program given)."""
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request:

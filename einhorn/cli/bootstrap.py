@@ -14,7 +14,6 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
 
 from einhorn import __version__
 from einhorn.cli.settings import Settings, Spawner, core_config, shell_options, worker_launch
@@ -30,6 +29,10 @@ from einhorn.io.loop import Master
 from einhorn.io.notify import NotifyServer, supervisor_of
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, listener_address, open_command_socket
 from einhorn.io.spawn import become_child_subreaper, pdeathsig_available, spawn_worker
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 LISTENER = "listener"
 """The hand-off kind of the `-b` listening sockets (in `-b` order)."""

@@ -21,8 +21,8 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, assert_never
 
+from einhorn.core import assert_never
 from einhorn.core.config import RSS_SAMPLE_INTERVAL
 from einhorn.core.effects import (
     AbandonExec,
@@ -67,6 +67,7 @@ from einhorn.io.logs import Logger, current_traceback
 from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, generation_launch, launch_spec, spawn_worker
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
 if TYPE_CHECKING:
     from einhorn.io import reexec
     from einhorn.io.metrics import MetricsServer

@@ -13,11 +13,11 @@ import socket
 import stat
 import sys
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from einhorn.core.record import dataclass
 from einhorn.io.logs import Logger
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
 if TYPE_CHECKING:
     import ipaddress  # at run time only when a port is in use (`_ip`): an idle master need not hold it
 
