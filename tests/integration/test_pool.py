@@ -391,7 +391,7 @@ def test_the_spin_up_interval_is_capped_at_30s(capped_crash_loop: Master) -> Non
     assert master.state()["consecutive_deaths_before_ack"] >= 1  # type: ignore[operator]
 
 
-STARTUP_ONLY = ("logging", "threading", "argparse", "gettext", "locale", "typing", "immutables", "immutables._protocols", "shlex", "einhorn.io.nice", "einhorn.io.reexec", "einhorn.core.serialize", "einhorn.core.report", "shutil", "tempfile", "random", "bz2", "lzma", "traceback", "datetime", "yaml", "einhorn.io.render", "prometheus_client", "einhorn.io.metrics")
+STARTUP_ONLY = ("logging", "threading", "argparse", "gettext", "locale", "struct", "heapq", "einhorn.cli.usage", "typing", "immutables", "immutables._protocols", "shlex", "einhorn.io.nice", "einhorn.io.reexec", "einhorn.core.serialize", "einhorn.core.report", "shutil", "tempfile", "random", "bz2", "lzma", "traceback", "datetime", "yaml", "einhorn.io.render", "prometheus_client", "einhorn.io.metrics")
 """Modules an idle master has no use for (issue 14: each costs it memory for its whole life)."""
 
 
