@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import sys
@@ -134,12 +133,16 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
         if metrics is not None:
             metrics.close()
             if settings.metrics is not None and settings.metrics.path is not None:
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(settings.metrics.path)
+                except OSError:
+                    pass
         for listener in listeners:
             if listener.path is not None:  # ours: bound here, never one found live
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(listener.path)
+                except OSError:
+                    pass
             listener.sock.close()
         activation.close_untaken(log)
         if notify is not None:
@@ -206,8 +209,10 @@ def write_pidfile(path: str) -> None:
             f.write(str(os.getpid()))
     except OSError as error:
         if os.path.isfile(path):  # left empty or cut short: a reader would take it for a pid
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(path)
+            except OSError:
+                pass
         raise SetupError(f"Could not write the pid file {path}: {error.strerror or error} (errno {error.errno})") from None
 
 
@@ -239,8 +244,10 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         metrics = None
     for leftover in handoff.unclaimed():
         log.info(f"Closing descriptor {leftover.fd} ({leftover.kind}) handed over by the old master: nothing here adopts it")
-        with contextlib.suppress(OSError):
+        try:
             os.close(leftover.fd)
+        except OSError:
+            pass
     return _run(
         restored.state,
         settings,
@@ -338,8 +345,10 @@ def abandon_workers(settings: Settings, log: Logger, error: str) -> int:
     if killed:
         log.error(f"Sent SIGKILL to {killed}: still alive {settings.signal_timeout}s after USR2")
     for path in settings.owned_paths:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(path)
+        except OSError:
+            pass
     return 1
 
 

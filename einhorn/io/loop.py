@@ -13,7 +13,6 @@ and reports a change (`ListenerHealthChanged`). With `--max-worker-rss`, every
 
 from __future__ import annotations
 
-import contextlib
 import os
 import selectors
 import signal
@@ -469,8 +468,10 @@ class Master:
             if check.check_id == check_id:
                 del self.upgrade_checks[pid]
                 self.helpers.add(pid)
-                with contextlib.suppress(ProcessLookupError):
+                try:
                     os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _exec_master(self) -> list[Event]:
         """Perform the ordered exec; on failure, the master goes on as it was and the core hears why."""
@@ -508,21 +509,27 @@ class Master:
 
     def _clean_up(self) -> None:
         for pid in self.upgrade_checks:
-            with contextlib.suppress(OSError):
+            try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+            except OSError:
+                pass
         if self.options.kill_children_on_exit:
             for pid in self.state.children:
                 self._send_signal(pid, self.state.config.graceful_signal)
         signal.set_wakeup_fd(-1)
-        with contextlib.suppress(Exception):
+        try:
             self.server.shutdown()
+        except Exception:
+            pass
         for closing in (self.notify, self.supervisor, self.metrics):
             if closing is not None:
                 closing.close()
         for path in self.options.owned_paths:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(path)
+            except OSError:
+                pass
         self.selector.close()
         self.wake_reader.close()
         self.wake_writer.close()

@@ -9,7 +9,6 @@ reports (`WorkerNotified`); the core decides what a notification means.
 from __future__ import annotations
 
 import array
-import contextlib
 import os
 import socket
 import stat
@@ -100,8 +99,10 @@ class NotifyServer:
                 event = self._event(data, credentials)
             finally:
                 for fd in fds:  # systemd-notify's BARRIER=1 waits for these to close: after the /proc check
-                    with contextlib.suppress(OSError):
+                    try:
                         os.close(fd)
+                    except OSError:
+                        pass
             if event is not None:
                 events.append(event)
 
