@@ -1,9 +1,9 @@
 """The command line: one option table, and `parse` (argv -> `Settings`).
 
-`OPTIONS` is what `read_options` reads (and generates the argparse parser), `VALUE_OPTIONS` (the options that take
-a value, for `split_argv` and `_attach_values`), `INTERNAL_OPTIONS` (left out
-of the flags a re-exec'd master gets) and `OPTION_HELP` (the `### Options`
-part of the usage text).
+`OPTIONS` is what `read_options` reads (and generates the argparse parser),
+`VALUE_OPTIONS` (the options that take a value, for `split_argv` and
+`_attach_values`), `INTERNAL_OPTIONS` (left out of the flags a re-exec'd master
+gets) and `OPTION_HELP` (the `### Options` part of the usage text).
 """
 
 from __future__ import annotations
@@ -159,7 +159,6 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle 
 if TYPE_CHECKING:
     import argparse
     from typing import Literal, NoReturn
-
 
     Request = Literal["version", "help", "usage"]
     """What to print instead of running: the version, the detailed help, or the usage (no program given)."""
