@@ -52,8 +52,8 @@ def upgrade_check(log: Logger) -> NoReturn:
     """`--upgrade-check`: this einhorn starts (and imports what it needs); the old master waits on this exit."""
     # What the master imports only when needed must import too, or the check proves little
     # (argparse: for a command line `read_options` does not read plainly; heapq: old versions stopped together).
-    import argparse
-    import heapq
+    import argparse  # noqa: F401
+    import heapq  # noqa: F401
 
     import einhorn.core.report
     import einhorn.io.nice
