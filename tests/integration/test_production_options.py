@@ -349,8 +349,10 @@ FACTS = dict(  # here, in the master, as it loads the app (no braces: the test f
 
 
 def einhorn_main():
-    with open(os.path.join(sys.argv[1], str(os.getpid()) + ".json"), "w") as report:
+    path = os.path.join(sys.argv[1], str(os.getpid()))
+    with open(path + ".tmp", "w") as report:
         json.dump(dict(FACTS, pid=os.getpid()), report)
+    os.rename(path + ".tmp", path + ".json")  # whole, or not there yet
     while True:
         signal.pause()
 '''
