@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from einhorn import __version__
 from einhorn.cli import bootstrap
 from einhorn.cli.args import UsageError, parse
-from einhorn.cli.usage import usage_text
 from einhorn.io.sockets import SetupError
 
 
@@ -31,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(__version__)
         return 0
     if isinstance(settings, str):
+        from einhorn.cli.usage import usage_text  # only to print it: a running master need not hold it
+
         print(usage_text(detailed=settings == "help"))
         return 1
     return bootstrap.start(settings, environ)

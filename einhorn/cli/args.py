@@ -1,17 +1,16 @@
 """The command line: one option table, and `parse` (argv -> `Settings`).
 
-`OPTIONS` generates the argparse parser, `VALUE_OPTIONS` (the options that take
-a value, for `split_argv` and `_attach_values`), `INTERNAL_OPTIONS` (left out
-of the flags a re-exec'd master gets) and `OPTION_HELP` (the `### Options`
-part of the usage text).
+`OPTIONS` is what `read_options` reads (and generates the argparse parser),
+`VALUE_OPTIONS` (the options that take a value, for `split_argv` and
+`_attach_values`), `INTERNAL_OPTIONS` (left out of the flags a re-exec'd master
+gets) and `OPTION_HELP` (the `### Options` part of the usage text).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from types import SimpleNamespace
 
 from einhorn.cli.settings import Nice, Settings
 from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKER_RSS_MB, MAX_WORKERS, RSS_SAMPLE_INTERVAL, Pacing
@@ -156,34 +155,87 @@ def _help_entry(option: Option) -> str:
 OPTION_HELP = "### Options\n\n" + "".join(_help_entry(option) + "\n" for option in OPTIONS)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
+if TYPE_CHECKING:
+    import argparse
+    from typing import Literal, NoReturn
+
+    Request = Literal["version", "help", "usage"]
+    """What to print instead of running: the version, the detailed help, or the usage (no program given)."""
+
+
+def read_options(head: Sequence[str]) -> SimpleNamespace:
+    """The options before the program (`split_argv`), as argparse reads them; errors raise UsageError.
+
+    argparse itself reads only a command line that `_plain_reading` does not: with gettext and
+    locale it would cost the master half a megabyte for its whole life (issue 14)."""
+    plain = _plain_reading(head)
+    return plain if plain is not None else SimpleNamespace(**vars(parser().parse_args(head)))
+
+
+def _plain_reading(head: Sequence[str]) -> SimpleNamespace | None:
+    """argparse's reading of options written out in full, each on its own: `-n 4`, `--number 4`,
+    `--number=4`, `-v`, `--verbose`; None for anything else (an abbreviation, `-n4`, `-vk`, an unknown
+    option, a value missing or `--`), which argparse reads, or refuses with its own error."""
+    values = {_dest(option): _default(option) for option in OPTIONS}
+    i = 0
+    while i < len(head):
+        name, equals, value = head[i].partition("=") if head[i].startswith("--") else (head[i], "", "")
+        option = _BY_NAME.get(name)
+        if option is None or (equals and not option.takes_value):
+            return None
+        if option.takes_value and not equals:
+            if i + 1 == len(head) or head[i + 1].startswith("-"):
+                return None
+            i, value = i + 1, head[i + 1]
+        i += 1
+        dest = _dest(option)
+        if not option.takes_value:
+            values[dest] = values[dest] + 1 if option.repeat else True  # type: ignore[operator]
+        elif value == "--":  # (argparse drops it, and is left without a value)
+            return None
+        elif option.repeat:
+            values[dest] = [*values[dest], value]  # type: ignore[misc]
+        else:
+            values[dest] = value
+    return SimpleNamespace(**values)
+
+
+_BY_NAME = {name: option for option in OPTIONS for name in option.names}
+
+
+def _dest(option: Option) -> str:
+    """argparse's name for the option's value: `--max-unacked` -> `max_unacked`."""
+    return option.long[2:].replace("-", "_")
+
+
+def _default(option: Option) -> list[str] | str | int | bool | None:
+    if option.takes_value:
+        return [] if option.repeat else option.default
+    return 0 if option.repeat else False
 
 
 def parser() -> argparse.ArgumentParser:
-    """The parser of the options before the program (`split_argv`); errors raise UsageError."""
+    """argparse's parser of the options before the program; errors raise UsageError."""
+    import argparse  # only for a command line `_plain_reading` does not read
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise UsageError(message)
+
     # A fixed width: argparse would ask shutil for the terminal's (and with shutil come bz2, lzma
-    # and zlib, for the master's whole life); einhorn prints its own usage text anyway.
-    p = _Parser(prog="einhorn", add_help=False, formatter_class=lambda prog: argparse.HelpFormatter(prog, width=80))
+    # and zlib); einhorn prints its own usage text anyway.
+    p = Parser(prog="einhorn", add_help=False, formatter_class=lambda prog: argparse.HelpFormatter(prog, width=80))
     for option in OPTIONS:
-        default: list[str] | str | int | bool | None
-        if option.takes_value:
-            action, default = ("append", []) if option.repeat else ("store", option.default)
-        else:
-            action, default = ("count", 0) if option.repeat else ("store_true", False)
-        p.add_argument(*option.names, action=action, default=default)
+        action = ("append" if option.repeat else "store") if option.takes_value else ("count" if option.repeat else "store_true")
+        p.add_argument(*option.names, action=action, default=_default(option))
     return p
-
-
-Request = Literal["version", "help", "usage"]
-"""What to print instead of running: the version, the detailed help, or the usage (no program given)."""
 
 
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request:
     """The settings, or a text to print (usage / version) with its exit code decided by the caller."""
     head, program = split_argv(argv)
-    args = parser().parse_args(_attach_values(head))
+    args = read_options(_attach_values(head))
     if args.version:
         return "version"
     if args.help:

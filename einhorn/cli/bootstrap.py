@@ -9,12 +9,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import NoReturn
 
 from einhorn import __version__
 from einhorn.cli.settings import Settings, Spawner, core_config, shell_options, worker_launch
@@ -30,6 +28,10 @@ from einhorn.io.loop import Master
 from einhorn.io.notify import NotifyServer, supervisor_of
 from einhorn.io.sockets import BindSpec, SetupError, bind_listener, bound_port, listener_address, open_command_socket
 from einhorn.io.spawn import become_child_subreaper, pdeathsig_available, spawn_worker
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 LISTENER = "listener"
 """The hand-off kind of the `-b` listening sockets (in `-b` order)."""
@@ -48,7 +50,11 @@ def start(settings: Settings, environ: Mapping[str, str]) -> int:
 
 def upgrade_check(log: Logger) -> NoReturn:
     """`--upgrade-check`: this einhorn starts (and imports what it needs); the old master waits on this exit."""
-    # What the master imports only when needed must import too, or the check proves little.
+    # What the master imports only when needed must import too, or the check proves little
+    # (argparse: for a command line `read_options` does not read plainly; heapq: old versions stopped together).
+    import argparse  # noqa: F401
+    import heapq  # noqa: F401
+
     import einhorn.core.report
     import einhorn.io.nice
     import einhorn.io.preload
@@ -131,12 +137,16 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
         if metrics is not None:
             metrics.close()
             if settings.metrics is not None and settings.metrics.path is not None:
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(settings.metrics.path)
+                except OSError:
+                    pass
         for listener in listeners:
             if listener.path is not None:  # ours: bound here, never one found live
-                with contextlib.suppress(OSError):
+                try:
                     os.unlink(listener.path)
+                except OSError:
+                    pass
             listener.sock.close()
         activation.close_untaken(log)
         if notify is not None:
@@ -203,8 +213,10 @@ def write_pidfile(path: str) -> None:
             f.write(str(os.getpid()))
     except OSError as error:
         if os.path.isfile(path):  # left empty or cut short: a reader would take it for a pid
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(path)
+            except OSError:
+                pass
         raise SetupError(f"Could not write the pid file {path}: {error.strerror or error} (errno {error.errno})") from None
 
 
@@ -236,8 +248,10 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         metrics = None
     for leftover in handoff.unclaimed():
         log.info(f"Closing descriptor {leftover.fd} ({leftover.kind}) handed over by the old master: nothing here adopts it")
-        with contextlib.suppress(OSError):
+        try:
             os.close(leftover.fd)
+        except OSError:
+            pass
     return _run(
         restored.state,
         settings,
@@ -335,8 +349,10 @@ def abandon_workers(settings: Settings, log: Logger, error: str) -> int:
     if killed:
         log.error(f"Sent SIGKILL to {killed}: still alive {settings.signal_timeout}s after USR2")
     for path in settings.owned_paths:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(path)
+        except OSError:
+            pass
     return 1
 
 

@@ -31,14 +31,35 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import chain
-from typing import TYPE_CHECKING, Generic, TypeVar
 
-import immutables
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
 if TYPE_CHECKING:
+    from typing import Generic, TypeVar
+
+    import immutables
+    from immutables import Map
+
     from einhorn.core.state import Child, PendingSpawn
 
-_K = TypeVar("_K", tuple[float, int], tuple[bool, float, int], int)
+    _K = TypeVar("_K", tuple[float, int], tuple[bool, float, int], int)
+else:
+    from einhorn.extension import c_module
+
+    _C_MAP = c_module("immutables", "_map")  # not the package: its `__init__` imports typing for its protocols
+    if _C_MAP is not None:
+        Map = _C_MAP.Map
+    else:  # the package without its C module (its pure-Python Map)
+        from immutables import Map
+
+    class Generic:
+        """What `typing.Generic` does here at run time: `Sorted[...]` is `Sorted`."""
+
+        __slots__ = ()
+
+        def __class_getitem__(cls, item: object) -> type:
+            return cls
+
+    _K = None
 
 Kind = tuple[int | None, bool | None, bool | None]
 """(version, signaled, acked): what the counts are kept by; None in a place counts every value."""
@@ -192,7 +213,7 @@ class Children(Mapping[int, "Child"]):
         """From a plain mapping pid -> Child (or the children themselves)."""
         if type(children) is Children:
             return children
-        return cls._make(immutables.Map(children if isinstance(children, Mapping) else {c.pid: c for c in children}))
+        return cls._make(Map(children if isinstance(children, Mapping) else {c.pid: c for c in children}))
 
     @staticmethod
     def empty() -> Children:
@@ -400,7 +421,7 @@ class PendingSpawns(Mapping[int, "PendingSpawn"]):
         versions: dict[int, int] = {}
         for spawn in pending.values():
             versions[spawn.version] = versions.get(spawn.version, 0) + 1
-        return cls._make(immutables.Map(pending), versions, Sorted.of(p.index for p in pending.values()))
+        return cls._make(Map(pending), versions, Sorted.of(p.index for p in pending.values()))
 
     @staticmethod
     def empty() -> PendingSpawns:

@@ -14,7 +14,6 @@ Vocabulary (BEHAVIOR §4):
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import math
 from collections.abc import Iterable
@@ -62,7 +61,12 @@ def old_by_priority(state: State, limit: int | None = None) -> list[Child]:
     children = state.indexed_children
     kept = (state.version, candidate(state))
     orders = [children.unsignaled_by_priority(v) for v in children.unsignaled_versions() if v not in kept]
-    keys = heapq.merge(*orders) if len(orders) > 1 else iter(orders[0] if orders else ())
+    if len(orders) <= 1:
+        keys = iter(orders[0] if orders else ())
+    else:
+        import heapq  # with several old versions only: an idle master need not hold it (issue 14)
+
+        keys = heapq.merge(*orders)
     return [children[pid] for _, _, pid in itertools.islice(keys, limit)]
 
 

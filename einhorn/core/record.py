@@ -17,7 +17,7 @@ methods a class defines itself win. Not supported (einhorn uses none): inheritan
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
 
 if TYPE_CHECKING:
     from dataclasses import FrozenInstanceError as FrozenInstanceError

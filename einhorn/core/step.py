@@ -9,9 +9,8 @@ its rules and invariants in words.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import assert_never
 
-from einhorn.core import health, listeners, notify, pool, rollout, upgrade
+from einhorn.core import assert_never, health, listeners, notify, pool, rollout, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, signal_gracefully, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (

@@ -10,7 +10,6 @@ sockets come back through the hand-off registry like every listener.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -66,8 +65,10 @@ class Activation:
             if item.fd not in self.taken:
                 log.info(f"Closing fd {item.fd} ({item.name}) passed by systemd: no -b systemd adopts it")
                 self.taken.add(item.fd)
-                with contextlib.suppress(OSError):
+                try:
                     os.close(item.fd)
+                except OSError:
+                    pass
 
 
 def passed_sockets(environ: Mapping[str, str], pid: int) -> Activation:

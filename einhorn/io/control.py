@@ -35,13 +35,13 @@ a backoff or a grace ending) and calls `tick` after every wake-up.
 
 from __future__ import annotations
 
+import array
 import enum
 import errno
 import os
 import select
 import selectors
 import socket
-import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 
@@ -79,7 +79,8 @@ ACCEPT_REPORT_PERIOD = 10.0
 MAX_ANCESTORS = 32
 
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_PEERCRED = struct.Struct("3i")
+_PEERCRED_SIZE = 3 * array.array("i").itemsize
+"""struct ucred: pid, uid, gid (C ints; `array`, which `socket` imports, rather than `struct`, which an idle master need not hold)."""
 _PEER_GONE = select.POLLHUP | select.POLLRDHUP | select.POLLERR
 
 
@@ -649,7 +650,7 @@ def _make_room(sock: socket.socket, size: int) -> None:
 
 def _peer(sock: socket.socket) -> tuple[int, int]:
     """The (pid, uid) of the process that connected (SO_PEERCRED)."""
-    pid, uid, _ = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    pid, uid, _ = array.array("i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED_SIZE))
     return pid, uid
 
 

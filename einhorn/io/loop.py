@@ -13,7 +13,6 @@ and reports a change (`ListenerHealthChanged`). With `--max-worker-rss`, every
 
 from __future__ import annotations
 
-import contextlib
 import os
 import selectors
 import signal
@@ -21,8 +20,8 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, assert_never
 
+from einhorn.core import assert_never
 from einhorn.core.config import RSS_SAMPLE_INTERVAL
 from einhorn.core.effects import (
     AbandonExec,
@@ -67,6 +66,7 @@ from einhorn.io.logs import Logger, current_traceback
 from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, generation_launch, launch_spec, spawn_worker
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
 if TYPE_CHECKING:
     from einhorn.io import reexec
     from einhorn.io.metrics import MetricsServer
@@ -468,8 +468,10 @@ class Master:
             if check.check_id == check_id:
                 del self.upgrade_checks[pid]
                 self.helpers.add(pid)
-                with contextlib.suppress(ProcessLookupError):
+                try:
                     os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _exec_master(self) -> list[Event]:
         """Perform the ordered exec; on failure, the master goes on as it was and the core hears why."""
@@ -507,21 +509,27 @@ class Master:
 
     def _clean_up(self) -> None:
         for pid in self.upgrade_checks:
-            with contextlib.suppress(OSError):
+            try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
+            except OSError:
+                pass
         if self.options.kill_children_on_exit:
             for pid in self.state.children:
                 self._send_signal(pid, self.state.config.graceful_signal)
         signal.set_wakeup_fd(-1)
-        with contextlib.suppress(Exception):
+        try:
             self.server.shutdown()
+        except Exception:
+            pass
         for closing in (self.notify, self.supervisor, self.metrics):
             if closing is not None:
                 closing.close()
         for path in self.options.owned_paths:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(path)
+            except OSError:
+                pass
         self.selector.close()
         self.wake_reader.close()
         self.wake_writer.close()

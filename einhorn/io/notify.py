@@ -9,11 +9,9 @@ reports (`WorkerNotified`); the core decides what a notification means.
 from __future__ import annotations
 
 import array
-import contextlib
 import os
 import socket
 import stat
-import struct
 import time
 from collections.abc import Mapping, Sequence
 
@@ -26,7 +24,8 @@ NOTIFY_SOCKET_KIND = "notify_socket"
 """The hand-off kind of the `-m notify` socket."""
 
 MAX_DATAGRAM = 4096
-_UCRED = struct.Struct("3i")
+_UCRED_SIZE = 3 * array.array("i").itemsize
+"""struct ucred: pid, uid, gid (C ints)."""
 _MAX_FDS = 16
 """Descriptors a datagram may carry (systemd-notify's BARRIER=1 sends one); more are closed by the kernel."""
 MAX_ANCESTRY = 64
@@ -89,7 +88,7 @@ class NotifyServer:
     def read(self) -> list[Event]:
         """Every datagram waiting, as events."""
         events: list[Event] = []
-        space = socket.CMSG_SPACE(_UCRED.size) + socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+        space = socket.CMSG_SPACE(_UCRED_SIZE) + socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
         while True:
             try:
                 data, ancillary, _, _ = self.sock.recvmsg(MAX_DATAGRAM, space)
@@ -100,8 +99,10 @@ class NotifyServer:
                 event = self._event(data, credentials)
             finally:
                 for fd in fds:  # systemd-notify's BARRIER=1 waits for these to close: after the /proc check
-                    with contextlib.suppress(OSError):
+                    try:
                         os.close(fd)
+                    except OSError:
+                        pass
             if event is not None:
                 events.append(event)
 
@@ -141,8 +142,8 @@ def _ancillary(ancillary: Sequence[tuple[int, int, bytes]]) -> tuple[tuple[int, 
     for level, kind, payload in ancillary:
         if level != socket.SOL_SOCKET:
             continue
-        if kind == socket.SCM_CREDENTIALS and len(payload) >= _UCRED.size:
-            pid, uid, gid = _UCRED.unpack(payload[: _UCRED.size])
+        if kind == socket.SCM_CREDENTIALS and len(payload) >= _UCRED_SIZE:
+            pid, uid, gid = array.array("i", payload[:_UCRED_SIZE])
             credentials = (pid, uid, gid)
         elif kind == socket.SCM_RIGHTS:
             received = array.array("i")

@@ -13,11 +13,11 @@ set, with `prctl(PR_SET_NAME)` on Linux; elsewhere nothing is changed.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+from einhorn.extension import c_module
 from einhorn.io.logs import Logger
 
 PR_SET_NAME = 15
@@ -53,33 +53,18 @@ def set_title(title: str, log: Logger) -> bool:
 
 
 def _setproctitle() -> ModuleType | None:
-    """The `setproctitle` library's C module, loaded without the package: its `__init__` imports
-    `logging` (and with it `threading`, `traceback`...), which the master would then hold for its
-    whole life only to log that the C module is missing (issue 14). The package itself if its C
-    module cannot be found that way."""
-    import importlib.machinery
-    import importlib.util
-
+    """The `setproctitle` library's C module, loaded without the package (einhorn/extension.py): its
+    `__init__` imports `logging` (and with it `threading`, `traceback`...), which the master would then
+    hold for its whole life only to log that the C module is missing (issue 14). The package itself if
+    its C module cannot be found that way."""
+    module = c_module("setproctitle", "_setproctitle")
+    if module is not None:
+        return module
     try:
-        package = importlib.util.find_spec("setproctitle")
-    except (ImportError, ValueError):
-        package = None
-    for directory in (package.submodule_search_locations or []) if package is not None else []:
-        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-            path = os.path.join(directory, "_setproctitle" + suffix)
-            if os.path.exists(path):
-                spec = importlib.util.spec_from_file_location("setproctitle._setproctitle", path)
-                if spec is not None and spec.loader is not None:
-                    module = importlib.util.module_from_spec(spec)
-                    try:
-                        spec.loader.exec_module(module)
-                    except ImportError:
-                        break
-                    return module
-    try:
-        return importlib.import_module("setproctitle")
+        import setproctitle
     except ImportError:
         return None
+    return setproctitle
 
 
 def _set_comm(title: str) -> bool:

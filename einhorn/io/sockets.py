@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import errno
 import fcntl
@@ -12,12 +11,11 @@ import select
 import socket
 import stat
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from einhorn.core.record import dataclass
 from einhorn.io.logs import Logger
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
 if TYPE_CHECKING:
     import ipaddress  # at run time only when a port is in use (`_ip`): an idle master need not hold it
 
@@ -206,8 +204,10 @@ def _bind_unix(spec: BindSpec, path: str, backlog: int, log: Logger | None) -> s
         case SocketFile.STALE:
             if log is not None:
                 log.info(f"Removing the stale socket file {path} (nothing listens on it: left by a process that exited uncleanly)")
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(path)
+            except FileNotFoundError:
+                pass
         case SocketFile.ABSENT:
             pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -377,10 +377,12 @@ def _processes_holding(inodes: set[str]) -> dict[int, set[str]]:
             continue
         held = set()
         for fd in fds:
-            with contextlib.suppress(OSError):
+            try:
                 link = os.readlink(f"/proc/{pid}/fd/{fd}")
                 if link in inodes:
                     held.add(link)
+            except OSError:
+                pass
         if held:
             found[pid] = held
     return found
@@ -422,28 +424,30 @@ def bound_port(sock: socket.socket) -> int | None:
     return int(sock.getsockname()[1])
 
 
-@contextlib.contextmanager
-def file_lock(path: str) -> Iterator[None]:
+def _lock_file(path: str) -> int:
+    """The lock file's descriptor, its lock held (until it is closed)."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
         raise SetupError(f"Could not open lock file {path}: {error.strerror}") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SetupError(
-                f"File lock {path} already acquired by another Einhorn process. This likely indicates you tried to "
-                "run Einhorn masters with the same cmd_name at the same time. Pass -c NAME or -d PATH to run another."
-            ) from None
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         os.close(fd)
+        raise SetupError(
+            f"File lock {path} already acquired by another Einhorn process. This likely indicates you tried to "
+            "run Einhorn masters with the same cmd_name at the same time. Pass -c NAME or -d PATH to run another."
+        ) from None
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def open_command_socket(path: str, lockfile: str, log: Logger) -> socket.socket:
     """Create the command socket (mode 0600) while holding the lock, clearing a stale one."""
-    with file_lock(lockfile):
+    lock = _lock_file(lockfile)
+    try:
         _clear_stale_socket(path, log)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
@@ -458,6 +462,8 @@ def open_command_socket(path: str, lockfile: str, log: Logger) -> socket.socket:
         server.listen(128)
         server.setblocking(False)
         return server
+    finally:
+        os.close(lock)
 
 
 def _clear_stale_socket(path: str, log: Logger) -> None:
@@ -478,5 +484,7 @@ def _clear_stale_socket(path: str, log: Logger) -> None:
             log.info(
                 f"Blowing away old Einhorn command socket at {path}. This likely indicates a previous Einhorn master which exited uncleanly."
             )
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(path)
+            except FileNotFoundError:
+                pass

@@ -10,13 +10,13 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING
 
 from einhorn.core import record as dataclasses  # (the lean `dataclasses`: einhorn/core/record.py)
 from einhorn.core.record import dataclass, field
 from einhorn.core.state import LaunchSpec
 from einhorn.io.signals import RESET_IN_CHILDREN
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle master need not hold it (issue 14)
 if TYPE_CHECKING:
     import ctypes
 

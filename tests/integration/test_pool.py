@@ -6,12 +6,15 @@ import os
 import signal
 import socket
 import stat
+import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+import einhorn as einhorn_package
 from einhorn import __version__
 from tests.integration.harness import Harness, Master
 from tests.integration.procfs import alive, children_of, cpu_seconds, environ_of, fds_of, proc_stat
@@ -388,7 +391,7 @@ def test_the_spin_up_interval_is_capped_at_30s(capped_crash_loop: Master) -> Non
     assert master.state()["consecutive_deaths_before_ack"] >= 1  # type: ignore[operator]
 
 
-STARTUP_ONLY = ("logging", "threading", "shlex", "einhorn.io.nice", "einhorn.io.reexec", "einhorn.core.serialize", "einhorn.core.report", "shutil", "tempfile", "random", "bz2", "lzma", "traceback", "datetime", "yaml", "einhorn.io.render", "prometheus_client", "einhorn.io.metrics")
+STARTUP_ONLY = ("logging", "threading", "argparse", "gettext", "locale", "contextlib", "struct", "heapq", "einhorn.cli.usage", "typing", "immutables", "immutables._protocols", "shlex", "einhorn.io.nice", "einhorn.io.reexec", "einhorn.core.serialize", "einhorn.core.report", "shutil", "tempfile", "random", "bz2", "lzma", "traceback", "datetime", "yaml", "einhorn.io.render", "prometheus_client", "einhorn.io.metrics")
 """Modules an idle master has no use for (issue 14: each costs it memory for its whole life)."""
 
 
@@ -398,7 +401,12 @@ def imported(log: str) -> set[str]:
 
 
 def test_an_idle_master_loads_only_what_it_uses(harness: Harness) -> None:
-    master = harness.start("-n", "2", *FAST, env={"PYTHONPROFILEIMPORTTIME": "1"})  # no `state` to wait for them
+    """As installed from a wheel: without `site`, whose `.pth` of an editable install imports
+    `contextlib` and `importlib.util` for its own import finder."""
+    einhorn = [sys.executable, "-S", "-c", "import sys; from einhorn.cli import main; sys.exit(main())"]  # (the console script)
+    path = os.pathsep.join([str(Path(einhorn_package.__file__).parent.parent), sysconfig.get_paths()["purelib"]])
+    env = {"PYTHONPROFILEIMPORTTIME": "1", "PYTHONPATH": path}
+    master = harness.start("-n", "2", *FAST, env=env, einhorn=einhorn)  # no `state` to wait for them
     master.wait_log(r"Up to 2 / 2 timer ACKs")
     loaded = imported(master.log())
     assert {"einhorn.io.loop", "einhorn.core.step", "einhorn.core.indexed"} <= loaded  # the report is read right

@@ -334,6 +334,47 @@ def test_preload_runs_einhorn_main_in_forked_workers(prod_einhorn: Callable[...,
     assert sorted(app_log.split("\n")[:-1]) == sorted(f"hello from {r['pid']}" for r in reports)
 
 
+IMMUTABLES_APP = r'''
+import collections.abc, json, os, pickle, signal, sys
+import immutables
+
+FACTS = dict(  # here, in the master, as it loads the app (no braces: the test formats this text with the directory)
+    file=immutables.__file__,
+    complete=[name for name in ("Map", "MapKeys", "MapValues", "MapItems", "MapMutation", "__version__") if hasattr(immutables, name)],
+    protocols="immutables._protocols" in sys.modules,
+    one_map_type=sys.modules["einhorn.core.indexed"].Map is immutables.Map is sys.modules["immutables._map"].Map,
+    mapping=isinstance(immutables.Map(), collections.abc.Mapping),
+    pickled=pickle.loads(pickle.dumps(immutables.Map(a=1))) == immutables.Map(a=1),
+)
+
+
+def einhorn_main():
+    path = os.path.join(sys.argv[1], str(os.getpid()))
+    with open(path + ".tmp", "w") as report:
+        json.dump(dict(FACTS, pid=os.getpid()), report)
+    os.rename(path + ".tmp", path + ".json")  # whole, or not there yet
+    while True:
+        signal.pause()
+'''
+
+
+def test_a_preloaded_app_imports_the_real_immutables(prod_einhorn: Callable[..., ProdEinhorn]) -> None:
+    """The master holds immutables' C module without the package (einhorn/extension.py, issue 14): an app
+    that imports the package gets it whole, with the master's own `Map` type."""
+    import immutables
+
+    einhorn = prod_einhorn(["-p", "{dir}/immutables_app.py"], files={"immutables_app.py": IMMUTABLES_APP})
+    (report,) = einhorn.wait_reports(1)
+    assert {key: report[key] for key in report if key != "pid"} == {
+        "file": immutables.__file__,
+        "complete": ["Map", "MapKeys", "MapValues", "MapItems", "MapMutation", "__version__"],
+        "protocols": True,
+        "one_map_type": True,
+        "mapping": True,
+        "pickled": True,
+    }
+
+
 def test_preload_by_module_name(prod_einhorn: Callable[..., ProdEinhorn]) -> None:
     einhorn = prod_einhorn(["-p", "prod_worker"])
     (report,) = einhorn.wait_reports(1)

@@ -458,9 +458,11 @@ def test_an_executable_that_fails_its_upgrade_check_is_refused_and_the_client_to
 
 
 @pytest.mark.timeout(30)
-def test_the_upgrade_check_fails_on_a_broken_dependency_the_master_imports_lazily(tmp_path: Path) -> None:
-    """The master loads PyYAML on its first non-JSON request; the upgrade check imports it at once."""
-    broken = tmp_path / "shadow" / "yaml"
+@pytest.mark.parametrize("module", ["yaml", "argparse", "heapq"])
+def test_the_upgrade_check_fails_on_a_broken_dependency_the_master_imports_lazily(tmp_path: Path, module: str) -> None:
+    """The master loads PyYAML on its first non-JSON request, argparse for a command line it does not
+    read plainly, heapq to stop several old versions together; the upgrade check imports them at once."""
+    broken = tmp_path / "shadow" / module
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('this install is broken')\n")
     env = {**os.environ, "PYTHONPATH": str(broken.parent)}

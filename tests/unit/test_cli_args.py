@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from einhorn.cli import args
 from einhorn.cli.args import HELP_COLUMN, OPTION_HELP, OPTIONS, UsageError, parse, split_argv
@@ -294,6 +297,90 @@ def test_a_week_is_the_longest_duration_accepted() -> None:
 def test_an_option_without_its_value() -> None:
     with pytest.raises(UsageError, match="^argument -n/--number: expected one argument$"):
         parse(["-n"], ENV)
+
+
+# --- reading the options without argparse (issue 14) ---------------------------------------
+
+
+def argparse_reading(head: list[str]) -> tuple[str, object]:
+    try:
+        return "read", vars(args.parser().parse_args(head))
+    except UsageError as error:
+        return "refused", str(error)
+
+
+PLAIN = [
+    [],
+    ["-d", "/tmp/x/cmd.sock", "-e", "/tmp/x/pid", "-f", "/tmp/x/lock", "-n", "16", "-m", "manual", "-b", "127.0.0.1:0"],
+    ["--number=4", "--bind", "a:1", "-b", "b:2", "--bind=unix:/x=y", "-v", "--verbose", "-q", "-k", "-g", "--subreaper"],
+    ["--nice=-5:-6", "-c", "", "--command-name=", "--drop-env-var", "X", "--drop-env-var=Y", "-n", "1", "-n", "2"],
+    ["--upgrade-check", "--with-state-fd=3", "--version", "-h", "--help"],
+]
+
+
+@pytest.mark.parametrize("head", PLAIN)
+def test_plain_options_are_read_without_argparse_as_argparse_reads_them(head: list[str]) -> None:
+    plain = args._plain_reading(head)
+    assert plain is not None
+    assert ("read", vars(plain)) == argparse_reading(head)
+
+
+NOT_PLAIN = [["--num", "4"], ["-n4"], ["-n=4"], ["-vk"], ["-vv"], ["--verbose=1"], ["--no-such"], ["-x"], ["-n"], ["-n", "-k"], ["--bind=--"], ["-n", "4", "--max", "3"]]
+
+
+@pytest.mark.parametrize("head", NOT_PLAIN)
+def test_other_options_are_read_by_argparse(head: list[str]) -> None:
+    """An abbreviation, a short option's attached value, a cluster, an unknown option, a missing value."""
+    assert args._plain_reading(head) is None
+    try:
+        ours: tuple[str, object] = "read", vars(args.read_options(head))
+    except UsageError as error:
+        ours = "refused", str(error)
+    assert ours == argparse_reading(head)
+
+
+OPTION_NAMES = sorted(args._BY_NAME) + ["--num", "--max", "--s", "--no-such", "-x", "-5", "-", "--"]
+VALUES = ["4", "", "-5", "--", "a=b", "-k", "unix:/x"]
+SUFFIXES = ["", "", "", "=", "=4", "=-5", "=--", "=a=b", "4", "k"]
+
+
+@given(st.lists(st.one_of(st.sampled_from(OPTION_NAMES), st.sampled_from(VALUES)), max_size=8), st.lists(st.sampled_from(SUFFIXES), max_size=8))
+def test_the_plain_reading_is_argparse_s_whenever_it_reads(tokens: list[str], suffixes: list[str]) -> None:
+    head = [token + (suffixes[i] if i < len(suffixes) and token.startswith("-") else "") for i, token in enumerate(tokens)]
+    plain = args._plain_reading(head)
+    if plain is not None:
+        assert ("read", vars(plain)) == argparse_reading(head), head
+
+
+@st.composite
+def plain_option(draw: st.DrawFn) -> list[str]:
+    """One option written out in full: a flag, `NAME VALUE`, or `--LONG=VALUE` (any value but `--`)."""
+    option = draw(st.sampled_from(OPTIONS))
+    name = draw(st.sampled_from(option.names))
+    if not option.takes_value:
+        return [name]
+    if name.startswith("--") and draw(st.booleans()):
+        return [f"{name}={draw(st.text(alphabet='-=:a1 ', max_size=6).filter(lambda value: value != '--'))}"]
+    return [name, draw(st.text(alphabet="-=:a1 ", max_size=6).filter(lambda value: not value.startswith("-")))]
+
+
+@given(st.lists(plain_option(), max_size=8))
+def test_options_written_out_in_full_are_read_plainly_as_argparse_reads_them(options: list[list[str]]) -> None:
+    head = [token for option in options for token in option]
+    plain = args._plain_reading(head)
+    assert plain is not None, head
+    assert ("read", vars(plain)) == argparse_reading(head), head
+
+
+def test_a_plain_command_line_does_not_import_argparse() -> None:
+    """argparse, gettext and locale cost an idle master about half a megabyte (issue 14)."""
+    probe = f"""
+import sys
+from einhorn.cli.args import parse
+parse(["-n", "16", "-m", "manual", "-b", "127.0.0.1:0", "--", {sys.executable!r}], {{"PATH": "/bin"}})
+print(sorted({{"argparse", "gettext", "locale"}} & set(sys.modules)))
+"""
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60).stdout.strip() == "[]"
 
 
 def test_the_first_bad_option_is_the_one_reported() -> None:
