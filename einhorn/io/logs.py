@@ -25,6 +25,24 @@ class Logger:
         self.role = role
         self.verbosity = verbosity
         self.format = format
+        self.held: list[str] | None = None
+        """Between `hold` and `release`: the lines logged meanwhile, written out together by `flush`."""
+
+    def hold(self) -> None:
+        """Keep the lines until `flush` or `release`: a burst (1000 spawns log 2000 lines) is one write, not one each."""
+        if self.held is None:
+            self.held = []
+
+    def flush(self) -> None:
+        held = self.held
+        if held:
+            self.held = []
+            self._write("".join(held))
+
+    def release(self) -> None:
+        """Write the held lines; from now on each line at once again."""
+        self.flush()
+        self.held = None
 
     def log(self, level: LogLevel, message: str) -> None:
         self.log_fields(level, message, ())
@@ -37,8 +55,14 @@ class Logger:
             line = json_line(time.time(), level, self.role, os.getpid(), message, fields)
         else:
             line = f"[{self.role} {os.getpid()}] {level.name}: {message}\n"
+        if self.held is not None:
+            self.held.append(line)
+        else:
+            self._write(line)
+
+    def _write(self, text: str) -> None:
         try:
-            sys.stderr.write(line)
+            sys.stderr.write(text)
             sys.stderr.flush()
         except (OSError, ValueError):
             pass  # a closed or full stderr must never take the master down
