@@ -4,7 +4,7 @@
 write a docstring for a class without one, and compiles source for five to eight methods of every class.
 For the master that is about 3 MiB of its 17 MiB at idle, and the larger part of its start-up time, which
 every upgrade pays twice (`--upgrade-check`, then the new image). Here only `__init__` is compiled (it is
-on the core's hot path: `replace` in every step); `__repr__`, `__eq__`, `__hash__` and the frozen
+on the core's hot path: `replace` in every step), at its first call; `__repr__`, `__eq__`, `__hash__` and the frozen
 `__setattr__` are shared functions that read a per-class tuple of field names.
 
 The type checker sees `dataclasses` itself (the names below are re-exported under TYPE_CHECKING), so the
@@ -155,6 +155,17 @@ else:
         init.__qualname__ = f"{cls.__qualname__}.__init__"
         return init
 
+    def _compiled_at_first_call(cls, found, frozen, annotations):
+        """An `__init__` that compiles the real one (`_init_function`), puts it in its place and runs it: most
+        records are never made in a given run, and compiling all of them cost each start ~7 ms of ~45."""
+
+        def __init__(self, *args, **kwargs):
+            real = cls.__init__ = _init_function(cls, found, frozen, annotations)
+            real(self, *args, **kwargs)
+
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        return __init__
+
     def _process(cls, *, init, repr, eq, frozen, slots):
         annotations = cls.__dict__.get("__annotations__", {})
         found = {}
@@ -202,7 +213,7 @@ else:
         cls.__record_class__ = cls
         cls.__record_init_names__ = tuple(f.name for f in found.values() if f.init)
         if init:
-            put("__init__", _init_function(cls, found, frozen, annotations))
+            put("__init__", _compiled_at_first_call(cls, found, frozen, annotations))
         if repr:
             cls.__record_repr_names__ = tuple(f.name for f in found.values() if f.repr)
             cls.__record_repr__ = staticmethod(_tuple_getter(cls.__record_repr_names__))
