@@ -68,15 +68,20 @@ else:
         return tuple(found.values())
 
     def replace(obj, /, **changes):
-        names = getattr(obj, "__record_init_names__", None)
-        if names is None:  # a real dataclass (tests and tools have their own)
+        positions = getattr(obj, "__record_init_positions__", None)
+        if positions is None:  # a real dataclass (tests and tools have their own)
             import dataclasses
 
             return dataclasses.replace(obj, **changes)
-        for name in names:
-            if name not in changes:
-                changes[name] = getattr(obj, name)
-        return obj.__class__(**changes)
+        # The core's hot path (several per step): the fields read at once, the changed ones put in place,
+        # `__init__` called positionally (no keyword matching).
+        values = list(obj.__record_init_values__(obj))
+        for name, value in changes.items():
+            position = positions.get(name)
+            if position is None:
+                return obj.__class__(**{**dict(zip(obj.__record_init_names__, values, strict=True)), **changes})  # its TypeError
+            values[position] = value
+        return obj.__class__(*values)
 
     @reprlib.recursive_repr()
     def _repr(self):
@@ -212,6 +217,8 @@ else:
         cls.__record_fields__ = found
         cls.__record_class__ = cls
         cls.__record_init_names__ = tuple(f.name for f in found.values() if f.init)
+        cls.__record_init_positions__ = {name: position for position, name in enumerate(cls.__record_init_names__)}
+        cls.__record_init_values__ = staticmethod(_tuple_getter(cls.__record_init_names__))
         if init:
             put("__init__", _compiled_at_first_call(cls, found, frozen, annotations))
         if repr:
