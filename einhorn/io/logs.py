@@ -19,6 +19,10 @@ _LOWEST_SHOWN = (LogLevel.DEBUG, LogLevel.INFO, LogLevel.ERROR)
 
 FORMATS = ("text", "json")
 
+HELD_LINES = 256
+"""The most lines `Logger.hold` keeps before it writes them: a reader (a log shipper, a terminal) sees a long
+burst in pieces while it lasts, not all at its end, and each write stays well within a pipe's 64 KiB."""
+
 
 class Logger:
     def __init__(self, role: str = "MASTER", verbosity: int = 1, format: str = "text") -> None:
@@ -55,10 +59,12 @@ class Logger:
             line = json_line(time.time(), level, self.role, os.getpid(), message, fields)
         else:
             line = f"[{self.role} {os.getpid()}] {level.name}: {message}\n"
-        if self.held is not None:
-            self.held.append(line)
-        else:
+        if self.held is None:
             self._write(line)
+            return
+        self.held.append(line)
+        if len(self.held) >= HELD_LINES:
+            self.flush()
 
     def _write(self, text: str) -> None:
         try:
