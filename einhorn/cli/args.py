@@ -1,6 +1,6 @@
 """The command line: one option table, and `parse` (argv -> `Settings`).
 
-`OPTIONS` is what `read_options` reads, `VALUE_OPTIONS` (the options that take
+`OPTIONS` generates the argparse parser, `VALUE_OPTIONS` (the options that take
 a value, for `split_argv` and `_attach_values`), `INTERNAL_OPTIONS` (left out
 of the flags a re-exec'd master gets) and `OPTION_HELP` (the `### Options`
 part of the usage text).
@@ -8,9 +8,9 @@ part of the usage text).
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping, Sequence
-from types import SimpleNamespace
 from typing import Literal
 
 from einhorn.cli.settings import Nice, Settings
@@ -156,112 +156,24 @@ def _help_entry(option: Option) -> str:
 OPTION_HELP = "### Options\n\n" + "".join(_help_entry(option) + "\n" for option in OPTIONS)
 
 
-def read_options(head: Sequence[str]) -> SimpleNamespace:
-    """The options before the program (`split_argv`), read as argparse read them: errors raise UsageError.
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
 
-    argparse itself would cost an idle master half a megabyte for its whole life (argparse, gettext,
-    locale; issue 14). Its reading of a table of flags and one-value options, kept exactly: `--long`,
-    `--long=VALUE`, an unambiguous prefix of a long option, `-sVALUE`, `-s=VALUE`, clustered flags
-    (`-vvk`, `-kn4`), and its error texts. The values are argparse's: a value option's last value
-    (a repeatable one's list), a flag's True (a repeatable one's count). `head` holds no bare `--`
-    (`split_argv` takes it), and a `--` value is refused (argparse dropped it and went on without one)."""
-    by_name = {name: option for option in OPTIONS for name in option.names}
-    # The first pass, as argparse's: each token is an option (with a value attached or not) or a value.
-    found: dict[int, tuple[Option | None, str, str | None]] = {}
-    for index, token in enumerate(head):
-        occurrence = _option_in(token, by_name)
-        if occurrence is not None:
-            found[index] = occurrence
-    values: dict[str, object] = {}
+
+def parser() -> argparse.ArgumentParser:
+    """The parser of the options before the program (`split_argv`); errors raise UsageError."""
+    # A fixed width: argparse would ask shutil for the terminal's (and with shutil come bz2, lzma
+    # and zlib, for the master's whole life); einhorn prints its own usage text anyway.
+    p = _Parser(prog="einhorn", add_help=False, formatter_class=lambda prog: argparse.HelpFormatter(prog, width=80))
     for option in OPTIONS:
-        values[_dest(option)] = ([] if option.repeat else None) if option.takes_value else (0 if option.repeat else False)
-        if option.default is not None:
-            values[_dest(option)] = option.default
-    unrecognized: list[str] = []
-    index = 0
-    while index < len(head):
-        if index not in found:
-            unrecognized.append(head[index])
-            index += 1
-            continue
-        known, name, attached = found[index]
-        index += 1
-        if known is None:
-            unrecognized.append(head[index - 1])
-            continue
-        option = known
-        taken: list[tuple[Option, str | None]] = []
-        while True:
-            if attached is None:
-                value = None
-                if option.takes_value:
-                    if index >= len(head) or index in found:
-                        raise UsageError(f"argument {'/'.join(option.names)}: expected one argument")
-                    value, index = head[index], index + 1
-                taken.append((option, value))
-                break
-            if not option.takes_value and name[1] != "-" and attached != "":
-                taken.append((option, None))  # a cluster of short flags: `-kv` is `-k -v`
-                name = name[0] + attached[0]
-                if name not in by_name:
-                    raise UsageError(f"argument {'/'.join(option.names)}: ignored explicit argument {attached!r}")
-                option, attached = by_name[name], attached[1:] or None
-            elif option.takes_value:
-                taken.append((option, attached))
-                break
-            else:
-                raise UsageError(f"argument {'/'.join(option.names)}: ignored explicit argument {attached!r}")
-        for option, value in taken:
-            dest = _dest(option)
-            if value == "--":  # argparse drops a `--` value and is left without one
-                raise UsageError(f"argument {'/'.join(option.names)}: expected one argument")
-            if not option.takes_value:
-                values[dest] = values[dest] + 1 if option.repeat else True  # type: ignore[operator]
-            elif option.repeat:
-                values[dest] = [*values[dest], value]  # type: ignore[misc]
-            else:
-                values[dest] = value
-    if unrecognized:
-        raise UsageError(f"unrecognized arguments: {' '.join(unrecognized)}")
-    return SimpleNamespace(**values)
-
-
-def _dest(option: Option) -> str:
-    return option.long[2:].replace("-", "_")
-
-
-def _option_in(token: str, by_name: Mapping[str, Option]) -> tuple[Option | None, str, str | None] | None:
-    """argparse's `_parse_optional`: None for a value; else the option (None: unknown), its name, an attached value."""
-    if not token.startswith("-"):
-        return None
-    if token in by_name:
-        return by_name[token], token, None
-    if len(token) == 1:
-        return None
-    if "=" in token:
-        name, attached = token.split("=", 1)
-        if name in by_name:
-            return by_name[name], name, attached
-    matches: list[tuple[Option, str, str | None]] = []
-    if token.startswith("--"):
-        prefix, equals, attached = token.partition("=")
-        matches = [(option, name, attached if equals else None) for name, option in by_name.items() if name.startswith(prefix)]
-    elif token[:2] in by_name:
-        matches = [(by_name[token[:2]], token[:2], token[2:])]
-    if len(matches) > 1:
-        raise UsageError(f"ambiguous option: {token} could match {', '.join(name for _, name, _ in matches)}")
-    if matches:
-        return matches[0]
-    if _looks_negative(token) or " " in token:
-        return None
-    return None, token, None
-
-
-def _looks_negative(token: str) -> bool:
-    """argparse's `^-\\d+$|^-\\d*\\.\\d+$` (`\\d`: any decimal digit; `$` also before a final newline)."""
-    number = token[1:].removesuffix("\n")
-    whole, dot, fraction = number.partition(".")
-    return whole.isdecimal() if not dot else (whole == "" or whole.isdecimal()) and fraction.isdecimal()
+        default: list[str] | str | int | bool | None
+        if option.takes_value:
+            action, default = ("append", []) if option.repeat else ("store", option.default)
+        else:
+            action, default = ("count", 0) if option.repeat else ("store_true", False)
+        p.add_argument(*option.names, action=action, default=default)
+    return p
 
 
 Request = Literal["version", "help", "usage"]
@@ -271,7 +183,7 @@ Request = Literal["version", "help", "usage"]
 def parse(argv: Sequence[str], environ: Mapping[str, str]) -> Settings | Request:
     """The settings, or a text to print (usage / version) with its exit code decided by the caller."""
     head, program = split_argv(argv)
-    args = read_options(_attach_values(head))
+    args = parser().parse_args(_attach_values(head))
     if args.version:
         return "version"
     if args.help:

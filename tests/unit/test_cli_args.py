@@ -7,13 +7,9 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
-from hypothesis import assume, given
-from hypothesis import strategies as st
 
 from einhorn.cli import args
 from einhorn.cli.args import HELP_COLUMN, OPTION_HELP, OPTIONS, UsageError, parse, split_argv
@@ -44,30 +40,8 @@ def usage_error(*argv: str) -> str:
 # --- the option table ------------------------------------------------------------------
 
 
-class ArgparseRefused(Exception):
-    pass
-
-
-class ReferenceParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise ArgparseRefused(message)
-
-
-def reference_parser() -> argparse.ArgumentParser:
-    """The argparse parser einhorn used before `read_options` (issue 14): the reading it must keep."""
-    p = ReferenceParser(prog="einhorn", add_help=False)
-    for option in OPTIONS:
-        default: list[str] | str | int | bool | None
-        if option.takes_value:
-            action, default = ("append", []) if option.repeat else ("store", option.default)
-        else:
-            action, default = ("count", 0) if option.repeat else ("store_true", False)
-        p.add_argument(*option.names, action=action, default=default)
-    return p
-
-
 def parser_options() -> list[argparse.Action]:
-    return [action for action in reference_parser()._actions if action.option_strings]
+    return [action for action in args.parser()._actions if action.option_strings]
 
 
 def help_entries() -> dict[str, str]:
@@ -320,52 +294,6 @@ def test_a_week_is_the_longest_duration_accepted() -> None:
 def test_an_option_without_its_value() -> None:
     with pytest.raises(UsageError, match="^argument -n/--number: expected one argument$"):
         parse(["-n"], ENV)
-
-
-def reading(head: list[str], read: Callable[[list[str]], object]) -> tuple[str, object]:
-    try:
-        return "read", vars(read(head))
-    except (UsageError, ArgparseRefused) as error:
-        return "refused", str(error)
-
-
-def assert_read_as_argparse_reads(head: list[str]) -> None:
-    assert reading(head, args.read_options) == reading(head, reference_parser().parse_args), head
-
-
-@pytest.mark.parametrize(
-    "head",
-    [
-        [],
-        ["-n", "4", "--bind", "127.0.0.1:0", "-b", "unix:/x", "-vv", "-q"],
-        ["-n4", "-n=5", "--number=6", "--num", "7", "--nu=8", "-kgvq", "-kn9", "-kvn", "10", "-kn=11"],
-        ["--max=3"], ["--max-u=3"], ["--max-un=3"], ["--s", "x"], ["--si=9"], ["--sub"], ["--help=x"], ["--help="],
-        ["-k=x"], ["-k="], ["-kx"], ["-kxy"], ["-vvx"], ["-n"], ["-kn"], ["-n", "-k"], ["--number"], ["--nice", "-5"],
-        ["--no-such-option"], ["--no-such", "-x", "--bad=1"], ["-5"], ["-1.5"], ["-x y"], ["--x y"], ["-"],
-        ["--=1"], ["-n", "4", "-q=1"], ["--upgrade-check", "--with-state-fd=3"], ["-n", ""], ["-b="],
-    ],
-)
-def test_options_are_read_as_argparse_read_them(head: list[str]) -> None:
-    """Issue 14: argparse (with gettext and locale) cost an idle master half a megabyte; its reading is kept."""
-    assert_read_as_argparse_reads(head)
-
-
-OPTION_TOKENS = [name for option in OPTIONS for name in option.names] + ["--max", "--s", "--nu", "--no-such", "-x", "-5", "-"]
-
-
-@given(st.lists(st.one_of(st.sampled_from(OPTION_TOKENS), st.text("-=knvqx5. \n", max_size=5)), max_size=6), st.data())
-def test_any_option_tokens_are_read_as_argparse_read_them(tokens: list[str], data: st.DataObject) -> None:
-    head = [token + data.draw(st.sampled_from(["", "=", "=1", "1", "k", "-k", "=--"])) for token in tokens]
-    head = [token for token in head if token != "--"]  # split_argv takes a bare `--`
-    # argparse read a `--` value as [] (einhorn then crashed); `read_options` refuses it: test_a_dash_dash_value_is_refused
-    assume(not any("--" in token[1:] for token in head))
-    assert_read_as_argparse_reads(head)
-
-
-def test_a_dash_dash_value_is_refused() -> None:
-    """argparse made `-n --` the value [] and einhorn crashed on it; now a usage error."""
-    assert usage_error("-n--") == "argument -n/--number: expected one argument"
-    assert usage_error("--bind=--") == "argument -b/--bind: expected one argument"
 
 
 def test_the_first_bad_option_is_the_one_reported() -> None:
