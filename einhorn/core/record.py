@@ -4,7 +4,7 @@
 write a docstring for a class without one, and compiles source for five to eight methods of every class.
 For the master that is about 3 MiB of its 17 MiB at idle, and the larger part of its start-up time, which
 every upgrade pays twice (`--upgrade-check`, then the new image). Here only `__init__` is compiled (it is
-on the core's hot path: `replace` in every step); `__repr__`, `__eq__`, `__hash__` and the frozen
+on the core's hot path: `replace` in every step), at its first call; `__repr__`, `__eq__`, `__hash__` and the frozen
 `__setattr__` are shared functions that read a per-class tuple of field names.
 
 The type checker sees `dataclasses` itself (the names below are re-exported under TYPE_CHECKING), so the
@@ -68,15 +68,20 @@ else:
         return tuple(found.values())
 
     def replace(obj, /, **changes):
-        names = getattr(obj, "__record_init_names__", None)
-        if names is None:  # a real dataclass (tests and tools have their own)
+        positions = getattr(obj, "__record_init_positions__", None)
+        if positions is None:  # a real dataclass (tests and tools have their own)
             import dataclasses
 
             return dataclasses.replace(obj, **changes)
-        for name in names:
-            if name not in changes:
-                changes[name] = getattr(obj, name)
-        return obj.__class__(**changes)
+        # The core's hot path (several per step): the fields read at once, the changed ones put in place,
+        # `__init__` called positionally (no keyword matching).
+        values = list(obj.__record_init_values__(obj))
+        for name, value in changes.items():
+            position = positions.get(name)
+            if position is None:
+                return obj.__class__(**{**dict(zip(obj.__record_init_names__, values, strict=True)), **changes})  # its TypeError
+            values[position] = value
+        return obj.__class__(*values)
 
     @reprlib.recursive_repr()
     def _repr(self):
@@ -155,6 +160,17 @@ else:
         init.__qualname__ = f"{cls.__qualname__}.__init__"
         return init
 
+    def _compiled_at_first_call(cls, found, frozen, annotations):
+        """An `__init__` that compiles the real one (`_init_function`), puts it in its place and runs it: most
+        records are never made in a given run, and compiling all of them cost each start ~7 ms of ~45."""
+
+        def __init__(self, *args, **kwargs):
+            real = cls.__init__ = _init_function(cls, found, frozen, annotations)
+            real(self, *args, **kwargs)
+
+        __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+        return __init__
+
     def _process(cls, *, init, repr, eq, frozen, slots):
         annotations = cls.__dict__.get("__annotations__", {})
         found = {}
@@ -201,8 +217,10 @@ else:
         cls.__record_fields__ = found
         cls.__record_class__ = cls
         cls.__record_init_names__ = tuple(f.name for f in found.values() if f.init)
+        cls.__record_init_positions__ = {name: position for position, name in enumerate(cls.__record_init_names__)}
+        cls.__record_init_values__ = staticmethod(_tuple_getter(cls.__record_init_names__))
         if init:
-            put("__init__", _init_function(cls, found, frozen, annotations))
+            put("__init__", _compiled_at_first_call(cls, found, frozen, annotations))
         if repr:
             cls.__record_repr_names__ = tuple(f.name for f in found.values() if f.repr)
             cls.__record_repr__ = staticmethod(_tuple_getter(cls.__record_repr_names__))

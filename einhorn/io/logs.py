@@ -19,12 +19,34 @@ _LOWEST_SHOWN = (LogLevel.DEBUG, LogLevel.INFO, LogLevel.ERROR)
 
 FORMATS = ("text", "json")
 
+HELD_LINES = 256
+"""The most lines `Logger.hold` keeps before it writes them: a reader (a log shipper, a terminal) sees a long
+burst in pieces while it lasts, not all at its end, and each write stays well within a pipe's 64 KiB."""
+
 
 class Logger:
     def __init__(self, role: str = "MASTER", verbosity: int = 1, format: str = "text") -> None:
         self.role = role
         self.verbosity = verbosity
         self.format = format
+        self.held: list[str] | None = None
+        """Between `hold` and `release`: the lines logged meanwhile, written out together by `flush`."""
+
+    def hold(self) -> None:
+        """Keep the lines until `flush` or `release`: a burst (1000 spawns log 2000 lines) is one write, not one each."""
+        if self.held is None:
+            self.held = []
+
+    def flush(self) -> None:
+        held = self.held
+        if held:
+            self.held = []
+            self._write("".join(held))
+
+    def release(self) -> None:
+        """Write the held lines; from now on each line at once again."""
+        self.flush()
+        self.held = None
 
     def log(self, level: LogLevel, message: str) -> None:
         self.log_fields(level, message, ())
@@ -37,8 +59,16 @@ class Logger:
             line = json_line(time.time(), level, self.role, os.getpid(), message, fields)
         else:
             line = f"[{self.role} {os.getpid()}] {level.name}: {message}\n"
+        if self.held is None:
+            self._write(line)
+            return
+        self.held.append(line)
+        if len(self.held) >= HELD_LINES:
+            self.flush()
+
+    def _write(self, text: str) -> None:
         try:
-            sys.stderr.write(line)
+            sys.stderr.write(text)
             sys.stderr.flush()
         except (OSError, ValueError):
             pass  # a closed or full stderr must never take the master down

@@ -263,6 +263,15 @@ class Master:
             self.feed(self._exec_master())
 
     def feed(self, events: Iterable[Event]) -> None:
+        """Step each event and perform its effects. The lines logged meanwhile are written at the end,
+        together (or before a spawn: what led to it is seen first)."""
+        self.log.hold()
+        try:
+            self._feed(events)
+        finally:
+            self.log.release()
+
+    def _feed(self, events: Iterable[Event]) -> None:
         queue = deque(events)
         while queue and self.exit_code is None:
             event = queue.popleft()
@@ -348,6 +357,7 @@ class Master:
         return []
 
     def _spawn(self, order: SpawnWorker) -> Event:
+        self.log.flush()
         worker_end: socket.socket | None = None
         try:
             if self.options.command_socket_as_fd:

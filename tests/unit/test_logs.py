@@ -9,7 +9,7 @@ import re
 import pytest
 
 from einhorn.core.effects import LogLevel
-from einhorn.io.logs import Logger, json_line
+from einhorn.io.logs import HELD_LINES, Logger, json_line
 
 
 @pytest.mark.parametrize(
@@ -52,3 +52,21 @@ def test_text_lines_ignore_the_fields(capsys: pytest.CaptureFixture[str]) -> Non
 def test_json_time_is_utc_with_milliseconds() -> None:
     line = json.loads(json_line(1700000000.25, LogLevel.INFO, "MASTER", 1, "m", ()))
     assert line["time"] == "2023-11-14T22:13:20.250Z"
+
+
+def test_held_lines_are_written_together_at_a_flush_or_once_there_are_held_lines_of_them(capsys: pytest.CaptureFixture[str]) -> None:
+    log = Logger()
+    log.hold()
+    log.info("one")
+    log.info("two")
+    assert capsys.readouterr().err == ""
+    log.flush()
+    pid = os.getpid()
+    assert capsys.readouterr().err == f"[MASTER {pid}] INFO: one\n[MASTER {pid}] INFO: two\n"
+    for n in range(HELD_LINES):
+        log.info(f"line {n}")
+    assert capsys.readouterr().err.count("\n") == HELD_LINES  # a long burst is seen while it lasts
+    log.info("last held")
+    log.release()
+    log.info("at once")
+    assert capsys.readouterr().err == f"[MASTER {pid}] INFO: last held\n[MASTER {pid}] INFO: at once\n"

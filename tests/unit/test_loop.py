@@ -1,16 +1,23 @@
-"""einhorn.io.loop's own arithmetic: how long a wait may be, and when the listeners are checked."""
+"""einhorn.io.loop's own arithmetic: how long a wait may be, and when the listeners are checked; how it writes a burst of log lines."""
 
 from __future__ import annotations
 
 import os
 import selectors
 import socket
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from einhorn.core.events import ListenerHealthChanged
-from einhorn.io.loop import LISTENER_CHECK_INTERVAL, MAX_WAIT, ListenerWatch, select_timeout
+from einhorn.core.config import Config
+from einhorn.core.events import ListenerHealthChanged, MasterStarted
+from einhorn.core.state import initial_state
+from einhorn.io.handoff import Handoff
+from einhorn.io.logs import HELD_LINES, Logger
+from einhorn.io.loop import LISTENER_CHECK_INTERVAL, MAX_WAIT, ListenerWatch, Master, ShellOptions, select_timeout
+from einhorn.io.spawn import Spawned, WorkerLaunch
 
 
 def test_the_wait_is_until_the_earliest_wake_up() -> None:
@@ -117,3 +124,49 @@ def test_rss_watch_walks_the_workers_only_when_a_sample_is_due() -> None:
     events = watch.check([gone, max(mine, parent), min(mine, parent)], now=0.0)
     assert [e.pid for e in events if isinstance(e, WorkerMeasured)] == sorted({mine, parent})
     assert watch.check(Untouchable(), now=RSS_SAMPLE_INTERVAL / 2) == []
+
+
+class CountingStderr:
+    """Stands in for sys.stderr: each `write` kept apart, so that a test can count them."""
+
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def test_a_burst_of_spawns_is_logged_in_a_few_writes_not_two_per_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 14's cold start: 1000 workers log 2001 lines in one wake-up. One write each (a system call, and a
+    wake-up of whoever reads the log) cost the master ~0.1 s; the lines now go out HELD_LINES at a time and at
+    the end of the wake-up, and what was logged before a spawn is written before it."""
+    number = 300
+    stderr = CountingStderr()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    written_before_spawn: list[int] = []
+
+    def spawn(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawned:
+        written_before_spawn.append(len(stderr.writes))
+        return Spawned(100_000 + index, None)  # no process: the test never reaps nor signals one
+
+    launch = WorkerLaunch("/bin/true", ["/bin/true"], {}, [], [], str(tmp_path / "cmd.sock"), os.getpid())
+    options = ShellOptions(launch, False, (), ["einhorn"], {}, spawn=spawn)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(tmp_path / "cmd.sock"))
+        server.listen(8)
+        master = Master(initial_state(Config(number=number, ack_timer=0.0)), options, server, Logger(), Handoff())
+        try:
+            master.feed([MasterStarted(0.0)])
+        finally:
+            master.selector.close()
+            master.wake_reader.close()
+            master.wake_writer.close()
+    lines = "".join(stderr.writes).splitlines()
+    assert len([line for line in lines if "===> Launched" in line]) == number
+    assert lines[-1].endswith(f"Up to {number} / {number} timer ACKs")
+    assert written_before_spawn == [1] * number and stderr.writes[0].endswith("INFO: Launching 300 new workers\n")
+    assert [text.count("\n") for text in stderr.writes] == [1, HELD_LINES, HELD_LINES, 2 * number - 2 * HELD_LINES]
