@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.procfs import alive, all_pids, children_of, cwd_of, environ_of, kill_and_reap, reap_orphans
+from tests.integration.procfs import alive, all_pids, children_of, cwd_of, descendants_of, environ_of, kill_and_reap, reap_orphans
 from tests.integration.waiting import wait_until
 from tests.integration.wire import Connection, frame
 
@@ -293,8 +293,12 @@ class Harness:
     def clean_up(self) -> None:
         for master in self.masters:  # first, so that nothing new is spawned
             if master.proc.poll() is None:
+                # Its processes as they are now: a server may show neither the tag nor our directory
+                # (gunicorn --chdir, and its setproctitle overwrites what /proc shows of its environment).
+                descendants = descendants_of(master.pid)
                 master.proc.kill()
                 master.proc.wait()
+                kill_and_reap([pid for pid in descendants if alive(pid)])
         for _ in range(10):  # a dying process may still fork: repeat until nothing holds the tag
             pids = self.leftovers()
             if not pids:

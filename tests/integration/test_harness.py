@@ -54,3 +54,21 @@ def test_the_log_read_right_after_a_write_has_every_complete_line(tmp_path: Path
         assert [text for _, text in lines] == ["All workers gone; exiting\n"]
     finally:
         tail.stop()
+
+
+def test_clean_up_stops_workers_that_show_neither_the_tag_nor_the_directory() -> None:
+    """gunicorn --chdir leaves the test's directory and its setproctitle hides its environment:
+    every run of test_servers left two gunicorns behind."""
+    harness = Harness()
+    workers: list[int] = []
+    try:
+        hidden = ["sh", "-c", "cd / && exec env -i sleep 300"]  # no environment at all, and not in our directory
+        master = harness.start("-n", "2", "-m", "0.1", program=hidden, workers=2)
+        workers = master.children()
+        assert all(TAG_VARIABLE not in environ_of(pid) for pid in workers), "the tag is visible: this test proves nothing"
+    finally:
+        harness.clean_up()
+    try:
+        assert workers and not any(alive(pid) for pid in workers)
+    finally:
+        kill_and_reap([pid for pid in workers if alive(pid)])
