@@ -112,7 +112,13 @@ def json_line(wall: float, level: LogLevel, role: str, pid: int, message: str, f
 
 
 def current_traceback() -> str:
-    """The exception being handled, as Python prints it."""
-    import traceback  # only when something went wrong: an idle master need not hold it
+    """The exception being handled, as Python prints it; at least its type and text when the traceback
+    module cannot be loaded then (out of descriptors, say), so that reporting a bug never raises."""
+    kind, error, _ = sys.exc_info()
+    try:
+        import traceback  # only when something went wrong: an idle master need not hold it
 
-    return traceback.format_exc()
+        return traceback.format_exc()
+    except Exception as failure:  # noqa: BLE001 - see above
+        name = "None" if kind is None else kind.__name__
+        return f"{name}: {error} (no traceback: {type(failure).__name__}: {failure})\n"

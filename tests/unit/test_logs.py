@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
@@ -10,7 +11,7 @@ import sys
 import pytest
 
 from einhorn.core.effects import LogLevel
-from einhorn.io.logs import HELD_LINES, PIPE_BUF, Logger, json_line
+from einhorn.io.logs import HELD_LINES, PIPE_BUF, Logger, current_traceback, json_line
 
 
 @pytest.mark.parametrize(
@@ -99,3 +100,21 @@ def test_held_lines_go_out_in_writes_a_pipe_keeps_whole(monkeypatch: pytest.Monk
     assert all(len(text.encode()) <= PIPE_BUF for text in writes if "x" * 5000 not in text)
     assert any(text.endswith("x" * 5000 + "\n") and text.count("\n") == 1 for text in writes)  # alone
     assert len(writes) < 20
+
+
+def test_a_traceback_is_told_even_when_the_traceback_module_cannot_be_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the descriptor limit importing a module fails: reporting a bug must not raise in its turn."""
+    real_import = builtins.__import__
+
+    def no_traceback(name: str, *args: object, **kwargs: object) -> object:
+        if name == "traceback":
+            raise OSError(24, "Too many open files")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.delitem(sys.modules, "traceback", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_traceback)
+    try:
+        raise ValueError("the bug")
+    except ValueError:
+        told = current_traceback()
+    assert told == "ValueError: the bug (no traceback: OSError: [Errno 24] Too many open files)\n"
