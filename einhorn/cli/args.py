@@ -170,7 +170,14 @@ def read_options(head: Sequence[str]) -> SimpleNamespace:
     argparse itself reads only a command line that `_plain_reading` does not: with gettext and
     locale it would cost the master half a megabyte for its whole life (issue 14)."""
     plain = _plain_reading(head)
-    return plain if plain is not None else SimpleNamespace(**vars(parser().parse_args(head)))
+    if plain is not None:
+        return plain
+    args = SimpleNamespace(**vars(parser().parse_args(head)))
+    for option in OPTIONS:  # argparse takes a value of `--` as the end of the options: a list where text belongs
+        value = getattr(args, _dest(option))
+        if option.takes_value and any(isinstance(v, list) for v in (value if option.repeat else [value])):
+            raise UsageError(f"argument {'/'.join(option.names)}: expected one argument")
+    return args
 
 
 def _plain_reading(head: Sequence[str]) -> SimpleNamespace | None:

@@ -21,7 +21,12 @@ FORMATS = ("text", "json")
 
 HELD_LINES = 256
 """The most lines `Logger.hold` keeps before it writes them: a reader (a log shipper, a terminal) sees a long
-burst in pieces while it lasts, not all at its end, and each write stays well within a pipe's 64 KiB."""
+burst in pieces while it lasts, not all at its end."""
+
+PIPE_BUF = 4096
+"""The largest write a pipe keeps in one piece (POSIX: at least 512; Linux: 4096). The workers share the
+master's stderr: held lines go out in writes of whole lines up to this size, so that no worker's output
+lands inside a master's line (a longer line is written alone, as it always was)."""
 
 
 class Logger:
@@ -39,9 +44,19 @@ class Logger:
 
     def flush(self) -> None:
         held = self.held
-        if held:
-            self.held = []
-            self._write("".join(held))
+        if not held:
+            return
+        self.held = []
+        chunk: list[str] = []
+        size = 0
+        for line in held:
+            length = len(line.encode(errors="backslashreplace"))
+            if chunk and size + length > PIPE_BUF:
+                self._write("".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += length
+        self._write("".join(chunk))
 
     def release(self) -> None:
         """Write the held lines; from now on each line at once again."""
@@ -97,7 +112,13 @@ def json_line(wall: float, level: LogLevel, role: str, pid: int, message: str, f
 
 
 def current_traceback() -> str:
-    """The exception being handled, as Python prints it."""
-    import traceback  # only when something went wrong: an idle master need not hold it
+    """The exception being handled, as Python prints it; at least its type and text when the traceback
+    module cannot be loaded then (out of descriptors, say), so that reporting a bug never raises."""
+    kind, error, _ = sys.exc_info()
+    try:
+        import traceback  # only when something went wrong: an idle master need not hold it
 
-    return traceback.format_exc()
+        return traceback.format_exc()
+    except Exception as failure:  # noqa: BLE001 - see above
+        name = "None" if kind is None else kind.__name__
+        return f"{name}: {error} (no traceback: {type(failure).__name__}: {failure})\n"

@@ -288,7 +288,15 @@ class Harness:
         inside = str(self.directory) + os.sep
         me = os.getpid()
         in_directory = [pid for pid in all_pids() if pid != me and (cwd_of(pid) or "").startswith(inside) and alive(pid)]
-        return sorted({*tagged_pids(self.tag), *in_directory})
+        return sorted({*tagged_pids(self.tag), *in_directory, *self.adopted_workers()})
+
+    def adopted_workers(self) -> list[int]:
+        """Workers of this harness's masters that outlived their master, with their descendants: the test
+        process (a subreaper) adopted them. Found by the pids the masters logged, as a worker may show
+        neither the tag nor the directory (gunicorn --chdir); a pid taken by someone else is not our child."""
+        launched = {int(found.group(1)) for master in self.masters for _, found in master.timed_lines(r"===> Launched (\d+)")}
+        adopted = [pid for pid in children_of(os.getpid()) if pid in launched and alive(pid)]
+        return sorted({*adopted, *(d for pid in adopted for d in descendants_of(pid))})
 
     def clean_up(self) -> None:
         for master in self.masters:  # first, so that nothing new is spawned

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from tests.integration.harness import TAG_VARIABLE, Harness, LogTail
-from tests.integration.procfs import alive, environ_of, kill_and_reap
+from tests.integration.procfs import alive, children_of, environ_of, kill_and_reap
+from tests.integration.waiting import wait_until
 
 PRELOADED = """
 import signal
@@ -66,6 +68,26 @@ def test_clean_up_stops_workers_that_show_neither_the_tag_nor_the_directory() ->
         master = harness.start("-n", "2", "-m", "0.1", program=hidden, workers=2)
         workers = master.children()
         assert all(TAG_VARIABLE not in environ_of(pid) for pid in workers), "the tag is visible: this test proves nothing"
+    finally:
+        harness.clean_up()
+    try:
+        assert workers and not any(alive(pid) for pid in workers)
+    finally:
+        kill_and_reap([pid for pid in workers if alive(pid)])
+
+
+def test_clean_up_stops_hidden_workers_of_a_master_that_exited_first() -> None:
+    """A test that kills its master leaves the workers to the test process (a subreaper): the harness
+    finds them by the pids the master logged."""
+    harness = Harness()
+    workers: list[int] = []
+    try:
+        hidden = ["sh", "-c", "cd / && exec env -i sleep 300"]
+        master = harness.start("-n", "2", "-m", "0.1", program=hidden, workers=2)
+        workers = master.children()
+        master.proc.kill()
+        master.proc.wait()
+        wait_until(lambda: set(workers) <= set(children_of(os.getpid())), 10, "the workers adopted by the test process")
     finally:
         harness.clean_up()
     try:

@@ -299,6 +299,16 @@ def test_an_option_without_its_value() -> None:
         parse(["-n"], ENV)
 
 
+@pytest.mark.parametrize(
+    ("head", "named"),
+    [(["-n", "--"], "-n/--number"), (["--number=--"], "-n/--number"), (["-b", "--"], "-b/--bind"),
+     (["-b", "127.0.0.1:1", "--bind=--"], "-b/--bind"), (["--nice", "--"], "--nice"), (["-m", "--"], "-m/--ack-mode")],
+)  # fmt: skip
+def test_a_value_of_dashes_is_no_value(head: list[str], named: str) -> None:
+    """argparse ends the options at `--` and gives the option a list: that crashed the start."""
+    assert usage_error(*head) == f"argument {named}: expected one argument"
+
+
 # --- reading the options without argparse (issue 14) ---------------------------------------
 
 
@@ -325,7 +335,7 @@ def test_plain_options_are_read_without_argparse_as_argparse_reads_them(head: li
     assert ("read", vars(plain)) == argparse_reading(head)
 
 
-NOT_PLAIN = [["--num", "4"], ["-n4"], ["-n=4"], ["-vk"], ["-vv"], ["--verbose=1"], ["--no-such"], ["-x"], ["-n"], ["-n", "-k"], ["--bind=--"], ["-n", "4", "--max", "3"]]
+NOT_PLAIN = [["--num", "4"], ["-n4"], ["-n=4"], ["-vk"], ["-vv"], ["--verbose=1"], ["--no-such"], ["-x"], ["-n"], ["-n", "-k"], ["-n", "4", "--max", "3"]]
 
 
 @pytest.mark.parametrize("head", NOT_PLAIN)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import re
+import sys
 
 import pytest
 
 from einhorn.core.effects import LogLevel
-from einhorn.io.logs import HELD_LINES, Logger, json_line
+from einhorn.io.logs import HELD_LINES, PIPE_BUF, Logger, current_traceback, json_line
 
 
 @pytest.mark.parametrize(
@@ -70,3 +72,49 @@ def test_held_lines_are_written_together_at_a_flush_or_once_there_are_held_lines
     log.release()
     log.info("at once")
     assert capsys.readouterr().err == f"[MASTER {pid}] INFO: last held\n[MASTER {pid}] INFO: at once\n"
+
+
+def test_held_lines_go_out_in_writes_a_pipe_keeps_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Workers write to the same stderr: a write longer than PIPE_BUF may be split, and a worker's
+    output land inside a master's line. A line longer than that is written alone, as it always was."""
+    writes: list[str] = []
+
+    class Stderr:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stderr())
+    log = Logger()
+    log.hold()
+    for n in range(100):
+        log.info(f"line {n} " + "\u00e9" * 50)  # 2 bytes a character: the limit is in bytes
+    log.info("x" * 5000)
+    log.info("after")
+    log.release()
+    lines = "".join(writes).splitlines(keepends=True)
+    assert len(lines) == 102 and all(text.endswith("\n") for text in writes)
+    assert all(len(text.encode()) <= PIPE_BUF for text in writes if "x" * 5000 not in text)
+    assert any(text.endswith("x" * 5000 + "\n") and text.count("\n") == 1 for text in writes)  # alone
+    assert len(writes) < 20
+
+
+def test_a_traceback_is_told_even_when_the_traceback_module_cannot_be_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the descriptor limit importing a module fails: reporting a bug must not raise in its turn."""
+    real_import = builtins.__import__
+
+    def no_traceback(name: str, *args: object, **kwargs: object) -> object:
+        if name == "traceback":
+            raise OSError(24, "Too many open files")
+        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.delitem(sys.modules, "traceback", raising=False)
+    monkeypatch.setattr(builtins, "__import__", no_traceback)
+    try:
+        raise ValueError("the bug")
+    except ValueError:
+        told = current_traceback()
+    assert told == "ValueError: the bug (no traceback: OSError: [Errno 24] Too many open files)\n"
