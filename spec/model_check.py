@@ -82,6 +82,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "upgrade_fleet": ("command", "upgrade_fleet"),
     "reload": ("command", "reload"),
     "upgrade_canary": ("command", "upgrade", "--canary", "1", "--bake", "2", "--timeout", "6"),
+    "upgrade_canary_untimed": ("command", "upgrade", "--canary", "1", "--bake", "2"),
     "upgrade_fleet_canary": ("command", "upgrade_fleet", "--canary", "1", "--bake", "1"),
     "upgrade_timeout": ("command", "upgrade", "--timeout", "20"),
     "abort_upgrade": ("command", "abort_upgrade"),
@@ -93,7 +94,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "SIGQUIT": ("signal", "QUIT"),
     "SIGUSR2": ("signal", "USR2"),
 }
-TAGGED = frozenset({"upgrade_canary", "upgrade_fleet_canary", "upgrade_timeout", "abort_upgrade"})
+TAGGED = frozenset({"upgrade_canary", "upgrade_canary_untimed", "upgrade_fleet_canary", "upgrade_timeout", "abort_upgrade"})
 """Requests sent with an id: their requester hears how the upgrade ends (T19)."""
 DEFAULT_COMMANDS = ("inc", "dec", "upgrade", "upgrade_fleet", "die", "SIGHUP", "SIGQUIT")
 
@@ -178,6 +179,9 @@ ROLLOUT_CHAINS: tuple[tuple[Scenario, Bounds], ...] = (
     (Scenario(2, 1, None, 2, None), Bounds(depth=12, failures=1, commands=1, command_names=("upgrade_canary",))),
     # abort_upgrade at any point of a canary upgrade, and a new upgrade during the canary or its bake.
     (Scenario(2, 1, None, None, None), Bounds(depth=11, failures=0, commands=2, command_names=("upgrade_canary", "abort_upgrade", "upgrade"))),
+    # A reload (a re-exec of the same version) while a canary's spawn is in flight: the new image fails the spawn,
+    # and the canary (no --timeout to end it otherwise) with it.
+    (Scenario(2, 1, None, None, None), Bounds(depth=10, failures=0, commands=2, command_names=("upgrade_canary_untimed", "reload"))),
     # A fleet canary within max_upgrade_additional 1, timer ACKs, aborted or not.
     (Scenario(2, 2, 1, None, 1.0), Bounds(depth=11, failures=1, commands=2, command_names=("upgrade_fleet_canary", "abort_upgrade"))),
     # Rollbacks within max_upgrade_additional 0: held at capacity where the floor keeps the new worker.

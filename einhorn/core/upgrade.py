@@ -156,10 +156,15 @@ def on_restored(state: State, launch: LaunchSpec | None) -> Outcome:
 
 
 def _fail_lost_spawns(state: State, effects: list[Effect]) -> tuple[State, list[Effect]]:
-    """A spawn the old image had in flight will never be answered: it failed (a death before ACK)."""
+    """A spawn the old image had in flight will never be answered: it failed (a death before ACK), and
+    the rollout hears of it as of any failed spawn (a canary's: the canary failed)."""
     if not state.pending:
         return state, effects
-    lost = sorted(state.pending)
+    lost = [state.pending[spawn_id] for spawn_id in sorted(state.pending)]
     state = replace(state, pending={}, deaths_before_ack=state.deaths_before_ack + len(lost))
-    note = f"Spawns {lost} were in flight across the master's re-exec and are lost; counted as failed"
-    return state, [*effects, Log(LogLevel.ERROR, note)]
+    note = f"Spawns {[p.spawn_id for p in lost]} were in flight across the master's re-exec and are lost; counted as failed"
+    effects = [*effects, Log(LogLevel.ERROR, note)]
+    for spawn in lost:
+        state, more = rollout.on_worker_lost(state, spawn.version, 0, False, True, "in flight across the master's re-exec")
+        effects += more
+    return state, effects

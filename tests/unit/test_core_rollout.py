@@ -381,6 +381,22 @@ def test_state_shows_each_generation_its_workers_and_the_rollout() -> None:
     }  # fmt: skip
 
 
+def test_a_canary_spawn_lost_across_a_reload_fails_the_canary_instead_of_leaving_it_in_progress_for_ever() -> None:
+    """Found by the hypothesis state machine: the new image failed the lost spawn but the rollout never heard
+    of it, so no canary ran and none was started again; without --timeout the upgrade was in progress for good."""
+    world = pool()
+    upgraded(world, "--canary", "1")
+    assert [p.version for p in world.state.pending.values()] == [1]  # the canary's spawn, in flight
+    request(world, "reload", conn=8, id="r")
+    effects = world.restore()
+    assert world.state.rollout is None and world.state.version == 0
+    why = "a canary spawn failed (in flight across the master's re-exec)"
+    assert Reply(CONN, f"Upgrade rolled back: {why}", "u", failed=True) in effects
+    assert Reply(8, "Reload done", "r") in effects
+    world.settle(100)
+    assert world.state.rollout is None and sorted(c.version for c in world.state.children.values()) == [0, 0]
+
+
 def test_a_rollback_the_floor_holds_at_max_upgrade_additional_0_says_so() -> None:
     world = World.start(make_config(number=1, ack_timer=0.0, max_upgrade_additional=0))
     request(world, "upgrade", "--timeout", "60")  # the old worker's spawn is lost across the re-exec

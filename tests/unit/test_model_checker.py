@@ -332,6 +332,21 @@ def test_bug_lost_spawn_left_pending(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "the new master image restores the state" in trace
 
 
+def test_bug_a_lost_canary_spawn_is_not_a_failed_canary(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lost spawns are failed, but the rollout does not hear of it: a canary lost in a reload's re-exec
+    leaves the upgrade in progress for ever (found by the hypothesis state machine first)."""
+
+    def silent(state: State, effects: list[Effect]) -> tuple[State, list[Effect]]:
+        lost = len(state.pending)
+        return replace(state, pending={}, deaths_before_ack=state.deaths_before_ack + lost), effects
+
+    monkeypatch.setattr(upgrade, "_fail_lost_spawns", silent)
+    scenario, bounds = next(chain for chain in model_check.ROLLOUT_CHAINS if "reload" in chain[1].command_names)
+    problems, trace = _violation(scenario, bounds)
+    assert any("L2: canary of version" in p and "still in progress" in p for p in problems), problems
+    assert "operator runs `reload`" in trace and "violated:" in trace
+
+
 def test_bug_check_deadline_never_armed(monkeypatch: pytest.MonkeyPatch) -> None:
     """`next_deadline` forgets the upgrade check: a hung check would leave the upgrade pending for ever."""
     monkeypatch.setattr(step, "_check_due", lambda state: ())
