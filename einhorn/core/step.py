@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from einhorn.core import assert_never, health, listeners, notify, pool, rollout, upgrade
+from einhorn.core import assert_never, drain, health, listeners, notify, pool, rollout, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, signal_gracefully, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
@@ -30,6 +30,7 @@ from einhorn.core.events import (
     Event,
     ListenerHealthChanged,
     MasterStarted,
+    QueuesMeasured,
     ReexecFailed,
     RequestUnparseable,
     SignalReceived,
@@ -82,6 +83,8 @@ def step(state: State, event: Event) -> Outcome:
             state, effects = listeners.on_health_changed(state, event)
         case WorkerMeasured():
             state, effects = health.on_measured(state, event)
+        case QueuesMeasured():
+            state, effects = drain.on_measured(state, event)
         case _:
             assert_never(event)
     state, more = reconcile(state)
