@@ -112,6 +112,8 @@ class Drain:
     """When that measurement was ordered."""
     empty_at: float | None = None
     """The first reading, after `since`, with no connection waiting; None while some wait."""
+    timed_out: bool = False
+    """The queue did not empty within `drain.TIMEOUT`: its workers are stopped anyway."""
     held: bool = True
     """Some stop waited for this drain in the last scheduling pass (a drain no stop waits for ends)."""
 
