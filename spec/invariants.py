@@ -306,7 +306,7 @@ def check_state(state: State) -> list[str]:
 
 
 def check_steering(state: State) -> list[str]:
-    """D2-D3: with drain listeners, where new connections go, and every drain on its way to an end (spec/README.md §10)."""
+    """D2-D3: with drain listeners, where new connections go, and every drain on its way to an end (spec/README.md §9)."""
     if not state.config.drain:
         return []
     problems: list[str] = []

@@ -35,9 +35,12 @@ from einhorn.core.effects import (
     Effect,
     ExecMaster,
     Exit,
+    MeasureQueues,
+    ReleaseListeners,
     SendSignal,
     SpawnWorker,
     StartUpgradeCheck,
+    Steer,
     StopUpgradeCheck,
 )
 from einhorn.core.events import (
@@ -872,6 +875,8 @@ def describe_event(event: Event) -> str:
             return "the exec FAILS"
         case WorkerMeasured(pid=pid, rss_bytes=rss):
             return f"pid {pid} measured at {rss // (1024 * 1024)} MiB"
+        case QueuesMeasured(version=version, queued=queued):
+            return f"the shell reads the queues of version {version}: {queued} waiting"
     return repr(event)
 
 
@@ -906,6 +911,10 @@ def describe_state(state: State) -> str:
     rolled = sorted(invariants.rolled_back(state))
     if rolled:
         extra.append(f"rolled back: {', '.join(f'v{v}' for v in rolled)}")
+    if state.config.drain:
+        weights = ", ".join(f"v{v}:{w}" for v, w in state.steered)
+        drains = ", ".join(f"v{d.version}{'' if d.empty_at is None else ' empty'}" for d in state.drains)
+        extra.append(f"steered {weights or '-'}" + (f"; draining {drains}" if drains else ""))
     return f"n={state.config.number} v{state.version} [{', '.join(parts) or 'no workers'}]" + (
         f" ({'; '.join(extra)})" if extra else ""
     )
@@ -929,6 +938,12 @@ def describe_effects(effects: Sequence[Effect]) -> str:
                 shown.append("abandon exec")
             case Exit(code=code):
                 shown.append(f"EXIT {code}")
+            case Steer(weights=weights):
+                shown.append("steer " + ", ".join(f"v{v}:{w}" for v, w in weights))
+            case MeasureQueues(version=version):
+                shown.append(f"read v{version} queues")
+            case ReleaseListeners(version=version):
+                shown.append(f"release v{version} sockets")
     return ", ".join(shown)
 
 

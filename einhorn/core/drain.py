@@ -10,7 +10,7 @@ many workers of each generation serve. Before the master stops a worker on its
 own initiative while another generation serves, it steers every new connection
 away from the worker's generation, has the shell read that generation's accept
 queue until it is empty, waits `GRACE` more, and only then signals.
-spec/README.md §10 states the rules and invariant D1.
+spec/README.md §9 states the rules and invariant D1.
 """
 
 from __future__ import annotations
