@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from einhorn.core import drain
 from einhorn.core.effects import Effect, Log, LogLevel, MeasureQueues, SendSignal, Steer
-from einhorn.core.events import QueuesMeasured, Tick
+from einhorn.core.events import CommandReceived, QueuesMeasured, Tick
 from einhorn.core.step import next_deadline
 from tests.unit.fixtures.core_world import World
 from tests.unit.test_core_rollout import old_pids, pool, request, upgraded
@@ -172,3 +172,37 @@ def test_release_is_said_once_per_generation_and_never_for_the_current_one() -> 
     released = [line.count("ReleaseListeners(version=") for line in world.history]
     assert sum(released) == 3
     assert "ReleaseListeners(version=3)" not in "".join(world.history)
+
+
+def test_state_and_status_show_the_steering_and_the_drains_only_with_drain_listeners() -> None:
+    from einhorn.core.report import snapshot, status
+
+    assert "drain" not in snapshot(pool(2).state, 0.0)["state"]  # type: ignore[operator]
+    assert "connections:" not in status(pool(2).state)
+    world = pool(2, drain=True)
+    upgraded(world)
+    new_worker_acked(world)
+    shown = snapshot(world.state, 1000.0)["state"]["drain"]  # type: ignore[index]
+    assert shown["steered"] == [{"version": 1, "weight": 1}]
+    assert [(d["version"], d["queue"]) for d in shown["draining"]] == [(0, "waiting")]
+    assert "connections: version 1 100%; draining version 0 (queue not empty yet" in status(world.state)
+
+
+def test_the_event_stream_hears_of_each_drain_and_each_new_steering() -> None:
+    from einhorn.core.observe import observe
+
+    world = pool(2, drain=True)
+    upgraded(world)
+    world.spawn(min(world.state.pending))
+    before = world.state
+    ack = CommandReceived(99, {"command": "worker:ack", "pid": max(world.state.children)}, world.now)
+    effects = world.feed(ack)
+    seen = [(o.kind, dict(o.fields)) for o in observe(before, ack, world.state, effects)]
+    assert ("drain", {"version": 0, "phase": "draining"}) in seen
+    assert ("steered", {"weights": "1:1"}) in seen
+    tick(world, drain.POLL)
+    world.measured(0)
+    before = world.state
+    effects = tick(world, drain.POLL + drain.GRACE)
+    seen = [(o.kind, dict(o.fields)) for o in observe(before, Tick(world.now), world.state, effects)]
+    assert ("drain", {"version": 0, "phase": "drained"}) in seen
