@@ -24,7 +24,7 @@ from einhorn.core.state import Drain, State
 
 Outcome = tuple[State, list[Effect]]
 
-GRACE = 0.05
+GRACE = 0.1
 """From the first reading of an empty queue to the signal: the connections a worker accepted last have
 their requests read by then (a server reads as soon as it accepts)."""
 POLL = 0.005
