@@ -33,6 +33,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle 
 if TYPE_CHECKING:
     from typing import NoReturn
 
+    from einhorn.io.steering import Steering
+
 LISTENER = "listener"
 """The hand-off kind of the `-b` listening sockets (in `-b` order)."""
 
@@ -177,6 +179,8 @@ class Listener:
     """systemd's name of an adopted socket (LISTEN_FDNAMES); "" for a `-b` address."""
     path: str | None = None
     """The UNIX socket file this master created (it is removed at the master's final exit)."""
+    drain: bool = False
+    """`-b ...,drain`: each generation accepts on a socket of its own (einhorn/io/steering.py)."""
 
 
 def activation_of(environ: Mapping[str, str]) -> Activation:
@@ -199,7 +203,7 @@ def open_listeners(spec: BindSpec, backlog: int, activation: Activation, log: Lo
     log.info(f"Binding to {spec.host}:{spec.port} with flags {_flag_names(spec)}")
     sock = bind_listener(spec, backlog, log)
     log.info(f"Bound {spec.text} on port {bound_port(sock)}")
-    return [Listener(sock)]
+    return [Listener(sock, drain=spec.drain)]
 
 
 def _where(sock: socket.socket) -> str:
@@ -274,7 +278,7 @@ def _restored_listener(descriptor: Descriptor) -> Listener:
     sock.set_inheritable(True)
     name = descriptor.data.get("name", "")
     path = descriptor.data.get("path")
-    return Listener(sock, name if isinstance(name, str) else "", path if isinstance(path, str) else None)
+    return Listener(sock, name if isinstance(name, str) else "", path if isinstance(path, str) else None, descriptor.data.get("drain") is True)
 
 
 def _run(
@@ -299,7 +303,7 @@ def _run(
     shown = replace(
         state.config.display,
         bound_ports=tuple(bound_port(sock) for sock in socks),
-        listeners=tuple(ListenerInfo(x.sock.family.name, listener_address(x.sock), x.name) for x in listeners),
+        listeners=tuple(ListenerInfo(x.sock.family.name, listener_address(x.sock), x.name, x.drain) for x in listeners),
     )
     state = replace(state, config=replace(state.config, display=shown))
     launch = worker_launch(
@@ -314,6 +318,7 @@ def _run(
     master = Master(
         state, options, server, log, handoff, connections, helpers,
         notify=notify, supervisor=supervisor_of(environ, log), listeners=socks,
+        steering=_steering([x.sock for x in listeners if x.drain], handoff, log),
     )
     if metrics is not None and settings.metrics is not None:
         from einhorn.io import metrics as metrics_server
@@ -323,10 +328,21 @@ def _run(
     return master.run(restored=restored)
 
 
+def _steering(drained: Sequence[socket.socket], handoff: Handoff, log: Logger) -> Steering | None:
+    """The drain listeners' sockets per generation, as the old image left them (after a re-exec)."""
+    if not drained:
+        return None
+    from einhorn.io.steering import Steering  # only with drain
+
+    return Steering(drained, handoff, log)
+
+
 def _listener_descriptor(index: int, listener: Listener) -> Descriptor:
     data: dict[str, object] = {"index": index, "name": listener.name}
     if listener.path is not None:
         data["path"] = listener.path
+    if listener.drain:
+        data["drain"] = True
     return Descriptor(LISTENER, listener.sock.fileno(), data)
 
 
@@ -357,7 +373,7 @@ def abandon_workers(settings: Settings, log: Logger, error: str) -> int:
 
 
 def _flag_names(spec: BindSpec) -> list[str]:
-    named = [name for name, on in (("so_reuseaddr", spec.reuseaddr), ("o_nonblock", spec.nonblock), ("reuseport", spec.reuseport), ("v6only", spec.v6only)) if on]
+    named = [name for name, on in (("so_reuseaddr", spec.reuseaddr), ("o_nonblock", spec.nonblock), ("reuseport", spec.reuseport), ("v6only", spec.v6only), ("drain", spec.drain)) if on]
     if spec.backlog is not None:
         named.append(f"backlog={spec.backlog}")
     if spec.mode is not None:
