@@ -198,7 +198,7 @@ def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawn
             launch.path, list(launch.argv), env, file_actions=actions, setpgroup=0, setsigdef=RESET_IN_CHILDREN, setsigmask=()
         )
         return Spawned(pid, None)
-    passed = [*(launch.listener_sources or launch.listener_fds), *([] if sock_fd is None else [sock_fd])]
+    passed = [*launch.listener_fds, *([] if sock_fd is None else [sock_fd])]
     return fork_reporting(lambda report_fd: _exec_child(launch, env, report_fd, passed, moves))
 
 
@@ -267,11 +267,10 @@ def _exec_child(
 ) -> None:
     try:
         become_worker_process(launch)
+        move_listeners(moves)
         if launch.listen_fds:
             report_fd = place_listen_fds(passed, report_fd)
             env = {**env, "LISTEN_PID": str(os.getpid())}
-        else:
-            move_listeners(moves)
         os.execve(launch.path, list(launch.argv), env)
     except OSError as error:
         os.write(report_fd, f"{error.errno}:{error.strerror}".encode())

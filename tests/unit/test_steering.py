@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import socket
 import sys
@@ -19,7 +20,8 @@ from einhorn.io.handoff import Handoff, from_plain, to_plain
 from einhorn.io.logs import Logger
 from einhorn.io.loop import Master, ShellOptions
 from einhorn.io.sockets import bind_listener, parse_bind
-from einhorn.io.spawn import Spawned, WorkerLaunch
+from einhorn.io import preload
+from einhorn.io.spawn import POSIX_SPAWN, Spawned, WorkerLaunch, spawn_worker, wait_for_report
 from einhorn.io.steering import DRAIN_SOCKET, TCPI_SACKED, SteeredListener, Steering, queue_length, tcp_info_u32
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drain steering is Linux's SO_ATTACH_REUSEPORT_CBPF")
@@ -231,3 +233,60 @@ def test_the_master_performs_steer_measure_and_release_and_spawns_each_version_o
         assert second.fileno() == -1 and steering.listeners[fd].group == [drain_listener]
         master.perform(SpawnWorker(3, 2, version=3))
         assert launched[2].listener_sources == (steering.listeners[fd].sockets[3].fileno(),)
+
+
+LINKS = """
+import os, sys
+links = {}
+for name in os.listdir("/proc/self/fd"):
+    try:
+        links[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+    except OSError:
+        pass
+fd = int(os.environ["LISTEN_FDS"] and 3 if "LISTEN_FDS" in os.environ else os.environ["EINHORN_FD_0"])
+with open(sys.argv[-1], "w") as out:
+    out.write(repr((fd, links)))
+"""
+"""What a worker holds: the fd it is told for listener 0, and every descriptor's link (`socket:[INODE]`)."""
+
+
+def links_main(out: Path) -> object:
+    def main() -> None:
+        sys.argv = [str(out)]
+        exec(LINKS, {})
+
+    return main
+
+
+def link(sock: socket.socket) -> str:
+    return f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+
+
+@pytest.mark.parametrize("path", ["posix_spawn", "fork", "listen_fds", "preload"])
+def test_a_worker_of_version_2_holds_version_2s_socket_at_its_listener_fd(drain_listener: socket.socket, tmp_path: Path, path: str) -> None:
+    listener = SteeredListener(drain_listener)
+    out = tmp_path / "links"
+    try:
+        listener.socket_of(1)
+        second = listener.socket_of(2)
+        launch = WorkerLaunch(
+            sys.executable, [sys.executable, "-c", LINKS, str(out)], {"PATH": os.defpath}, [drain_listener.fileno()], ["AF_INET"],
+            str(tmp_path / "cmd.sock"), os.getpid(), listener_sources=(second.fileno(),),
+            prepare_child=(lambda: None) if path == "fork" else None, listen_fds=path == "listen_fds",
+        )  # fmt: skip
+        if path == "preload":
+            spawner = preload.Preloader(preload.Preloaded("app.py", links_main(out), frozenset()), ["app"], None, Logger())  # type: ignore[arg-type]
+            spawned = spawner.spawn(launch, 0, None)
+        else:
+            spawned = spawn_worker(launch, 0, None)
+        assert (spawned.report_fd is None) == (path == "posix_spawn" and POSIX_SPAWN)
+        assert wait_for_report(spawned) is None
+        _, status = os.waitpid(spawned.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        fd, links = ast.literal_eval(out.read_text())
+        assert fd == (3 if path == "listen_fds" else drain_listener.fileno())
+        assert links[fd] == link(second)
+        assert link(drain_listener) not in links.values()  # not the original's socket, under no number
+        assert second.fileno() not in links or links[second.fileno()] != link(second)  # and version 2's only once
+    finally:
+        close_all(listener)
