@@ -158,7 +158,8 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
         return 1
     config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
     state = initial_state(config, settings.verbosity)
-    return _run(state, settings, environ, prepared, log, handoff, listeners, server, notify=notify, metrics=metrics)
+    steering = _steering(listeners, handoff, log)
+    return _run(state, settings, environ, prepared, log, handoff, listeners, server, notify=notify, metrics=metrics, steering=steering)
 
 
 def metrics_listener(settings: Settings, handoff: Handoff, log: Logger) -> socket.socket | None:
@@ -238,6 +239,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         log.info(note)
     handoff = Handoff(restored.descriptors, restored.data)
     listeners = [_restored_listener(d) for d in handoff.claim(LISTENER)]
+    steering = _steering(listeners, handoff, log)
     try:
         server, connections = restored_server(handoff)
         notify = NotifyServer.restored(handoff, log)
@@ -270,6 +272,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         helpers=restored.helpers,
         notify=notify,
         metrics=metrics,
+        steering=steering,
     )
 
 
@@ -296,6 +299,7 @@ def _run(
     helpers: Sequence[int] = (),
     notify: NotifyServer | None = None,
     metrics: socket.socket | None = None,
+    steering: Steering | None = None,
 ) -> int:
     """Serve with these listeners, registered with the hand-off registry so that they survive the next re-exec."""
     handoff.register(lambda: [_listener_descriptor(n, listener) for n, listener in enumerate(listeners)])
@@ -318,7 +322,7 @@ def _run(
     master = Master(
         state, options, server, log, handoff, connections, helpers,
         notify=notify, supervisor=supervisor_of(environ, log), listeners=socks,
-        steering=_steering([x.sock for x in listeners if x.drain], handoff, log),
+        steering=steering,
     )
     if metrics is not None and settings.metrics is not None:
         from einhorn.io import metrics as metrics_server
@@ -328,8 +332,9 @@ def _run(
     return master.run(restored=restored)
 
 
-def _steering(drained: Sequence[socket.socket], handoff: Handoff, log: Logger) -> Steering | None:
+def _steering(listeners: Sequence[Listener], handoff: Handoff, log: Logger) -> Steering | None:
     """The drain listeners' sockets per generation, as the old image left them (after a re-exec)."""
+    drained = [listener.sock for listener in listeners if listener.drain]
     if not drained:
         return None
     from einhorn.io.steering import Steering  # only with drain

@@ -204,6 +204,8 @@ def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawn
 
 def listener_moves(launch: WorkerLaunch) -> list[tuple[int, int]]:
     """(source, target): each generation's socket the child must put at its listener's fd number."""
+    if not launch.listener_sources:
+        return []
     return [(source, target) for source, target in zip(launch.listener_sources, launch.listener_fds, strict=True) if source != target]
 
 

@@ -242,7 +242,11 @@ class Steering:
     def _restore(self, handoff: Handoff) -> None:
         restored: dict[int, dict[int, tuple[int, socket.socket]]] = {}
         for descriptor in handoff.claim(DRAIN_SOCKET):
-            sock = socket.socket(fileno=descriptor.fd)
+            try:
+                sock = socket.socket(fileno=descriptor.fd)
+            except OSError as error:
+                self.log.error(f"Could not adopt the drain socket {descriptor.fd} handed over by the old master: {error}")
+                continue
             sock.set_inheritable(False)
             listener, version = descriptor.data.get("listener"), descriptor.data.get("version")
             if not isinstance(listener, int) or not isinstance(version, int) or listener not in self.listeners:

@@ -262,16 +262,20 @@ def link(sock: socket.socket) -> str:
     return f"socket:[{os.fstat(sock.fileno()).st_ino}]"
 
 
+@pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("path", ["posix_spawn", "fork", "listen_fds", "preload"])
-def test_a_worker_of_version_2_holds_version_2s_socket_at_its_listener_fd(drain_listener: socket.socket, tmp_path: Path, path: str) -> None:
+def test_a_worker_of_a_version_holds_that_versions_socket_at_its_listener_fd(
+    drain_listener: socket.socket, tmp_path: Path, path: str, version: int
+) -> None:
+    """Version 1 has the listener itself (no `listener_sources`, as without drain); version 2 its own socket."""
     listener = SteeredListener(drain_listener)
     out = tmp_path / "links"
     try:
         listener.socket_of(1)
-        second = listener.socket_of(2)
+        second = listener.socket_of(version)
         launch = WorkerLaunch(
             sys.executable, [sys.executable, "-c", LINKS, str(out)], {"PATH": os.defpath}, [drain_listener.fileno()], ["AF_INET"],
-            str(tmp_path / "cmd.sock"), os.getpid(), listener_sources=(second.fileno(),),
+            str(tmp_path / "cmd.sock"), os.getpid(), listener_sources=() if version == 1 else (second.fileno(),),
             prepare_child=(lambda: None) if path == "fork" else None, listen_fds=path == "listen_fds",
         )  # fmt: skip
         if path == "preload":
@@ -286,7 +290,7 @@ def test_a_worker_of_version_2_holds_version_2s_socket_at_its_listener_fd(drain_
         fd, links = ast.literal_eval(out.read_text())
         assert fd == (3 if path == "listen_fds" else drain_listener.fileno())
         assert links[fd] == link(second)
-        assert link(drain_listener) not in links.values()  # not the original's socket, under no number
-        assert second.fileno() not in links or links[second.fileno()] != link(second)  # and version 2's only once
+        held = [target for target in links.values() if target.startswith("socket:")]
+        assert held == [link(second)]  # its version's socket, once: not the original's (nor version 2's twice)
     finally:
         close_all(listener)
