@@ -26,7 +26,6 @@ import array
 import os
 import socket
 import struct
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 
 from einhorn.io.handoff import Descriptor, Handoff
@@ -34,7 +33,6 @@ from einhorn.io.logs import Logger
 
 SO_ATTACH_REUSEPORT_CBPF = 51
 """Linux (since 4.5): attach a classic BPF program choosing a reuseport group's socket."""
-AVAILABLE = sys.platform.startswith("linux")
 
 DRAIN_SOCKET = "drain_socket"
 """The hand-off kind of a generation's own socket on a drain listener."""

@@ -16,11 +16,11 @@ from einhorn.core.config import Config
 from einhorn.core.effects import MeasureQueues, ReleaseListeners, SpawnWorker, Steer
 from einhorn.core.events import QueuesMeasured
 from einhorn.core.state import initial_state
+from einhorn.io import preload
 from einhorn.io.handoff import Handoff, from_plain, to_plain
 from einhorn.io.logs import Logger
 from einhorn.io.loop import Master, ShellOptions
-from einhorn.io.sockets import bind_listener, parse_bind
-from einhorn.io import preload
+from einhorn.io.sockets import SetupError, bind_listener, parse_bind
 from einhorn.io.spawn import POSIX_SPAWN, Spawned, WorkerLaunch, spawn_worker, wait_for_report
 from einhorn.io.steering import DRAIN_SOCKET, TCPI_SACKED, SteeredListener, Steering, queue_length, tcp_info_u32
 
@@ -160,6 +160,32 @@ def test_a_version_socket_copies_the_originals_address_options_and_backlog() -> 
             assert tcp_info_u32(second, TCPI_SACKED) == 3  # a listener's backlog
             listener.steer(((2, 1),))
             assert queues_after(listener, [1, 2], count=4) == [0, 4]
+        finally:
+            close_all(listener)
+
+
+def test_a_dual_stack_drain_listener_steers_both_families() -> None:
+    try:
+        original = bind_listener(parse_bind("[::]:0,drain"), BACKLOG)
+        socket.create_connection(("::1", original.getsockname()[1]), timeout=5).close()
+    except (SetupError, OSError) as error:
+        pytest.skip(f"no IPv6 loopback here: {error}")
+    with original:
+        empty(original)
+        listener = SteeredListener(original)
+        try:
+            listener.steer(((1, 1),))
+            second = listener.socket_of(2)
+            assert second.family == socket.AF_INET6 and second.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+            listener.steer(((2, 1),))
+            port = original.getsockname()[1]
+            clients = [socket.create_connection((host, port), timeout=5) for host in ("::1", "127.0.0.1") * 5]
+            try:
+                assert (listener.queued(1), listener.queued(2)) == (0, 10)
+            finally:
+                empty(*listener.group)
+                for client in clients:
+                    client.close()
         finally:
             close_all(listener)
 
