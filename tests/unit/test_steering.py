@@ -17,7 +17,7 @@ from einhorn.core.effects import MeasureQueues, ReleaseListeners, SpawnWorker, S
 from einhorn.core.events import QueuesMeasured
 from einhorn.core.state import initial_state
 from einhorn.io import preload
-from einhorn.io.handoff import Handoff, from_plain, to_plain
+from einhorn.io.handoff import Descriptor, Handoff, from_plain, to_plain
 from einhorn.io.logs import Logger
 from einhorn.io.loop import Master, ShellOptions
 from einhorn.io.sockets import SetupError, bind_listener, parse_bind
@@ -298,6 +298,7 @@ def test_a_worker_of_a_version_holds_that_versions_socket_at_its_listener_fd(
     out = tmp_path / "links"
     try:
         listener.socket_of(1)
+        listener.socket_of(2)  # (a version 1 worker must not get it either)
         second = listener.socket_of(version)
         launch = WorkerLaunch(
             sys.executable, [sys.executable, "-c", LINKS, str(out)], {"PATH": os.defpath}, [drain_listener.fileno()], ["AF_INET"],
@@ -320,3 +321,17 @@ def test_a_worker_of_a_version_holds_that_versions_socket_at_its_listener_fd(
         assert held == [link(second)]  # its version's socket, once: not the original's (nor version 2's twice)
     finally:
         close_all(listener)
+
+
+def test_a_steering_document_that_does_not_match_the_sockets_is_logged_and_its_sockets_closed(
+    drain_listener: socket.socket, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stray = socket.socket()
+    data = {"steering": [{"listener": drain_listener.fileno(), "owner": 1, "group": [drain_listener.fileno()], "weights": [[1, 1]]}]}
+    handoff = Handoff([Descriptor(DRAIN_SOCKET, stray.fileno(), {"listener": drain_listener.fileno(), "version": 2})], data)
+    stray.detach()
+    steering = Steering([drain_listener], handoff, Logger())
+    listener = steering.listeners[drain_listener.fileno()]
+    assert listener.sockets == {} and listener.group == [drain_listener] and listener.owner is None
+    assert "Could not adopt the steering of the drain listener" in capsys.readouterr().err
+    assert handoff.unclaimed() == []
