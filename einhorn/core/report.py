@@ -106,6 +106,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "bound_ports": list(shown.bound_ports),
             "listeners": [
                 {"family": x.family, "address": x.address, "name": x.name or None, "accepting": n not in shown.stopped_listeners}
+                | ({"drain": True} if x.drain else {})
                 for n, x in enumerate(shown.listeners)
             ],
             "cmd": list(shown.program),
@@ -348,7 +349,7 @@ def _listeners(state: State) -> str:
     if not shown.listeners:
         return "none"
     return ", ".join(
-        f"{x.address}{' ' + x.name if x.name else ''}{' (not accepting)' if n in shown.stopped_listeners else ''}"
+        f"{x.address}{' ' + x.name if x.name else ''}{' (drain)' if x.drain else ''}{' (not accepting)' if n in shown.stopped_listeners else ''}"
         for n, x in enumerate(shown.listeners)
     )
 
