@@ -151,9 +151,12 @@ def paced_by_acks(state: State) -> bool:
 
 
 def spinup_room(state: State) -> int:
-    """How many more workers max_unacked (and max_upgrade_additional) let start now."""
+    """How many more workers max_unacked (and max_upgrade_additional) let start now. (A condemned un-ACKed
+    worker waiting for its generation's drain still takes its un-ACKed slot until it is signalled.)"""
     counts = census(state)
-    room = state.config.max_unacked - counts.unacked_modern
+    held = [state.children[pid] for pid in waiting_for_drain(state)]
+    waiting = sum(1 for c in held if c.version == state.version and not c.acked and c.verdict is not None)
+    room = state.config.max_unacked - counts.unacked_modern - waiting
     extra = state.config.max_upgrade_additional
     if extra is not None:
         room = min(room, state.config.number + extra - counts.total)
@@ -319,6 +322,8 @@ def check_steering(state: State) -> list[str]:
         wrong = sorted(v for v in steered if v in stopping or v in draining)
         if wrong:
             problems.append(f"D2: new connections steered to generations {wrong}, which have a worker stopping or are drained, beside others")
+    if not set(steered) <= state.exposed:
+        problems.append(f"D2: generations {sorted(set(steered) - state.exposed)} are steered to but not recorded as exposed {sorted(state.exposed)}")
     deadline = step.next_deadline(state)
     for d in state.drains:
         if d.timed_out or (d.empty_at is not None and state.clock >= d.empty_at + drain.GRACE):
@@ -339,9 +344,9 @@ def _accepting(state: State) -> set[int]:
 
 def _drained(before: State, after: State, signals: Sequence[SendSignal]) -> list[str]:
     """D1: with drain listeners, a worker stopped on the master's own initiative is never of a generation that
-    may have got new connections (named by the steering in force, or none known yet), undrained, while they
-    could go elsewhere: to the current generation (for an older one) or another accepting one. One whose
-    generation was steered away for it waited until its queue was read empty GRACE before (or timed out)."""
+    may have connections waiting (not drained since it was last steered to), undrained, while they could go
+    elsewhere: to the current generation (for an older one) or another accepting one. One whose generation
+    was steered away for it waited until its queue was read empty GRACE before (or timed out)."""
     if not after.config.drain:
         return []
     problems: list[str] = []
@@ -354,7 +359,7 @@ def _drained(before: State, after: State, signals: Sequence[SendSignal]) -> list
         if d is not None:
             if not (after.clock >= d.since + drain.TIMEOUT or (d.empty_at is not None and after.clock >= d.empty_at + drain.GRACE)):
                 problems.append(f"D1: {sig.signal} to {sig.pid} ({sig.cause.value}) before the drain of version {child.version} was done: {d}")
-        elif (child.version in steered or not steered) and (child.version != after.version or _accepting(after) - {child.version}):
+        elif child.version in before.exposed and (child.version != after.version or _accepting(after) - {child.version}):
             problems.append(
                 f"D1: {sig.signal} to {sig.pid} ({sig.cause.value}) while its version {child.version} got new connections,"
                 f" undrained, and others get them after the step (steered {before.steered}, then {after.steered})"

@@ -238,6 +238,8 @@ DRAIN_RUNS: tuple[tuple[Scenario, Bounds], ...] = (
     (Scenario(2, 2, None, 2, 1.0, drain=True), Bounds(depth=10, failures=1, commands=2, command_names=("upgrade_canary", "dec", "upgrade"))),
     # max_upgrade_additional 0: the old workers that make room wait for their drain too.
     (Scenario(2, 1, 0, None, 1.0, drain=True), Bounds(depth=10, failures=1, commands=2, command_names=UPGRADE_ALPHABET)),
+    # A new generation that crashes (two deaths) while the old one drains, or is rolled back; boot timeouts.
+    (Scenario(2, 1, None, 2, None, boot_timeout=3.0, drain=True), Bounds(depth=10, failures=2, commands=1, command_names=("upgrade_timeout",))),
 )
 """Runs with drain listeners (`--drain`), added by default."""
 
@@ -291,6 +293,10 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             assert isinstance(rank, int) and isinstance(queued, int)
             d = _measured_drains(state)[rank]
             return QueuesMeasured(d.version, d.ticket, queued, now)
+        case ("stale_reading", rank):
+            assert isinstance(rank, int)
+            d = _measured_drains(state)[rank]
+            return QueuesMeasured(d.version, d.ticket + 1, 0, now)  # an answer to some other order: to be ignored
         case ("ack", rank):
             if state.config.notify_acks:
                 return WorkerNotified(_pid_at(state, rank), {"READY": "1"}, now)
@@ -348,6 +354,7 @@ def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
     for rank, _ in enumerate(_measured_drains(state)):
         yield ("measured", rank, 0), 0, 0
         yield ("measured", rank, 1), 0, 0  # connections still wait: the core reads again
+        yield ("stale_reading", rank), 0, 0  # "empty", for an order that is not the last one
     if state.pending:  # the shell answers spawns in the order it was asked for them
         yield ("spawned", 0), 0, 0
         if can_fail:
@@ -509,6 +516,7 @@ def canonical(state: State) -> State:
         watchdog_at=opt(state.watchdog_at),
         drains=drains,
         steered=tuple(sorted((v(version), weight) for version, weight in state.steered)),
+        exposed=frozenset(v(version) for version in state.exposed),
         next_ticket=0,
     )
 

@@ -74,8 +74,9 @@ def admit(state: State, pids: Sequence[int]) -> tuple[State, list[int], list[Eff
     """Which of `pids`, workers the master is about to stop on its own initiative, may be signalled now.
 
     With drain listeners: a worker whose generation is being drained waits until the drain is done; one
-    whose generation may get new connections waits for a drain, started here, if they can go elsewhere
-    (`_elsewhere`); the others (their generation gets none, or nothing else could take them) go at once."""
+    whose generation may have connections waiting (`State.exposed`) waits for a drain, started here, if
+    they can go elsewhere (`_elsewhere`); the others (no connection can be waiting for them, or nothing
+    else could take them) go at once."""
     if not state.config.drain:
         return state, list(pids), []
     ready: list[int] = []
@@ -83,8 +84,7 @@ def admit(state: State, pids: Sequence[int]) -> tuple[State, list[int], list[Eff
     for pid in pids:
         version = state.children[pid].version
         drain = drain_of(state, version)
-        unsteered = bool(state.steered) and version not in dict(state.steered)  # () after a re-exec: not known
-        if drain is None and (unsteered or not _elsewhere(state, version)):
+        if drain is None and (version not in state.exposed or not _elsewhere(state, version)):
             ready.append(pid)
         elif drain is None:
             state = replace(state, drains=tuple(sorted((*state.drains, Drain(version, since=state.clock)), key=lambda d: d.version)))
@@ -116,16 +116,22 @@ def settle(previous: State, state: State) -> Outcome:
     if not state.config.drain:
         return state, []
     effects: list[Effect] = []
+    exposed = set(state.exposed)
     if any(not d.held for d in state.drains):
         for d in state.drains:
             if not d.held:
-                effects.append(Log(LogLevel.DEBUG, f"Version {d.version} gets new connections again", (("version", d.version),)))
+                exposed -= {d.version} if done(state, d) else set()
+                effects.append(Log(LogLevel.DEBUG, f"Version {d.version}'s drain ends", (("version", d.version),)))
         state = replace(state, drains=tuple(d for d in state.drains if d.held))
     wanted = weights(state)
     if wanted != state.steered:
         state = replace(state, steered=wanted)
         effects.append(Steer(wanted))
-    effects += [ReleaseListeners(v) for v in sorted(_ended(previous, state))]
+    ended = sorted(_ended(previous, state))
+    now_exposed = frozenset((exposed | {v for v, _ in wanted}) - set(ended))
+    if now_exposed != state.exposed:
+        state = replace(state, exposed=now_exposed)
+    effects += [ReleaseListeners(v) for v in ended]
     return state, effects
 
 

@@ -274,6 +274,10 @@ class State:
     the new image steers again and drains again before it stops anyone)."""
     steered: tuple[tuple[int, int], ...] = ()
     """The weights of the last `Steer` ordered; () before the first (and after a re-exec)."""
+    exposed: frozenset[int] = frozenset()
+    """Generations new connections may have been steered to since their queues were last drained: a worker
+    of one is stopped only after a drain, when its connections can go elsewhere. After a re-exec, every live
+    generation (the new image does not know what the old one steered)."""
     next_ticket: int = 0
 
     def __post_init__(self) -> None:

@@ -124,6 +124,7 @@ class SteeredListener:
         """`version` has no worker left: its socket leaves the group (the original only loses its owner)."""
         if self.owner == version:
             self.owner = None
+            self.weights = tuple((v, w) for v, w in self.weights if v != version)
             return
         sock = self.sockets.pop(version, None)
         if sock is None:
@@ -137,11 +138,20 @@ class SteeredListener:
         except OSError:
             pass
         sock.close()
-        self._attach(self.weights)  # the indices moved (a version still steered to gets a socket again)
+        # The indices moved: the steering again, without the version released (were it still named, after a
+        # Steer that failed, it must not come back) and opening nothing.
+        self.weights = tuple((v, w) for v, w in self.weights if v != version)
+        self._attach(self.weights, open_missing=False)
 
-    def _attach(self, weights: Weights) -> None:
-        entries = [(self.group.index(self.socket_of(version)), weight) for version, weight in weights]
+    def _attach(self, weights: Weights, open_missing: bool = True) -> None:
+        if open_missing:
+            entries = [(self.group.index(self.socket_of(version)), weight) for version, weight in weights]
+        else:
+            entries = [(self.group.index(sock), weight) for version, weight in weights if (sock := self._held(version)) is not None]
         attach(self.original, entries or [(self.group.index(self.original), 1)])
+
+    def _held(self, version: int) -> socket.socket | None:
+        return self.original if self.owner == version else self.sockets.get(version)
 
     # --- across a re-exec ---------------------------------------------------------
 
@@ -161,6 +171,8 @@ class SteeredListener:
         owner, group, weights = data["owner"], data["group"], data["weights"]
         if not (owner is None or _is_int(owner)) or not isinstance(group, list) or not isinstance(weights, list):
             raise ValueError(f"malformed steering data {dict(data)!r}")
+        if not all(_is_int(fd) for fd in group):
+            raise ValueError(f"malformed steering group {group!r}")
         by_fd = {self.original.fileno(): self.original, **{fd: sock for fd, (_, sock) in sockets.items()}}
         if sorted(by_fd) != sorted(group) or len(group) != len(set(group)):
             raise ValueError(f"the steering group {group!r} is not the sockets handed over {sorted(by_fd)!r}")
@@ -254,7 +266,7 @@ class Steering:
             restored.setdefault(listener, {})[descriptor.fd] = (version, sock)
         data = handoff.claim_data(HANDOFF_KEY)
         for item in data if isinstance(data, list) else []:
-            if not isinstance(item, Mapping) or item.get("listener") not in self.listeners:
+            if not isinstance(item, Mapping) or not _is_int(item.get("listener")) or item.get("listener") not in self.listeners:
                 continue
             listener_fd = item["listener"]
             assert isinstance(listener_fd, int)

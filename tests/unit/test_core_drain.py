@@ -206,3 +206,28 @@ def test_the_event_stream_hears_of_each_drain_and_each_new_steering() -> None:
     effects = tick(world, drain.POLL + drain.GRACE)
     seen = [(o.kind, dict(o.fields)) for o in observe(before, Tick(world.now), world.state, effects)]
     assert ("drain", {"version": 0, "phase": "drained"}) in seen
+
+
+def test_a_generation_never_steered_to_needs_no_drain_one_dropped_from_the_steering_does() -> None:
+    world = pool(2, drain=True, boot_timeout=3.0)
+    upgraded(world)
+    world.spawn(min(world.state.pending))  # a new worker that never ACKs: its generation got no connection
+    assert 1 not in world.state.exposed
+    effects = tick(world, 3.0)  # its boot timeout
+    assert len(signalled(effects)) == 1 and world.state.drains == ()
+    # after a re-exec the new image knows nothing of the old steering: every live generation is exposed
+    request(world, "upgrade")
+    world.restore()
+    assert 0 in world.state.exposed and world.state.steered
+
+
+def test_a_drained_generation_is_exposed_again_once_steered_to() -> None:
+    world = pool(2, drain=True)
+    upgraded(world)
+    new_worker_acked(world)
+    tick(world, drain.POLL)
+    world.measured(0)
+    (victim,) = signalled(tick(world, drain.POLL + drain.GRACE))
+    assert 0 not in world.state.exposed  # drained, and not steered to while its worker stops
+    world.exit(victim)
+    assert 0 in dict(world.state.steered) and 0 in world.state.exposed

@@ -592,7 +592,7 @@ def test_the_matrix_explores_both_pacings_with_the_default_graceful_signal() -> 
 
 # --- drain listeners (spec/README.md §9) -------------------------------------------------------
 
-DRAINED_UPGRADES, DRAINED_CANARY, DRAINED_CAPPED = model_check.DRAIN_RUNS
+DRAINED_UPGRADES, DRAINED_CANARY, DRAINED_CAPPED, DRAINED_CRASHES = model_check.DRAIN_RUNS
 
 
 @pytest.mark.parametrize("run", model_check.DRAIN_RUNS, ids=lambda run: str(run[0]))
@@ -637,3 +637,19 @@ def test_bug_the_queue_is_never_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(drain, "timeout_due", lambda state: [])
     problems, trace = _violation(*DRAINED_UPGRADES)
     _assert_reports(problems, trace, "D3")
+
+
+def test_bug_a_generation_no_longer_steered_to_is_taken_as_drained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shortcut for a generation out of the steering, without its queue ever read empty: connections
+    steered to it earlier (the current one's, alone, while nothing served) would be lost."""
+    real = drain.admit
+
+    def unsteered_is_quiet(state: State, pids: Sequence[int]) -> tuple[State, list[int], list[Effect]]:
+        steered = dict(state.steered)
+        early = [p for p in pids if steered and state.children[p].version not in steered and drain.drain_of(state, state.children[p].version) is None]
+        state, ready, effects = real(state, [p for p in pids if p not in early])
+        return state, [*early, *ready], effects
+
+    monkeypatch.setattr(drain, "admit", unsteered_is_quiet)
+    problems, trace = _violation(*DRAINED_CRASHES)
+    _assert_reports(problems, trace, "D1")

@@ -335,3 +335,38 @@ def test_a_steering_document_that_does_not_match_the_sockets_is_logged_and_its_s
     assert listener.sockets == {} and listener.group == [drain_listener] and listener.owner is None
     assert "Could not adopt the steering of the drain listener" in capsys.readouterr().err
     assert handoff.unclaimed() == []
+
+
+def test_a_release_after_a_failed_steer_does_not_bring_the_released_version_back(drain_listener: socket.socket) -> None:
+    """The last steering applied still names the version (its Steer away failed): the re-attach after the
+    close leaves it out, and opens no socket for it."""
+    listener = SteeredListener(drain_listener)
+    try:
+        listener.steer(((1, 1),))
+        listener.socket_of(2)
+        listener.steer(((1, 1), (2, 1)))
+        listener.release(2)
+        assert 2 not in listener.sockets and listener.weights == ((1, 1),)
+        assert queues_after(listener, [1, 2]) == [CONNECTIONS, 0]
+        listener.release(1)  # the original's owner: it loses it, and the steering forgets it
+        assert listener.owner is None and listener.weights == ()
+    finally:
+        close_all(listener)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"listener": [3], "owner": 1, "group": [], "weights": []},
+        {"listener": "LISTENER", "owner": 1, "group": ["LISTENER", "x"], "weights": [[1, 1]]},
+    ],
+)
+def test_a_steering_document_of_the_wrong_types_is_logged_not_fatal(
+    drain_listener: socket.socket, capsys: pytest.CaptureFixture[str], item: dict[str, object]
+) -> None:
+    fd = drain_listener.fileno()
+    item = {key: ([fd if x == "LISTENER" else x for x in value] if isinstance(value, list) else fd if value == "LISTENER" else value) for key, value in item.items()}
+    steering = Steering([drain_listener], Handoff([], {"steering": [item]}), Logger())
+    listener = steering.listeners[fd]
+    assert listener.sockets == {} and listener.group == [drain_listener] and listener.owner is None
+    capsys.readouterr()
