@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from einhorn.core import pool, step
+from einhorn.core import drain, pool, step
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Pacing
 from einhorn.core.effects import (
     OWN_INITIATIVE,
@@ -88,6 +88,13 @@ def rolled_back(state: State) -> set[int]:
     return {g.version for g in state.generations if g.rolled_back_because is not None}
 
 
+def waiting_for_drain(state: State) -> set[int]:
+    """Unsignaled workers of a generation being drained (drain.py): a stop on the master's own
+    initiative may wait for the drain, so the cull's rules (S1, S5, S7, S18) allow them to stay."""
+    draining = {d.version for d in state.drains} if state.config.drain else set()
+    return {c.pid for c in state.children.values() if c.version in draining and not c.signaled}
+
+
 def census(state: State) -> Census:
     workers = modern = unsignaled_modern = acked = unacked = unsignaled = serving = old_unacked = 0
     old: list[int] = []
@@ -144,9 +151,12 @@ def paced_by_acks(state: State) -> bool:
 
 
 def spinup_room(state: State) -> int:
-    """How many more workers max_unacked (and max_upgrade_additional) let start now."""
+    """How many more workers max_unacked (and max_upgrade_additional) let start now. (A condemned un-ACKed
+    worker waiting for its generation's drain still takes its un-ACKed slot until it is signalled.)"""
     counts = census(state)
-    room = state.config.max_unacked - counts.unacked_modern
+    held = [state.children[pid] for pid in waiting_for_drain(state)]
+    waiting = sum(1 for c in held if c.version == state.version and not c.acked and c.verdict is not None)
+    room = state.config.max_unacked - counts.unacked_modern - waiting
     extra = state.config.max_upgrade_additional
     if extra is not None:
         room = min(room, state.config.number + extra - counts.total)
@@ -197,7 +207,9 @@ def check_state(state: State) -> list[str]:
 
     # S1: the cull leaves at most `number` unsignaled modern workers (a condemned one is not
     # counted: it stays until its successor serves, S18).
-    if counts.unsignaled_modern > number:
+    waiting = waiting_for_drain(state)
+    waiting_modern = sum(1 for pid in waiting if state.children[pid].version == state.version and state.children[pid].verdict is None)
+    if counts.unsignaled_modern - waiting_modern > number:
         problems.append(f"S1: {counts.unsignaled_modern} unsignaled modern workers > number {number}")
 
     # S2: indexes of live workers and pending spawns are pairwise distinct.
@@ -232,7 +244,7 @@ def check_state(state: State) -> list[str]:
     # S5: outside an upgrade, no old worker is left unsignaled, but ACKed ones the availability
     # floor keeps while no more than `number` serve (after a rollback, until replacements ACK).
     held = counts.serving <= number
-    left = [pid for pid in counts.old if not (held and state.children[pid].acked)]
+    left = [pid for pid in counts.old if not (held and state.children[pid].acked) and pid not in waiting]
     if state.upgrading is None and left:
         problems.append(f"S5: no upgrade in progress but old workers {left} unsignaled")
 
@@ -241,7 +253,7 @@ def check_state(state: State) -> list[str]:
         problems.append(f"S6: upgrade still marked in progress with {counts.ack_count} / {number} ACKs")
 
     # S7: a smooth upgrade keeps no more old workers than needed (old + ACKed new <= number).
-    if state.upgrading is UpgradeKind.SMOOTH and len(counts.old) + counts.ack_count > number:
+    if state.upgrading is UpgradeKind.SMOOTH and len(set(counts.old) - waiting) + counts.ack_count > number:
         problems.append(f"S7: smooth upgrade keeps {len(counts.old)} old + {counts.ack_count} ACKed > number {number}")
 
     # S8: timers already due have been acted on (timer ACKs, SIGKILL escalation).
@@ -287,11 +299,72 @@ def check_state(state: State) -> list[str]:
 
     # S18: a condemned worker goes as soon as the availability floor allows: one that serves
     # nothing at once, one that serves once more than `number` serve.
-    stoppable = sorted(pid for pid in counts.condemned if not state.children[pid].acked or counts.serving > number)
+    stoppable = sorted(
+        pid for pid in counts.condemned if (not state.children[pid].acked or counts.serving > number) and pid not in waiting
+    )
     if stoppable:
         problems.append(f"S18: condemned workers {stoppable} not stopped with {counts.serving} serving, number {number}")
 
-    return problems + check_generations(state)
+    return problems + check_generations(state) + check_steering(state)
+
+
+def check_steering(state: State) -> list[str]:
+    """D2-D3: with drain listeners, where new connections go, and every drain on its way to an end (spec/README.md §9)."""
+    if not state.config.drain:
+        return []
+    problems: list[str] = []
+    steered = dict(state.steered)
+    if state.steered and (len(steered) != len(state.steered) or min(steered.values()) <= 0):
+        problems.append(f"D2: steering {state.steered} is not one positive weight per generation")
+    if len(steered) > 1:
+        stopping = {c.version for c in state.children.values() if c.signaled}
+        draining = {d.version for d in state.drains}
+        wrong = sorted(v for v in steered if v in stopping or v in draining)
+        if wrong:
+            problems.append(f"D2: new connections steered to generations {wrong}, which have a worker stopping or are drained, beside others")
+    if not set(steered) <= state.exposed:
+        problems.append(f"D2: generations {sorted(set(steered) - state.exposed)} are steered to but not recorded as exposed {sorted(state.exposed)}")
+    deadline = step.next_deadline(state)
+    for d in state.drains:
+        if d.timed_out or (d.empty_at is not None and state.clock >= d.empty_at + drain.GRACE):
+            problems.append(f"D3: the drain of version {d.version} is over but kept")
+        elif deadline is None or deadline > d.since + drain.TIMEOUT:
+            problems.append(f"D3: the drain of version {d.version} (since {d.since}) waits, but next_deadline is {deadline}")
+    return problems
+
+
+def _accepting(state: State) -> set[int]:
+    """Generations that really take new connections: named by the steering in force, with an ACKed unsignaled
+    worker, none stopping and no drain (not the current generation named only for lack of any other)."""
+    stopping = {c.version for c in state.children.values() if c.signaled}
+    serving = {c.version for c in state.children.values() if c.acked and not c.signaled}
+    draining = {d.version for d in state.drains}
+    return {v for v, _ in state.steered if v in serving and v not in stopping and v not in draining}
+
+
+def _drained(before: State, after: State, signals: Sequence[SendSignal]) -> list[str]:
+    """D1: with drain listeners, a worker stopped on the master's own initiative is never of a generation that
+    may have connections waiting (not drained since it was last steered to), undrained, while they could go
+    elsewhere: to the current generation (for an older one) or another accepting one. One whose generation
+    was steered away for it waited until its queue was read empty GRACE before (or timed out)."""
+    if not after.config.drain:
+        return []
+    problems: list[str] = []
+    steered = dict(before.steered)
+    for sig in signals:
+        child = before.children.get(sig.pid)
+        if sig.cause not in OWN_INITIATIVE or sig.cause is Cause.ESCALATION or child is None or child.signaled:
+            continue
+        d = next((d for d in before.drains if d.version == child.version), None)
+        if d is not None:
+            if not (after.clock >= d.since + drain.TIMEOUT or (d.empty_at is not None and after.clock >= d.empty_at + drain.GRACE)):
+                problems.append(f"D1: {sig.signal} to {sig.pid} ({sig.cause.value}) before the drain of version {child.version} was done: {d}")
+        elif child.version in before.exposed and (child.version != after.version or _accepting(after) - {child.version}):
+            problems.append(
+                f"D1: {sig.signal} to {sig.pid} ({sig.cause.value}) while its version {child.version} got new connections,"
+                f" undrained, and others get them after the step (steered {before.steered}, then {after.steered})"
+            )
+    return problems
 
 
 def check_generations(state: State) -> list[str]:
@@ -322,8 +395,9 @@ def check_generations(state: State) -> list[str]:
     # out (signaled) and ACKed ones the availability floor keeps until replacements ACK (serving <= number).
     if state.upgrading is None and rollout is None and state.respawn:
         counts = census(state)
+        waiting = waiting_for_drain(state)
         for child in state.children.values():
-            if child.version in rolled_back(state) and not child.signaled:
+            if child.version in rolled_back(state) and not child.signaled and child.pid not in waiting:
                 if not child.acked or counts.serving > state.config.number:
                     problems.append(
                         f"S14: worker {child.pid} of the rolled-back generation {child.version} is left"
@@ -555,6 +629,7 @@ def check_step(before: State, event: Event, after: State, effects: Sequence[Effe
                 f" < min(number {after.config.number}, {serving_before} serving before)"
             )
     problems += _health(before, after, signals)
+    problems += _drained(before, after, signals)
     return (
         problems
         + _causes(event, before, after, signals)

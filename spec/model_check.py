@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from einhorn.core import drain as core_drain
 from einhorn.core import step as core_step
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config, Pacing
 from einhorn.core.effects import (
@@ -34,9 +35,12 @@ from einhorn.core.effects import (
     Effect,
     ExecMaster,
     Exit,
+    MeasureQueues,
+    ReleaseListeners,
     SendSignal,
     SpawnWorker,
     StartUpgradeCheck,
+    Steer,
     StopUpgradeCheck,
 )
 from einhorn.core.events import (
@@ -44,6 +48,7 @@ from einhorn.core.events import (
     CommandReceived,
     Event,
     MasterStarted,
+    QueuesMeasured,
     ReexecFailed,
     SignalReceived,
     SpawnFailed,
@@ -56,7 +61,7 @@ from einhorn.core.events import (
 )
 from einhorn.core.indexed import Children, PendingSpawns
 from einhorn.core.record import fields, replace
-from einhorn.core.state import Generation, LaunchSpec, PendingSpawn, ReexecPhase, State, initial_state
+from einhorn.core.state import Drain, Generation, LaunchSpec, PendingSpawn, ReexecPhase, State, initial_state
 from spec import invariants
 
 CONN = 7
@@ -123,6 +128,8 @@ class Scenario:
     """With it, a worker may wedge: ping once, then never again (a failure)."""
     max_worker_rss_mb: int | None = None
     """With it, a worker may bloat: be measured above the limit (a failure)."""
+    drain: bool = False
+    """`-b ...,drain` listeners (drain.py): a queue read may find connections still waiting."""
 
     def config(self) -> Config:
         return Config(
@@ -139,6 +146,7 @@ class Scenario:
             boot_timeout=self.boot_timeout,
             ping_timeout=self.ping_timeout,
             max_worker_rss_mb=self.max_worker_rss_mb,
+            drain=self.drain,
             einhorn_version="model",
         )
 
@@ -155,6 +163,7 @@ class Scenario:
             + ("" if self.boot_timeout is None else f" boot_timeout={self.boot_timeout:g}s")
             + ("" if self.ping_timeout is None else f" ping_timeout={self.ping_timeout:g}s")
             + ("" if self.max_worker_rss_mb is None else f" max_worker_rss={self.max_worker_rss_mb}MiB")
+            + (" drain" if self.drain else "")
         )
 
 
@@ -221,6 +230,19 @@ HEALTH_RUNS: tuple[tuple[Scenario, Bounds], ...] = (
 )
 """Runs with the health rules (`--health`), added by default."""
 
+DRAIN_RUNS: tuple[tuple[Scenario, Bounds], ...] = (
+    # Smooth and fleet upgrades and an abort on drain listeners; a queue read finds connections still waiting
+    # (not a failure: the world's choice), a worker crashes meanwhile.
+    (Scenario(2, 1, None, None, None, drain=True), Bounds(depth=11, failures=1, commands=2, command_names=("upgrade", "upgrade_fleet", "abort_upgrade"))),
+    # A canary rolled back while the old generation is drained; timer ACKs, a signal timeout.
+    (Scenario(2, 2, None, 2, 1.0, drain=True), Bounds(depth=10, failures=1, commands=2, command_names=("upgrade_canary", "dec", "upgrade"))),
+    # max_upgrade_additional 0: the old workers that make room wait for their drain too.
+    (Scenario(2, 1, 0, None, 1.0, drain=True), Bounds(depth=10, failures=1, commands=2, command_names=UPGRADE_ALPHABET)),
+    # A new generation that crashes (two deaths) while the old one drains, or is rolled back; boot timeouts.
+    (Scenario(2, 1, None, 2, None, boot_timeout=3.0, drain=True), Bounds(depth=10, failures=2, commands=1, command_names=("upgrade_timeout",))),
+)
+"""Runs with drain listeners (`--drain`), added by default."""
+
 # --- the world: actions, canonical states ---------------------------------
 
 Action = tuple[object, ...]
@@ -267,6 +289,14 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             limit = state.config.max_worker_rss_mb
             assert limit is not None
             return WorkerMeasured(_pid_at(state, rank), (limit + 1) * 1024 * 1024, now)
+        case ("measured", rank, queued):
+            assert isinstance(rank, int) and isinstance(queued, int)
+            d = _measured_drains(state)[rank]
+            return QueuesMeasured(d.version, d.ticket, queued, now)
+        case ("stale_reading", rank):
+            assert isinstance(rank, int)
+            d = _measured_drains(state)[rank]
+            return QueuesMeasured(d.version, d.ticket + 1, 0, now)  # an answer to some other order: to be ignored
         case ("ack", rank):
             if state.config.notify_acks:
                 return WorkerNotified(_pid_at(state, rank), {"READY": "1"}, now)
@@ -301,6 +331,11 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
     raise ValueError(f"unknown action {action!r}")
 
 
+def _measured_drains(state: State) -> list[Drain]:
+    """Drains with a queue reading ordered and not yet answered empty, by version."""
+    return [d for d in state.drains if d.measured_at is not None and d.empty_at is None]
+
+
 def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
     """Every action the world may take in `node`: (action, failures used, commands used)."""
     state = node.state
@@ -316,6 +351,10 @@ def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
         yield ("reexec_ok",), 0, 0
         if can_fail:
             yield ("reexec_failed",), 1, 0
+    for rank, _ in enumerate(_measured_drains(state)):
+        yield ("measured", rank, 0), 0, 0
+        yield ("measured", rank, 1), 0, 0  # connections still wait: the core reads again
+        yield ("stale_reading", rank), 0, 0  # "empty", for an order that is not the last one
     if state.pending:  # the shell answers spawns in the order it was asked for them
         yield ("spawned", 0), 0, 0
         if can_fail:
@@ -347,6 +386,8 @@ def cooperative_action(state: State) -> Action | None:
     """What a world with no failures does next (None: nothing, not even time)."""
     if state.reexec is not None:
         return ("check_passed",) if state.reexec.phase is ReexecPhase.CHECKING else ("reexec_ok",)
+    if _measured_drains(state):
+        return ("measured", 0, 0)
     if state.pending:
         return ("spawned", 0)
     pids = sorted(state.children)
@@ -368,6 +409,8 @@ def _horizon(state: State) -> float:
     config, rollout = state.config, state.rollout
     spans = [MAX_SPINUP_INTERVAL, config.seconds, config.ack_timer or 0.0, float(config.signal_timeout or 0)]
     spans += [config.boot_timeout or 0.0, config.ping_timeout or 0.0]
+    if config.drain:
+        spans.append(core_drain.TIMEOUT)
     if rollout is not None:
         spans += [rollout.options.bake, rollout.options.timeout or 0.0]
     return max(spans) + 1.0
@@ -443,6 +486,15 @@ def canonical(state: State) -> State:
     reexec = state.reexec
     if reexec is not None:
         reexec = replace(reexec, check_id=0, deadline=t(reexec.deadline))
+    drains = tuple(
+        sorted(
+            (
+                replace(d, version=v(d.version), since=t(d.since), ticket=0, measured_at=opt(d.measured_at), empty_at=opt(d.empty_at))
+                for d in state.drains
+            ),
+            key=lambda d: d.version,
+        )
+    )
     ids = {sid: i for i, sid in enumerate(sorted(state.pending))}
     pending = {
         ids[p.spawn_id]: PendingSpawn(ids[p.spawn_id], p.index, v(p.version), 0.0)
@@ -462,6 +514,10 @@ def canonical(state: State) -> State:
         last_spinup_at=opt(state.last_spinup_at),
         clock=0.0,
         watchdog_at=opt(state.watchdog_at),
+        drains=drains,
+        steered=tuple(sorted((v(version), weight) for version, weight in state.steered)),
+        exposed=frozenset(v(version) for version in state.exposed),
+        next_ticket=0,
     )
 
 
@@ -694,9 +750,9 @@ def _check_liveness(
 
 def replacement_applies(state: State) -> bool:
     """Whether L4 speaks of `state`: respawning, paced by ACKs with no death streak, no
-    re-exec or upgrade (nor canary), no signaled child (so no old worker either: S5), and no health
+    re-exec or upgrade (nor canary), no signaled child (so no old worker either: S5), no health
     verdict given or coming (a condemned or a wedged worker is replaced through an exit,
-    which ACK rounds do not play: L1 speaks of those)."""
+    which ACK rounds do not play: L1 speaks of those), and no drain (its workers wait for it, then exit)."""
     pinging = state.config.ping_timeout is not None
     return (
         state.respawn
@@ -705,6 +761,7 @@ def replacement_applies(state: State) -> bool:
         and state.upgrading is None
         and state.rollout is None
         and not _rolled_back_left(state)
+        and not state.drains
         and invariants.paced_by_acks(state)
         and not any(c.signaled or c.verdict is not None or (pinging and c.pinged_at is not None) for c in state.children.values())
     )
@@ -733,7 +790,8 @@ def ack_rounds(state: State, limit: int) -> Rounds:
 
     A round: every spawn ordered is answered (started), then every un-ACKed
     worker ACKs: one by one in manual mode, in timer mode by time passing to
-    the timer ACK of the last of them. No other time passes. The problems are
+    the timer ACK of the last of them. No other time passes, but for a drain's: with drain listeners,
+    old workers wait for their generation's drain, played to its end. The problems are
     a violated invariant, the goal not reached in `limit` rounds, or nothing
     left to do before the goal.
     """
@@ -745,6 +803,11 @@ def ack_rounds(state: State, limit: int) -> Rounds:
         return not played.problems
 
     while not invariants.converged(played.state):
+        while played.state.drains:  # stopping the workers a drain holds is no ACK round: the drain is played out
+            if not act(("measured", 0, 0) if _measured_drains(played.state) else ("tick",)):
+                return played
+        if invariants.converged(played.state):
+            break
         if played.rounds == limit:
             played.problems = [f"L4: {invariants.goal_problem(played.state)} after {played.rounds} ACK rounds (at most {limit} allowed)"]
             return played
@@ -820,6 +883,8 @@ def describe_event(event: Event) -> str:
             return "the exec FAILS"
         case WorkerMeasured(pid=pid, rss_bytes=rss):
             return f"pid {pid} measured at {rss // (1024 * 1024)} MiB"
+        case QueuesMeasured(version=version, queued=queued):
+            return f"the shell reads the queues of version {version}: {queued} waiting"
     return repr(event)
 
 
@@ -854,6 +919,10 @@ def describe_state(state: State) -> str:
     rolled = sorted(invariants.rolled_back(state))
     if rolled:
         extra.append(f"rolled back: {', '.join(f'v{v}' for v in rolled)}")
+    if state.config.drain:
+        weights = ", ".join(f"v{v}:{w}" for v, w in state.steered)
+        drains = ", ".join(f"v{d.version}{'' if d.empty_at is None else ' empty'}" for d in state.drains)
+        extra.append(f"steered {weights or '-'}" + (f"; draining {drains}" if drains else ""))
     return f"n={state.config.number} v{state.version} [{', '.join(parts) or 'no workers'}]" + (
         f" ({'; '.join(extra)})" if extra else ""
     )
@@ -877,6 +946,12 @@ def describe_effects(effects: Sequence[Effect]) -> str:
                 shown.append("abandon exec")
             case Exit(code=code):
                 shown.append(f"EXIT {code}")
+            case Steer(weights=weights):
+                shown.append("steer " + ", ".join(f"v{v}:{w}" for v, w in weights))
+            case MeasureQueues(version=version):
+                shown.append(f"read v{version} queues")
+            case ReleaseListeners(version=version):
+                shown.append(f"release v{version} sockets")
     return ", ".join(shown)
 
 
@@ -1006,7 +1081,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--health",
         choices=["yes", "no", "only"],
         default="yes",
-        help="also (or only) run the health-rule runs: wedged, never-ACKing and bloated workers (default %(default)s)",
+        help="also (or only) run the health-rule runs (wedged, never-ACKing and bloated workers) and the drain-listener runs (default %(default)s)",
     )
     args = parser.parse_args(argv)
     names = tuple(n for n in args.alphabet.split(",") if n)
@@ -1023,6 +1098,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.health != "no" and args.chains != "only":
         health = [(s, replace(b, liveness_steps=bounds.liveness_steps)) for s, b in HEALTH_RUNS]
         jobs += [(s, b, "health rules, " + _chain_label(b)) for s, b in health]
+        drains = [(s, replace(b, liveness_steps=bounds.liveness_steps)) for s, b in DRAIN_RUNS]
+        jobs += [(s, b, "drain listeners, " + _chain_label(b)) for s, b in drains]
     jobs.sort(key=lambda job: (-job[0].number, -job[0].max_unacked))  # the biggest first, to end evenly
     print(
         f"model check: {matrix} configurations, depth {bounds.depth}, failures {bounds.failures},"

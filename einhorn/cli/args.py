@@ -58,7 +58,8 @@ OPTIONS = (
         "ADDR",
         "Bind HOST:PORT[,r][,n], [V6]:PORT, unix:PATH or adopt systemd[:NAME]'s sockets;\n"
         "pass the FD to workers (repeatable; port 0 = any; flags: reuseport, v6only,\n"
-        "backlog=N, mode=0660 for UNIX)",
+        "backlog=N, mode=0660 for UNIX; drain: each version its own socket, emptied\n"
+        "before its workers stop, Linux)",
         repeat=True,
     ),
     Option("--command-name", "-c", "CMD_NAME", "Set the command name in ps; also names the default socket/pid/lock files"),

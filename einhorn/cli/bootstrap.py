@@ -33,6 +33,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle 
 if TYPE_CHECKING:
     from typing import NoReturn
 
+    from einhorn.io.steering import Steering
+
 LISTENER = "listener"
 """The hand-off kind of the `-b` listening sockets (in `-b` order)."""
 
@@ -156,7 +158,8 @@ def run_fresh(settings: Settings, environ: Mapping[str, str], prepared: Prepared
         return 1
     config = core_config(settings, master_pid=os.getpid(), preloaded=prepared.preloaded)
     state = initial_state(config, settings.verbosity)
-    return _run(state, settings, environ, prepared, log, handoff, listeners, server, notify=notify, metrics=metrics)
+    steering = _steering(listeners, handoff, log)
+    return _run(state, settings, environ, prepared, log, handoff, listeners, server, notify=notify, metrics=metrics, steering=steering)
 
 
 def metrics_listener(settings: Settings, handoff: Handoff, log: Logger) -> socket.socket | None:
@@ -177,6 +180,8 @@ class Listener:
     """systemd's name of an adopted socket (LISTEN_FDNAMES); "" for a `-b` address."""
     path: str | None = None
     """The UNIX socket file this master created (it is removed at the master's final exit)."""
+    drain: bool = False
+    """`-b ...,drain`: each generation accepts on a socket of its own (einhorn/io/steering.py)."""
 
 
 def activation_of(environ: Mapping[str, str]) -> Activation:
@@ -199,7 +204,7 @@ def open_listeners(spec: BindSpec, backlog: int, activation: Activation, log: Lo
     log.info(f"Binding to {spec.host}:{spec.port} with flags {_flag_names(spec)}")
     sock = bind_listener(spec, backlog, log)
     log.info(f"Bound {spec.text} on port {bound_port(sock)}")
-    return [Listener(sock)]
+    return [Listener(sock, drain=spec.drain)]
 
 
 def _where(sock: socket.socket) -> str:
@@ -234,6 +239,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         log.info(note)
     handoff = Handoff(restored.descriptors, restored.data)
     listeners = [_restored_listener(d) for d in handoff.claim(LISTENER)]
+    steering = _steering(listeners, handoff, log)
     try:
         server, connections = restored_server(handoff)
         notify = NotifyServer.restored(handoff, log)
@@ -266,6 +272,7 @@ def run_restored(settings: Settings, environ: Mapping[str, str], prepared: Prepa
         helpers=restored.helpers,
         notify=notify,
         metrics=metrics,
+        steering=steering,
     )
 
 
@@ -274,7 +281,7 @@ def _restored_listener(descriptor: Descriptor) -> Listener:
     sock.set_inheritable(True)
     name = descriptor.data.get("name", "")
     path = descriptor.data.get("path")
-    return Listener(sock, name if isinstance(name, str) else "", path if isinstance(path, str) else None)
+    return Listener(sock, name if isinstance(name, str) else "", path if isinstance(path, str) else None, descriptor.data.get("drain") is True)
 
 
 def _run(
@@ -292,6 +299,7 @@ def _run(
     helpers: Sequence[int] = (),
     notify: NotifyServer | None = None,
     metrics: socket.socket | None = None,
+    steering: Steering | None = None,
 ) -> int:
     """Serve with these listeners, registered with the hand-off registry so that they survive the next re-exec."""
     handoff.register(lambda: [_listener_descriptor(n, listener) for n, listener in enumerate(listeners)])
@@ -299,7 +307,7 @@ def _run(
     shown = replace(
         state.config.display,
         bound_ports=tuple(bound_port(sock) for sock in socks),
-        listeners=tuple(ListenerInfo(x.sock.family.name, listener_address(x.sock), x.name) for x in listeners),
+        listeners=tuple(ListenerInfo(x.sock.family.name, listener_address(x.sock), x.name, x.drain) for x in listeners),
     )
     state = replace(state, config=replace(state.config, display=shown))
     launch = worker_launch(
@@ -314,6 +322,7 @@ def _run(
     master = Master(
         state, options, server, log, handoff, connections, helpers,
         notify=notify, supervisor=supervisor_of(environ, log), listeners=socks,
+        steering=steering,
     )
     if metrics is not None and settings.metrics is not None:
         from einhorn.io import metrics as metrics_server
@@ -323,10 +332,22 @@ def _run(
     return master.run(restored=restored)
 
 
+def _steering(listeners: Sequence[Listener], handoff: Handoff, log: Logger) -> Steering | None:
+    """The drain listeners' sockets per generation, as the old image left them (after a re-exec)."""
+    drained = [listener.sock for listener in listeners if listener.drain]
+    if not drained:
+        return None
+    from einhorn.io.steering import Steering  # only with drain
+
+    return Steering(drained, handoff, log)
+
+
 def _listener_descriptor(index: int, listener: Listener) -> Descriptor:
     data: dict[str, object] = {"index": index, "name": listener.name}
     if listener.path is not None:
         data["path"] = listener.path
+    if listener.drain:
+        data["drain"] = True
     return Descriptor(LISTENER, listener.sock.fileno(), data)
 
 
@@ -357,7 +378,7 @@ def abandon_workers(settings: Settings, log: Logger, error: str) -> int:
 
 
 def _flag_names(spec: BindSpec) -> list[str]:
-    named = [name for name, on in (("so_reuseaddr", spec.reuseaddr), ("o_nonblock", spec.nonblock), ("reuseport", spec.reuseport), ("v6only", spec.v6only)) if on]
+    named = [name for name, on in (("so_reuseaddr", spec.reuseaddr), ("o_nonblock", spec.nonblock), ("reuseport", spec.reuseport), ("v6only", spec.v6only), ("drain", spec.drain)) if on]
     if spec.backlog is not None:
         named.append(f"backlog={spec.backlog}")
     if spec.mode is not None:

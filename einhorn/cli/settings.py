@@ -139,6 +139,7 @@ def core_config(settings: Settings, *, master_pid: int, preloaded: bool) -> Conf
         boot_timeout=settings.boot_timeout,
         ping_timeout=settings.ping_timeout,
         max_worker_rss_mb=settings.max_worker_rss_mb,
+        drain=any(spec.drain for spec in settings.binds),
         einhorn_version=__version__,
         display=Display(
             master_pid=master_pid,

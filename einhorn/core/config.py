@@ -41,6 +41,8 @@ class ListenerInfo:
     """`127.0.0.1:8080`, `[::1]:8080`, or a UNIX socket's path."""
     name: str = ""
     """systemd's name for an adopted socket (`LISTEN_FDNAMES`); "" for a `-b` address."""
+    drain: bool = False
+    """`-b ...,drain`: one socket per generation, connections steered away from a generation before its workers stop."""
 
 
 class Pacing(enum.StrEnum):
@@ -116,6 +118,10 @@ class Config:
     """`--ping-timeout`: seconds a worker that pinged once may go without pinging, or it is replaced."""
     max_worker_rss_mb: int | None = None
     """`--max-worker-rss`: MiB of resident memory above which a worker is replaced (the shell measures)."""
+    drain: bool = False
+    """Some `-b` listener has `drain`: each generation accepts on a socket of its own, and a worker is
+    stopped on the master's own initiative only once its generation's socket gets no new connection and
+    its queue is empty (drain.py)."""
     einhorn_version: str = ""
     display: Display = Display()
 

@@ -166,6 +166,33 @@ class NotifySupervisor:
 
 
 @dataclass(frozen=True, slots=True)
+class Steer:
+    """On every `drain` listener, send each new connection to one generation's socket, chosen at
+    random in proportion to `weights` ((version, weight) pairs, every weight > 0, at least one pair);
+    a version not named gets none. The shell opens a version's socket if it has none yet."""
+
+    weights: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureQueues:
+    """Read how many accepted-by-the-kernel connections wait in generation `version`'s sockets of the
+    `drain` listeners (their accept queues, all listeners summed), now; answer `QueuesMeasured` with
+    the same `ticket` and the time of the reading."""
+
+    version: int
+    ticket: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseListeners:
+    """Generation `version` has no worker left: close its sockets of the `drain` listeners (the
+    listeners' own sockets, which the first generation uses, stay open)."""
+
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class Exit:
     """End the master with this exit status."""
 
@@ -185,5 +212,8 @@ Effect = (
     | ExecMaster
     | AbandonExec
     | NotifySupervisor
+    | Steer
+    | MeasureQueues
+    | ReleaseListeners
     | Exit
 )

@@ -173,6 +173,16 @@ class WorkerMeasured:
     now: float
 
 
+@dataclass(frozen=True, slots=True)
+class QueuesMeasured:
+    """The answer to `MeasureQueues`: `queued` connections waited in generation `version`'s accept queues at `now`."""
+
+    version: int
+    ticket: int
+    queued: int
+    now: float
+
+
 Event = (
     MasterStarted
     | Tick
@@ -189,4 +199,5 @@ Event = (
     | WorkerNotified
     | ListenerHealthChanged
     | WorkerMeasured
+    | QueuesMeasured
 )

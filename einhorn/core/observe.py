@@ -12,6 +12,9 @@ the states on either side, and says what an operator would want to hear:
     upgrade_phase    a re-exec or an upgrade changed phase (phase, purpose, version, reason)
     config_changed   a runtime setting changed (setting, old, new)
     reexec           the master re-exec'd and restored its state (version, workers)
+    steered          drain listeners: new connections now go to these generations (weights, "1:3,2:1")
+    drain            drain listeners: a generation's drain began or ended (version, phase: draining,
+                     drained, timed_out, or ended when no stop waits for it any more)
     command          a command request was handled (command, result)
 
 It decides nothing and is never needed by `step`: the shell calls it after a
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from einhorn.core import drain
 from einhorn.core.commands import COMMANDS
 from einhorn.core.effects import Cause, Effect, Reply, SendSignal
 from einhorn.core.events import (
@@ -94,6 +98,25 @@ def observe(before: State, event: Event, after: State, effects: Sequence[Effect]
             found += _signaled(before, after, effect)
     found += _upgrade_phases(before, event, after)
     found += _config_changes(before, after)
+    if after.config.drain:
+        found += _drains(before, after)
+    return found
+
+
+def _drains(before: State, after: State) -> list[Observation]:
+    found: list[Observation] = []
+    now = {d.version: d for d in after.drains}
+    for d in before.drains:
+        if d.version not in now:
+            if d.empty_at is not None and after.clock >= d.empty_at + drain.GRACE:
+                phase = "drained"
+            else:
+                phase = "timed_out" if after.clock >= d.since + drain.TIMEOUT else "ended"
+            found.append(Observation("drain", {"version": d.version, "phase": phase}))
+    known = {d.version for d in before.drains}
+    found += [Observation("drain", {"version": v, "phase": "draining"}) for v in sorted(now) if v not in known]
+    if after.steered != before.steered:
+        found.append(Observation("steered", {"weights": ",".join(f"{v}:{w}" for v, w in after.steered)}))
     return found
 
 

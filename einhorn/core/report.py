@@ -106,6 +106,7 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "bound_ports": list(shown.bound_ports),
             "listeners": [
                 {"family": x.family, "address": x.address, "name": x.name or None, "accepting": n not in shown.stopped_listeners}
+                | ({"drain": True} if x.drain else {})
                 for n, x in enumerate(shown.listeners)
             ],
             "cmd": list(shown.program),
@@ -133,7 +134,23 @@ def snapshot(state: State, wall_offset: float) -> dict[str, object]:
             "pending_spawns": len(state.pending),
             "generations": _generations(state),
             "rollout": None if state.rollout is None else _rollout(state.rollout, wall_offset),
+            **({"drain": _drain(state, wall_offset)} if config.drain else {}),
         }
+    }
+
+
+def _drain(state: State, wall_offset: float) -> dict[str, object]:
+    """With drain listeners: where new connections go, and the generations being drained (drain.py)."""
+    return {
+        "steered": [{"version": v, "weight": w} for v, w in state.steered],
+        "draining": [
+            {
+                "version": d.version,
+                "since": Timestamp(d.since + wall_offset),
+                "queue": "timed out" if d.timed_out else "waiting" if d.empty_at is None else "empty",
+            }
+            for d in state.drains
+        ],
     }
 
 
@@ -240,6 +257,8 @@ def status(state: State) -> str:
         lines.append(f"deaths before ACK in a row: {state.deaths_before_ack}{loop}")
     lines.append(f"settings: {_settings(state)}")
     lines.append(f"listeners: {_listeners(state)}")
+    if config.drain:
+        lines.append(f"connections: {_steering(state)}")
     lines.append(f"{'index':>5}  {'pid':>7}  {'version':>7}  {'age':>7}  {'ack':<8}  {'ping':>7}  signals")
     for child in sorted(state.children.values(), key=lambda c: (c.index, c.pid)):
         lines.append(_worker_line(state, child))
@@ -247,6 +266,16 @@ def status(state: State) -> str:
         age = _age(state.clock - pending.requested_at)
         lines.append(f"{pending.index:>5}  {'-':>7}  {pending.version:>7}  {age:>7}  {'spawning':<8}  {'-':>7}  -")
     return "\n".join(lines) + "\n"
+
+
+def _steering(state: State) -> str:
+    total = sum(w for _, w in state.steered) or 1
+    shares = ", ".join(f"version {v} {100 * w // total}%" for v, w in state.steered) or "not steered yet"
+    drains = [
+        f"version {d.version} ({'queue read empty' if d.empty_at is not None else 'queue not empty yet'}, {_age(state.clock - d.since)})"
+        for d in state.drains
+    ]
+    return shares + (f"; draining {', '.join(drains)}" if drains else "")
 
 
 def _versions(state: State) -> list[str]:
@@ -320,7 +349,7 @@ def _listeners(state: State) -> str:
     if not shown.listeners:
         return "none"
     return ", ".join(
-        f"{x.address}{' ' + x.name if x.name else ''}{' (not accepting)' if n in shown.stopped_listeners else ''}"
+        f"{x.address}{' ' + x.name if x.name else ''}{' (drain)' if x.drain else ''}{' (not accepting)' if n in shown.stopped_listeners else ''}"
         for n, x in enumerate(shown.listeners)
     )
 

@@ -100,6 +100,25 @@ class LaunchSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Drain:
+    """Generation `version` is steered away from on the `drain` listeners (drain.py): no new connection
+    reaches its socket since `since`, and its workers the master stops wait until the queue is empty."""
+
+    version: int
+    since: float
+    ticket: int = 0
+    """The last `MeasureQueues` ordered for it: only its answer counts."""
+    measured_at: float | None = None
+    """When that measurement was ordered."""
+    empty_at: float | None = None
+    """The first reading, after `since`, with no connection waiting; None while some wait."""
+    timed_out: bool = False
+    """The queue did not empty within `drain.TIMEOUT`: its workers are stopped anyway."""
+    held: bool = True
+    """Some stop waited for this drain in the last scheduling pass (a drain no stop waits for ends)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Generation:
     version: int
     launch: LaunchSpec
@@ -250,6 +269,16 @@ class State:
     """By version: the current one, a rollout's two, and every one that still has workers (or is newest)."""
     rollout: Rollout | None = None
     """The upgrade in progress since its new generation was created (after the re-exec)."""
+    drains: tuple[Drain, ...] = ()
+    """With `drain` listeners: the generations steered away from, by version (not kept across a re-exec:
+    the new image steers again and drains again before it stops anyone)."""
+    steered: tuple[tuple[int, int], ...] = ()
+    """The weights of the last `Steer` ordered; () before the first (and after a re-exec)."""
+    exposed: frozenset[int] = frozenset()
+    """Generations new connections may have been steered to since their queues were last drained: a worker
+    of one is stopped only after a drain, when its connections can go elsewhere. After a re-exec, every live
+    generation (the new image does not know what the old one steered)."""
+    next_ticket: int = 0
 
     def __post_init__(self) -> None:
         # A plain mapping (a test, the model checker, a restore) is indexed once here;

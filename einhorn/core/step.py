@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from einhorn.core import assert_never, health, listeners, notify, pool, rollout, upgrade
+from einhorn.core import assert_never, drain, health, listeners, notify, pool, rollout, upgrade
 from einhorn.core.actions import announce, register_ack, signal_children, signal_gracefully, spin_up
 from einhorn.core.commands import handle_command
 from einhorn.core.effects import (
@@ -30,6 +30,7 @@ from einhorn.core.events import (
     Event,
     ListenerHealthChanged,
     MasterStarted,
+    QueuesMeasured,
     ReexecFailed,
     RequestUnparseable,
     SignalReceived,
@@ -82,11 +83,14 @@ def step(state: State, event: Event) -> Outcome:
             state, effects = listeners.on_health_changed(state, event)
         case WorkerMeasured():
             state, effects = health.on_measured(state, event)
+        case QueuesMeasured():
+            state, effects = drain.on_measured(state, event)
         case _:
             assert_never(event)
     state, more = reconcile(state)
+    state, steering = drain.settle(previous, state)
     state, told = notify.tell_supervisor(previous, state)
-    return state, [*effects, *more, *_held_notice(previous, state), *health.held_notice(previous, state), *told]
+    return state, [*effects, *more, *steering, *_held_notice(previous, state), *health.held_notice(previous, state), *told]
 
 
 def next_deadline(state: State) -> float | None:
@@ -313,7 +317,23 @@ ROLLOUT_TIMEOUT = Timer(lambda state: rollout.timeout_due(state), lambda state, 
 BAKE = Timer(lambda state: rollout.bake_due(state), lambda state, _: rollout.promote(state))
 BOOT_TIMEOUT = Timer(lambda state: health.boot_due(state), lambda state, pid: health.condemn(state, pid, Verdict.BOOT_TIMEOUT))
 PING_TIMEOUT = Timer(lambda state: health.ping_due(state), lambda state, pid: health.condemn(state, pid, Verdict.PING_TIMEOUT))
-TIMERS = (TIMER_ACKS, ESCALATION, CHECK_DEADLINE, ROLLOUT_TIMEOUT, BAKE, GRADUAL_SPINUP, WATCHDOG, BOOT_TIMEOUT, PING_TIMEOUT)
+DRAIN_POLL = Timer(lambda state: drain.poll_due(state), lambda state, version: drain.measure(state, version))
+DRAIN_GRACE = Timer(lambda state: drain.grace_due(state), lambda state, _: (state, []))  # the cull after it signals
+DRAIN_TIMEOUT = Timer(lambda state: drain.timeout_due(state), lambda state, version: drain.time_out(state, version))
+TIMERS = (
+    TIMER_ACKS,
+    ESCALATION,
+    CHECK_DEADLINE,
+    ROLLOUT_TIMEOUT,
+    BAKE,
+    GRADUAL_SPINUP,
+    WATCHDOG,
+    BOOT_TIMEOUT,
+    PING_TIMEOUT,
+    DRAIN_POLL,
+    DRAIN_GRACE,
+    DRAIN_TIMEOUT,
+)
 
 
 def _fire(timer: Timer, state: State) -> Outcome:
@@ -329,6 +349,7 @@ def _fire(timer: Timer, state: State) -> Outcome:
 def reconcile(state: State) -> Outcome:
     """The scheduling pass after every event, in this order (spec/README.md §4)."""
     effects: list[Effect] = []
+    state = drain.begin_pass(state)
     phases: tuple[Callable[[State], Outcome], ...] = (
         lambda s: _fire(TIMER_ACKS, s),
         lambda s: _fire(ESCALATION, s),
@@ -336,6 +357,9 @@ def reconcile(state: State) -> Outcome:
         lambda s: _fire(ROLLOUT_TIMEOUT, s),
         lambda s: _fire(BOOT_TIMEOUT, s),
         lambda s: _fire(PING_TIMEOUT, s),
+        lambda s: _fire(DRAIN_POLL, s),
+        lambda s: _fire(DRAIN_GRACE, s),
+        lambda s: _fire(DRAIN_TIMEOUT, s),
         _stop_condemned,
         upgrade.abandon_when_shutting_down,
         _first_fill,
@@ -448,17 +472,18 @@ def _stop(state: State, victims: list[Child], cause: Cause, note: str, stream: b
     stopped only while more than `number` serve (the first serving victims in
     the order given go, the rest stay), so no cull leaves fewer than
     min(number, those serving before it). Un-ACKed victims serve nothing and
-    always go. `note` is logged with the count, and streamed to upgrade
-    subscribers when `stream`.
+    always go. With drain listeners a victim may wait for its generation's
+    drain (drain.py), unsignaled and still counted. `note` is logged with the
+    count, and streamed to upgrade subscribers when `stream`.
     """
     spare = max(0, pool.serving_count(state) - state.config.number)
     serving = [c.pid for c in victims if c.acked and not c.signaled]
     kept = set(serving[spare:])
-    pids = [c.pid for c in victims if c.pid not in kept]
+    state, pids, effects = drain.admit(state, [c.pid for c in victims if c.pid not in kept])
     if not pids:
-        return state, []
+        return state, effects
     text = note.format(len(pids))
-    effects = announce(state, level, text) if stream else [Log(level, text)]
+    effects += announce(state, level, text) if stream else [Log(level, text)]
     state, more = signal_gracefully(state, pids, cause)
     return state, [*effects, *more]
 

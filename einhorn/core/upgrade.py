@@ -141,7 +141,10 @@ def on_restored(state: State, launch: LaunchSpec | None) -> Outcome:
     state, effects = _fail_lost_spawns(state, effects)
     state = rollout.record_generation(state, launch)  # a state from before generations
     reexec = state.reexec
-    state = replace(state, reexec=None)
+    # The drains and the steering are not kept across a re-exec (a restored document has none; a state passed
+    # on in memory, as the model checker does, must not keep them either): the new image steers, then drains.
+    live = {state.version, *(c.version for c in state.children.values()), *(p.version for p in state.pending.values())}
+    state = replace(state, reexec=None, drains=(), steered=(), exposed=frozenset(live) if state.config.drain else frozenset())
     if reexec is None:
         return state, effects
     match reexec.purpose:

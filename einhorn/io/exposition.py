@@ -32,6 +32,7 @@ COUNTED = (
     ("upgrades_done", "Upgrades finished, by kind (smooth, fleet)", ("kind",)),
     ("upgrades_failed", "Re-execs or upgrades that failed or were rolled back, by purpose and outcome", ("purpose", "outcome")),
     ("reexecs", "Times the master re-exec'd itself and restored its state", ()),
+    ("drains", "Drains of a generation's sockets that ended (drain listeners), by how: drained, timed_out, ended", ("phase",)),
     ("config_changes", "Runtime setting changes (config, inc, dec, set_workers), by setting", ("setting",)),
     ("events", "Observations made (the event stream's events), by event", ("event",)),
 )

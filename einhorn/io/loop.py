@@ -30,12 +30,15 @@ from einhorn.core.effects import (
     ExecMaster,
     Exit,
     Log,
+    MeasureQueues,
     NotifySupervisor,
+    ReleaseListeners,
     Reply,
     ReplyData,
     SendSignal,
     SpawnWorker,
     StartUpgradeCheck,
+    Steer,
     StopUpgradeCheck,
     StreamEvents,
 )
@@ -45,6 +48,7 @@ from einhorn.core.events import (
     Event,
     ListenerHealthChanged,
     MasterStarted,
+    QueuesMeasured,
     ReexecFailed,
     SignalReceived,
     SpawnFailed,
@@ -55,7 +59,7 @@ from einhorn.core.events import (
     WorkerSpawned,
 )
 from einhorn.core.observe import Observation, observe
-from einhorn.core.record import dataclass, field
+from einhorn.core.record import dataclass, field, replace
 from einhorn.core.state import RequestId, State
 from einhorn.core.step import next_deadline, step
 from einhorn.io import events as event_stream
@@ -70,6 +74,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: an idle 
 if TYPE_CHECKING:
     from einhorn.io import reexec
     from einhorn.io.metrics import MetricsServer
+    from einhorn.io.steering import Steering
 
 MAX_WAIT = 3600.0
 """Seconds: the longest single wait in select; a later deadline is reached in several waits
@@ -168,6 +173,7 @@ class Master:
         notify: NotifyServer | None = None,
         supervisor: Supervisor | None = None,
         listeners: Sequence[socket.socket] = (),
+        steering: Steering | None = None,
     ) -> None:
         self.state = state
         self.options = options
@@ -210,6 +216,10 @@ class Master:
         """One per generation (by version), made at its first spawn in this image."""
         self.metrics: MetricsServer | None = None
         """`--metrics`: set by the start-up once the loop's selector exists (`metrics.serve`)."""
+        self.steering = steering
+        """`-b ...,drain`: each generation's sockets, and where new connections go."""
+        self.steered_launches: dict[int, WorkerLaunch] = {}
+        """By version: its launch with its own sockets of the drain listeners (`listener_sources`)."""
 
     # --- main loop ----------------------------------------------------------
 
@@ -350,6 +360,15 @@ class Master:
             case NotifySupervisor(fields):
                 if self.supervisor is not None:
                     self.supervisor.send(fields)
+            case Steer(weights):
+                if self.steering is not None:
+                    self.steering.steer(weights)
+            case MeasureQueues(version, ticket):
+                return self._measure_queues(version, ticket)
+            case ReleaseListeners(version):
+                if self.steering is not None:
+                    self.steering.release(version)
+                self.steered_launches.pop(version, None)
             case Exit(code):
                 self.exit_code = code
             case _:
@@ -379,7 +398,29 @@ class Master:
             self.selector.register(spawned.report_fd, selectors.EVENT_READ, lambda: self._exec_report(spawned, report))
         return WorkerSpawned(order.spawn_id, spawned.pid, time.monotonic())
 
+    def _measure_queues(self, version: int, ticket: int) -> list[Event]:
+        """The reading, timed right after it; none if a queue cannot be read (never a guess that it is empty)."""
+        try:
+            queued = 0 if self.steering is None else self.steering.queued(version)
+        except OSError as error:
+            self.log.error(f"Could not read the accept queues of version {version}: {error}")
+            return []
+        return [QueuesMeasured(version, ticket, queued, time.monotonic())]
+
     def _launch_of(self, order: SpawnWorker) -> WorkerLaunch:
+        """The order's generation's launch, each drain listener with the generation's own socket (opened if need be)."""
+        launch = self._generation_launch(order)
+        if self.steering is None:
+            return launch
+        sources = self.steering.sources(order.version, launch.listener_fds)
+        if sources == tuple(launch.listener_fds):
+            return launch
+        steered = self.steered_launches.get(order.version)
+        if steered is None or tuple(steered.listener_sources) != sources:
+            steered = self.steered_launches[order.version] = replace(launch, listener_sources=sources)
+        return steered
+
+    def _generation_launch(self, order: SpawnWorker) -> WorkerLaunch:
         """The order's generation's spec, with this image's sockets (this image's own spec: `options.launch`)."""
         spec = order.launch
         if spec is None or spec == self.launch_spec:

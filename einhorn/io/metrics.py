@@ -163,6 +163,8 @@ class Counters:
                 self.add("commands", (str(fields.get("command")), str(fields.get("result"))))
             case "reexec":
                 self.add("reexecs")
+            case "drain" if fields.get("phase") != "draining":
+                self.add("drains", (str(fields.get("phase")),))
             case "config_changed":
                 self.add("config_changes", (str(fields.get("setting")),))
             case "upgrade_phase":

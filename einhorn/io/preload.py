@@ -64,6 +64,8 @@ from einhorn.io.spawn import (
     become_worker_process,
     flush_stdio,
     fork_reporting,
+    listener_moves,
+    move_listeners,
     worker_environment,
 )
 
@@ -266,11 +268,13 @@ class Preloader:
             keep.add(sock_fd)
         gc.collect()
         gc.freeze()
-        return fork_reporting(lambda report_fd: self._child(launch, env, keep, report_fd))
+        moves = listener_moves(launch)
+        return fork_reporting(lambda report_fd: self._child(launch, env, keep, report_fd, moves))
 
-    def _child(self, launch: WorkerLaunch, env: dict[str, str], keep: set[int], report_fd: int) -> NoReturn:
+    def _child(self, launch: WorkerLaunch, env: dict[str, str], keep: set[int], report_fd: int, moves: list[tuple[int, int]]) -> NoReturn:
         try:
             become_worker_process(launch)
+            move_listeners(moves)  # before the close: each source is one of the descriptors closed
             for signum in PYTHON_IGNORED:  # reset to the default by `become_worker_process`, as for exec'd workers
                 signal.signal(signum, signal.SIG_IGN)
             close_fds_except(keep | {report_fd})

@@ -27,15 +27,16 @@ _FLAGS = {
     "o_nonblock": "o_nonblock",
     "reuseport": "reuseport",
     "v6only": "v6only",
+    "drain": "drain",
 }
 _VALUE_FLAGS = ("backlog", "mode")
 _KNOWN_FLAGS = {
-    "tcp": ("so_reuseaddr", "o_nonblock", "reuseport", "v6only", "backlog"),
+    "tcp": ("so_reuseaddr", "o_nonblock", "reuseport", "v6only", "backlog", "drain"),
     "unix": ("o_nonblock", "backlog", "mode"),
     "systemd": (),
 }
 _KNOWN_TEXT = {
-    "tcp": "r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N",
+    "tcp": "r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N, drain",
     "unix": "n, o_nonblock, backlog=N, mode=OCTAL",
 }
 SYSTEMD = "systemd"
@@ -67,6 +68,9 @@ class BindSpec:
     """`mode=0660`: the UNIX socket file's mode."""
     systemd: str | None = None
     """`systemd` (""): adopt every socket systemd passed; `systemd:NAME`: those named NAME."""
+    drain: bool = False
+    """`drain` (TCP, Linux): one socket per generation in one SO_REUSEPORT group, new connections
+    steered between them (einhorn/io/steering.py); implies `reuseport`."""
 
     @property
     def kind(self) -> str:
@@ -106,6 +110,8 @@ def parse_bind(text: str) -> BindSpec:
     for option in options:
         name, equals, value = option.lower().partition("=")
         flag = name if equals else _FLAGS.get(name, name)
+        if flag == "drain" and not equals:
+            _check_drain(text, kind)
         if flag not in _KNOWN_FLAGS[kind] or (flag in _VALUE_FLAGS) != bool(equals):
             if kind == SYSTEMD:
                 raise SetupError(f'Invalid value for "{text}": systemd\'s sockets take no flags (systemd set them up)')
@@ -126,7 +132,19 @@ def parse_bind(text: str) -> BindSpec:
         path=path,
         mode=values.get("mode"),
         systemd=systemd,
+        drain="drain" in flags,
     )
+
+
+def _check_drain(text: str, kind: str) -> None:
+    if kind != "tcp":
+        what = "systemd's sockets" if kind == SYSTEMD else "a UNIX socket"
+        raise SetupError(
+            f'Invalid value for "{text}": drain is for TCP addresses only (einhorn binds one socket per generation '
+            f"on the address), and this is {what}"
+        )
+    if not sys.platform.startswith("linux"):
+        raise SetupError(f'Invalid value for "{text}": drain needs Linux (SO_ATTACH_REUSEPORT_CBPF), and this is {sys.platform}')
 
 
 def _flag_value(text: str, flag: str, value: str) -> int:
@@ -179,7 +197,7 @@ def _bind_tcp(spec: BindSpec, backlog: int) -> socket.socket:
     try:
         if spec.reuseaddr:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if spec.reuseport:
+        if spec.reuseport or spec.drain:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             # Explicit either way: the kernel's default (net.ipv6.bindv6only) varies between machines.
@@ -191,6 +209,14 @@ def _bind_tcp(spec: BindSpec, backlog: int) -> socket.socket:
         if error.errno == errno.EADDRINUSE:
             raise SetupError(address_in_use(spec, port_use(str(address[0]), int(address[1])))) from None
         raise SetupError(f"Could not bind {spec.text}: {error.strerror}") from None
+    if spec.drain:
+        from einhorn.io import steering  # only with drain
+
+        try:
+            steering.attach(sock, [(0, 1)])  # everything to this socket: one joining the group gets nothing until steered
+        except OSError as error:
+            sock.close()
+            raise SetupError(f"Could not bind {spec.text}: cannot attach the drain steering program (SO_ATTACH_REUSEPORT_CBPF): {error.strerror}") from None
     return sock
 
 

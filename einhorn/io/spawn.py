@@ -51,6 +51,9 @@ class WorkerLaunch:
     """`-m notify`: the master's datagram socket, given to workers as NOTIFY_SOCKET."""
     cwd: str | None = None
     """Where the worker starts (its generation's directory); None: the master's own."""
+    listener_sources: Sequence[int] = ()
+    """`drain` listeners: the master's fd of the socket the worker gets at each of `listener_fds` (its
+    generation's own socket, einhorn/io/steering.py), in that order; () : the listeners themselves."""
     shared_environ: Mapping[str, str] = field(init=False, repr=False, compare=False)
     """What every worker's environment starts from (`worker_environment`), made once, not once per worker."""
 
@@ -188,11 +191,29 @@ def spawn_worker(launch: WorkerLaunch, index: int, sock_fd: int | None) -> Spawn
     comes back through `report_fd`.
     """
     env = worker_environment(launch, index, sock_fd)
+    moves = listener_moves(launch)
     if not launch.pdeathsig and launch.prepare_child is None and not launch.listen_fds and launch.cwd is None and POSIX_SPAWN:
-        pid = os.posix_spawn(launch.path, list(launch.argv), env, setpgroup=0, setsigdef=RESET_IN_CHILDREN, setsigmask=())
+        actions = [(os.POSIX_SPAWN_DUP2, source, target) for source, target in moves]  # dup2 clears close-on-exec
+        pid = os.posix_spawn(
+            launch.path, list(launch.argv), env, file_actions=actions, setpgroup=0, setsigdef=RESET_IN_CHILDREN, setsigmask=()
+        )
         return Spawned(pid, None)
     passed = [*launch.listener_fds, *([] if sock_fd is None else [sock_fd])]
-    return fork_reporting(lambda report_fd: _exec_child(launch, env, report_fd, passed))
+    return fork_reporting(lambda report_fd: _exec_child(launch, env, report_fd, passed, moves))
+
+
+def listener_moves(launch: WorkerLaunch) -> list[tuple[int, int]]:
+    """(source, target): each generation's socket the child must put at its listener's fd number."""
+    if not launch.listener_sources:
+        return []
+    return [(source, target) for source, target in zip(launch.listener_sources, launch.listener_fds, strict=True) if source != target]
+
+
+def move_listeners(moves: Sequence[tuple[int, int]]) -> None:
+    """In the child: each source socket at its listener's number (inheritable), in place of the listener.
+    A source is never another's target: both are open in the master, each a different descriptor."""
+    for source, target in moves:
+        os.dup2(source, target)
 
 
 def fork_reporting(child: Callable[[int], object]) -> Spawned:
@@ -243,9 +264,12 @@ def become_worker_process(launch: WorkerLaunch) -> None:
         os.chdir(launch.cwd)  # an OSError is reported as the exec's (the release directory is gone)
 
 
-def _exec_child(launch: WorkerLaunch, env: Mapping[str, str], report_fd: int, passed: Sequence[int]) -> None:
+def _exec_child(
+    launch: WorkerLaunch, env: Mapping[str, str], report_fd: int, passed: Sequence[int], moves: Sequence[tuple[int, int]]
+) -> None:
     try:
         become_worker_process(launch)
+        move_listeners(moves)
         if launch.listen_fds:
             report_fd = place_listen_fds(passed, report_fd)
             env = {**env, "LISTEN_PID": str(os.getpid())}

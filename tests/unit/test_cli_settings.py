@@ -105,3 +105,8 @@ def test_listen_fds_does_not_apply_to_preloaded_workers() -> None:
 
 def test_unix_listeners_are_owned_paths() -> None:
     assert settings("-e", "/p", "-d", "/s", "-b", "unix:/run/a.sock", "-b", "127.0.0.1:0").owned_paths == ("/p", "/s", "/run/a.sock")
+
+
+def test_a_drain_listener_makes_a_drain_config() -> None:
+    assert core_config(settings("-b", "127.0.0.1:0,drain", "-b", "127.0.0.1:0"), master_pid=1, preloaded=False).drain
+    assert not core_config(settings("-b", "127.0.0.1:0,reuseport"), master_pid=1, preloaded=False).drain

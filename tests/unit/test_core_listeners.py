@@ -5,7 +5,7 @@ from __future__ import annotations
 from einhorn.core.config import ListenerInfo
 from einhorn.core.effects import Log, LogLevel
 from einhorn.core.events import ListenerHealthChanged, MasterStarted
-from einhorn.core.report import snapshot
+from einhorn.core.report import snapshot, status
 from einhorn.core.state import State, initial_state
 from tests.unit.fixtures.core_world import make_config, run
 
@@ -58,3 +58,16 @@ def test_a_listener_that_accepts_again_is_noted_and_shown() -> None:
 def test_the_report_of_a_master_without_listeners_has_an_empty_list() -> None:
     state, _ = run(initial_state(make_config()), MasterStarted(0.0))
     assert listeners_shown(state) == []
+
+
+def test_state_says_which_listeners_drain() -> None:
+    config = make_config(
+        number=1, binds=("127.0.0.1:8080,drain", "[::1]:8081"), bound_ports=(8080, 8081),
+        listeners=(ListenerInfo("AF_INET", ADDRESSES[0], drain=True), ListenerInfo("AF_INET6", ADDRESSES[1])),
+    )  # fmt: skip
+    state, _ = run(initial_state(config), MasterStarted(0.0))
+    assert listeners_shown(state) == [
+        {"address": "127.0.0.1:8080", "family": "AF_INET", "name": None, "accepting": True, "drain": True},
+        {"address": "[::1]:8081", "family": "AF_INET6", "name": None, "accepting": True},
+    ]
+    assert "listeners: 127.0.0.1:8080 (drain), [::1]:8081\n" in status(state)

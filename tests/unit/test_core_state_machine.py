@@ -37,6 +37,7 @@ machine_configs = st.builds(
     boot_timeout=st.sampled_from([None, None, 3.0]),
     ping_timeout=st.sampled_from([None, None, 2.0]),
     max_worker_rss_mb=st.sampled_from([None, None, 64]),
+    drain=st.booleans(),
 )
 
 CONN = 7
@@ -158,6 +159,13 @@ class CoreMachine(RuleBasedStateMachine):
             assert after.verdict is not None  # condemned now, or before for another rule
         if before.verdict is None and (limit is None or mib <= limit):
             assert after.verdict is None
+
+    @precondition(lambda self: self.running() and bool(self.world.measurements))
+    @rule(queued=st.sampled_from([0, 0, 2]))
+    def queues_read(self, queued: int) -> None:
+        order = self.world.measurements[0]
+        self.say(f"the queues of version {order.version} hold {queued} connections")
+        self.world.measured(queued)
 
     @precondition(lambda self: self.running() and next_deadline(self.world.state) is not None)
     @rule()

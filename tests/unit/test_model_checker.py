@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import pytest
 
-from einhorn.core import actions, commands, health, indexed, notify, pool, rollout, step, upgrade
+from einhorn.core import actions, commands, drain, health, indexed, notify, pool, rollout, step, upgrade
 from einhorn.core.actions import Outcome
 from einhorn.core.config import Pacing
 from einhorn.core.effects import Cause, Effect, Log, LogLevel, Reply, SpawnWorker
@@ -588,3 +588,68 @@ def test_the_matrix_explores_both_pacings_with_the_default_graceful_signal() -> 
     found = model_check.scenarios(args)
     assert sorted(s.pacing.value for s in found) == ["ack", "interval"]
     assert {s.graceful_signal for s in found} == {"USR2"}
+
+
+# --- drain listeners (spec/README.md §9) -------------------------------------------------------
+
+DRAINED_UPGRADES, DRAINED_CANARY, DRAINED_CAPPED, DRAINED_CRASHES = model_check.DRAIN_RUNS
+
+
+@pytest.mark.parametrize("run", model_check.DRAIN_RUNS, ids=lambda run: str(run[0]))
+def test_the_real_core_passes_the_drain_runs_at_a_small_bound(run: tuple[Scenario, Bounds]) -> None:
+    scenario, bounds = run
+    result = explore(scenario, replace(bounds, depth=8), stop_at_first=False)
+    assert not result.violations, "\n\n".join(render_trace(v) for v in result.violations)
+    assert result.states > 100 and result.liveness_states > 0
+
+
+def test_bug_a_worker_is_stopped_without_waiting_for_its_generations_drain(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every victim goes at once, as without drain listeners: a connection steered to it may be lost."""
+    monkeypatch.setattr(drain, "admit", lambda state, pids: (state, list(pids), []))
+    problems, trace = _violation(*DRAINED_UPGRADES)
+    _assert_reports(problems, trace, "D1")
+
+
+def test_bug_the_grace_after_an_empty_queue_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first empty reading ends the drain: what a worker accepted last may still be unread."""
+    monkeypatch.setattr(drain, "done", lambda state, d: d.timed_out or d.empty_at is not None)
+    problems, trace = _violation(*DRAINED_UPGRADES)
+    _assert_reports(problems, trace, "D1")
+    assert "the shell reads the queues of version" in trace
+
+
+def test_bug_connections_steered_to_a_generation_whose_worker_is_stopping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signalled server may still accept for a while: its generation must get nothing more."""
+
+    def with_stopping(state: State) -> list[tuple[int, int]]:
+        out = {d.version for d in state.drains if d.held}
+        children = state.indexed_children
+        return [(v, n) for v in sorted(children.unsignaled_versions()) if v not in out and (n := drain.serving(state, v)) > 0]
+
+    monkeypatch.setattr(drain, "accepting", with_stopping)
+    problems, trace = _violation(*DRAINED_UPGRADES)
+    _assert_reports(problems, trace, "D2")
+
+
+def test_bug_the_queue_is_never_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The poll timer is not armed (and no timeout): a drain would wait for ever."""
+    monkeypatch.setattr(drain, "poll_due", lambda state: [])
+    monkeypatch.setattr(drain, "timeout_due", lambda state: [])
+    problems, trace = _violation(*DRAINED_UPGRADES)
+    _assert_reports(problems, trace, "D3")
+
+
+def test_bug_a_generation_no_longer_steered_to_is_taken_as_drained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shortcut for a generation out of the steering, without its queue ever read empty: connections
+    steered to it earlier (the current one's, alone, while nothing served) would be lost."""
+    real = drain.admit
+
+    def unsteered_is_quiet(state: State, pids: Sequence[int]) -> tuple[State, list[int], list[Effect]]:
+        steered = dict(state.steered)
+        early = [p for p in pids if steered and state.children[p].version not in steered and drain.drain_of(state, state.children[p].version) is None]
+        state, ready, effects = real(state, [p for p in pids if p not in early])
+        return state, [*early, *ready], effects
+
+    monkeypatch.setattr(drain, "admit", unsteered_is_quiet)
+    problems, trace = _violation(*DRAINED_CRASHES)
+    _assert_reports(problems, trace, "D1")

@@ -79,7 +79,7 @@ def test_a_relative_unix_path_is_made_absolute() -> None:
         ("unix:/a,r", 'unknown bind flag "r" (known: n, o_nonblock, backlog=N, mode=OCTAL)'),
         ("unix:/a,mode=8", "mode must be an octal file mode (mode=0660)"),
         ("unix:/a,mode", 'unknown bind flag "mode" (known: n, o_nonblock, backlog=N, mode=OCTAL)'),
-        ("127.0.0.1:80,mode=0600", 'unknown bind flag "mode=0600" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N)'),
+        ("127.0.0.1:80,mode=0600", 'unknown bind flag "mode=0600" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N, drain)'),
         ("127.0.0.1:80,backlog=x", "backlog must be an integer >= 0"),
         ("127.0.0.1:80,backlog=-1", "backlog must be an integer >= 0"),
         ("systemd,n", "systemd's sockets take no flags (systemd set them up)"),
@@ -103,8 +103,8 @@ def test_parse_bind_errors_of_the_new_forms(text: str, why: str) -> None:
         ("::1:80", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),  # IPv6 needs its brackets
         ("127.0.0.1:80,", "bind address must be of the form address:port[,flags...], unix:PATH[,flags...] or systemd[:NAME]"),
         ("127.0.0.1:65536", "port 65536 is out of range"),
-        ("127.0.0.1:80,x", 'unknown bind flag "x" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N)'),
-        ("127.0.0.1:80,r,reuse", 'unknown bind flag "reuse" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N)'),
+        ("127.0.0.1:80,x", 'unknown bind flag "x" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N, drain)'),
+        ("127.0.0.1:80,r,reuse", 'unknown bind flag "reuse" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N, drain)'),
     ],
 )
 def test_parse_bind_errors_name_the_spec_and_say_why(text: str, why: str) -> None:
@@ -387,3 +387,54 @@ def test_a_numeric_address_binds_without_the_idna_codec(binds: list[str], loaded
         pytest.skip("no IPv6 loopback here")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == loaded
+
+
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [
+        ("127.0.0.1:80,drain", BindSpec("127.0.0.1:80,drain", "127.0.0.1", 80, drain=True)),
+        ("[::]:0,DRAIN,r,backlog=5", BindSpec("[::]:0,DRAIN,r,backlog=5", "::", 0, reuseaddr=True, backlog=5, drain=True)),
+    ],
+)
+def test_drain_is_a_tcp_flag(text: str, spec: BindSpec) -> None:
+    assert parse_bind(text) == spec
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("unix:/a,drain", "drain is for TCP addresses only (einhorn binds one socket per generation on the address), and this is a UNIX socket"),
+        ("systemd,drain", "drain is for TCP addresses only (einhorn binds one socket per generation on the address), and this is systemd's sockets"),
+        ("systemd:web,n,drain", "systemd's sockets take no flags (systemd set them up)"),
+        ("127.0.0.1:80,drain=1", 'unknown bind flag "drain=1" (known: r, so_reuseaddr, n, o_nonblock, reuseport, v6only, backlog=N, drain)'),
+    ],
+)
+def test_drain_elsewhere_than_tcp_is_refused(text: str, why: str) -> None:
+    with pytest.raises(SetupError) as raised:
+        parse_bind(text)
+    assert str(raised.value) == f'Invalid value for "{text}": {why}'
+
+
+def test_drain_needs_linux(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "platform", "darwin")
+    with pytest.raises(SetupError) as raised:
+        parse_bind("127.0.0.1:80,drain")
+    assert str(raised.value) == 'Invalid value for "127.0.0.1:80,drain": drain needs Linux (SO_ATTACH_REUSEPORT_CBPF), and this is darwin'
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="drain is Linux's")
+def test_a_drain_listener_is_in_a_reuseport_group_that_sends_nothing_to_a_newcomer() -> None:
+    """SO_REUSEPORT implied; the steering program attached at bind keeps every connection on the listener itself."""
+    with bind_listener(parse_bind("127.0.0.1:0,drain"), 10) as first:
+        assert first.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        with bind_listener(parse_bind(f"127.0.0.1:{port(first)},reuseport"), 10) as newcomer:
+            clients = [socket.create_connection(("127.0.0.1", port(first)), timeout=5) for _ in range(8)]
+            try:
+                newcomer.setblocking(False)
+                with pytest.raises(BlockingIOError):
+                    newcomer.accept()
+                for _ in clients:
+                    first.accept()[0].close()
+            finally:
+                for client in clients:
+                    client.close()
