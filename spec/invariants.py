@@ -350,7 +350,6 @@ def _drained(before: State, after: State, signals: Sequence[SendSignal]) -> list
     if not after.config.drain:
         return []
     problems: list[str] = []
-    steered = dict(before.steered)
     for sig in signals:
         child = before.children.get(sig.pid)
         if sig.cause not in OWN_INITIATIVE or sig.cause is Cause.ESCALATION or child is None or child.signaled:
