@@ -503,10 +503,14 @@ def test_bug_a_rollback_keeps_the_new_version_current(monkeypatch: pytest.Monkey
 WEDGED, NEVER_ACKS, RSS_DURING_UPGRADE, TWO_RULES, CAPPED = model_check.HEALTH_RUNS
 
 
-@pytest.mark.parametrize("run", model_check.HEALTH_RUNS, ids=lambda run: str(run[0]))
-def test_the_real_core_passes_the_health_runs_at_a_small_bound(run: tuple[Scenario, Bounds]) -> None:
+@pytest.mark.parametrize(
+    ("run", "depth"),
+    [*((run, 7) for run in model_check.HEALTH_RUNS), *((run, 8) for run in model_check.DRAIN_RUNS)],
+    ids=lambda value: str(value[0]) if isinstance(value, tuple) else f"depth {value}",
+)
+def test_the_real_core_passes_the_health_and_drain_runs_at_a_small_bound(run: tuple[Scenario, Bounds], depth: int) -> None:
     scenario, bounds = run
-    result = explore(scenario, replace(bounds, depth=7), stop_at_first=False)
+    result = explore(scenario, replace(bounds, depth=depth), stop_at_first=False)
     assert not result.violations, "\n\n".join(render_trace(v) for v in result.violations)
     assert result.states > 100 and result.liveness_states > 0
 
@@ -593,14 +597,6 @@ def test_the_matrix_explores_both_pacings_with_the_default_graceful_signal() -> 
 # --- drain listeners (spec/README.md §9) -------------------------------------------------------
 
 DRAINED_UPGRADES, DRAINED_CANARY, DRAINED_CAPPED, DRAINED_CRASHES = model_check.DRAIN_RUNS
-
-
-@pytest.mark.parametrize("run", model_check.DRAIN_RUNS, ids=lambda run: str(run[0]))
-def test_the_real_core_passes_the_drain_runs_at_a_small_bound(run: tuple[Scenario, Bounds]) -> None:
-    scenario, bounds = run
-    result = explore(scenario, replace(bounds, depth=8), stop_at_first=False)
-    assert not result.violations, "\n\n".join(render_trace(v) for v in result.violations)
-    assert result.states > 100 and result.liveness_states > 0
 
 
 def test_bug_a_worker_is_stopped_without_waiting_for_its_generations_drain(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,73 +68,67 @@ def close_all(listener: SteeredListener) -> None:
         sock.close()
 
 
-def test_a_drain_listener_sends_everything_to_its_own_socket_until_steered(drain_listener: socket.socket) -> None:
+@pytest.fixture
+def listener(drain_listener: socket.socket) -> Iterator[SteeredListener]:
+    """A SteeredListener on `drain_listener`; every version socket it opened is closed after the test."""
+    steered = SteeredListener(drain_listener)
+    try:
+        yield steered
+    finally:
+        close_all(steered)
+
+
+def test_a_drain_listener_sends_everything_to_its_own_socket_until_steered(drain_listener: socket.socket, listener: SteeredListener) -> None:
     """The program attached at bind: a socket that joins the group gets nothing until steered."""
-    listener = SteeredListener(drain_listener)
-    try:
-        assert listener.socket_of(1) is drain_listener  # the first version asked for gets the original
-        second = listener.socket_of(2)
-        assert second is not drain_listener and second.getsockname() == drain_listener.getsockname()
-        assert not second.get_inheritable() and drain_listener.get_inheritable()
-        assert queues_after(listener, [1, 2]) == [CONNECTIONS, 0]
-    finally:
-        close_all(listener)
+    assert listener.socket_of(1) is drain_listener  # the first version asked for gets the original
+    second = listener.socket_of(2)
+    assert second is not drain_listener and second.getsockname() == drain_listener.getsockname()
+    assert not second.get_inheritable() and drain_listener.get_inheritable()
+    assert queues_after(listener, [1, 2]) == [CONNECTIONS, 0]
 
 
-def test_steering_sends_all_to_one_version_none_to_others_and_splits_by_weight(drain_listener: socket.socket) -> None:
-    listener = SteeredListener(drain_listener)
-    try:
-        listener.steer(((2, 1),))  # version 2 opens its socket; the original is still nobody's
-        assert listener.owner == 2 and listener.sockets == {}
-        listener.steer(((3, 1),))
-        assert queues_after(listener, [2, 3]) == [0, CONNECTIONS]
-        listener.steer(((2, 1),))
-        assert queues_after(listener, [2, 3]) == [CONNECTIONS, 0]
-        listener.steer(((2, 1), (3, 2)))
-        two, three = queues_after(listener, [2, 3])
-        assert two + three == CONNECTIONS and 10 <= two <= 50  # expected 30
-        listener.steer(((4, 1), (3, 1)))
-        two, three, four = queues_after(listener, [2, 3, 4])
-        assert two == 0 and three + four == CONNECTIONS and 20 <= four <= 70
-    finally:
-        close_all(listener)
+def test_steering_sends_all_to_one_version_none_to_others_and_splits_by_weight(listener: SteeredListener) -> None:
+    listener.steer(((2, 1),))  # version 2 opens its socket; the original is still nobody's
+    assert listener.owner == 2 and listener.sockets == {}
+    listener.steer(((3, 1),))
+    assert queues_after(listener, [2, 3]) == [0, CONNECTIONS]
+    listener.steer(((2, 1),))
+    assert queues_after(listener, [2, 3]) == [CONNECTIONS, 0]
+    listener.steer(((2, 1), (3, 2)))
+    two, three = queues_after(listener, [2, 3])
+    assert two + three == CONNECTIONS and 10 <= two <= 50  # expected 30
+    listener.steer(((4, 1), (3, 1)))
+    two, three, four = queues_after(listener, [2, 3, 4])
+    assert two == 0 and three + four == CONNECTIONS and 20 <= four <= 70
 
 
-def test_closing_a_middle_socket_keeps_each_connection_going_to_its_version(drain_listener: socket.socket) -> None:
+def test_closing_a_middle_socket_keeps_each_connection_going_to_its_version(drain_listener: socket.socket, listener: SteeredListener) -> None:
     """socket(7): the last socket of the group takes the closed one's index; the program is attached again at once."""
-    listener = SteeredListener(drain_listener)
-    try:
-        listener.steer(((1, 1),))
-        two, three, four = (listener.socket_of(v) for v in (2, 3, 4))
-        listener.steer(((4, 1),))
-        assert queues_after(listener, [1, 2, 3, 4]) == [0, 0, 0, CONNECTIONS]
-        listener.release(2)  # index 1 of 0..3: version 4's socket moves there
-        assert two.fileno() == -1 and listener.group == [drain_listener, four, three]
-        assert queues_after(listener, [1, 3, 4]) == [0, 0, CONNECTIONS]
-        listener.steer(((3, 1),))
-        assert queues_after(listener, [1, 3, 4]) == [0, CONNECTIONS, 0]
-        listener.steer(((4, 1), (1, 1)))
-        listener.release(3)  # the last: nothing moves
-        one, four_queued = queues_after(listener, [1, 4])
-        assert one + four_queued == CONNECTIONS and 20 <= one <= 70
-        listener.release(7)  # an unknown version: nothing happens
-        assert listener.group == [drain_listener, four]
-    finally:
-        close_all(listener)
+    listener.steer(((1, 1),))
+    two, three, four = (listener.socket_of(v) for v in (2, 3, 4))
+    listener.steer(((4, 1),))
+    assert queues_after(listener, [1, 2, 3, 4]) == [0, 0, 0, CONNECTIONS]
+    listener.release(2)  # index 1 of 0..3: version 4's socket moves there
+    assert two.fileno() == -1 and listener.group == [drain_listener, four, three]
+    assert queues_after(listener, [1, 3, 4]) == [0, 0, CONNECTIONS]
+    listener.steer(((3, 1),))
+    assert queues_after(listener, [1, 3, 4]) == [0, CONNECTIONS, 0]
+    listener.steer(((4, 1), (1, 1)))
+    listener.release(3)  # the last: nothing moves
+    one, four_queued = queues_after(listener, [1, 4])
+    assert one + four_queued == CONNECTIONS and 20 <= one <= 70
+    listener.release(7)  # an unknown version: nothing happens
+    assert listener.group == [drain_listener, four]
 
 
-def test_releasing_the_originals_version_keeps_it_open_for_the_next(drain_listener: socket.socket) -> None:
-    listener = SteeredListener(drain_listener)
-    try:
-        listener.steer(((1, 1),))
-        listener.steer(((2, 1),))
-        listener.release(1)
-        assert drain_listener.fileno() != -1 and listener.owner is None
-        assert listener.socket_of(3) is drain_listener  # the next version takes it (and what still waits in it)
-        listener.steer(((3, 1),))
-        assert queues_after(listener, [2, 3]) == [0, CONNECTIONS]
-    finally:
-        close_all(listener)
+def test_releasing_the_originals_version_keeps_it_open_for_the_next(drain_listener: socket.socket, listener: SteeredListener) -> None:
+    listener.steer(((1, 1),))
+    listener.steer(((2, 1),))
+    listener.release(1)
+    assert drain_listener.fileno() != -1 and listener.owner is None
+    assert listener.socket_of(3) is drain_listener  # the next version takes it (and what still waits in it)
+    listener.steer(((3, 1),))
+    assert queues_after(listener, [2, 3]) == [0, CONNECTIONS]
 
 
 def test_queue_length_counts_the_connections_not_yet_accepted(drain_listener: socket.socket) -> None:
@@ -291,36 +285,32 @@ def link(sock: socket.socket) -> str:
 @pytest.mark.parametrize("version", [1, 2])
 @pytest.mark.parametrize("path", ["posix_spawn", "fork", "listen_fds", "preload"])
 def test_a_worker_of_a_version_holds_that_versions_socket_at_its_listener_fd(
-    drain_listener: socket.socket, tmp_path: Path, path: str, version: int
+    drain_listener: socket.socket, listener: SteeredListener, tmp_path: Path, path: str, version: int
 ) -> None:
     """Version 1 has the listener itself (no `listener_sources`, as without drain); version 2 its own socket."""
-    listener = SteeredListener(drain_listener)
     out = tmp_path / "links"
-    try:
-        listener.socket_of(1)
-        listener.socket_of(2)  # (a version 1 worker must not get it either)
-        second = listener.socket_of(version)
-        launch = WorkerLaunch(
-            sys.executable, [sys.executable, "-c", LINKS, str(out)], {"PATH": os.defpath}, [drain_listener.fileno()], ["AF_INET"],
-            str(tmp_path / "cmd.sock"), os.getpid(), listener_sources=() if version == 1 else (second.fileno(),),
-            prepare_child=(lambda: None) if path == "fork" else None, listen_fds=path == "listen_fds",
-        )  # fmt: skip
-        if path == "preload":
-            spawner = preload.Preloader(preload.Preloaded("app.py", links_main(out), frozenset()), ["app"], None, Logger())  # type: ignore[arg-type]
-            spawned = spawner.spawn(launch, 0, None)
-        else:
-            spawned = spawn_worker(launch, 0, None)
-        assert (spawned.report_fd is None) == (path == "posix_spawn" and POSIX_SPAWN)
-        assert wait_for_report(spawned) is None
-        _, status = os.waitpid(spawned.pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-        fd, links = ast.literal_eval(out.read_text())
-        assert fd == (3 if path == "listen_fds" else drain_listener.fileno())
-        assert links[fd] == link(second)
-        held = [target for target in links.values() if target.startswith("socket:")]
-        assert held == [link(second)]  # its version's socket, once: not the original's (nor version 2's twice)
-    finally:
-        close_all(listener)
+    listener.socket_of(1)
+    listener.socket_of(2)  # (a version 1 worker must not get it either)
+    second = listener.socket_of(version)
+    launch = WorkerLaunch(
+        sys.executable, [sys.executable, "-c", LINKS, str(out)], {"PATH": os.defpath}, [drain_listener.fileno()], ["AF_INET"],
+        str(tmp_path / "cmd.sock"), os.getpid(), listener_sources=() if version == 1 else (second.fileno(),),
+        prepare_child=(lambda: None) if path == "fork" else None, listen_fds=path == "listen_fds",
+    )  # fmt: skip
+    if path == "preload":
+        spawner = preload.Preloader(preload.Preloaded("app.py", links_main(out), frozenset()), ["app"], None, Logger())  # type: ignore[arg-type]
+        spawned = spawner.spawn(launch, 0, None)
+    else:
+        spawned = spawn_worker(launch, 0, None)
+    assert (spawned.report_fd is None) == (path == "posix_spawn" and POSIX_SPAWN)
+    assert wait_for_report(spawned) is None
+    _, status = os.waitpid(spawned.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    fd, links = ast.literal_eval(out.read_text())
+    assert fd == (3 if path == "listen_fds" else drain_listener.fileno())
+    assert links[fd] == link(second)
+    held = [target for target in links.values() if target.startswith("socket:")]
+    assert held == [link(second)]  # its version's socket, once: not the original's (nor version 2's twice)
 
 
 def test_a_steering_document_that_does_not_match_the_sockets_is_logged_and_its_sockets_closed(
@@ -337,22 +327,18 @@ def test_a_steering_document_that_does_not_match_the_sockets_is_logged_and_its_s
     assert handoff.unclaimed() == []
 
 
-def test_a_release_after_a_failed_steer_does_not_bring_the_released_version_back(drain_listener: socket.socket) -> None:
+def test_a_release_after_a_failed_steer_does_not_bring_the_released_version_back(listener: SteeredListener) -> None:
     """The last steering applied still names the version (its Steer away failed): the re-attach after the
     close leaves it out, and opens no socket for it."""
-    listener = SteeredListener(drain_listener)
-    try:
-        listener.steer(((1, 1),))
-        listener.socket_of(2)
-        listener.steer(((1, 1), (2, 1)))
-        listener.release(2)
-        assert 2 not in listener.sockets and listener.weights == ((1, 1),)
-        assert queues_after(listener, [1, 2]) == [CONNECTIONS, 0]
-        listener.release(1)  # the original's owner: it loses it, and the steering forgets it
-        assert listener.owner is None
-        assert not listener.weights
-    finally:
-        close_all(listener)
+    listener.steer(((1, 1),))
+    listener.socket_of(2)
+    listener.steer(((1, 1), (2, 1)))
+    listener.release(2)
+    assert 2 not in listener.sockets and listener.weights == ((1, 1),)
+    assert queues_after(listener, [1, 2]) == [CONNECTIONS, 0]
+    listener.release(1)  # the original's owner: it loses it, and the steering forgets it
+    assert listener.owner is None
+    assert not listener.weights
 
 
 @pytest.mark.parametrize(
