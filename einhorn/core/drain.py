@@ -120,7 +120,8 @@ def settle(previous: State, state: State) -> Outcome:
     if any(not d.held for d in state.drains):
         for d in state.drains:
             if not d.held:
-                exposed -= {d.version} if done(state, d) else set()
+                if done(state, d):
+                    exposed.discard(d.version)
                 effects.append(Log(LogLevel.DEBUG, f"Version {d.version}'s drain ends", (("version", d.version),)))
         state = replace(state, drains=tuple(d for d in state.drains if d.held))
     wanted = weights(state)
@@ -133,6 +134,16 @@ def settle(previous: State, state: State) -> Outcome:
         state = replace(state, exposed=now_exposed)
     effects += [ReleaseListeners(v) for v in ended]
     return state, effects
+
+
+def after_reexec(state: State) -> State:
+    """The new image knows nothing of the old one's drains and steering (a restored document has none; a state
+    passed on in memory, as the model checker does, must not keep them either): it steers at its first step,
+    and takes every live generation as possibly holding connections, so that it drains before it stops anyone."""
+    if not state.config.drain:
+        return state
+    live = {state.version, *(c.version for c in state.children.values()), *(p.version for p in state.pending.values())}
+    return replace(state, drains=(), steered=(), exposed=frozenset(live))
 
 
 def weights(state: State) -> tuple[tuple[int, int], ...]:

@@ -21,7 +21,7 @@ withdrawn, and the requesters are told.
 
 from __future__ import annotations
 
-from einhorn.core import rollout
+from einhorn.core import drain, rollout
 from einhorn.core.actions import announce
 from einhorn.core.config import UPGRADE_CHECK_TIMEOUT
 from einhorn.core.effects import (
@@ -141,10 +141,7 @@ def on_restored(state: State, launch: LaunchSpec | None) -> Outcome:
     state, effects = _fail_lost_spawns(state, effects)
     state = rollout.record_generation(state, launch)  # a state from before generations
     reexec = state.reexec
-    # The drains and the steering are not kept across a re-exec (a restored document has none; a state passed
-    # on in memory, as the model checker does, must not keep them either): the new image steers, then drains.
-    live = {state.version, *(c.version for c in state.children.values()), *(p.version for p in state.pending.values())}
-    state = replace(state, reexec=None, drains=(), steered=(), exposed=frozenset(live) if state.config.drain else frozenset())
+    state = drain.after_reexec(replace(state, reexec=None))
     if reexec is None:
         return state, effects
     match reexec.purpose:
