@@ -90,8 +90,10 @@ def rolled_back(state: State) -> set[int]:
 
 def waiting_for_drain(state: State) -> set[int]:
     """Unsignaled workers of a generation being drained (drain.py): a stop on the master's own
-    initiative may wait for the drain, so the cull's rules (S1, S5, S7, S18) allow them to stay."""
-    draining = {d.version for d in state.drains} if state.config.drain else set()
+    initiative may wait for the drain, so the cull's rules (S1, S4, S5, S7, S14, S18) allow them to stay."""
+    if not state.config.drain or not state.drains:
+        return set()  # (no scan of the pool: the checker calls this for every state, drain or not)
+    draining = {d.version for d in state.drains}
     return {c.pid for c in state.children.values() if c.version in draining and not c.signaled}
 
 
