@@ -241,7 +241,7 @@ DRAIN_RUNS: tuple[tuple[Scenario, Bounds], ...] = (
     # A new generation that crashes (two deaths) while the old one drains, or is rolled back; boot timeouts.
     (Scenario(2, 1, None, 2, None, boot_timeout=3.0, drain=True), Bounds(depth=10, failures=2, commands=1, command_names=("upgrade_timeout",))),
 )
-"""Runs with drain listeners (`--drain`), added by default."""
+"""Runs with drain listeners, added by default with the health runs (`--health`)."""
 
 # --- the world: actions, canonical states ---------------------------------
 
