@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import select
 import shutil
@@ -608,7 +609,8 @@ def fault_process_limit(report: Report) -> None:
             report.add(
                 "ulimit -u reached (as nobody): upgrade, respawn",
                 f"upgrade: ...{final[-70:]}; {attempts} spawn attempts in ~3 s, master at {share * 100:.0f} % CPU",
-                "could not fork the upgrade check" in final and master.proc.poll() is None and share < 0.2,
+                # the state passer's fork when einhorn is unchanged (no check), the check's otherwise
+                re.search("could not fork the (state passer|upgrade check)", final) is not None and master.proc.poll() is None and share < 0.2,
             )
             process_limit(user, master.pid, -1)
             recovered = wait_until(lambda: settled(master, 2), 30, "the pool refilled")

@@ -26,6 +26,7 @@ from einhorn.core.config import MAX_SPINUP_INTERVAL, Pacing
 from einhorn.core.effects import (
     OWN_INITIATIVE,
     Cause,
+    CompareImage,
     Effect,
     ExecMaster,
     Exit,
@@ -39,13 +40,14 @@ from einhorn.core.events import (
     ChildExited,
     CommandReceived,
     Event,
+    ImageCompared,
     MasterStarted,
     SignalReceived,
     UpgradeCheckPassed,
     WorkerSpawned,
 )
 from einhorn.core.rollout import CRASH_LOOP_DEATHS
-from einhorn.core.state import Child, ReexecPhase, ReexecPurpose, RolloutPhase, State, UpgradeKind, Verdict
+from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, RolloutPhase, State, UpgradeKind, Verdict
 
 # --- independent counts (BEHAVIOR §4 vocabulary) --------------------------
 
@@ -283,9 +285,9 @@ def check_state(state: State) -> list[str]:
     if state.reexec is not None and not state.respawn:
         problems.append(f"S10: re-exec ({state.reexec.purpose.value}, {state.reexec.phase.value}) in progress while shutting down")
 
-    # S11: a running upgrade check has a deadline: not yet passed, and armed in next_deadline.
+    # S11: an image comparison or a running upgrade check has a deadline: not yet passed, and armed in next_deadline.
     reexec = state.reexec
-    if reexec is not None and reexec.phase is ReexecPhase.CHECKING:
+    if reexec is not None and reexec.phase is not ReexecPhase.EXECUTING:
         if reexec.deadline <= state.clock:
             problems.append(f"S11: upgrade check still awaited at {state.clock}, past its deadline {reexec.deadline}")
         else:
@@ -806,23 +808,36 @@ def _causes(event: Event, before: State, after: State, signals: Sequence[SendSig
 def check_lifecycle_step(before: State, event: Event, after: State, effects: Sequence[Effect]) -> list[str]:
     """T13-T14: the re-exec lifecycle (spec/upgrades.md)."""
     problems: list[str] = []
-    # T13: a check is started only by a new re-exec, and the exec is ordered only on the
-    # pass of the current check, while respawning.
+    # T13: a new re-exec first compares the image; the check is started only when the current
+    # comparison found it changed; the exec is ordered only on the pass of the current check,
+    # or on the current comparison finding the image unchanged, and only while respawning.
+    current = before.reexec
+    for comparison in (e for e in effects if isinstance(e, CompareImage)):
+        fresh = current is None and after.reexec is not None and after.reexec.phase is ReexecPhase.COMPARING
+        if not fresh or after.reexec is None or after.reexec.check_id != comparison.check_id:
+            problems.append(f"T13: image comparison {comparison.check_id} ordered outside a new re-exec")
     for order in (e for e in effects if isinstance(e, StartUpgradeCheck)):
-        fresh = before.reexec is None and after.reexec is not None and after.reexec.phase is ReexecPhase.CHECKING
-        if not fresh or after.reexec is None or after.reexec.check_id != order.check_id:
-            problems.append(f"T13: upgrade check {order.check_id} started outside a new re-exec")
+        changed = isinstance(event, ImageCompared) and not event.unchanged and _awaits(current, ReexecPhase.COMPARING, event.check_id)
+        if not changed or after.reexec is None or after.reexec.phase is not ReexecPhase.CHECKING or after.reexec.check_id != order.check_id:
+            problems.append(f"T13: upgrade check {order.check_id} started, not on the current comparison finding the image changed")
     if any(isinstance(e, ExecMaster) for e in effects):
-        checking = before.reexec is not None and before.reexec.phase is ReexecPhase.CHECKING
-        passed = isinstance(event, UpgradeCheckPassed) and checking and before.reexec is not None and event.check_id == before.reexec.check_id
-        if not passed or not after.respawn:
-            problems.append(f"T13: exec ordered on {type(event).__name__} (check passed: {passed}, respawning: {after.respawn})")
+        passed = isinstance(event, UpgradeCheckPassed) and _awaits(current, ReexecPhase.CHECKING, event.check_id)
+        unchanged = isinstance(event, ImageCompared) and event.unchanged and _awaits(current, ReexecPhase.COMPARING, event.check_id)
+        if not (passed or unchanged) or not after.respawn:
+            problems.append(
+                f"T13: exec ordered on {type(event).__name__} (check passed: {passed}, image unchanged: {unchanged}, respawning: {after.respawn})"
+            )
     # T14: the new image fails every spawn the old one had in flight: none is left pending.
     if isinstance(event, MasterStarted) and event.restored:
         lost = sorted(set(before.pending) & set(after.pending))
         if lost:
             problems.append(f"T14: spawns {lost} in flight across the re-exec are still pending after the restore")
     return problems
+
+
+def _awaits(reexec: Reexec | None, phase: ReexecPhase, check_id: int) -> bool:
+    """The re-exec in progress waits in `phase` for the answer about `check_id`."""
+    return reexec is not None and reexec.phase is phase and reexec.check_id == check_id
 
 
 def _made_room(after: State) -> bool:

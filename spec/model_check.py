@@ -32,6 +32,7 @@ from einhorn.core import step as core_step
 from einhorn.core.config import MAX_SPINUP_INTERVAL, Config, Pacing
 from einhorn.core.effects import (
     AbandonExec,
+    CompareImage,
     Effect,
     ExecMaster,
     Exit,
@@ -47,6 +48,7 @@ from einhorn.core.events import (
     ChildExited,
     CommandReceived,
     Event,
+    ImageCompared,
     MasterStarted,
     QueuesMeasured,
     ReexecFailed,
@@ -307,6 +309,9 @@ def make_event(state: State, action: Action, new_pid: int) -> Event:
             return Tick(deadline)
         case ("idle",):
             return Tick(now + IDLE_STEP)
+        case ("image_compared", unchanged):
+            assert state.reexec is not None
+            return ImageCompared(state.reexec.check_id, bool(unchanged), "the model's answer", now)
         case ("check_passed",):
             assert state.reexec is not None
             return UpgradeCheckPassed(state.reexec.check_id, now)
@@ -343,6 +348,9 @@ def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
         return  # the master is gone
     can_fail = node.failures < bounds.failures
     # A check that hangs is the world doing nothing: time passes to its deadline (a "tick").
+    if state.reexec is not None and state.reexec.phase is ReexecPhase.COMPARING:
+        yield ("image_compared", 0), 0, 0  # einhorn changed on disk: the check runs
+        yield ("image_compared", 1), 0, 0  # the very same image: the exec is ordered at once
     if state.reexec is not None and state.reexec.phase is ReexecPhase.CHECKING:
         yield ("check_passed",), 0, 0
         if can_fail:
@@ -385,7 +393,13 @@ def enabled(node: Node, bounds: Bounds) -> Iterator[tuple[Action, int, int]]:
 def cooperative_action(state: State) -> Action | None:
     """What a world with no failures does next (None: nothing, not even time)."""
     if state.reexec is not None:
-        return ("check_passed",) if state.reexec.phase is ReexecPhase.CHECKING else ("reexec_ok",)
+        match state.reexec.phase:
+            case ReexecPhase.COMPARING:
+                return ("image_compared", 0)
+            case ReexecPhase.CHECKING:
+                return ("check_passed",)
+            case ReexecPhase.EXECUTING:
+                return ("reexec_ok",)
     if _measured_drains(state):
         return ("measured", 0, 0)
     if state.pending:
@@ -875,6 +889,8 @@ def describe_event(event: Event) -> str:
             return f"time passes to t={now:g}"
         case MasterStarted(restored=restored):
             return "the new master image restores the state" if restored else "master starts"
+        case ImageCompared(unchanged=unchanged):
+            return "the shell finds the new image " + ("the running one" if unchanged else "changed")
         case UpgradeCheckPassed():
             return "the upgrade check passes"
         case UpgradeCheckFailed():
@@ -936,6 +952,8 @@ def describe_effects(effects: Sequence[Effect]) -> str:
                 shown.append(f"spawn #{sid} (index {index})")
             case SendSignal(pid=pid, signal=sig):
                 shown.append(f"{sig}->{pid}")
+            case CompareImage():
+                shown.append("compare the image")
             case StartUpgradeCheck():
                 shown.append("start upgrade check")
             case StopUpgradeCheck():

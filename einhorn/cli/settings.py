@@ -192,6 +192,7 @@ def shell_options(settings: Settings, environ: Mapping[str, str], launch: Worker
         owned_paths=settings.owned_paths,
         reexec_command=(*(settings.reexec_as or self_command()), *settings.flags),
         reexec_environ={k: v for k, v in environ.items() if k not in dropped},
+        reexec_as=settings.reexec_as is not None,
         kill_children_on_exit=settings.kill_children_on_exit,
         spawn=spawn,
     )

@@ -11,7 +11,6 @@ from einhorn.core import pool, rollout
 from einhorn.core.actions import register_ack, signal_children, signal_gracefully
 from einhorn.core.config import DURATION_RANGE, MAX_DURATION, MAX_WORKERS, RUNTIME_SETTINGS, apply_setting
 from einhorn.core.effects import (
-    AbandonExec,
     Cause,
     CloseConnection,
     Effect,
@@ -19,15 +18,14 @@ from einhorn.core.effects import (
     LogLevel,
     Reply,
     ReplyData,
-    StopUpgradeCheck,
     StreamEvents,
 )
 from einhorn.core.events import WORKER_COMMANDS, CommandReceived, command_name
 from einhorn.core.record import dataclass, replace
 from einhorn.core.signals import bare_signal
 from einhorn.core.signals import normalize_signal as normalize_signal  # re-exported: the invariants import it from here
-from einhorn.core.state import ReexecPhase, ReexecPurpose, RequestId, State, Subscriber, UpgradeOptions
-from einhorn.core.upgrade import end_failed, start_reexec
+from einhorn.core.state import ReexecPurpose, RequestId, State, Subscriber, UpgradeOptions
+from einhorn.core.upgrade import end_failed, start_reexec, withdrawal
 
 Outcome = tuple[State, list[Effect]]
 
@@ -296,9 +294,9 @@ def _abort_upgrade(state: State, request: Request) -> Outcome:
     why = "aborted by abort_upgrade"
     reexec = state.reexec
     if reexec is not None and reexec.purpose is not ReexecPurpose.RELOAD:
-        withdraw: Effect = StopUpgradeCheck(reexec.check_id) if reexec.phase is ReexecPhase.CHECKING else AbandonExec()
+        withdraw = withdrawal(reexec)
         state, effects = end_failed(state, why)
-        return state, [withdraw, *effects, Reply(request.conn, "Upgrade aborted before its re-exec", request.request_id)]
+        return state, [*withdraw, *effects, Reply(request.conn, "Upgrade aborted before its re-exec", request.request_id)]
     current = state.rollout
     if current is None:
         return _refuse(state, request, "No upgrade in progress to abort")

@@ -130,6 +130,13 @@ class CloseConnection:
 
 
 @dataclass(frozen=True, slots=True)
+class CompareImage:
+    """Compare what a re-exec would load with what this master image loaded at its start; answer `ImageCompared`."""
+
+    check_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class StartUpgradeCheck:
     """Start `einhorn --upgrade-check`; answer `UpgradeCheckPassed` or `UpgradeCheckFailed` with this id."""
 
@@ -207,6 +214,7 @@ Effect = (
     | ReplyData
     | StreamEvents
     | CloseConnection
+    | CompareImage
     | StartUpgradeCheck
     | StopUpgradeCheck
     | ExecMaster

@@ -117,6 +117,18 @@ class ConnectionClosed:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageCompared:
+    """The answer to `CompareImage(check_id)`: `unchanged` if every file a re-exec would load (the script, the
+    interpreter and its libraries, each module, each directory on the import path) is as this image loaded it,
+    and the re-exec runs with this image's environment; `detail` says what was compared, or what differs."""
+
+    check_id: int
+    unchanged: bool
+    detail: str
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
 class UpgradeCheckPassed:
     """The upgrade check ordered by `StartUpgradeCheck(check_id)` exited 0."""
 
@@ -193,6 +205,7 @@ Event = (
     | CommandReceived
     | RequestUnparseable
     | ConnectionClosed
+    | ImageCompared
     | UpgradeCheckPassed
     | UpgradeCheckFailed
     | ReexecFailed

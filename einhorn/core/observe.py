@@ -44,7 +44,7 @@ from einhorn.core.events import (
     command_name,
 )
 from einhorn.core.record import dataclass, field
-from einhorn.core.state import Child, ReexecPhase, RolloutPhase, State
+from einhorn.core.state import Child, Reexec, ReexecPhase, RolloutPhase, State
 
 FieldValue = str | int | float | bool | None
 
@@ -170,8 +170,8 @@ def _upgrade_phases(before: State, event: Event, after: State) -> list[Observati
     found = []
     old, new = before.reexec, after.reexec
     if old is not new:
-        if new is not None and (old is None or old.phase is not new.phase):
-            phase = "checking" if new.phase is ReexecPhase.CHECKING else "executing"
+        phase = _phase_name(new)
+        if new is not None and (old is None or _phase_name(old) != phase):
             found.append(Observation("upgrade_phase", {"phase": phase, "purpose": new.purpose.value, "version": after.version}))
         elif new is None and old is not None and not isinstance(event, MasterStarted):
             reason = _reexec_failure(event)
@@ -235,6 +235,11 @@ def _rollout_phases(before: State, event: Event, after: State, rolled_back: froz
             )
         )
     return found
+
+
+def _phase_name(reexec: Reexec | None) -> str:
+    """The phase observers see: comparing the image is part of checking it."""
+    return "executing" if reexec is not None and reexec.phase is ReexecPhase.EXECUTING else "checking"
 
 
 def _is_abort(event: Event) -> bool:

@@ -76,8 +76,10 @@ class Verdict(enum.Enum):
 
 
 class ReexecPhase(enum.Enum):
-    """Where a re-exec is (spec/upgrades.md): the check runs, then the exec is ordered."""
+    """Where a re-exec is (spec/upgrades.md): the image is compared, the check runs if it changed, then the exec is ordered."""
 
+    COMPARING = "comparing"
+    """`CompareImage` ordered: is the image the re-exec would run the running one? Due by `Reexec.deadline`."""
     CHECKING = "checking"
     """`StartUpgradeCheck` ordered; its verdict is due by `Reexec.deadline`."""
     EXECUTING = "executing"

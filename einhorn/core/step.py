@@ -28,6 +28,7 @@ from einhorn.core.events import (
     CommandReceived,
     ConnectionClosed,
     Event,
+    ImageCompared,
     ListenerHealthChanged,
     MasterStarted,
     QueuesMeasured,
@@ -71,6 +72,8 @@ def step(state: State, event: Event) -> Outcome:
             effects = [Reply(event.conn, "Could not parse command")]
         case ConnectionClosed():
             state, effects = _on_connection_closed(state, event)
+        case ImageCompared():
+            state, effects = upgrade.on_image_compared(state, event)
         case UpgradeCheckPassed():
             state, effects = upgrade.on_check_passed(state, event)
         case UpgradeCheckFailed():

@@ -3,18 +3,22 @@
 One re-exec, from the request to its end (spec/upgrades.md):
 
 1. `start_reexec` (an `upgrade`, `upgrade_fleet` or `reload` request, SIGHUP):
-   record a `Reexec` in phase CHECKING with a deadline, order
-   `StartUpgradeCheck`. A request while one is in progress joins it.
-2. `on_check_passed`: phase EXECUTING, order `ExecMaster` (the shell performs
+   record a `Reexec` in phase COMPARING with a deadline, order `CompareImage`.
+   A request while one is in progress joins it.
+2. `on_image_compared`: the image a re-exec would run is the running one (every
+   file it would load is as this image loaded it): the running master is the
+   proof a check would give, so phase EXECUTING and `ExecMaster` at once.
+   Otherwise phase CHECKING, order `StartUpgradeCheck`.
+3. `on_check_passed`: phase EXECUTING, order `ExecMaster` (the shell performs
    it once the events already read are handled). `on_check_failed`, or the
    deadline passing (`CHECK_DEADLINE`), ends the re-exec with an error.
-3. `on_restored` (the new image's `MasterStarted(restored=True)`): spawns the
+4. `on_restored` (the new image's `MasterStarted(restored=True)`): spawns the
    old image had in flight are failed, then a reload says "Reload done" and an
    upgrade records the new generation with the new image's launch spec and
    starts the rollout to it (`rollout.begin`: a canary, or replacing workers).
    `on_reexec_failed`: the exec itself failed; the old image keeps running.
 
-Shutting down abandons a re-exec in either phase (`abandon_when_shutting_down`,
+Shutting down abandons a re-exec in any phase (`abandon_when_shutting_down`,
 run by reconcile after every event): the check is stopped, an ordered exec is
 withdrawn, and the requesters are told.
 """
@@ -26,6 +30,7 @@ from einhorn.core.actions import announce
 from einhorn.core.config import UPGRADE_CHECK_TIMEOUT
 from einhorn.core.effects import (
     AbandonExec,
+    CompareImage,
     Effect,
     ExecMaster,
     Log,
@@ -34,7 +39,7 @@ from einhorn.core.effects import (
     StartUpgradeCheck,
     StopUpgradeCheck,
 )
-from einhorn.core.events import ReexecFailed, UpgradeCheckFailed, UpgradeCheckPassed
+from einhorn.core.events import ImageCompared, ReexecFailed, UpgradeCheckFailed, UpgradeCheckPassed
 from einhorn.core.record import replace
 from einhorn.core.state import (
     LaunchSpec,
@@ -65,21 +70,34 @@ def start_reexec(
             Log(LogLevel.INFO, f"A re-exec ({state.reexec.purpose.value}) is already in progress")
         ]
     check_id = state.next_check_id
-    reexec = Reexec(purpose, joining, check_id, deadline=state.clock + UPGRADE_CHECK_TIMEOUT, options=options)
+    reexec = Reexec(
+        purpose, joining, check_id, deadline=state.clock + UPGRADE_CHECK_TIMEOUT, phase=ReexecPhase.COMPARING, options=options
+    )
     state = replace(state, reexec=reexec, next_check_id=check_id + 1)
-    return state, [*announce(state, LogLevel.INFO, f"Reloading einhorn master ({purpose.value})..."), StartUpgradeCheck(check_id)]
+    return state, [*announce(state, LogLevel.INFO, f"Reloading einhorn master ({purpose.value})..."), CompareImage(check_id)]
 
 
-def _checking(state: State, check_id: int) -> Reexec | None:
-    """The re-exec waiting for this check's verdict, if any (a late or stale verdict has none)."""
+def _waiting(state: State, check_id: int, phase: ReexecPhase) -> Reexec | None:
+    """The re-exec waiting in `phase` for this check's answer, if any (a late or stale answer has none)."""
     reexec = state.reexec
-    if reexec is None or reexec.phase is not ReexecPhase.CHECKING or reexec.check_id != check_id:
+    if reexec is None or reexec.phase is not phase or reexec.check_id != check_id:
         return None
     return reexec
 
 
+def on_image_compared(state: State, event: ImageCompared) -> Outcome:
+    reexec = _waiting(state, event.check_id, ReexecPhase.COMPARING)
+    if reexec is None:
+        return state, [Log(LogLevel.DEBUG, f"Image comparison {event.check_id} answered after its re-exec ended; ignoring")]
+    if event.unchanged:
+        state = replace(state, reexec=replace(reexec, phase=ReexecPhase.EXECUTING))
+        return state, [Log(LogLevel.INFO, f"Upgrade check skipped: the new einhorn is this one ({event.detail})"), ExecMaster()]
+    state = replace(state, reexec=replace(reexec, phase=ReexecPhase.CHECKING))
+    return state, [Log(LogLevel.DEBUG, f"Running the upgrade check: {event.detail}"), StartUpgradeCheck(event.check_id)]
+
+
 def on_check_passed(state: State, event: UpgradeCheckPassed) -> Outcome:
-    reexec = _checking(state, event.check_id)
+    reexec = _waiting(state, event.check_id, ReexecPhase.CHECKING)
     if reexec is None:
         return state, [Log(LogLevel.DEBUG, f"Upgrade check {event.check_id} passed after its re-exec ended; ignoring")]
     state = replace(state, reexec=replace(reexec, phase=ReexecPhase.EXECUTING))
@@ -87,7 +105,7 @@ def on_check_passed(state: State, event: UpgradeCheckPassed) -> Outcome:
 
 
 def on_check_failed(state: State, event: UpgradeCheckFailed) -> Outcome:
-    if _checking(state, event.check_id) is None:
+    if _waiting(state, event.check_id, ReexecPhase.CHECKING) is None:
         return state, [Log(LogLevel.DEBUG, f"Upgrade check {event.check_id} failed after its re-exec ended; ignoring")]
     return end_failed(state, f"the new einhorn failed its upgrade check: {event.reason}")
 
@@ -109,30 +127,39 @@ def end_failed(state: State, reason: str) -> Outcome:
 
 
 def check_deadline(state: State) -> float | None:
-    """When the running upgrade check must have passed."""
+    """When the comparison or the running upgrade check must have passed."""
     reexec = state.reexec
-    return reexec.deadline if reexec is not None and reexec.phase is ReexecPhase.CHECKING else None
+    return reexec.deadline if reexec is not None and reexec.phase is not ReexecPhase.EXECUTING else None
 
 
 def fail_overdue_check(state: State) -> Outcome:
     """The check's deadline passed without a verdict (the `CHECK_DEADLINE` timer fired): stop it, fail the re-exec."""
-    assert state.reexec is not None and state.reexec.phase is ReexecPhase.CHECKING
-    stop = StopUpgradeCheck(state.reexec.check_id)
+    assert state.reexec is not None and state.reexec.phase is not ReexecPhase.EXECUTING
+    stop = withdrawal(state.reexec)
     state, effects = end_failed(
         state, f"the new einhorn failed its upgrade check: it did not finish within {UPGRADE_CHECK_TIMEOUT:g}s"
     )
-    return state, [stop, *effects]
+    return state, [*stop, *effects]
+
+
+def withdrawal(reexec: Reexec) -> list[Effect]:
+    """What the shell must stop when a re-exec ends early: the running check, or the ordered exec."""
+    match reexec.phase:
+        case ReexecPhase.COMPARING:
+            return []  # the shell answers a comparison at once: nothing runs
+        case ReexecPhase.CHECKING:
+            return [StopUpgradeCheck(reexec.check_id)]
+        case ReexecPhase.EXECUTING:
+            return [AbandonExec()]
 
 
 def abandon_when_shutting_down(state: State) -> Outcome:
     """No re-exec once shutting down, whatever phase it reached."""
     if state.respawn or state.reexec is None:
         return state, []
-    withdraw: Effect = (
-        StopUpgradeCheck(state.reexec.check_id) if state.reexec.phase is ReexecPhase.CHECKING else AbandonExec()
-    )
+    withdraw = withdrawal(state.reexec)
     state, effects = end_failed(state, "einhorn is shutting down")
-    return state, [withdraw, *effects]
+    return state, [*withdraw, *effects]
 
 
 def on_restored(state: State, launch: LaunchSpec | None) -> Outcome:

@@ -26,6 +26,7 @@ from einhorn.core.config import RSS_SAMPLE_INTERVAL
 from einhorn.core.effects import (
     AbandonExec,
     CloseConnection,
+    CompareImage,
     Effect,
     ExecMaster,
     Exit,
@@ -46,6 +47,7 @@ from einhorn.core.events import (
     ChildExited,
     ConnectionClosed,
     Event,
+    ImageCompared,
     ListenerHealthChanged,
     MasterStarted,
     QueuesMeasured,
@@ -66,6 +68,7 @@ from einhorn.io import events as event_stream
 from einhorn.io import signals, sockets
 from einhorn.io.control import CommandServer, RestoredConnection
 from einhorn.io.handoff import Handoff
+from einhorn.io.image import Image
 from einhorn.io.logs import Logger, current_traceback
 from einhorn.io.notify import NotifyServer, Supervisor
 from einhorn.io.spawn import Spawned, WorkerLaunch, failure_report, generation_launch, launch_spec, spawn_worker
@@ -96,6 +99,8 @@ class ShellOptions:
     reexec_command: Sequence[str]
     """Executable and the original flags: `--with-state-fd FD -- program...` (`launch.argv`) is appended."""
     reexec_environ: dict[str, str]
+    reexec_as: bool = False
+    """`--reexec-as`: the re-exec runs the operator's command (`reexec_command` starts with it)."""
     kill_children_on_exit: bool = False
     spawn: Callable[[WorkerLaunch, int, int | None], Spawned] = field(default=spawn_worker)
 
@@ -220,6 +225,8 @@ class Master:
         """`-b ...,drain`: each generation's sockets, and where new connections go."""
         self.steered_launches: dict[int, WorkerLaunch] = {}
         """By version: its launch with its own sockets of the drain listeners (`listener_sources`)."""
+        self.image: Image | str = "no snapshot of this image was taken yet"
+        """What this image loaded (`Image.take`, once started), or why it cannot be compared."""
 
     # --- main loop ----------------------------------------------------------
 
@@ -229,6 +236,8 @@ class Master:
             if restored:
                 self.feed(self._check_restored_children())
             self.feed([MasterStarted(time.monotonic(), restored=restored, launch=self.launch_spec)])
+            # After the first spawns (off an upgrade's path), once everything the start-up imports is loaded.
+            self.image = Image.take(self.options.reexec_command, os.environ, reexec_as=self.options.reexec_as)
             self._serve_requests()  # those buffered when the old image exec'd first
             while self.exit_code is None:
                 self._iterate()
@@ -349,6 +358,8 @@ class Master:
                 self.events.subscribe(conn, request_id)
             case CloseConnection(conn):
                 self.server.close(conn)
+            case CompareImage(check_id):
+                return [self._compare_image(check_id)]
             case StartUpgradeCheck(check_id):
                 return self._start_upgrade_check(check_id)
             case StopUpgradeCheck(check_id):
@@ -500,6 +511,17 @@ class Master:
 
     # --- re-exec: the core decides, this performs -------------------------------
 
+    def _compare_image(self, check_id: int) -> Event:
+        try:
+            # The exec needs it, and an unchanged image has no check to import it first (out of descriptors, it fails here).
+            from einhorn.io import reexec  # noqa: F401
+        except OSError as error:
+            return ImageCompared(check_id, False, f"could not load the re-exec code: {error}", time.monotonic())
+        if isinstance(self.image, str):
+            return ImageCompared(check_id, False, f"this image is not compared: {self.image}", time.monotonic())
+        unchanged, detail = self.image.compare(self.options.reexec_environ)
+        return ImageCompared(check_id, unchanged, detail, time.monotonic())
+
     def _start_upgrade_check(self, check_id: int) -> list[Event]:
         """Fork `einhorn --upgrade-check`; its exit becomes the verdict (`_reap`)."""
         options = self.options
@@ -526,7 +548,7 @@ class Master:
 
     def _exec_master(self) -> list[Event]:
         """Perform the ordered exec; on failure, the master goes on as it was and the core hears why."""
-        from einhorn.io import reexec  # (its upgrade check imported it: a broken install fails the check)
+        from einhorn.io import reexec  # (imported by the image comparison, or the upgrade check: a broken install fails it)
 
         self.exec_ordered = False
         signals.block_for_exec()

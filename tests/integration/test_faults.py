@@ -188,12 +188,13 @@ def start_as(harness: Harness, user: OtherUser, *options: str, workers: int) -> 
 
 @pytest.mark.timeout(90)
 def test_at_the_process_limit_upgrades_and_respawns_fail_and_recover_once_raised(harness: Harness, nobody_user: OtherUser) -> None:
-    """The upgrade check's fork fails: upgrade aborted, the requester told; a respawn backs off; all recover."""
+    """The upgrade's fork fails (the state passer's, or the check's if einhorn changed): upgrade aborted, the
+    requester told; a respawn backs off; all recover."""
     master = start_as(harness, nobody_user, "-n", "2", *FAST, workers=2)
     pids = master.wait_workers(2)
     process_limit(nobody_user, master.pid, 1)
     final = master.command("upgrade", timeout=30)[-1]["message"]
-    assert re.match(r"ERROR: Can not initiate einhorn master upgrade safely, aborting: .*could not fork the upgrade check", str(final)), final
+    assert re.match(r"ERROR: Can not initiate einhorn master upgrade safely, aborting: .*could not fork the (state passer|upgrade check)", str(final)), final
     os.kill(pids[0], signal.SIGKILL)
     master.wait_log(r"Could not spawn worker: .*; will retry")
     assert master.message("ehlo").startswith("Welcome") and master.children() == pids[1:]

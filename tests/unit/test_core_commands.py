@@ -19,6 +19,7 @@ from einhorn.core.config import Pacing
 from einhorn.core.effects import (
     Cause,
     CloseConnection,
+    CompareImage,
     Effect,
     Log,
     LogLevel,
@@ -426,14 +427,14 @@ def test_config_without_args() -> None:
 def test_reexec_commands_with_an_id_subscribe(name: str, text: str, purpose: ReexecPurpose) -> None:
     state, effects = send(up(), {"command": name, "id": "9"})
     progress = f"Reloading einhorn master ({purpose.value})..."
-    assert effects == [Reply(CONN, text, "9", wait=True), info(progress), Reply(CONN, progress, "9", wait=True), StartUpgradeCheck(0)]
+    assert effects == [Reply(CONN, text, "9", wait=True), info(progress), Reply(CONN, progress, "9", wait=True), CompareImage(0)]
     assert state.reexec_purpose is purpose and state.reexec_subscribers == (Subscriber(CONN, "9"),)
 
 
 @pytest.mark.parametrize("name", ["upgrade", "upgrade_fleet", "reload"])
 def test_reexec_commands_without_an_id_do_not_subscribe_or_wait(name: str) -> None:
     state, effects = send(up(), {"command": name})
-    assert [type(e) for e in effects] == [Reply, Log, StartUpgradeCheck]
+    assert [type(e) for e in effects] == [Reply, Log, CompareImage]
     assert replies(effects)[0].wait is False and replies(effects)[0].request_id is None
     assert state.reexec_subscribers == () and state.reexec_purpose is not None
 
@@ -442,7 +443,7 @@ def test_reexec_commands_without_an_id_do_not_subscribe_or_wait(name: str) -> No
 def test_reexec_commands_are_refused_while_shutting_down(name: str) -> None:
     state, _ = send(up(), {"command": "die"})
     after, effects = send(state, {"command": name, "id": "x"})
-    assert not any(isinstance(e, StartUpgradeCheck) for e in effects)
+    assert not any(isinstance(e, (CompareImage, StartUpgradeCheck)) for e in effects)
     assert after.reexec_purpose is None and after.reexec_subscribers == ()
     final = replies(effects)[-1]
     assert final.request_id == "x" and not final.wait

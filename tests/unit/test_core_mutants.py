@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from einhorn.core import commands, pool, step
 from einhorn.core.config import Config, Display, ListenerInfo, Pacing
-from einhorn.core.effects import Cause, Log, LogLevel, Reply, StartUpgradeCheck
+from einhorn.core.effects import Cause, CompareImage, Log, LogLevel, Reply
 from einhorn.core.events import CommandReceived, ConnectionClosed
 from einhorn.core.record import replace
 from einhorn.core.report import Symbol, Timestamp, snapshot
@@ -218,7 +218,7 @@ def test_upgrade_handlers_built_at_call_time() -> None:
     assert after.reexec_purpose is ReexecPurpose.SMOOTH_UPGRADE
     assert after.reexec_subscribers == (Subscriber(5, "7"),)
     assert effects[0] == Reply(5, "Upgrading smoothly, as commanded", "7", wait=True)
-    assert effects[-1] == StartUpgradeCheck(0)
+    assert effects[-1] == CompareImage(0)
     fleet = commands._upgrade(ReexecPurpose.FLEET_UPGRADE, "Upgrading fleet, as commanded")
     after, effects = fleet(state, _request("upgrade_fleet"))
     assert after.reexec_purpose is ReexecPurpose.FLEET_UPGRADE and after.reexec_subscribers == ()

@@ -10,11 +10,11 @@ from einhorn.core import pool
 from einhorn.core.effects import Effect, Log, LogLevel, NotifySupervisor
 from einhorn.core.events import (
     ChildExited,
+    ImageCompared,
     MasterStarted,
     SignalReceived,
     Tick,
     UpgradeCheckFailed,
-    UpgradeCheckPassed,
     WorkerNotified,
     WorkerSpawned,
 )
@@ -22,7 +22,7 @@ from einhorn.core.indexed import Children
 from einhorn.core.record import replace
 from einhorn.core.state import State, initial_state
 from einhorn.core.step import next_deadline, step
-from tests.unit.fixtures.core_world import command, make_config, run
+from tests.unit.fixtures.core_world import command, image_changed, make_config, run
 
 
 def spawned(config_changes: Mapping[str, object], count: int = 2) -> State:
@@ -105,7 +105,7 @@ def test_ready_reloading_ready_stopping_in_order() -> None:
     ]
     assert state.reexec is not None
     # the new image: the re-exec goes on as an upgrade (still reloading), then ends
-    state, effects = run(state, UpgradeCheckPassed(state.reexec.check_id, 3.0), MasterStarted(3.0, restored=True))
+    state, effects = run(state, ImageCompared(state.reexec.check_id, True, "unchanged", 3.0), MasterStarted(3.0, restored=True))
     assert [f for f in told(effects) if f[0][0] != "STATUS"] == []
     state, effects = run(state, WorkerSpawned(1, 2000, 3.0), command(9, "worker:ack", pid=2000, now=4.0))
     assert (("READY", "1"), ("STATUS", "1/1 workers ACKed, version 1")) in told(effects)
@@ -118,7 +118,7 @@ def test_ready_reloading_ready_stopping_in_order() -> None:
 def test_a_failed_upgrade_check_ends_the_reload_with_ready() -> None:
     state, _ = run(spawned(SUPERVISED, 1), command(9, "worker:ack", pid=1000, now=1.0), SignalReceived("HUP", 2.0))
     assert state.reexec is not None
-    state, effects = step(state, UpgradeCheckFailed(state.reexec.check_id, "exit 1", 3.0))
+    state, effects = run(state, image_changed(state.reexec.check_id, 3.0), UpgradeCheckFailed(state.reexec.check_id, "exit 1", 3.0))
     assert told(effects) == [(("READY", "1"), ("STATUS", "1/1 workers ACKed, version 0"))]
 
 

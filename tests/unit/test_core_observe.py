@@ -23,7 +23,7 @@ from einhorn.core.observe import Observation, observe
 from einhorn.core.record import replace
 from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, initial_state
 from einhorn.core.step import step
-from tests.unit.fixtures.core_world import command, make_config, played_states
+from tests.unit.fixtures.core_world import command, image_changed, make_config, played_states, run
 
 
 def observed(state: State, event: Event) -> tuple[State, list[Observation]]:
@@ -180,6 +180,8 @@ def test_an_upgrade_is_observed_phase_by_phase() -> None:
     state = with_worker(1000)
     state, checking = observed(state, command(6, "upgrade", now=10.0, id="1"))
     assert checking[1:] == [Observation("upgrade_phase", {"phase": "checking", "purpose": "smooth_upgrade", "version": 0})]
+    state, still_checking = observed(state, image_changed(0, 10.5))
+    assert still_checking == []  # comparing the image is part of checking it
     state, executing = observed(state, UpgradeCheckPassed(0, 11.0))
     assert executing == [Observation("upgrade_phase", {"phase": "executing", "purpose": "smooth_upgrade", "version": 0})]
     state, restored = observed(state, MasterStarted(12.0, restored=True))
@@ -195,7 +197,7 @@ def test_an_upgrade_is_observed_phase_by_phase() -> None:
 
 def test_a_failed_upgrade_check_is_observed_with_its_reason() -> None:
     state = with_worker(1000)
-    state, _ = step(state, command(6, "upgrade", now=10.0))
+    state, _ = run(state, command(6, "upgrade", now=10.0), image_changed(0, 10.5))
     _, found = observed(state, UpgradeCheckFailed(0, "exit status 1", 11.0))
     assert found == [
         Observation(

@@ -15,6 +15,7 @@ from einhorn.core.config import Config, Pacing
 from einhorn.core.effects import (
     Cause,
     CloseConnection,
+    CompareImage,
     Effect,
     ExecMaster,
     Exit,
@@ -23,7 +24,6 @@ from einhorn.core.effects import (
     Reply,
     SendSignal,
     SpawnWorker,
-    StartUpgradeCheck,
 )
 from einhorn.core.events import (
     ChildExited,
@@ -42,7 +42,18 @@ from einhorn.core.events import (
 from einhorn.core.record import replace
 from einhorn.core.state import Child, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber, UpgradeKind, initial_state
 from einhorn.core.step import next_deadline, step
-from tests.unit.fixtures.core_world import Script, World, actions, command, configs, converged, make_config, play, run
+from tests.unit.fixtures.core_world import (
+    Script,
+    World,
+    actions,
+    command,
+    configs,
+    converged,
+    image_changed,
+    make_config,
+    play,
+    run,
+)
 
 
 def info(message: str) -> Log:
@@ -479,7 +490,7 @@ def test_smooth_upgrade_with_max_upgrade_additional() -> None:
         Reply(7, "Upgrading smoothly, as commanded", "u1", wait=True),
         info("Reloading einhorn master (smooth_upgrade)..."),
         Reply(7, "Reloading einhorn master (smooth_upgrade)...", "u1", wait=True),
-        StartUpgradeCheck(0),
+        CompareImage(0),
     ]
     assert state.reexec_purpose is ReexecPurpose.SMOOTH_UPGRADE
     assert state.reexec_subscribers == (Subscriber(7, "u1"),)
@@ -744,7 +755,7 @@ def test_an_upgrade_during_an_upgrade_starts_over_at_a_newer_version() -> None:
     assert effects[:6] == [
         info("Reloading einhorn master (smooth_upgrade)..."),
         Reply(7, "Reloading einhorn master (smooth_upgrade)...", 3, wait=True),
-        StartUpgradeCheck(1),
+        CompareImage(1),
         info("Restored state: version 1, 3 workers"),
         error("Spawns [3] were in flight across the master's re-exec and are lost; counted as failed"),
         info("Currently upgrading (1 / 2 ACKs; bumping version and starting over)..."),
@@ -775,7 +786,7 @@ def test_a_second_upgrade_stops_the_first_ones_unacked_workers_not_the_serving_o
     state, effects = run(state, SignalReceived("HUP", 14.0), MasterStarted(14.0, restored=True))
     assert effects == [
         info("Reloading einhorn master (smooth_upgrade)..."),
-        StartUpgradeCheck(1),
+        CompareImage(1),
         info("Restored state: version 1, 4 workers"),
         info("Currently upgrading (0 / 2 ACKs; bumping version and starting over)..."),
         gradual(0, 2, "1"),
@@ -846,7 +857,7 @@ def test_a_second_upgrade_request_joins_the_re_exec_in_progress() -> None:
 
 
 def test_reexec_failure_reports_to_subscribers_and_keeps_running() -> None:
-    state, _ = step(up(make_config()), command(7, "upgrade", id="u", now=1.0))
+    state, _ = run(up(make_config()), command(7, "upgrade", id="u", now=1.0), image_changed(0, 1.0))
     state, effects = step(state, UpgradeCheckFailed(0, "`einhorn --upgrade-check` exited with status 1", 2.0))
     message = "Can not initiate einhorn master upgrade safely, aborting: the new einhorn failed its upgrade check: `einhorn --upgrade-check` exited with status 1"
     assert effects == [error(message), Reply(7, f"ERROR: {message}", "u", failed=True)]
@@ -854,7 +865,7 @@ def test_reexec_failure_reports_to_subscribers_and_keeps_running() -> None:
 
 
 def test_reload_failure_says_reload() -> None:
-    state, _ = step(up(make_config()), command(7, "reload", id="r", now=1.0))
+    state, _ = run(up(make_config()), command(7, "reload", id="r", now=1.0), image_changed(0, 1.0))
     state, effects = step(state, UpgradeCheckPassed(0, 2.0))
     assert effects == [ExecMaster()]
     _, effects = step(state, ReexecFailed("could not exec einhorn: No such file or directory", 2.0))
@@ -949,7 +960,7 @@ def test_no_respawn_after_shutdown() -> None:
 
 def test_hup_starts_a_smooth_upgrade_re_exec() -> None:
     state, effects = step(up(make_config()), SignalReceived("HUP", 1.0))
-    assert effects == [info("Reloading einhorn master (smooth_upgrade)..."), StartUpgradeCheck(0)]
+    assert effects == [info("Reloading einhorn master (smooth_upgrade)..."), CompareImage(0)]
     assert state.reexec_purpose is ReexecPurpose.SMOOTH_UPGRADE and state.reexec_subscribers == ()
 
 
@@ -965,7 +976,7 @@ def test_alrm_is_a_deprecated_hup() -> None:
     assert effects == [
         error("Upgrading using SIGALRM is deprecated. Please switch to SIGHUP"),
         info("Reloading einhorn master (smooth_upgrade)..."),
-        StartUpgradeCheck(0),
+        CompareImage(0),
     ]
 
 

@@ -3,27 +3,95 @@
 from __future__ import annotations
 
 from einhorn.core.config import UPGRADE_CHECK_TIMEOUT
-from einhorn.core.effects import AbandonExec, ExecMaster, Log, LogLevel, Reply, SpawnWorker, StartUpgradeCheck, StopUpgradeCheck
-from einhorn.core.events import MasterStarted, ReexecFailed, SignalReceived, Tick, UpgradeCheckFailed, UpgradeCheckPassed
+from einhorn.core.effects import (
+    AbandonExec,
+    CompareImage,
+    ExecMaster,
+    Log,
+    LogLevel,
+    Reply,
+    SpawnWorker,
+    StartUpgradeCheck,
+    StopUpgradeCheck,
+)
+from einhorn.core.events import (
+    ImageCompared,
+    MasterStarted,
+    ReexecFailed,
+    SignalReceived,
+    Tick,
+    UpgradeCheckFailed,
+    UpgradeCheckPassed,
+)
 from einhorn.core.record import replace
 from einhorn.core.state import PendingSpawn, Reexec, ReexecPhase, ReexecPurpose, State, Subscriber
 from einhorn.core.step import next_deadline, step
-from tests.unit.fixtures.core_world import command, make_config
+from tests.unit.fixtures.core_world import command, image_changed, make_config
 from tests.unit.test_core_step import up
 
 ABORT = "Can not initiate einhorn master upgrade safely, aborting: "
 
 
-def upgrading(now: float = 1.0) -> State:
+def comparing(now: float = 1.0) -> State:
     state, _ = step(up(make_config(number=2)), command(7, "upgrade", id="u", now=now))
     return state
 
 
-def test_an_upgrade_starts_a_check_with_a_deadline_the_core_owns() -> None:
-    state = upgrading(now=1.0)
-    assert state.reexec == Reexec(ReexecPurpose.SMOOTH_UPGRADE, (Subscriber(7, "u"),), 0, 1.0 + UPGRADE_CHECK_TIMEOUT)
+def upgrading(now: float = 1.0) -> State:
+    """The upgrade check runs: the new image differs from the running one."""
+    state, effects = step(comparing(now), image_changed(0, now))
+    assert effects == [Log(LogLevel.DEBUG, "Running the upgrade check: einhorn/core/step.py changed"), StartUpgradeCheck(0)]
+    return state
+
+
+def test_an_upgrade_first_compares_the_image_with_a_deadline_the_core_owns() -> None:
+    state, effects = step(up(make_config(number=2)), command(7, "upgrade", id="u", now=1.0))
+    assert effects[-1] == CompareImage(0)
+    assert state.reexec == Reexec(
+        ReexecPurpose.SMOOTH_UPGRADE, (Subscriber(7, "u"),), 0, 1.0 + UPGRADE_CHECK_TIMEOUT, ReexecPhase.COMPARING
+    )
     assert state.next_check_id == 1
     assert next_deadline(state) == 1.0 + UPGRADE_CHECK_TIMEOUT
+
+
+def test_a_changed_image_starts_the_check_under_the_same_deadline() -> None:
+    state = upgrading(now=1.0)
+    assert state.reexec == Reexec(ReexecPurpose.SMOOTH_UPGRADE, (Subscriber(7, "u"),), 0, 1.0 + UPGRADE_CHECK_TIMEOUT)
+    assert next_deadline(state) == 1.0 + UPGRADE_CHECK_TIMEOUT
+
+
+def test_an_unchanged_image_is_its_own_check_the_exec_is_ordered_at_once() -> None:
+    state, effects = step(comparing(), ImageCompared(0, True, "136 files unchanged since this master started", 1.5))
+    assert effects == [
+        Log(LogLevel.INFO, "Upgrade check skipped: the new einhorn is this one (136 files unchanged since this master started)"),
+        ExecMaster(),
+    ]
+    assert state.reexec is not None and state.reexec.phase is ReexecPhase.EXECUTING
+    assert next_deadline(state) is None
+
+
+def test_a_comparison_for_another_check_or_phase_is_logged_and_ignored() -> None:
+    for state, check_id in ((comparing(), 5), (upgrading(), 0)):
+        after, effects = step(state, ImageCompared(check_id, True, "unchanged", 2.0))
+        assert effects == [Log(LogLevel.DEBUG, f"Image comparison {check_id} answered after its re-exec ended; ignoring")]
+        assert after == replace(state, clock=2.0)
+
+
+def test_a_comparison_past_its_deadline_fails_with_nothing_to_stop() -> None:
+    state = comparing(now=1.0)
+    after, effects = step(state, Tick(1.0 + UPGRADE_CHECK_TIMEOUT))
+    message = ABORT + "the new einhorn failed its upgrade check: it did not finish within 30s"
+    assert effects == [Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u", failed=True)]
+    assert after.reexec is None
+
+
+def test_shutting_down_or_aborting_while_comparing_withdraws_nothing() -> None:
+    message = ABORT + "einhorn is shutting down"
+    state, effects = step(comparing(), SignalReceived("TERM", 2.0))
+    assert effects[-2:] == [Log(LogLevel.ERROR, message), Reply(7, f"ERROR: {message}", "u", failed=True)]
+    assert not any(isinstance(e, (StopUpgradeCheck, AbandonExec)) for e in effects) and state.reexec is None
+    state, effects = step(comparing(), command(8, "abort_upgrade", now=2.0))
+    assert not any(isinstance(e, (StopUpgradeCheck, AbandonExec)) for e in effects) and state.reexec is None
 
 
 def test_a_passed_check_orders_the_exec() -> None:
@@ -114,12 +182,12 @@ def test_a_request_during_the_check_joins_it_and_hears_its_end() -> None:
 def test_the_next_upgrade_gets_a_new_check_id() -> None:
     state, _ = step(upgrading(), UpgradeCheckFailed(0, "exited with status 1", 2.0))
     state, effects = step(state, command(7, "upgrade", now=3.0))
-    assert StartUpgradeCheck(1) in effects and state.reexec is not None and state.reexec.check_id == 1
+    assert CompareImage(1) in effects and state.reexec is not None and state.reexec.check_id == 1
 
 
 def test_lost_spawns_count_as_deaths_before_ack() -> None:
     state, _ = step(up(make_config(number=2)), command(7, "reload", id="r", now=1.0))
-    state, _ = step(state, UpgradeCheckPassed(0, 2.0))
+    state, _ = step(state, ImageCompared(0, True, "unchanged", 2.0))
     state = replace(state, pending={4: PendingSpawn(4, 2, 0, 1.5), 5: PendingSpawn(5, 3, 0, 1.5)}, next_spawn_id=6)
     after, _ = step(state, MasterStarted(3.0, restored=True))
     assert after.pending == {} and after.deaths_before_ack == 2  # a reload keeps the streak (an upgrade resets it)

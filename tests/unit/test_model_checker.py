@@ -120,7 +120,7 @@ def test_bug_a_second_upgrade_stops_the_serving_workers(monkeypatch: pytest.Monk
     _assert_reports(problems, trace, "T12")
     assert problems == ["T12: stopped ACKed workers [1] on its own initiative, leaving 0 serving < min(number 2, 1 serving before)"]
     lines = trace.splitlines()
-    assert lines[-4].startswith(" 12. t=2 the new master image restores the state") and lines[-4].endswith("-> USR2->100"), trace
+    assert "t=2 the new master image restores the state" in lines[-4] and lines[-4].endswith("-> USR2->100"), trace
     assert "100(v0 #0 acked got USR2), 101(v1 #1 unacked), 102(v1 #2 unacked)" in lines[-3], trace
     assert sum("operator runs `upgrade`" in line for line in lines) == 2, trace
 
@@ -370,6 +370,15 @@ def test_bug_exec_on_a_failed_check(monkeypatch: pytest.MonkeyPatch) -> None:
     problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
     _assert_reports(problems, trace, "T13")
     assert "the upgrade check FAILS" in trace
+
+
+def test_bug_exec_on_a_changed_image_without_its_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every comparison is taken for "unchanged": a new einhorn on disk would be exec'd unchecked."""
+    original = upgrade.on_image_compared
+    monkeypatch.setattr(upgrade, "on_image_compared", lambda state, event: original(state, replace(event, unchanged=True)))
+    problems, trace = _violation(Scenario(1, 1, None, None, 1.0), replace(SMALL, command_names=("upgrade",)))
+    _assert_reports(problems, trace, "T13")
+    assert "the shell finds the new image changed" in trace
 
 
 def test_bug_an_own_decision_passed_off_as_an_operators_order(monkeypatch: pytest.MonkeyPatch) -> None:
