@@ -196,9 +196,10 @@ class CoreMachine(RuleBasedStateMachine):
         assert self.world.state.config.number == count
 
     @precondition(lambda self: self.running())
-    @rule(how=st.sampled_from(["upgrade", "upgrade_fleet", "reload", "SIGHUP"]), with_id=st.booleans())
-    def upgrade(self, how: str, with_id: bool) -> None:
-        self.say(f"operator: {how}{' with an id' if with_id else ''}")
+    @rule(how=st.sampled_from(["upgrade", "upgrade_fleet", "reload", "SIGHUP"]), with_id=st.booleans(), unchanged=st.booleans())
+    def upgrade(self, how: str, with_id: bool, unchanged: bool) -> None:
+        self.say(f"operator: {how}{' with an id' if with_id else ''}, einhorn {'unchanged' if unchanged else 'changed'} on disk")
+        self.world.image_unchanged = unchanged
         if how == "SIGHUP":
             self.world.feed(SignalReceived("HUP", self.world.now))
         else:
