@@ -193,6 +193,7 @@ def shell_options(settings: Settings, environ: Mapping[str, str], launch: Worker
         reexec_command=(*(settings.reexec_as or self_command()), *settings.flags),
         reexec_environ={k: v for k, v in environ.items() if k not in dropped},
         reexec_as=settings.reexec_as is not None,
+        dropped_from_reexec=tuple(sorted(k for k in environ if k in dropped)),
         kill_children_on_exit=settings.kill_children_on_exit,
         spawn=spawn,
     )

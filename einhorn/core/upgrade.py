@@ -93,7 +93,7 @@ def on_image_compared(state: State, event: ImageCompared) -> Outcome:
         state = replace(state, reexec=replace(reexec, phase=ReexecPhase.EXECUTING))
         return state, [Log(LogLevel.INFO, f"Upgrade check skipped: the new einhorn is this one ({event.detail})"), ExecMaster()]
     state = replace(state, reexec=replace(reexec, phase=ReexecPhase.CHECKING))
-    return state, [Log(LogLevel.DEBUG, f"Running the upgrade check: {event.detail}"), StartUpgradeCheck(event.check_id)]
+    return state, [Log(LogLevel.INFO, f"Running the upgrade check: {event.detail}"), StartUpgradeCheck(event.check_id)]
 
 
 def on_check_passed(state: State, event: UpgradeCheckPassed) -> Outcome:

@@ -1,44 +1,65 @@
 """What this master image loaded at its start, so that the core can skip the upgrade check of a re-exec of the very same image.
 
-An upgrade check proves that the command a re-exec runs can start einhorn. When nothing that
-command would load differs from what this master loaded, the running master is that proof
-already (spec/upgrades.md, "the image comparison"). What is compared, each file by
-(device, inode, size, mtime in ns), as Python's own byte-code cache judges a source:
+An upgrade check proves that the command a re-exec runs can start einhorn. When that command
+starts this image the way it was started, and nothing it would load differs from what this
+master loaded, the running master is that proof already (spec/upgrades.md, "The image
+comparison"). Each file is compared by (device, inode, size, mtime in ns, mode, owner, group):
 
-- the script the re-exec runs, the interpreter, and every file mapped into this process
+- the script the re-exec runs, its interpreter, and every file mapped into this process
   (/proc/self/maps: the binary, libpython, each C extension module);
-- every module file loaded by the end of the start-up, and every file of the einhorn package
-  (a restored image imports some a fresh one does not: einhorn.io.reexec);
-- every entry of sys.path and each `.pth` file in them (a module or `.pth` added or removed
-  changes its directory), and the directory of each module loaded;
-- the environment: the re-exec's must be this image's (`--drop-env-var` can change what
-  Python imports), apart from the systemd variables the master consumes.
+- every module file loaded by the end of the start-up, each loaded module's and package's
+  directory, and every file of the einhorn package (a restored image imports some a fresh
+  one does not: einhorn.io.reexec);
+- every entry of sys.path, each `.pth` file in them, and the site directories, present or
+  not (a `pip install --user` creates one); a directory by what it holds that an import could
+  find (modules, packages, `.pth` files), not by its mtime;
+- the environment: the re-exec's must be this image's own at its start (a variable that
+  `--drop-env-var` removes can change what Python imports; the caller says so).
 
-A re-exec through `--reexec-as` runs a command of the operator's: never compared. Neither
-is an image that has a mapped file deleted already (it was replaced after the start), nor
-one on a system without /proc/self/maps. A file changed within the ~0.1 s between its import
-and the snapshot (`Image.take`, at the end of the start-up) goes unseen.
+Never compared, so always checked: a re-exec through `--reexec-as` (a command of the
+operator's), an image started otherwise than its re-exec command would start it
+(`python /venv/bin/einhorn`, interpreter options, a zipapp, a `#!/usr/bin/env` script), an
+image with a mapped file already replaced or a compared file modified since this process
+started, and a system without /proc/self/maps.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Sequence
 
 from einhorn.core.record import dataclass
-from einhorn.io.activation import LISTEN_VARIABLES
 
 _MISSING = -1
 """The signature of a path that could not be read: it differs from any file's."""
 
 
-def _signature(path: str) -> int:
+class NotComparable(Exception):
+    """Why this image cannot be compared: every upgrade runs its check."""
+
+
+_IMPORTABLE = (".py", ".pyc", ".so", ".pth", ".zip", ".egg", ".egg-link")
+"""What an entry of a directory on the import path must end with to matter to an import (or be a directory)."""
+
+
+def _signature(path: str, started_ns: int | None = None) -> int:
+    """The file's identity; with `started_ns`, NotComparable if it was modified after that time. A directory's
+    is what it holds that an import could find, not its mtime: a master writes its pid file and socket, and
+    its workers their logs, into directories that `python -m einhorn` puts on the import path."""
     try:
         info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            with os.scandir(path) as entries:
+                names = sorted(e.name for e in entries if e.name.endswith(_IMPORTABLE) or (e.is_dir() and e.name != "__pycache__"))
+            return hash((info.st_dev, info.st_ino, info.st_mode, info.st_uid, info.st_gid, *names))
     except (OSError, ValueError):
         return _MISSING
-    return hash((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns))
+    if started_ns is not None and info.st_mtime_ns > started_ns:
+        raise NotComparable(f"{path} was modified after this master started")
+    return hash((info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_mode, info.st_uid, info.st_gid))
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,44 +68,67 @@ class Image:
 
     paths: tuple[str, ...]
     signatures: tuple[int, ...]
-    environ: tuple[tuple[str, str], ...]
 
     @classmethod
-    def take(cls, reexec_command: Sequence[str], environ: Mapping[str, str], reexec_as: bool) -> Image | str:
-        """This image now; or why it cannot be compared (the reason is logged at each upgrade)."""
-        if reexec_as:
-            return "--reexec-as runs a command of its own"
-        mapped = _mapped_files()
-        if isinstance(mapped, str):
-            return mapped
-        paths = sorted({*_executable(reexec_command), *mapped, *_modules(), *_package_files(), *_import_path()})
-        return cls(tuple(paths), tuple(_signature(p) for p in paths), _comparable(environ))
+    def take(cls, reexec_command: Sequence[str]) -> Image | str:
+        """This image now; or why it cannot be compared (logged at each upgrade)."""
+        try:
+            started_ns = _process_started_ns()
+            interpreter = _started_as(reexec_command)
+            found = {interpreter, *reexec_command[:1], *_mapped_files(), *_modules(), *_package_files(), *_import_path()}
+            paths = sorted(found)
+            return cls(tuple(paths), tuple(_signature(p, started_ns) for p in paths))
+        except NotComparable as why:
+            return str(why)
+        except (OSError, ValueError, TypeError) as error:  # a path that is no path (bytes, a NUL), a cwd gone, ...
+            return f"the snapshot failed: {error}"
 
-    def compare(self, environ: Mapping[str, str]) -> tuple[bool, str]:
+    def compare(self) -> tuple[bool, str]:
         """(unchanged, what was compared or the first difference found)."""
-        if _comparable(environ) != self.environ:
-            return False, "the re-exec's environment differs from this image's (--drop-env-var)"
         for path, signature in zip(self.paths, self.signatures, strict=True):
             if _signature(path) != signature:
                 return False, f"{path} changed since this master started"
         return True, f"{len(self.paths)} files unchanged since this master started"
 
 
-def _comparable(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, v) for k, v in environ.items() if k not in LISTEN_VARIABLES))
+def _process_started_ns() -> int:
+    """When this process started (its exec), on the wall clock, one clock tick early at most: a file modified
+    since may not be what the start-up loaded; one modified a tick before only costs an upgrade check."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            ticks = int(f.read().rsplit(b")", 1)[1].split()[19])  # field 22, starttime: clock ticks after boot
+    except (OSError, IndexError, ValueError):
+        raise NotComparable("no /proc/self/stat to tell when this master started") from None
+    per_second = os.sysconf("SC_CLK_TCK")
+    age_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - ticks * 1_000_000_000 // per_second
+    return time.time_ns() - age_ns - 1_000_000_000 // per_second
 
 
-def _executable(reexec_command: Sequence[str]) -> list[str]:
-    """The command's script (einhorn's own, as absolute path) and the interpreter (`python -m einhorn` runs sys.executable)."""
-    return [path for path in (sys.executable, *reexec_command[:1]) if path]
+def _started_as(reexec_command: Sequence[str]) -> str:
+    """The interpreter the re-exec runs; NotComparable unless it starts this image the way this process was started."""
+    started = list(sys.orig_argv)
+    if list(reexec_command[:3]) == [sys.executable, "-m", "einhorn"]:
+        if started[1:3] != ["-m", "einhorn"]:
+            raise NotComparable(f"started as `{' '.join(started[:3])}`, not as `python -m einhorn`")
+        return sys.executable
+    script = reexec_command[0]
+    with open(script, "rb") as f:
+        first = f.readline(256)
+    words = first[2:].decode(errors="replace").strip().split(maxsplit=1) if first.startswith(b"#!") else []
+    if not words or os.path.basename(words[0]) == "env" or not os.path.isabs(words[0]):
+        raise NotComparable(f"{script} names no interpreter by its absolute path on its #! line")
+    expected = len(words) + 1
+    if started[: len(words)] != words or len(started) < expected or os.path.abspath(started[len(words)]) != script:
+        raise NotComparable(f"started as `{' '.join(started[:expected])}`, not by {script}'s #! line")
+    return words[0]
 
 
-def _mapped_files() -> list[str] | str:
+def _mapped_files() -> list[str]:
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
             lines = maps.read().splitlines()
     except OSError:
-        return "no /proc/self/maps to list the interpreter's files"
+        raise NotComparable("no /proc/self/maps to list the interpreter's files") from None
     found = set()
     for line in lines:
         fields = line.split(maxsplit=5)
@@ -92,7 +136,7 @@ def _mapped_files() -> list[str] | str:
             continue
         path = fields[5]
         if path.endswith(" (deleted)"):
-            return f"{path[: -len(' (deleted)')]} was replaced after this master started"
+            raise NotComparable(f"{path[: -len(' (deleted)')]} was replaced after this master started")
         found.add(path)
     return sorted(found)
 
@@ -103,6 +147,9 @@ def _modules() -> Iterable[str]:
         if isinstance(path, str):
             yield path
             yield os.path.dirname(path)
+        locations = getattr(module, "__path__", None)  # a package's directories, a namespace package's too
+        if isinstance(locations, Iterable) and not isinstance(locations, str):
+            yield from (p for p in locations if isinstance(p, str))
 
 
 def _package_files() -> Iterable[str]:
@@ -111,18 +158,23 @@ def _package_files() -> Iterable[str]:
         subdirectories[:] = [d for d in subdirectories if d != "__pycache__"]
         yield directory
         for name in files:
-            if name.endswith((".py", ".so")):
-                yield os.path.join(directory, name)
+            yield os.path.join(directory, name)
 
 
 def _import_path() -> Iterable[str]:
-    for entry in sys.path:
+    entries = [entry for entry in sys.path if isinstance(entry, str)]
+    if "site" in sys.modules:  # the site directories, present or not: one appearing later is on the re-exec's path
+        import site
+
+        entries += site.getsitepackages()
+        if site.ENABLE_USER_SITE:
+            entries.append(site.getusersitepackages())
+    for entry in entries:
         path = os.path.abspath(entry or os.curdir)
         yield path
         try:
-            with os.scandir(path) as entries:
-                pth = [e.path for e in entries if e.name.endswith(".pth") and e.is_file()]
-        except OSError:
+            with os.scandir(path) as found:
+                pth = [e.path for e in found if e.name.endswith(".pth") and e.is_file()]
+        except (OSError, ValueError):
             continue
         yield from pth
-

@@ -101,6 +101,8 @@ class ShellOptions:
     reexec_environ: dict[str, str]
     reexec_as: bool = False
     """`--reexec-as`: the re-exec runs the operator's command (`reexec_command` starts with it)."""
+    dropped_from_reexec: Sequence[str] = ()
+    """The variables of this image's environment `--drop-env-var` leaves out of `reexec_environ`."""
     kill_children_on_exit: bool = False
     spawn: Callable[[WorkerLaunch, int, int | None], Spawned] = field(default=spawn_worker)
 
@@ -237,7 +239,7 @@ class Master:
                 self.feed(self._check_restored_children())
             self.feed([MasterStarted(time.monotonic(), restored=restored, launch=self.launch_spec)])
             # After the first spawns (off an upgrade's path), once everything the start-up imports is loaded.
-            self.image = Image.take(self.options.reexec_command, os.environ, reexec_as=self.options.reexec_as)
+            self.image = self._snapshot()
             self._serve_requests()  # those buffered when the old image exec'd first
             while self.exit_code is None:
                 self._iterate()
@@ -511,15 +513,23 @@ class Master:
 
     # --- re-exec: the core decides, this performs -------------------------------
 
+    def _snapshot(self) -> Image | str:
+        """This image, for `CompareImage`: or why a re-exec never runs it again as it is."""
+        if self.options.reexec_as:
+            return "--reexec-as runs a command of its own"
+        if self.options.dropped_from_reexec:
+            return f"--drop-env-var leaves {', '.join(self.options.dropped_from_reexec)} out of the re-exec's environment"
+        return Image.take(self.options.reexec_command)
+
     def _compare_image(self, check_id: int) -> Event:
         try:
             # The exec needs it, and an unchanged image has no check to import it first (out of descriptors, it fails here).
             from einhorn.io import reexec  # noqa: F401
-        except OSError as error:
-            return ImageCompared(check_id, False, f"could not load the re-exec code: {error}", time.monotonic())
+        except Exception as error:  # noqa: BLE001 - out of descriptors, or a new release's module that cannot load here
+            return ImageCompared(check_id, False, f"could not load the re-exec code: {error!r}", time.monotonic())
         if isinstance(self.image, str):
             return ImageCompared(check_id, False, f"this image is not compared: {self.image}", time.monotonic())
-        unchanged, detail = self.image.compare(self.options.reexec_environ)
+        unchanged, detail = self.image.compare()
         return ImageCompared(check_id, unchanged, detail, time.monotonic())
 
     def _start_upgrade_check(self, check_id: int) -> list[Event]:
@@ -529,7 +539,9 @@ class Master:
         try:
             # At an upgrade: an idle master need not hold it (issue 14). Out of descriptors, its import fails as the fork would.
             from einhorn.io import reexec
-
+        except Exception as error:  # noqa: BLE001 - out of descriptors, or a new release's module that cannot load here
+            return [UpgradeCheckFailed(check_id, f"could not load the re-exec code: {error!r}", time.monotonic())]
+        try:
             check = reexec.start_upgrade_check(check_id, argv, options.reexec_environ)
         except OSError as error:
             return [UpgradeCheckFailed(check_id, f"could not fork the upgrade check: {error.strerror}", time.monotonic())]

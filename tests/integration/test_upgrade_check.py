@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
 import einhorn
-from tests.integration.harness import Harness
+from tests.integration.harness import EINHORN, Harness
 from tests.integration.upgrade_helpers import integer, worker_records
 
 FAST = ("-m", "0.1", "-s", "0.1")
 
 
 @pytest.mark.timeout(60)
-def test_an_upgrade_of_the_running_image_skips_its_check(harness: Harness) -> None:
-    master = harness.start("-n", "2", *FAST, workers=2)
+@pytest.mark.parametrize("started", ["script", "python -m einhorn"])
+def test_an_upgrade_of_the_running_image_skips_its_check(harness: Harness, started: str) -> None:
+    master = harness.start("-n", "2", *FAST, workers=2, einhorn=EINHORN if started == "script" else [sys.executable, "-m", "einhorn"])
     assert master.command("upgrade", timeout=30)[-1]["message"] == "Upgrade done"
     master.wait_log(r"INFO: Upgrade check skipped: the new einhorn is this one \(\d+ files unchanged since this master started\)")
     assert "Upgrade check passed" not in master.log()
@@ -24,6 +26,16 @@ def test_an_upgrade_of_the_running_image_skips_its_check(harness: Harness) -> No
     assert master.command("upgrade_fleet", timeout=30)[-1]["message"] == "Upgrade done"
     master.wait_log(r"Upgrade check skipped", count=2)
     assert "Upgrade check passed" not in master.log() and integer(master.state(), "version") == 2
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(len(EINHORN) != 1, reason="no einhorn console script in this environment")
+def test_a_master_started_otherwise_than_its_reexec_command_is_checked(harness: Harness) -> None:
+    """`python /venv/bin/einhorn`: the re-exec runs the script by its #! line, which may name another interpreter."""
+    master = harness.start("-n", "1", *FAST, workers=1, einhorn=[sys.executable, *EINHORN])
+    assert master.command("upgrade", timeout=30)[-1]["message"] == "Upgrade done"
+    master.wait_log(r"INFO: Running the upgrade check: this image is not compared: started as `.*`, not by .*'s #! line")
+    master.wait_log(r"INFO: Upgrade check passed: einhorn ")
 
 
 @pytest.mark.timeout(90)

@@ -40,7 +40,7 @@ def comparing(now: float = 1.0) -> State:
 def upgrading(now: float = 1.0) -> State:
     """The upgrade check runs: the new image differs from the running one."""
     state, effects = step(comparing(now), image_changed(0, now))
-    assert effects == [Log(LogLevel.DEBUG, "Running the upgrade check: einhorn/core/step.py changed"), StartUpgradeCheck(0)]
+    assert effects == [Log(LogLevel.INFO, "Running the upgrade check: einhorn/core/step.py changed"), StartUpgradeCheck(0)]
     return state
 
 

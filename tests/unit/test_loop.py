@@ -6,13 +6,15 @@ import os
 import selectors
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+import einhorn.io
 from einhorn.core.config import Config
-from einhorn.core.events import ListenerHealthChanged, MasterStarted
+from einhorn.core.effects import CompareImage
+from einhorn.core.events import ImageCompared, ListenerHealthChanged, MasterStarted
 from einhorn.core.state import initial_state
 from einhorn.io.handoff import Handoff
 from einhorn.io.logs import PIPE_BUF, Logger
@@ -171,3 +173,54 @@ def test_a_burst_of_spawns_is_logged_in_a_few_writes_not_two_per_worker(tmp_path
     assert written_before_spawn == [1] * number and stderr.writes[0].endswith("INFO: Launching 300 new workers\n")
     assert all(text.endswith("\n") and len(text.encode()) <= PIPE_BUF for text in stderr.writes)  # whole lines, each in one piece
     assert len(stderr.writes) < number // 10
+
+
+@pytest.fixture
+def bare_master(tmp_path: Path) -> Iterator[Callable[[ShellOptions], Master]]:
+    """A Master on a command socket of its own, its loop never run (closed afterwards)."""
+    made: list[tuple[Master, socket.socket]] = []
+
+    def make(options: ShellOptions) -> Master:
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(str(tmp_path / f"cmd{len(made)}.sock"))
+        server.listen(8)
+        made.append((Master(initial_state(Config(number=1)), options, server, Logger(), Handoff()), server))
+        return made[-1][0]
+
+    yield make
+    for master, server in made:
+        master.selector.close()
+        master.wake_reader.close()
+        master.wake_writer.close()
+        server.close()
+
+
+def options(tmp_path: Path, reexec_as: bool = False, dropped: tuple[str, ...] = ()) -> ShellOptions:
+    launch = WorkerLaunch("/bin/true", ["/bin/true"], {}, [], [], str(tmp_path / "cmd.sock"), os.getpid())
+    command = [sys.executable, "-m", "einhorn"]
+    return ShellOptions(launch, False, (), command, {}, reexec_as=reexec_as, dropped_from_reexec=dropped)
+
+
+def test_an_image_a_reexec_never_runs_again_as_it_is_is_not_compared(
+    tmp_path: Path, bare_master: Callable[[ShellOptions], Master]
+) -> None:
+    custom = bare_master(options(tmp_path, reexec_as=True))
+    assert custom._snapshot() == "--reexec-as runs a command of its own"
+    dropping = bare_master(options(tmp_path, dropped=("PYTHONPATH", "TZ")))
+    assert dropping._snapshot() == "--drop-env-var leaves PYTHONPATH, TZ out of the re-exec's environment"
+    dropping.image = dropping._snapshot()
+    [answer] = dropping.perform(CompareImage(4))
+    assert isinstance(answer, ImageCompared)
+    assert (answer.check_id, answer.unchanged, answer.detail) == (4, False, f"this image is not compared: {dropping.image}")
+
+
+def test_a_comparison_that_cannot_load_the_reexec_code_says_changed_and_raises_nothing(
+    tmp_path: Path, bare_master: Callable[[ShellOptions], Master], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of descriptors, or a new release's module that cannot load into this one: the import fails here, not in the exec."""
+    master = bare_master(options(tmp_path))
+    monkeypatch.delattr(einhorn.io, "reexec", raising=False)
+    monkeypatch.setitem(sys.modules, "einhorn.io.reexec", None)  # its import raises ImportError
+    [answer] = master.perform(CompareImage(2))
+    assert isinstance(answer, ImageCompared) and answer.check_id == 2 and not answer.unchanged
+    assert answer.detail.startswith("could not load the re-exec code: ModuleNotFoundError("), answer.detail
