@@ -8,11 +8,17 @@ exits (the core orders its replacement), the spawn succeeds, the new worker
 ACKs. The shell calls `next_deadline` after every wake-up, so the second
 column counts it with each event. Rates are per second of CPU time, the best
 of a few runs. Not part of the test suite.
+
+    .venv/bin/python bench/core_step.py --cold 1000
+
+instead times the core's part of a cold start of 1000 workers with `-m 0` (bench/run.py's
+`_cold_start_1000`): `MasterStarted`, then the 1000 `WorkerSpawned` the shell feeds back.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 from einhorn.core.config import Config
 from einhorn.core.effects import SpawnWorker
 from einhorn.core.events import ChildExited, CommandReceived, Event, MasterStarted, WorkerSpawned
-from einhorn.core.state import State, initial_state
+from einhorn.core.state import LaunchSpec, State, initial_state
 from einhorn.core.step import next_deadline, step
 
 SIZES = (16, 256, 1000)
@@ -85,6 +91,23 @@ def _measure_once(number: int, seconds: float) -> Rate:
     return Rate(number, rates[0][0] + rates[1][0], rates[0][1], rates[1][1])
 
 
+def cold_start(number: int, runs: int = 15) -> tuple[float, float]:
+    """CPU seconds of the core's part of a cold start with timer ACKs at 0 s (`-m 0`), as the shell feeds
+    it: `MasterStarted`, then one `WorkerSpawned` per order. (best, median) of `runs` runs."""
+    config = Config(number=number, ack_timer=0.0, einhorn_version="bench")
+    launch = LaunchSpec(("/bin/sleep", "100000"), "/bin/sleep", "/", (("PATH", "/bin"),), "USR2")
+    times = []
+    for _ in range(runs):
+        started = time.process_time()
+        state, effects = step(initial_state(config), MasterStarted(1.0, launch=launch))
+        for order in [e for e in effects if isinstance(e, SpawnWorker)]:
+            state, _ = step(state, WorkerSpawned(order.spawn_id, order.spawn_id + 100, 1.0 + order.spawn_id * 1e-6))
+        next_deadline(state)
+        times.append(time.process_time() - started)
+        assert len(state.children) == number and not state.pending
+    return min(times), statistics.median(times)
+
+
 def table(rates: Sequence[Rate]) -> str:
     lines = [
         "| workers | events/s, `step` | events/s, `step` + `next_deadline` | µs per event |",
@@ -100,7 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--seconds", type=float, default=2.0, help="per size and column (default %(default)s)")
     parser.add_argument("--repeat", type=int, default=4, help="runs per size, the best one counts (default %(default)s)")
+    parser.add_argument("--cold", type=int, metavar="N", help="instead: the core's CPU time for a cold start of N workers with -m 0")
     args = parser.parse_args(argv)
+    if args.cold is not None:
+        best, median = cold_start(args.cold)
+        print(f"Core part of a cold start of {args.cold} (-m 0): best {best * 1000:.1f} ms, median {median * 1000:.1f} ms of CPU")
+        return 0
     print("Core step: a worker exits, its replacement spawns, it ACKs (3 events touching one worker each)")
     print(table([measure(n, args.seconds, args.repeat) for n in args.sizes]))
     return 0

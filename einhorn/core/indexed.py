@@ -101,7 +101,9 @@ class Sorted(Generic[_K]):
         return max(0, bisect_right(self._firsts, key) - 1)
 
     def _with_chunk(self, at: int, replacement: tuple[tuple[_K, ...], ...], length: int) -> Sorted[_K]:
-        firsts = self._firsts[:at] + tuple(chunk[0] for chunk in replacement) + self._firsts[at + 1 :]
+        firsts = self._firsts
+        if len(replacement) != 1 or replacement[0][0] != firsts[at]:  # (most changes keep the chunk's first key)
+            firsts = firsts[:at] + tuple([chunk[0] for chunk in replacement]) + firsts[at + 1 :]
         return Sorted._make(self._chunks[:at] + replacement + self._chunks[at + 1 :], firsts, length)
 
     def add(self, key: _K) -> Sorted[_K]:
