@@ -352,10 +352,27 @@ def bench_pool(impls: Sequence[Impl], quick: bool) -> Table:
     return table
 
 
+CHANGED = "EINHORN_BENCH_CHANGED"
+"""Set in a master's environment and dropped from its re-exec's (`--drop-env-var`): the new image is then not
+the running one, and einhorn runs its upgrade check, as after an upgrade of einhorn itself (the original
+always runs it)."""
+
+
 def _upgrades_at_boot(impls: Sequence[Impl], table: Table, n: int, boot: float) -> None:
-    for command, label in (("upgrade", "smooth"), ("upgrade_fleet", "fleet")):
+    variants = (
+        ("upgrade", "smooth upgrade", ()),
+        ("upgrade_fleet", "fleet upgrade", ()),
+        ("upgrade_fleet", "fleet upgrade, einhorn changed on disk (its check runs)", ("--drop-env-var", CHANGED)),
+    )
+    for command, label, options in variants:
         for impl in impls:
-            with Master(impl, n, mode="serve", boot=boot) as master:
+            if options:
+                os.environ[CHANGED] = "1"  # the master copies its environment at its start
+            try:
+                master = Master(impl, n, mode="serve", boot=boot, options=options)
+            finally:
+                os.environ.pop(CHANGED, None)
+            with master:
                 master.wait_all_acked(timeout=60)
                 load = Load(master.port())
                 load.start()
@@ -364,9 +381,9 @@ def _upgrades_at_boot(impls: Sequence[Impl], table: Table, n: int, boot: float) 
                 time.sleep(0.3)
                 load.stop()
             failed = sum(load.failures.values())
-            log(f"{label} upgrade N={n} boot {boot:g}s {impl.name}: {elapsed:.2f}s, {failed} of {failed + load.ok} failed")
-            table.put(f"{label} upgrade, N={n}, worker boot {boot:g} s", impl.name, elapsed, fmt="{:.2f}")
-            table.put(f"{label} upgrade: failed / total requests", impl.name, failed, text=f"{failed} / {failed + load.ok}", lower_better=False)
+            log(f"{label} N={n} boot {boot:g}s {impl.name}: {elapsed:.2f}s, {failed} of {failed + load.ok} failed")
+            table.put(f"{label}, N={n}, worker boot {boot:g} s", impl.name, elapsed, fmt="{:.2f}")
+            table.put(f"{label}: failed / total requests", impl.name, failed, text=f"{failed} / {failed + load.ok}", lower_better=False)
 
 
 def _killed_at_once(impls: Sequence[Impl], table: Table, quick: bool) -> None:

@@ -123,22 +123,21 @@ def _started_as(reexec_command: Sequence[str]) -> str:
     return words[0]
 
 
-def _mapped_files() -> list[str]:
+def _mapped_files() -> set[str]:
+    found = set()
     try:
         with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
-            lines = maps.read().splitlines()
+            for line in maps:
+                fields = line.rstrip("\n").split(maxsplit=5)
+                if len(fields) < 6 or not fields[5].startswith("/") or fields[5].startswith(("/dev/", "/memfd:", "/SYSV")):
+                    continue
+                path = fields[5]
+                if path.endswith(" (deleted)"):
+                    raise NotComparable(f"{path[: -len(' (deleted)')]} was replaced after this master started")
+                found.add(path)
     except OSError:
         raise NotComparable("no /proc/self/maps to list the interpreter's files") from None
-    found = set()
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        if len(fields) < 6 or not fields[5].startswith("/") or fields[5].startswith(("/dev/", "/memfd:", "/SYSV")):
-            continue
-        path = fields[5]
-        if path.endswith(" (deleted)"):
-            raise NotComparable(f"{path[: -len(' (deleted)')]} was replaced after this master started")
-        found.add(path)
-    return sorted(found)
+    return found
 
 
 def _modules() -> Iterable[str]:

@@ -204,8 +204,8 @@ def test_an_interpreter_file_replaced_since_the_start_is_never_compared(monkeypa
         def __exit__(self, *exc: object) -> None:
             pass
 
-        def read(self) -> str:
-            return self.text
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.text.splitlines(keepends=True))
 
     monkeypatch.setattr(image_module, "open", lambda path, *a, **k: Maps() if path == "/proc/self/maps" else real(path, *a, **k), raising=False)
     assert Image.take(COMMAND) == "/usr/lib/libpython3.11.so.1.0 was replaced after this master started"
