@@ -207,17 +207,23 @@ class Master:
     _LAUNCHED = re.compile(r"===> Launched (\d+)")
 
     def _read_log(self) -> None:
+        """Each chunk the pipe gives is stamped with the time it was read and handed over at once: a waiter
+        woken per line would keep this thread from the pipe (the GIL) while a master writes 2000 lines."""
         assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
+        fd = self.proc.stderr.fileno()
+        partial = b""
+        while chunk := os.read(fd, 1 << 16):
             now = time.monotonic()
-            line = raw.decode(errors="replace").rstrip("\n")
-            launched = self._LAUNCHED.search(line)
+            *complete, partial = (partial + chunk).split(b"\n")
+            lines = [raw.decode(errors="replace") for raw in complete]
+            launched = [int(found.group(1)) for line in lines if (found := self._LAUNCHED.search(line))]
             with self.cond:
-                if launched:
-                    self.worker_pids.add(int(launched.group(1)))
-                self.lines.append((now, line))
+                self.worker_pids.update(launched)
+                self.lines.extend((now, line) for line in lines)
                 self.cond.notify_all()
         with self.cond:
+            if partial:
+                self.lines.append((time.monotonic(), partial.decode(errors="replace")))
             self.lines.append((time.monotonic(), "<EOF>"))
             self.cond.notify_all()
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from einhorn.io import image as image_module
+from einhorn.io import loop
 from einhorn.io.image import Image
 
 COMMAND = [sys.executable, "-m", "einhorn"]
@@ -224,3 +225,23 @@ def test_a_snapshot_that_cannot_be_taken_says_why_and_raises_nothing(monkeypatch
     monkeypatch.setattr(sys, "path", ["", *sys.path])
     reason = Image.take(COMMAND)
     assert isinstance(reason, str) and reason.startswith("the snapshot failed: "), reason
+
+
+def test_the_snapshot_the_master_takes_apart_is_the_one_taken_in_process(module_dir: Path) -> None:
+    """`loop.snapshot_apart` runs `Image.take` in a forked child (the same modules and mappings) and gets its result."""
+    image = taken()
+    assert loop.snapshot_apart(COMMAND) == (image.paths, image.signatures)
+    reason = Image.take(["/no/such/einhorn"])  # a reason, not an image: sent back as it is
+    assert isinstance(reason, str) and loop.snapshot_apart(["/no/such/einhorn"]) == reason
+
+
+def test_a_snapshot_that_hangs_is_given_up_on_and_its_process_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(loop, "SNAPSHOT_TIMEOUT", 0.3)
+    def hangs(cls: type[Image], command: list[str]) -> str:
+        time.sleep(30)  # a stat on a hung network mount
+        return "never"
+
+    monkeypatch.setattr(Image, "take", classmethod(hangs))
+    started = time.monotonic()
+    assert loop.snapshot_apart(COMMAND) == "the snapshot took longer than 0.3s"
+    assert time.monotonic() - started < 5  # killed and reaped, not waited for
