@@ -41,8 +41,10 @@ class NotComparable(Exception):
     """Why this image cannot be compared: every upgrade runs its check."""
 
 
-_IMPORTABLE = (".py", ".pyc", ".so", ".pth", ".zip", ".egg", ".egg-link")
-"""What an entry of a directory on the import path must end with to matter to an import (or be a directory)."""
+_IMPORTABLE = (".py", ".pyc", ".so", ".pth", ".zip", ".egg", ".egg-link", ".dist-info", ".egg-info")
+"""What an entry of a directory on the import path ends with if it matters to an import (or to a package's
+metadata: a new release of a package the master loads only later brings a new `.dist-info` name), besides
+the directories an import could name (a package)."""
 
 
 def _signature(path: str, started_ns: int | None = None) -> int:
@@ -53,7 +55,7 @@ def _signature(path: str, started_ns: int | None = None) -> int:
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
             with os.scandir(path) as entries:
-                names = sorted(e.name for e in entries if e.name.endswith(_IMPORTABLE) or (e.is_dir() and e.name != "__pycache__"))
+                names = sorted(e.name for e in entries if e.name.endswith(_IMPORTABLE) or _package_like(e))
             return hash((info.st_dev, info.st_ino, info.st_mode, info.st_uid, info.st_gid, *names))
     except (OSError, ValueError):
         return _MISSING
@@ -89,6 +91,11 @@ class Image:
             if _signature(path) != signature:
                 return False, f"{path} changed since this master started"
         return True, f"{len(self.paths)} files unchanged since this master started"
+
+
+def _package_like(entry: os.DirEntry[str]) -> bool:
+    """A directory `import NAME` could find (not `__pycache__`, `.pytest_cache`, `my-logs`)."""
+    return entry.name.isidentifier() and entry.name != "__pycache__" and entry.is_dir()
 
 
 def _process_started_ns() -> int:

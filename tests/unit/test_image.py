@@ -98,9 +98,19 @@ def test_a_package_added_to_a_directory_on_the_import_path_is_found(module_dir: 
 def test_files_no_import_can_find_do_not_change_a_directory(module_dir: Path) -> None:
     """The master's pid file, socket and logs in its working directory, which `python -m einhorn` puts on the path."""
     image = taken()
-    for name in ("einhorn.pid", "einhorn.log", "__pycache__"):
-        (module_dir / name).mkdir() if name == "__pycache__" else (module_dir / name).write_text("1")
+    for name in ("einhorn.pid", "einhorn.log"):
+        (module_dir / name).write_text("1")
+    for name in ("__pycache__", ".pytest_cache", "my-logs"):
+        (module_dir / name).mkdir()
     assert image.compare()[0] is True
+
+
+def test_a_new_release_of_a_package_loaded_only_later_is_found_by_its_metadata(module_dir: Path) -> None:
+    (module_dir / "PyYAML-6.0.1.dist-info").mkdir()
+    aged(module_dir)
+    image = taken()
+    (module_dir / "PyYAML-6.0.1.dist-info").rename(module_dir / "PyYAML-6.0.2.dist-info")
+    assert image.compare() == (False, f"{module_dir} changed since this master started")
 
 
 def test_a_module_made_unreadable_is_found(module_dir: Path) -> None:
