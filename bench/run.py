@@ -552,8 +552,8 @@ def _idle_16(impls: Sequence[Impl], table: Table, quick: bool) -> None:
             time.sleep(window)
             cpu = cpu_seconds(master.pid) - c0
             rss = rss_kib(master.pid)
-        log(f"idle 16 workers, {impl.name}: {rss / 1024:.1f} MiB, {cpu * 1000:.0f} ms CPU")
-        table.put("master RSS idle, N=16 (MiB)", impl.name, rss / 1024, fmt="{:.1f}")
+        log(f"idle 16 workers, {impl.name}: {rss / 1024:.2f} MiB, {cpu * 1000:.0f} ms CPU")
+        table.put("master RSS idle, N=16 (MiB)", impl.name, rss / 1024, fmt="{:.2f}")
         table.put(f"master CPU idle over {window:g} s, N=16 (ms)", impl.name, cpu * 1000, fmt="{:.0f}", lower_better=False)
 
 
