@@ -52,6 +52,7 @@ def test_an_einhorn_changed_on_disk_is_checked_and_a_broken_one_refused(harness:
     master.wait_log(r"INFO: Upgrade check passed: einhorn ")
     assert "Upgrade check skipped" not in master.log()
 
+    master.wait_workers(2)  # the first upgrade's old workers are gone: only the new ones are left
     step_source.write_text(step_source.read_text() + "\ndef broken(:\n")
     before = worker_records(master)
     final = master.command("upgrade", timeout=30)[-1]["message"]
